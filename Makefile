@@ -1,0 +1,47 @@
+# The two commands a newcomer runs: `make run` and `make test`.
+# Both set everything up: the Debian tools dhtdeb needs (when root), a venv in .venv, the package.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := gpgv gpg apt-utils dpkg-dev xz-utils
+ARGS ?=
+
+.PHONY: run test setup debian-packages lint bench clean
+
+setup: debian-packages $(VENV)/.installed
+
+debian-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "dhtdeb needs these Debian packages:$$missing -- run 'sudo apt-get install$$missing'" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/dhtdeb serve $(ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check dhtdeb tests bench
+	$(VENV)/bin/ruff format --check dhtdeb tests bench
+	$(PY) -m pytest $(ARGS)
+
+lint: setup
+	$(VENV)/bin/mypy dhtdeb
+
+bench: setup
+	$(PY) bench/index.py
+	$(PY) bench/proxy.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

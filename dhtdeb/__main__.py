@@ -1,0 +1,3 @@
+from dhtdeb.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""What the rest of dhtdeb sees of peer discovery: a small interface, no kademlia.
+
+A key is the SHA256 of a file (hex, from the signed index). The DHT implementation in `dhtdeb.dht`
+truncates it to its own key size; callers never need to know. A `Peer` is where a peer's HTTP server
+listens (the same port number as its DHT UDP socket). Peers are never trusted: whatever they serve is
+verified against the signed index before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Peer:
+    host: str
+    port: int
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryStatistics:
+    routing_table: int = 0
+    stored_keys: int = 0
+    announced: int = 0
+
+
+class PeerDiscovery(Protocol):
+    async def announce(self, sha256: str) -> None:
+        """Tell the network this node holds the verified file with this SHA256 (hex)."""
+        ...
+
+    async def find_peers(self, sha256: str, deadline: float) -> list[Peer]:
+        """Peers believed to hold the file; returns what is known when `deadline` seconds pass."""
+        ...
+
+    def statistics(self) -> DiscoveryStatistics: ...
+
+    async def close(self) -> None: ...
+
+
+class NoDiscovery:
+    """`--no-dht`: a pure verified caching proxy that never talks to peers."""
+
+    async def announce(self, sha256: str) -> None:
+        return None
+
+    async def find_peers(self, sha256: str, deadline: float) -> list[Peer]:
+        return []
+
+    def statistics(self) -> DiscoveryStatistics:
+        return DiscoveryStatistics()
+
+    async def close(self) -> None:
+        return None
