@@ -1,0 +1,180 @@
+"""The one place that builds the running system.
+
+`serve()` opens the state directory, loads the trusted keys, and starts every component; a reader sees
+each of them start here, in order, and stop in reverse when the daemon is told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from dhtdeb import __version__
+from dhtdeb.archive.chain import TrustChain
+from dhtdeb.archive.index import ArchiveIndex
+from dhtdeb.archive.signature import TrustedKeys
+from dhtdeb.discovery import NoDiscovery, PeerDiscovery
+from dhtdeb.downloads import Downloads
+from dhtdeb.metrics import metrics_renderer
+from dhtdeb.mirror import MirrorClient
+from dhtdeb.netaddr import HostPort
+from dhtdeb.proxy.server import AccessPolicy, ProxyServer, build_server
+from dhtdeb.stats import Counters
+from dhtdeb.store import ContentStore, StoredFile
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    state_dir: Path
+    proxy: HostPort = HostPort("127.0.0.1", 9977)
+    peer: HostPort = HostPort("0.0.0.0", 9978)
+    keyrings: tuple[Path, ...] = ()
+    dht: bool = True
+    lan: bool = True
+    bootstrap: tuple[HostPort, ...] = ()
+    allow_cidr: tuple[Network, ...] = field(default=())
+    cache_limit: int = 0
+    announce: bool = True
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/dhtdeb")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dhtdeb"
+
+
+def load_node_id(state_dir: Path) -> str:
+    path = state_dir / "node_id"
+    try:
+        text = path.read_text().strip()
+        bytes.fromhex(text)
+        if len(text) == 40:
+            return text
+    except (FileNotFoundError, ValueError):
+        pass
+    node_id = secrets.token_hex(20)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node_id + "\n")
+    os.replace(tmp, path)
+    return node_id
+
+
+def write_addresses(state_dir: Path, addresses: dict[str, object]) -> None:
+    """Tell local tools (and tests binding port 0) where this daemon listens."""
+    path = state_dir / "addresses.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(addresses) + "\n")
+    os.replace(tmp, path)
+
+
+async def _open_discovery(config: ServeConfig) -> tuple[PeerDiscovery, HostPort]:
+    if not config.dht:
+        return NoDiscovery(), config.peer
+    from dhtdeb.dht import DhtConfig, open_dht
+
+    node = await open_dht(
+        DhtConfig(
+            listen=config.peer, state_dir=config.state_dir / "dht", bootstrap=config.bootstrap, lan=config.lan
+        )
+    )
+    return node, node.address
+
+
+def _bound(site: web.TCPSite) -> HostPort:
+    server = site._server
+    assert server is not None and isinstance(server, asyncio.base_events.Server)
+    sockname = server.sockets[0].getsockname()
+    return HostPort(str(sockname[0]), int(sockname[1]))
+
+
+async def serve(config: ServeConfig) -> None:
+    state_dir = config.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    node_id = load_node_id(state_dir)
+    keys = await asyncio.to_thread(TrustedKeys.load, config.keyrings, state_dir / "keys")
+    index = ArchiveIndex(state_dir / "index.sqlite")
+    store = ContentStore(state_dir / "store", limit_bytes=config.cache_limit)
+    counters = Counters()
+    mirror = MirrorClient()
+    discovery, peer_address = await _open_discovery(config)
+
+    async def on_stored(stored: StoredFile) -> None:
+        if config.announce:
+            await discovery.announce(stored.sha256)
+
+    downloads = Downloads(store, mirror, counters, on_stored)
+    chain = TrustChain(keys, index, counters)
+
+    def status() -> dict[str, object]:
+        dht = discovery.statistics()
+        return {
+            "version": __version__,
+            "node_id": node_id,
+            **counters.as_dict(),
+            "dht": {"routing_table": dht.routing_table, "stored_keys": dht.stored_keys, "announced": dht.announced},
+            "cache": {"files": store.file_count, "bytes": store.total_bytes, "limit_bytes": store.limit_bytes},
+        }
+
+    async def find_peers(sha256: str) -> list[str]:
+        return [peer.url() for peer in await discovery.find_peers(sha256, 5.0)]
+
+    proxy = ProxyServer(
+        chain=chain,
+        store=store,
+        downloads=downloads,
+        mirror=mirror,
+        counters=counters,
+        access=AccessPolicy(config.allow_cidr),
+        status=status,
+        find_peers=find_peers,
+        metrics=metrics_renderer(status),
+    )
+    runner = web.ServerRunner(build_server(proxy), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.proxy.host, config.proxy.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SystemExit(f"dhtdeb: cannot listen on {config.proxy}: {exc.strerror}") from None
+        proxy_address = _bound(site)
+        if config.announce and config.dht:
+            for sha256 in store.hashes():
+                await discovery.announce(sha256)
+        write_addresses(
+            state_dir, {"proxy": str(proxy_address), "peer": str(peer_address), "pid": os.getpid()}
+        )
+        log.info(
+            "dhtdeb %s serving apt on http://%s (node %s, %d files in store)",
+            __version__, proxy_address, node_id[:12], store.file_count,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / "addresses.json").unlink()
+        await runner.cleanup()
+        await downloads.close()
+        await mirror.close()
+        await discovery.close()
+        index.close()
+

@@ -1,0 +1,133 @@
+"""TrustChain: from a signed Release down to the SHA256 of every file apt may ask for.
+
+Owns: the decisions "is this Release signed by a trusted key", "may this index file be believed",
+and learning pool-file hashes from believed Packages files. Trusts: `TrustedKeys` (gpgv) and the
+`ContentStore` (which only holds files whose hash matched). A Release older than the one already
+known is refused (rollback), and a failed signature leaves what was learned before untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dhtdeb.archive.index import PACKAGES_NAMES, ArchiveIndex, Expected
+from dhtdeb.archive.locations import ArchiveLocation, FileKind
+from dhtdeb.archive.packages import iter_package_files, open_index_stream
+from dhtdeb.archive.release import parse_release
+from dhtdeb.archive.signature import TrustedKeys, VerifiedPayload
+from dhtdeb.errors import DhtdebError, IndexFormatError
+from dhtdeb.stats import Counters
+from dhtdeb.store import StoredFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexExpectation:
+    expected: Expected
+    listed_path: str  # the Release's name for it (tells Packages.xz from Translation-en …)
+
+
+class TrustChain:
+    def __init__(self, keys: TrustedKeys, index: ArchiveIndex, counters: Counters) -> None:
+        self._keys = keys
+        self._index = index
+        self._counters = counters
+        self._learning: dict[str, asyncio.Future[None]] = {}
+
+    async def accept_in_release(self, location: ArchiveLocation, document: bytes) -> bool:
+        return await self._accept(location, lambda: self._keys.verify_clearsigned(document))
+
+    async def accept_release(
+        self, location: ArchiveLocation, release: bytes, signature: bytes
+    ) -> bool:
+        return await self._accept(location, lambda: self._keys.verify_detached(release, signature))
+
+    async def _accept(
+        self, location: ArchiveLocation, verify: Callable[[], VerifiedPayload]
+    ) -> bool:
+        assert location.suite_url is not None
+        try:
+            payload = await asyncio.to_thread(verify)
+            release = parse_release(payload.text)
+        except DhtdebError as exc:
+            self._counters.verify_failures.signature += 1
+            log.warning(
+                "%s: not verified, its files pass through unverified: %s", location.url, exc
+            )
+            return False
+        known = self._index.release_date(location.suite_url)
+        if known is not None and release.date is not None and release.date < known:
+            self._counters.verify_failures.signature += 1
+            log.warning(
+                "%s: signed but older than the Release already known; refused", location.url
+            )
+            return False
+        self._index.learn_release(location.suite_url, location.root, release, payload.fingerprint)
+        log.info(
+            "%s: verified (key %s), %d index files listed",
+            location.url,
+            payload.fingerprint,
+            len(release.files),
+        )
+        return True
+
+    def expected_index(self, location: ArchiveLocation) -> IndexExpectation | None:
+        """What an index or by-hash file must hash to, per the verified Release, if listed."""
+        assert location.suite_url is not None
+        if location.kind is FileKind.BY_HASH and location.by_hash_sha256 is not None:
+            found = self._index.index_path_for_hash(location.suite_url, location.by_hash_sha256)
+            if found is None:
+                return None
+            return IndexExpectation(found[1], found[0])
+        if location.kind is FileKind.INDEX:
+            expected = self._index.index_file(location.suite_url, location.relative)
+            return None if expected is None else IndexExpectation(expected, location.relative)
+        return None
+
+    async def learn_index_file(
+        self, location: ArchiveLocation, expectation: IndexExpectation, stored: StoredFile
+    ) -> None:
+        """If the verified file is a Packages file, learn its pool files (once per content)."""
+        name = posixpath.basename(expectation.listed_path)
+        if name not in PACKAGES_NAMES or location.suite_url is None:
+            return
+        directory = posixpath.dirname(expectation.listed_path)
+        source = location.suite_url + (directory + "/" if directory else "")
+        if self._index.packages_learned(source, stored.sha256):
+            return
+        pending = self._learning.get(source)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._learning[source] = future
+        try:
+            count = await asyncio.to_thread(
+                self._learn_packages, location.suite_url, source, location.root, stored, name
+            )
+            log.info("%s%s: learned %d pool files", source, name, count)
+        except IndexFormatError as exc:
+            self._counters.verify_failures.index += 1
+            log.error("%s%s: signed but unreadable: %s", source, name, exc)
+        finally:
+            future.set_result(None)
+            del self._learning[source]
+
+    def _learn_packages(
+        self, suite_url: str, source: str, root: str, stored: StoredFile, name: str
+    ) -> int:
+        with open(stored.path, "rb") as raw:
+            stream = open_index_stream(raw, name)
+            entries = ((p.filename, p.sha256, p.size) for p in iter_package_files(stream))
+            return self._index.learn_packages(suite_url, source, root, stored.sha256, entries)
+
+    def pool_file(self, url: str) -> Expected | None:
+        return self._index.pool_file(url)
+
+    def has_release(self, suite_url: str) -> bool:
+        return self._index.has_release(suite_url)

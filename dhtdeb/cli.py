@@ -1,0 +1,174 @@
+"""The `dhtdeb` command line: serve, bootstrap, peers, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dhtdeb import __version__
+from dhtdeb.errors import ConfigError
+from dhtdeb.logsetup import setup_logging
+from dhtdeb.netaddr import parse_cidr, parse_host_port
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Peer-to-peer Debian package distribution behind a verifying apt proxy.",
+)
+
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ConfigError(f"bad size {text!r} (examples: 0, 500M, 20G)")
+    return int(match.group(1)) * 1024 ** "_kmgt".index(match.group(2).lower() or "_")
+
+
+def _fail(exc: ConfigError) -> None:
+    typer.echo(f"dhtdeb: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    state_dir: Annotated[Path | None, typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)")] = None,
+    proxy: Annotated[str, typer.Option(help="Where apt reaches the proxy")] = "127.0.0.1:9977",
+    peer: Annotated[str, typer.Option(help="Peer HTTP server (TCP) and DHT (UDP) address")] = "0.0.0.0:9978",
+    keyring: Annotated[list[Path] | None, typer.Option(help="Trusted OpenPGP keyring (repeatable; default: keys/ + the system's apt keyrings)")] = None,
+    no_dht: Annotated[bool, typer.Option("--no-dht", help="Pure verified caching proxy: no DHT, no peers")] = False,
+    bootstrap: Annotated[list[str] | None, typer.Option(help="DHT node to join, HOST:PORT (repeatable)")] = None,
+    no_lan: Annotated[bool, typer.Option("--no-lan", help="No LAN multicast discovery")] = False,
+    allow_cidr: Annotated[list[str] | None, typer.Option(help="Also accept apt clients from this network (repeatable)")] = None,
+    cache_limit: Annotated[str, typer.Option(help="Store size limit, e.g. 20G (0: unlimited)")] = "0",
+    no_announce: Annotated[bool, typer.Option("--no-announce", help="Fetch from peers but never announce")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the daemon: the apt proxy, the peer server and the DHT."""
+    from dhtdeb.app import ServeConfig, default_state_dir
+    from dhtdeb.app import serve as run_serve
+    from dhtdeb.archive.signature import default_keyrings, shipped_keys_dir
+
+    setup_logging(log_level)
+    try:
+        config = ServeConfig(
+            state_dir=state_dir or default_state_dir(),
+            proxy=parse_host_port(proxy),
+            peer=parse_host_port(peer),
+            keyrings=tuple(keyring) if keyring else tuple(default_keyrings(shipped_keys_dir())),
+            dht=not no_dht,
+            lan=not no_lan,
+            bootstrap=tuple(parse_host_port(b, default_port=9978) for b in bootstrap or []),
+            allow_cidr=tuple(parse_cidr(c) for c in allow_cidr or []),
+            cache_limit=parse_size(cache_limit),
+            announce=not no_announce,
+        )
+        for path in config.keyrings:
+            if not path.is_file():
+                raise ConfigError(f"keyring {path} does not exist")
+        asyncio.run(run_serve(config))
+    except ConfigError as exc:
+        _fail(exc)
+
+
+@app.command("bootstrap")
+def bootstrap_node(
+    listen: Annotated[str, typer.Option(help="UDP address of this DHT node")] = "0.0.0.0:9978",
+    state_dir: Annotated[Path | None, typer.Option(help="State directory for node id and routing table")] = None,
+    bootstrap: Annotated[list[str] | None, typer.Option(help="Other DHT node to join (repeatable)")] = None,
+    no_lan: Annotated[bool, typer.Option("--no-lan", help="No LAN multicast discovery")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run a DHT-only node (no proxy, no store) for others to join."""
+    from dhtdeb.app import default_state_dir
+    from dhtdeb.dht import DhtConfig, run_bootstrap_node
+
+    setup_logging(log_level)
+    try:
+        config = DhtConfig(
+            listen=parse_host_port(listen),
+            state_dir=(state_dir or default_state_dir()) / "dht",
+            bootstrap=tuple(parse_host_port(b, default_port=9978) for b in bootstrap or []),
+            lan=not no_lan,
+        )
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(run_bootstrap_node(config))
+    except ConfigError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+def _daemon_url(url: str | None, state_dir: Path | None) -> str:
+    if url:
+        return url.rstrip("/")
+    from dhtdeb.app import default_state_dir
+
+    addresses = (state_dir or default_state_dir()) / "addresses.json"
+    try:
+        return "http://" + json.loads(addresses.read_text())["proxy"]
+    except (OSError, ValueError, KeyError):
+        return "http://127.0.0.1:9977"
+
+
+def _get_json(url: str) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        typer.echo(f"dhtdeb: cannot ask the daemon at {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not isinstance(data, dict):
+        typer.echo(f"dhtdeb: unexpected answer from {url}", err=True)
+        raise typer.Exit(1)
+    return data
+
+
+@app.command()
+def peers(
+    sha256: Annotated[str, typer.Argument(help="SHA256 (hex) of the file")],
+    url: Annotated[str | None, typer.Option(help="The daemon's proxy URL (default: from --state-dir, else http://127.0.0.1:9977)")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="The daemon's state directory")] = None,
+) -> None:
+    """Ask the local daemon which peers hold a file."""
+    digest = sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        typer.echo("dhtdeb: expected a SHA256 in hex (64 characters)", err=True)
+        raise typer.Exit(2)
+    answer = _get_json(f"{_daemon_url(url, state_dir)}/peers/{digest}")
+    found = answer.get("peers")
+    for peer in found if isinstance(found, list) else []:
+        typer.echo(str(peer))
+    if not found:
+        typer.echo("no peers known", err=True)
+
+
+@app.command()
+def status(
+    url: Annotated[str | None, typer.Option(help="The daemon's proxy URL")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="The daemon's state directory")] = None,
+) -> None:
+    """Print the daemon's /status.json."""
+    typer.echo(json.dumps(_get_json(f"{_daemon_url(url, state_dir)}/status.json"), indent=2))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

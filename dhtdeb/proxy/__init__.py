@@ -1,0 +1,1 @@
+"""The apt-facing HTTP proxy."""

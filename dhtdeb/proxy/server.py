@@ -1,0 +1,402 @@
+"""ProxyServer: the HTTP face apt talks to.
+
+Owns: access control (loopback + --allow-cidr; GET/HEAD only), dispatch of each request to pass
+through, index verification, or verified file serving, and the `X-Dhtdeb-Verified` header. Trusts:
+the `TrustChain` for what a file must be and the `ContentStore`/`Transfer` rule that only verified
+bytes complete a response. Everything from the client and the mirror is untrusted input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from dhtdeb.archive.chain import TrustChain
+from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
+from dhtdeb.downloads import Downloads
+from dhtdeb.errors import DhtdebError, MirrorError
+from dhtdeb.mirror import MirrorClient, MirrorResponse
+from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
+from dhtdeb.proxy.target import BadTarget, LocalTarget, UpstreamTarget, parse_target
+from dhtdeb.stats import Counters
+from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.transfer import Transfer, UpstreamRefused
+
+log = logging.getLogger(__name__)
+
+VERIFIED = "X-Dhtdeb-Verified"
+MAX_RELEASE_BYTES = 64 * 1024 * 1024
+# Headers apt sends that the mirror should see on pass-through and revalidation.
+FORWARDED_REQUEST_HEADERS = (
+    "Range",
+    "If-Range",
+    "If-Modified-Since",
+    "If-None-Match",
+    "Cache-Control",
+    "Pragma",
+    "Accept",
+    "User-Agent",
+)
+FORWARDED_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "Last-Modified",
+    "ETag",
+    "Cache-Control",
+    "Expires",
+    "Date",
+)
+CONDITIONAL = ("If-Modified-Since", "If-None-Match", "If-Range", "Range")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+StatusProvider = Callable[[], dict[str, object]]
+PeerLookup = Callable[[str], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    allowed: Sequence[Network] = ()
+
+    def permits(self, remote: str | None) -> bool:
+        if remote is None:
+            return False
+        try:
+            address = ipaddress.ip_address(remote.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address.is_loopback or any(address in network for network in self.allowed)
+
+
+def _http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def _content_type(location: ArchiveLocation) -> str:
+    if location.relative.endswith(".deb") or location.relative.endswith(".udeb"):
+        return "application/vnd.debian.binary-package"
+    return "application/octet-stream"
+
+
+class _CountedFileResponse(web.FileResponse):
+    """aiohttp's file response (sendfile, Range, If-Range, HEAD) that counts bytes sent to apt."""
+
+    def __init__(self, path: Path, counters: Counters) -> None:
+        super().__init__(path, chunk_size=256 * 1024)
+        self._counters = counters
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        if request.method != "HEAD" and self.content_length is not None:
+            self._counters.bytes.to_apt += self.content_length
+        return writer
+
+
+class ProxyServer:
+    def __init__(
+        self,
+        *,
+        chain: TrustChain,
+        store: ContentStore,
+        downloads: Downloads,
+        mirror: MirrorClient,
+        counters: Counters,
+        access: AccessPolicy,
+        status: StatusProvider,
+        find_peers: PeerLookup,
+        metrics: Callable[[], bytes],
+    ) -> None:
+        self._chain = chain
+        self._store = store
+        self._downloads = downloads
+        self._mirror = mirror
+        self._counters = counters
+        self._access = access
+        self._status = status
+        self._find_peers = find_peers
+        self._metrics = metrics
+        self._unverifiable_logged: set[str] = set()
+
+    # -- entry --------------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if not self._access.permits(request.remote):
+            self._counters.requests.refused += 1
+            log.warning("refused client %s (not loopback, not in --allow-cidr)", request.remote)
+            return web.Response(status=403, text="dhtdeb: clients outside --allow-cidr are refused\n")
+        if request.method not in ("GET", "HEAD"):
+            self._counters.requests.refused += 1
+            return web.Response(
+                status=405, headers={"Allow": "GET, HEAD"}, text="dhtdeb: only GET and HEAD\n"
+            )
+        try:
+            target = parse_target(request.raw_path)
+        except BadTarget as exc:
+            self._counters.requests.refused += 1
+            return web.Response(status=exc.status, text=f"dhtdeb: {exc}\n")
+        if isinstance(target, LocalTarget):
+            return await self._local(request, target)
+        return await self._upstream(request, target)
+
+    async def _upstream(self, request: web.BaseRequest, target: UpstreamTarget) -> web.StreamResponse:
+        location = locate(target.url)
+        try:
+            if location.kind is FileKind.IN_RELEASE:
+                return await self._in_release(request, location)
+            if location.kind is FileKind.RELEASE:
+                return await self._release(request, location)
+            if location.kind in (FileKind.INDEX, FileKind.BY_HASH):
+                return await self._index_file(request, location)
+            if location.kind is FileKind.POOL:
+                return await self._pool_file(request, location)
+            return await self._pass_through(request, location)
+        except UpstreamRefused as exc:
+            return web.Response(status=exc.status if exc.status >= 400 else 502, text=f"dhtdeb: {exc}\n")
+        except MirrorError as exc:
+            log.warning("%s", exc)
+            return web.Response(status=502, text=f"dhtdeb: {exc}\n", headers={VERIFIED: "no"})
+
+    # -- signed release files -----------------------------------------------------------------
+
+    def _forwarded(self, request: web.BaseRequest, *, conditional: bool = True) -> dict[str, str]:
+        headers = {}
+        for name in FORWARDED_REQUEST_HEADERS:
+            if name in request.headers and (conditional or name not in CONDITIONAL):
+                headers[name] = request.headers[name]
+        return headers
+
+    async def _in_release(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+        assert location.suite_url is not None
+        # Without a verified Release for this suite we must see the whole file, even if apt has it.
+        conditional = self._chain.has_release(location.suite_url)
+        headers = self._forwarded(request, conditional=conditional)
+        async with await self._mirror.request("GET", location.url, headers) as upstream:
+            if upstream.status != 200:
+                return await self._relay(request, upstream, verified=False)
+            body = await upstream.read(MAX_RELEASE_BYTES)
+            self._counters.bytes.from_mirror += len(body)
+            verified = await self._chain.accept_in_release(location, body)
+            return self._buffered(request, upstream.headers, body, verified)
+
+    async def _release(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+        assert location.suite_url is not None
+        conditional = self._chain.has_release(location.suite_url)
+        headers = self._forwarded(request, conditional=conditional)
+        async with await self._mirror.request("GET", location.url, headers) as upstream:
+            if upstream.status != 200:
+                return await self._relay(request, upstream, verified=False)
+            body = await upstream.read(MAX_RELEASE_BYTES)
+            self._counters.bytes.from_mirror += len(body)
+        signature_url = location.suite_url + "Release.gpg"
+        verified = False
+        async with await self._mirror.request("GET", signature_url) as signature_response:
+            if signature_response.status == 200:
+                signature = await signature_response.read(1024 * 1024)
+                self._counters.bytes.from_mirror += len(signature)
+                verified = await self._chain.accept_release(location, body, signature)
+            else:
+                self._log_unverifiable(location.suite_url, "no InRelease and no Release.gpg")
+        return self._buffered(request, upstream.headers, body, verified)
+
+    def _buffered(
+        self, request: web.BaseRequest, upstream_headers: Mapping[str, str], body: bytes, verified: bool
+    ) -> web.Response:
+        response = web.Response(status=200, body=None if request.method == "HEAD" else body)
+        for name in ("Last-Modified", "ETag", "Date", "Cache-Control", "Expires"):
+            value = upstream_headers.get(name)
+            if value:
+                response.headers[name] = value
+        response.headers["Content-Type"] = "application/octet-stream"
+        if request.method == "HEAD":
+            response.headers["Content-Length"] = str(len(body))
+        else:
+            self._counters.bytes.to_apt += len(body)
+        response.headers[VERIFIED] = "yes" if verified else "no"
+        return response
+
+    # -- index files (Packages, Translation, by-hash) -----------------------------------------
+
+    async def _index_file(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+        expectation = self._chain.expected_index(location)
+        if expectation is None:
+            return await self._pass_through(request, location)
+        stored = self._store.lookup(expectation.expected.sha256)
+        if stored is None:
+            transfer = self._downloads.fetch(location.url, expectation.expected, announce=False)
+            try:
+                stored = await transfer.wait_stored()
+            except UpstreamRefused:
+                raise
+            except (DhtdebError, OSError) as exc:
+                self._counters.verify_failures.index += 1
+                return web.Response(
+                    status=502,
+                    text=f"dhtdeb: {location.url} does not match the signed Release: {exc}\n",
+                    headers={VERIFIED: "no"},
+                )
+        else:
+            self._counters.requests.cache_hits += 1
+        await self._chain.learn_index_file(location, expectation, stored)
+        return await self._serve_stored(request, location, stored)
+
+    # -- pool files (.deb) --------------------------------------------------------------------
+
+    async def _pool_file(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+        expected = self._chain.pool_file(location.url)
+        if expected is None:
+            self._log_unverifiable(location.root, "not listed in any verified Packages file")
+            return await self._pass_through(request, location)
+        stored = self._store.lookup(expected.sha256)
+        if stored is not None:
+            self._counters.requests.cache_hits += 1
+            return await self._serve_stored(request, location, stored)
+        if request.method == "HEAD":
+            return web.Response(
+                status=200,
+                headers={
+                    "Content-Length": str(expected.size),
+                    "Content-Type": _content_type(location),
+                    "Accept-Ranges": "bytes",
+                    VERIFIED: "yes",
+                },
+            )
+        transfer = self._downloads.fetch(location.url, expected, announce=True)
+        await transfer.wait_started()
+        return await self._serve_transfer(request, location, transfer)
+
+    # -- responses ----------------------------------------------------------------------------
+
+    async def _serve_stored(
+        self, request: web.BaseRequest, location: ArchiveLocation, stored: StoredFile
+    ) -> web.StreamResponse:
+        response = _CountedFileResponse(stored.path, self._counters)
+        response.headers[VERIFIED] = "yes"
+        response.headers["Content-Type"] = _content_type(location)
+        response.headers["ETag"] = f'"{stored.sha256}"'
+        response.headers["Cache-Control"] = (
+            "max-age=0" if location.kind is FileKind.INDEX else "max-age=86400"
+        )
+        return response
+
+    async def _serve_transfer(
+        self, request: web.BaseRequest, location: ArchiveLocation, transfer: Transfer
+    ) -> web.StreamResponse:
+        size = transfer.size
+        last_modified = transfer.last_modified
+        etag = f'"{transfer.sha256}"'
+        byte_range = None
+        if_range = request.headers.get("If-Range")
+        if if_range is None or if_range in (last_modified, etag):
+            try:
+                byte_range = parse_range(request.headers.get("Range"), size)
+            except Unsatisfiable:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+        start, end = (byte_range.start, byte_range.end) if byte_range else (0, size)
+        response = web.StreamResponse(status=206 if byte_range else 200)
+        response.content_length = end - start
+        if byte_range:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["Content-Type"] = _content_type(location)
+        response.headers["ETag"] = etag
+        if last_modified:
+            response.headers["Last-Modified"] = last_modified
+        response.headers[VERIFIED] = "yes"
+        await response.prepare(request)
+        try:
+            async for chunk in transfer.read(self._store, start, end):
+                await response.write(chunk)
+                self._counters.bytes.to_apt += len(chunk)
+        except (DhtdebError, OSError) as exc:
+            # Never complete a response whose bytes were not verified: cut the connection.
+            log.error("aborting response for %s: %s", location.url, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable() from None
+        await response.write_eof()
+        return response
+
+    async def _pass_through(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+        self._counters.requests.passed_through += 1
+        async with await self._mirror.request(
+            request.method, location.url, self._forwarded(request)
+        ) as upstream:
+            return await self._relay(request, upstream, verified=False)
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: MirrorResponse, *, verified: bool
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status)
+        for name in FORWARDED_RESPONSE_HEADERS:
+            value = upstream.headers.get(name)
+            if value is not None:
+                response.headers[name] = value
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        response.headers[VERIFIED] = "yes" if verified else "no"
+        await response.prepare(request)
+        if request.method != "HEAD" and upstream.status not in (204, 304):
+            try:
+                async for chunk in upstream.chunks():
+                    self._counters.bytes.from_mirror += len(chunk)
+                    await response.write(chunk)
+                    self._counters.bytes.to_apt += len(chunk)
+            except MirrorError as exc:
+                log.warning("pass-through cut: %s", exc)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPBadGateway() from None
+        await response.write_eof()
+        return response
+
+    def _log_unverifiable(self, key: str, reason: str) -> None:
+        if key not in self._unverifiable_logged:
+            self._unverifiable_logged.add(key)
+            log.warning("%s: cannot verify (%s); passing through unverified, not caching", key, reason)
+
+    # -- local pages --------------------------------------------------------------------------
+
+    async def _local(self, request: web.BaseRequest, target: LocalTarget) -> web.StreamResponse:
+        if target.path == "/health":
+            return web.Response(text="ok\n")
+        if target.path == "/status.json":
+            return web.Response(
+                text=json.dumps(self._status(), indent=2) + "\n", content_type="application/json"
+            )
+        if target.path == "/metrics":
+            return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8")
+        if target.path.startswith("/peers/"):
+            sha256 = target.path.removeprefix("/peers/")
+            if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+                return web.Response(status=400, text="dhtdeb: expected /peers/<sha256 hex>\n")
+            peers = await asyncio.wait_for(self._find_peers(sha256), timeout=30)
+            return web.Response(text=json.dumps({"sha256": sha256, "peers": peers}) + "\n",
+                                content_type="application/json")
+        status = self._status()
+        rows = "".join(
+            f"<tr><th>{group}</th><td>{', '.join(f'{k}={v}' for k, v in values.items())}</td></tr>"
+            for group, values in status.items()
+            if isinstance(values, dict)
+        )
+        html = (
+            "<!doctype html><title>dhtdeb</title><h1>dhtdeb</h1>"
+            f"<p>version {status.get('version')} node {status.get('node_id')}</p><table>{rows}</table>"
+        )
+        return web.Response(text=html, content_type="text/html")
+
+
+def build_server(proxy: ProxyServer) -> web.Server:
+    return web.Server(proxy.handle, max_line_size=8190, max_field_size=8190)
+

@@ -1,0 +1,40 @@
+"""Counters that /status.json and /metrics report. Plain integers, bumped by the components."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class ByteCounters:
+    from_peers: int = 0
+    from_mirror: int = 0
+    to_apt: int = 0
+    to_peers: int = 0
+
+
+@dataclass(slots=True)
+class RequestCounters:
+    cache_hits: int = 0
+    from_peers: int = 0
+    from_mirror: int = 0
+    passed_through: int = 0
+    refused: int = 0
+
+
+@dataclass(slots=True)
+class VerifyFailures:
+    signature: int = 0
+    index: int = 0
+    peer: int = 0
+    mirror: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    bytes: ByteCounters = field(default_factory=ByteCounters)
+    requests: RequestCounters = field(default_factory=RequestCounters)
+    verify_failures: VerifyFailures = field(default_factory=VerifyFailures)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return asdict(self)

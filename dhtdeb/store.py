@@ -1,0 +1,179 @@
+"""ContentStore: verified files addressed by SHA256, committed atomically.
+
+Owns: the store directory (`<root>/<aa>/<sha256>`), the `incoming/` area for files being written,
+size accounting and least-recently-used eviction above a byte limit. Trusts: nothing. `commit` hashes
+what was written and refuses bytes whose SHA256 or size differ from what the caller expected, so
+unverified bytes cannot enter the store whatever the caller does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dhtdeb.errors import VerificationError
+
+log = logging.getLogger(__name__)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha256(sha256: str) -> str:
+    if not _HEX64.fullmatch(sha256):
+        raise ValueError(f"not a lowercase hex SHA256: {sha256!r}")
+    return sha256
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    sha256: str
+    path: Path
+    size: int
+    mtime: float
+
+
+class PartialFile:
+    """A file being written into `incoming/`, hashed as it is written (in order)."""
+
+    def __init__(self, path: Path, sha256: str, size: int) -> None:
+        self.path = path
+        self.sha256 = sha256
+        self.size = size
+        self.written = 0
+        self._hash = hashlib.sha256()
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by commit/discard
+
+    def write(self, data: bytes) -> None:
+        if self.written + len(data) > self.size:
+            raise VerificationError(f"{self.sha256}: more bytes than the expected {self.size}")
+        self._file.write(data)
+        self._hash.update(data)
+        self.written += len(data)
+
+    def flush(self) -> None:
+        """Make written bytes visible to readers that opened the same path."""
+        self._file.flush()
+
+    def matches(self) -> bool:
+        return self.written == self.size and self._hash.hexdigest() == self.sha256
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class ContentStore:
+    def __init__(self, root: Path, *, limit_bytes: int = 0) -> None:
+        self.root = root
+        self.limit_bytes = limit_bytes
+        self.incoming = root / "incoming"
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in self.incoming.iterdir():
+            # A crash or kill mid-download leaves partial files here; they were never verified.
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        self._sizes: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}
+        for path in root.glob("??/*"):
+            if _HEX64.fullmatch(path.name) and path.parent.name == path.name[:2]:
+                st = path.stat()
+                self._sizes[path.name] = st.st_size
+                self._last_used[path.name] = st.st_atime
+        self._bytes = sum(self._sizes.values())
+        self._sequence = 0
+
+    def path_of(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256
+
+    def lookup(self, sha256: str) -> StoredFile | None:
+        if sha256 not in self._sizes:
+            return None
+        path = self.path_of(sha256)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._forget(sha256)
+            return None
+        self._last_used[sha256] = time.time()
+        return StoredFile(sha256, path, st.st_size, st.st_mtime)
+
+    def __contains__(self, sha256: object) -> bool:
+        return isinstance(sha256, str) and sha256 in self._sizes
+
+    def hashes(self) -> Iterator[str]:
+        return iter(list(self._sizes))
+
+    @property
+    def file_count(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes
+
+    def begin(self, sha256: str, size: int) -> PartialFile:
+        check_sha256(sha256)
+        self._sequence += 1
+        path = self.incoming / f"{sha256}.{os.getpid()}.{self._sequence}"
+        return PartialFile(path, sha256, size)
+
+    def commit(self, partial: PartialFile, *, mtime: float | None = None) -> StoredFile:
+        """fsync, check the hash, rename into place. Raises VerificationError on mismatch."""
+        try:
+            partial._file.flush()
+            os.fsync(partial._file.fileno())
+            partial._file.close()
+        except OSError:
+            partial.discard()
+            raise
+        if not partial.matches():
+            partial.discard()
+            raise VerificationError(f"{partial.sha256}: content does not match its SHA256")
+        target = self.path_of(partial.sha256)
+        target.parent.mkdir(exist_ok=True)
+        if mtime is not None:
+            os.utime(partial.path, (time.time(), mtime))
+        os.replace(partial.path, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        if partial.sha256 not in self._sizes:
+            self._bytes += partial.size
+        self._sizes[partial.sha256] = partial.size
+        self._last_used[partial.sha256] = time.time()
+        self._evict(keep=partial.sha256)
+        st = target.stat()
+        return StoredFile(partial.sha256, target, st.st_size, st.st_mtime)
+
+    def remove(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path_of(sha256).unlink()
+        self._forget(sha256)
+
+    def _forget(self, sha256: str) -> None:
+        size = self._sizes.pop(sha256, None)
+        self._last_used.pop(sha256, None)
+        if size is not None:
+            self._bytes -= size
+
+    def _evict(self, *, keep: str) -> None:
+        if not self.limit_bytes or self._bytes <= self.limit_bytes:
+            return
+        for sha256 in sorted(self._last_used, key=self._last_used.__getitem__):
+            if self._bytes <= self.limit_bytes:
+                break
+            if sha256 != keep:
+                log.info("cache full: evicting %s", sha256)
+                self.remove(sha256)

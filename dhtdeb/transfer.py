@@ -1,0 +1,133 @@
+"""Transfer: one verified download of one file, shared by every request that wants it.
+
+Owns: the progress of a download into the store's `incoming/` area and the rule for what may be
+read from it. Bytes are readable as they arrive, except the last `HOLD_BACK` bytes, which become
+readable only once the store has committed the file — that is, once its whole-file SHA256 matched
+the signed index. A reader therefore never receives a complete file that was not verified; a failed
+transfer makes every reader abort its response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from dhtdeb.errors import DhtdebError
+from dhtdeb.store import ContentStore, PartialFile, StoredFile
+
+HOLD_BACK = 64 * 1024
+READ_CHUNK = 256 * 1024
+
+
+class UpstreamRefused(DhtdebError):
+    """The source answered, but not with the file (e.g. the mirror said 404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Transfer:
+    def __init__(self, partial: PartialFile) -> None:
+        self.partial = partial
+        self.sha256 = partial.sha256
+        self.size = partial.size
+        self.last_modified: str | None = None
+        self.stored: StoredFile | None = None
+        self.error: BaseException | None = None
+        self._started = False
+        self._available = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # -- the downloader's side ----------------------------------------------------------------
+
+    def started(self, last_modified: str | None) -> None:
+        self.last_modified = last_modified
+        self._started = True
+        self._wake()
+
+    def progress(self, available: int) -> None:
+        self._available = available
+        self._wake()
+
+    def finished(self, stored: StoredFile) -> None:
+        self.stored = stored
+        self._started = True
+        self._wake()
+
+    def failed(self, error: BaseException) -> None:
+        self.error = error
+        self._wake()
+
+    @property
+    def done(self) -> bool:
+        return self.stored is not None or self.error is not None
+
+    # -- the readers' side --------------------------------------------------------------------
+
+    @property
+    def servable(self) -> int:
+        """How many leading bytes may be sent to a client now."""
+        if self.stored is not None:
+            return self.size
+        return max(0, min(self._available, self.size - HOLD_BACK))
+
+    async def wait_started(self) -> None:
+        """Return once the source delivers the file; raise its error if it never will."""
+        while not self._started:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        if self.error is not None and self.servable == 0:
+            raise self.error
+
+    async def wait_stored(self) -> StoredFile:
+        """Return the committed (verified) file; raise the transfer's error if it failed."""
+        while self.stored is None:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return self.stored
+
+    async def _wait(self) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        await future
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    def _open(self, store: ContentStore) -> BinaryIO:
+        try:
+            return open(self.partial.path, "rb")  # noqa: SIM115 - closed by the reader
+        except FileNotFoundError:
+            # Committed (renamed into the store) between our check and the open.
+            return open(store.path_of(self.sha256), "rb")  # noqa: SIM115
+
+    async def read(self, store: ContentStore, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end) as they become servable; raise if the transfer fails."""
+        handle = self._open(store)
+        try:
+            position = start
+            while position < end:
+                if self.error is not None:
+                    raise self.error
+                limit = min(self.servable, end)
+                if limit <= position:
+                    await self._wait()
+                    continue
+                handle.seek(position)
+                data = handle.read(min(READ_CHUNK, limit - position))
+                if not data:
+                    await self._wait()
+                    continue
+                position += len(data)
+                yield data
+        finally:
+            with contextlib.suppress(OSError):
+                handle.close()
