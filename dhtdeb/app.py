@@ -1,7 +1,7 @@
 """The one place that builds the running system.
 
-`serve()` opens the state directory, loads the trusted keys, and starts every component; a reader sees
-each of them start here, in order, and stop in reverse when the daemon is told to stop.
+`serve()` opens the state directory, loads the trusted keys, and starts every component; a reader
+sees each of them start here, in order, and stop in reverse when the daemon is told to stop.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ from dhtdeb.store import ContentStore, StoredFile
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_PROXY = HostPort("127.0.0.1", 9977)
+DEFAULT_PEER = HostPort("0.0.0.0", 9978)
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     state_dir: Path
-    proxy: HostPort = HostPort("127.0.0.1", 9977)
-    peer: HostPort = HostPort("0.0.0.0", 9978)
+    proxy: HostPort = DEFAULT_PROXY
+    peer: HostPort = DEFAULT_PEER
     keyrings: tuple[Path, ...] = ()
     dht: bool = True
     lan: bool = True
@@ -89,7 +91,10 @@ async def _open_discovery(config: ServeConfig) -> tuple[PeerDiscovery, HostPort]
 
     node = await open_dht(
         DhtConfig(
-            listen=config.peer, state_dir=config.state_dir / "dht", bootstrap=config.bootstrap, lan=config.lan
+            listen=config.peer,
+            state_dir=config.state_dir / "dht",
+            bootstrap=config.bootstrap,
+            lan=config.lan,
         )
     )
     return node, node.address
@@ -126,8 +131,16 @@ async def serve(config: ServeConfig) -> None:
             "version": __version__,
             "node_id": node_id,
             **counters.as_dict(),
-            "dht": {"routing_table": dht.routing_table, "stored_keys": dht.stored_keys, "announced": dht.announced},
-            "cache": {"files": store.file_count, "bytes": store.total_bytes, "limit_bytes": store.limit_bytes},
+            "dht": {
+                "routing_table": dht.routing_table,
+                "stored_keys": dht.stored_keys,
+                "announced": dht.announced,
+            },
+            "cache": {
+                "files": store.file_count,
+                "bytes": store.total_bytes,
+                "limit_bytes": store.limit_bytes,
+            },
         }
 
     async def find_peers(sha256: str) -> list[str]:
@@ -161,7 +174,10 @@ async def serve(config: ServeConfig) -> None:
         )
         log.info(
             "dhtdeb %s serving apt on http://%s (node %s, %d files in store)",
-            __version__, proxy_address, node_id[:12], store.file_count,
+            __version__,
+            proxy_address,
+            node_id[:12],
+            store.file_count,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -177,4 +193,3 @@ async def serve(config: ServeConfig) -> None:
         await mirror.close()
         await discovery.close()
         index.close()
-

@@ -31,7 +31,8 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise ConfigError(f"bad size {text!r} (examples: 0, 500M, 20G)")
-    return int(match.group(1)) * 1024 ** "_kmgt".index(match.group(2).lower() or "_")
+    exponent = "_kmgt".index(match.group(2).lower() or "_")
+    return int(match.group(1)) * int(1024**exponent)
 
 
 def _fail(exc: ConfigError) -> None:
@@ -41,16 +42,37 @@ def _fail(exc: ConfigError) -> None:
 
 @app.command()
 def serve(
-    state_dir: Annotated[Path | None, typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"),
+    ] = None,
     proxy: Annotated[str, typer.Option(help="Where apt reaches the proxy")] = "127.0.0.1:9977",
-    peer: Annotated[str, typer.Option(help="Peer HTTP server (TCP) and DHT (UDP) address")] = "0.0.0.0:9978",
-    keyring: Annotated[list[Path] | None, typer.Option(help="Trusted OpenPGP keyring (repeatable; default: keys/ + the system's apt keyrings)")] = None,
-    no_dht: Annotated[bool, typer.Option("--no-dht", help="Pure verified caching proxy: no DHT, no peers")] = False,
-    bootstrap: Annotated[list[str] | None, typer.Option(help="DHT node to join, HOST:PORT (repeatable)")] = None,
+    peer: Annotated[
+        str, typer.Option(help="Peer HTTP server (TCP) and DHT (UDP) address")
+    ] = "0.0.0.0:9978",
+    keyring: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Trusted OpenPGP keyring (repeatable; default: keys/ + the system's apt keyrings)"
+        ),
+    ] = None,
+    no_dht: Annotated[
+        bool, typer.Option("--no-dht", help="Pure verified caching proxy: no DHT, no peers")
+    ] = False,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option(help="DHT node to join, HOST:PORT (repeatable)")
+    ] = None,
     no_lan: Annotated[bool, typer.Option("--no-lan", help="No LAN multicast discovery")] = False,
-    allow_cidr: Annotated[list[str] | None, typer.Option(help="Also accept apt clients from this network (repeatable)")] = None,
-    cache_limit: Annotated[str, typer.Option(help="Store size limit, e.g. 20G (0: unlimited)")] = "0",
-    no_announce: Annotated[bool, typer.Option("--no-announce", help="Fetch from peers but never announce")] = False,
+    allow_cidr: Annotated[
+        list[str] | None,
+        typer.Option(help="Also accept apt clients from this network (repeatable)"),
+    ] = None,
+    cache_limit: Annotated[
+        str, typer.Option(help="Store size limit, e.g. 20G (0: unlimited)")
+    ] = "0",
+    no_announce: Annotated[
+        bool, typer.Option("--no-announce", help="Fetch from peers but never announce")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the daemon: the apt proxy, the peer server and the DHT."""
@@ -83,8 +105,12 @@ def serve(
 @app.command("bootstrap")
 def bootstrap_node(
     listen: Annotated[str, typer.Option(help="UDP address of this DHT node")] = "0.0.0.0:9978",
-    state_dir: Annotated[Path | None, typer.Option(help="State directory for node id and routing table")] = None,
-    bootstrap: Annotated[list[str] | None, typer.Option(help="Other DHT node to join (repeatable)")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State directory for node id and routing table")
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option(help="Other DHT node to join (repeatable)")
+    ] = None,
     no_lan: Annotated[bool, typer.Option("--no-lan", help="No LAN multicast discovery")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
@@ -115,8 +141,8 @@ def _daemon_url(url: str | None, state_dir: Path | None) -> str:
 
     addresses = (state_dir or default_state_dir()) / "addresses.json"
     try:
-        return "http://" + json.loads(addresses.read_text())["proxy"]
-    except (OSError, ValueError, KeyError):
+        return "http://" + str(json.loads(addresses.read_text())["proxy"])
+    except (OSError, ValueError, KeyError, TypeError):
         return "http://127.0.0.1:9977"
 
 
@@ -136,7 +162,12 @@ def _get_json(url: str) -> dict[str, object]:
 @app.command()
 def peers(
     sha256: Annotated[str, typer.Argument(help="SHA256 (hex) of the file")],
-    url: Annotated[str | None, typer.Option(help="The daemon's proxy URL (default: from --state-dir, else http://127.0.0.1:9977)")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="The daemon's proxy URL (default: from --state-dir, else http://127.0.0.1:9977)"
+        ),
+    ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="The daemon's state directory")] = None,
 ) -> None:
     """Ask the local daemon which peers hold a file."""

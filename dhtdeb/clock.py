@@ -1,7 +1,7 @@
 """Time as an injected dependency.
 
-Protocol cores (DHT bookkeeping, piece scheduler, token buckets, expiry) never read the system clock:
-they take a `Clock` so that tests and the network simulation can drive time by hand.
+Protocol cores (DHT bookkeeping, piece scheduler, token buckets, expiry) never read the system
+clock: they take a `Clock` so that tests and the network simulation can drive time by hand.
 """
 
 from __future__ import annotations

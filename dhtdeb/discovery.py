@@ -2,8 +2,8 @@
 
 A key is the SHA256 of a file (hex, from the signed index). The DHT implementation in `dhtdeb.dht`
 truncates it to its own key size; callers never need to know. A `Peer` is where a peer's HTTP server
-listens (the same port number as its DHT UDP socket). Peers are never trusted: whatever they serve is
-verified against the signed index before use.
+listens (the same port number as its DHT UDP socket). Peers are never trusted: whatever they serve
+is verified against the signed index before use.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Downloads: at most one transfer per file, run to its end even when apt hangs up.
 
 Owns: the table of running transfers and the tasks that feed them. The source today is the mirror
-apt asked for; peers plug in here (the swarm). Trusts: nothing downloaded — the store's commit checks
-the whole-file SHA256 against the signed index, and only a committed file is announced.
+apt asked for; peers plug in here (the swarm). Trusts: nothing downloaded — the store's commit
+checks the whole-file SHA256 against the signed index, and only a committed file is announced.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ class Downloads:
         partial = transfer.partial
         async with await self._mirror.request("GET", url) as response:
             if response.status != 200:
-                raise UpstreamRefused(response.status, f"{url}: mirror answered HTTP {response.status}")
+                raise UpstreamRefused(
+                    response.status, f"{url}: mirror answered HTTP {response.status}"
+                )
             length = response.content_length
             if length is not None and length != partial.size:
                 raise VerificationError(

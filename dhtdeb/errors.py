@@ -2,8 +2,8 @@
 
 Every parser of untrusted input (mirror responses, signed indices, peer HTTP, DHT datagrams, config)
 either returns a value or raises a subclass of `DhtdebError`. `RemoteProtocolError` means the other
-side broke the protocol (a peer or mirror to penalise); `VerificationError` means bytes did not match
-what the signed chain says; `ConfigError` means the operator asked for something impossible.
+side broke the protocol (a peer or mirror to penalise); `VerificationError` means bytes did not
+match what the signed chain says; `ConfigError` means the operator asked for something impossible.
 """
 
 

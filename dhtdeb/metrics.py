@@ -15,8 +15,13 @@ class _StatusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self._status()
-        for group, kind in (("bytes", "counter"), ("requests", "counter"), ("verify_failures", "counter"),
-                            ("dht", "gauge"), ("cache", "gauge")):
+        for group, kind in (
+            ("bytes", "counter"),
+            ("requests", "counter"),
+            ("verify_failures", "counter"),
+            ("dht", "gauge"),
+            ("cache", "gauge"),
+        ):
             values = status.get(group)
             if not isinstance(values, dict):
                 continue

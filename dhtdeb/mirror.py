@@ -7,7 +7,6 @@ Bodies are passed on byte for byte (no transparent decompression).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -38,8 +37,10 @@ class MirrorResponse:
         try:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise MirrorError(f"{self._response.url}: transfer failed: {exc or type(exc).__name__}") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise MirrorError(
+                f"{self._response.url}: transfer failed: {exc or type(exc).__name__}"
+            ) from exc
 
     async def read(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -58,7 +59,10 @@ class MirrorResponse:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -87,9 +91,12 @@ class MirrorClient:
         session = self._ensure()
         try:
             response = await session.request(
-                method, yarl.URL(url, encoded=False), headers=dict(headers or {}), allow_redirects=True
+                method,
+                yarl.URL(url, encoded=False),
+                headers=dict(headers or {}),
+                allow_redirects=True,
             )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise MirrorError(f"{url}: {exc or type(exc).__name__}") from exc
         return MirrorResponse(response)
 

@@ -1,9 +1,9 @@
 """ContentStore: verified files addressed by SHA256, committed atomically.
 
 Owns: the store directory (`<root>/<aa>/<sha256>`), the `incoming/` area for files being written,
-size accounting and least-recently-used eviction above a byte limit. Trusts: nothing. `commit` hashes
-what was written and refuses bytes whose SHA256 or size differ from what the caller expected, so
-unverified bytes cannot enter the store whatever the caller does.
+size accounting and least-recently-used eviction above a byte limit. Trusts: nothing. `commit`
+hashes what was written and refuses bytes whose SHA256 or size differ from what the caller
+expected, so unverified bytes cannot enter the store whatever the caller does.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class PartialFile:
         self.size = size
         self.written = 0
         self._hash = hashlib.sha256()
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by commit/discard
+        self._file = open(path, "wb")
 
     def write(self, data: bytes) -> None:
         if self.written + len(data) > self.size:

@@ -104,10 +104,10 @@ class Transfer:
 
     def _open(self, store: ContentStore) -> BinaryIO:
         try:
-            return open(self.partial.path, "rb")  # noqa: SIM115 - closed by the reader
+            return open(self.partial.path, "rb")
         except FileNotFoundError:
             # Committed (renamed into the store) between our check and the open.
-            return open(store.path_of(self.sha256), "rb")  # noqa: SIM115
+            return open(store.path_of(self.sha256), "rb")
 
     async def read(self, store: ContentStore, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) as they become servable; raise if the transfer fails."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +59,12 @@ class TrustChain:
             self._counters.verify_failures.signature += 1
             log.warning(
                 "%s: not verified, its files pass through unverified: %s", location.url, exc
+            )
+            return False
+        if release.valid_until is not None and release.valid_until <= time.time():
+            self._counters.verify_failures.signature += 1
+            log.warning(
+                "%s: signed but expired (Valid-Until has passed); not believed", location.url
             )
             return False
         known = self._index.release_date(location.suite_url)

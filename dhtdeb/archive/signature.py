@@ -1,7 +1,8 @@
 """OpenPGP verification of Release files with gpgv, the verifier apt itself uses.
 
-Owns: the trusted keyring set and the fingerprint allow-list; running gpgv; reading its status lines.
-Trusts: only gpgv's machine-readable status output and the payload gpgv writes with `--output`.
+Owns: the trusted keyring set and the fingerprint allow-list; running gpgv; reading its status
+lines. Trusts: only gpgv's machine-readable status output and the payload gpgv writes with
+`--output`.
 The raw InRelease bytes are never parsed: text outside the signed block (an unsigned paragraph
 prepended by an attacker) is rejected outright, and the payload comes from gpgv.
 """
@@ -26,6 +27,7 @@ GPGV_TIMEOUT = 30.0
 _BEGIN_SIGNED = b"-----BEGIN PGP SIGNED MESSAGE-----"
 _END_SIGNATURE = b"-----END PGP SIGNATURE-----"
 _ARMOR_HEADER = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+_GPG = ("gpg", "--batch", "--no-options")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,23 +44,31 @@ def _binary_keyring(path: Path, workdir: Path) -> bytes:
         return data
     out = workdir / (path.name + ".gpg")
     result = subprocess.run(
-        ["gpg", "--batch", "--no-options", "--homedir", str(workdir), "--yes", "--dearmor"]
-        + ["--output", str(out), str(path)],
+        [
+            "gpg",
+            "--batch",
+            "--no-options",
+            "--homedir",
+            str(workdir),
+            "--yes",
+            "--dearmor",
+            "--output",
+            str(out),
+            str(path),
+        ],
         capture_output=True,
         timeout=GPGV_TIMEOUT,
         check=False,
     )
     if result.returncode != 0:
-        raise ConfigError(
-            f"keyring {path}: gpg --dearmor failed: {result.stderr.decode(errors='replace').strip()}"
-        )
+        reason = result.stderr.decode(errors="replace").strip()
+        raise ConfigError(f"keyring {path}: gpg --dearmor failed: {reason}")
     return out.read_bytes()
 
 
 def _fingerprints(keyring: Path, workdir: Path) -> frozenset[str]:
     result = subprocess.run(
-        ["gpg", "--batch", "--no-options", "--homedir", str(workdir), "--with-colons"]
-        + ["--show-keys", str(keyring)],
+        [*_GPG, "--homedir", str(workdir), "--with-colons", "--show-keys", str(keyring)],
         capture_output=True,
         timeout=GPGV_TIMEOUT,
         check=False,

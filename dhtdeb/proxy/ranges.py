@@ -36,11 +36,11 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
                 raise Unsatisfiable
             return ByteRange(max(0, size - suffix), size)
         start = int(first)
-        end = int(last) + 1 if last else size
+        end = int(last) + 1 if last else max(size, start + 1)
     except ValueError:
         return None
+    if 0 <= start < end and start >= size:
+        raise Unsatisfiable
     if start < 0 or end <= start:
         return None
-    if start >= size:
-        raise Unsatisfiable
     return ByteRange(start, min(end, size))

@@ -135,7 +135,9 @@ class ProxyServer:
         if not self._access.permits(request.remote):
             self._counters.requests.refused += 1
             log.warning("refused client %s (not loopback, not in --allow-cidr)", request.remote)
-            return web.Response(status=403, text="dhtdeb: clients outside --allow-cidr are refused\n")
+            return web.Response(
+                status=403, text="dhtdeb: clients outside --allow-cidr are refused\n"
+            )
         if request.method not in ("GET", "HEAD"):
             self._counters.requests.refused += 1
             return web.Response(
@@ -150,7 +152,9 @@ class ProxyServer:
             return await self._local(request, target)
         return await self._upstream(request, target)
 
-    async def _upstream(self, request: web.BaseRequest, target: UpstreamTarget) -> web.StreamResponse:
+    async def _upstream(
+        self, request: web.BaseRequest, target: UpstreamTarget
+    ) -> web.StreamResponse:
         location = locate(target.url)
         try:
             if location.kind is FileKind.IN_RELEASE:
@@ -163,7 +167,9 @@ class ProxyServer:
                 return await self._pool_file(request, location)
             return await self._pass_through(request, location)
         except UpstreamRefused as exc:
-            return web.Response(status=exc.status if exc.status >= 400 else 502, text=f"dhtdeb: {exc}\n")
+            return web.Response(
+                status=exc.status if exc.status >= 400 else 502, text=f"dhtdeb: {exc}\n"
+            )
         except MirrorError as exc:
             log.warning("%s", exc)
             return web.Response(status=502, text=f"dhtdeb: {exc}\n", headers={VERIFIED: "no"})
@@ -177,7 +183,9 @@ class ProxyServer:
                 headers[name] = request.headers[name]
         return headers
 
-    async def _in_release(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+    async def _in_release(
+        self, request: web.BaseRequest, location: ArchiveLocation
+    ) -> web.StreamResponse:
         assert location.suite_url is not None
         # Without a verified Release for this suite we must see the whole file, even if apt has it.
         conditional = self._chain.has_release(location.suite_url)
@@ -190,7 +198,9 @@ class ProxyServer:
             verified = await self._chain.accept_in_release(location, body)
             return self._buffered(request, upstream.headers, body, verified)
 
-    async def _release(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+    async def _release(
+        self, request: web.BaseRequest, location: ArchiveLocation
+    ) -> web.StreamResponse:
         assert location.suite_url is not None
         conditional = self._chain.has_release(location.suite_url)
         headers = self._forwarded(request, conditional=conditional)
@@ -211,7 +221,11 @@ class ProxyServer:
         return self._buffered(request, upstream.headers, body, verified)
 
     def _buffered(
-        self, request: web.BaseRequest, upstream_headers: Mapping[str, str], body: bytes, verified: bool
+        self,
+        request: web.BaseRequest,
+        upstream_headers: Mapping[str, str],
+        body: bytes,
+        verified: bool,
     ) -> web.Response:
         response = web.Response(status=200, body=None if request.method == "HEAD" else body)
         for name in ("Last-Modified", "ETag", "Date", "Cache-Control", "Expires"):
@@ -228,7 +242,9 @@ class ProxyServer:
 
     # -- index files (Packages, Translation, by-hash) -----------------------------------------
 
-    async def _index_file(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+    async def _index_file(
+        self, request: web.BaseRequest, location: ArchiveLocation
+    ) -> web.StreamResponse:
         expectation = self._chain.expected_index(location)
         if expectation is None:
             return await self._pass_through(request, location)
@@ -253,7 +269,9 @@ class ProxyServer:
 
     # -- pool files (.deb) --------------------------------------------------------------------
 
-    async def _pool_file(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+    async def _pool_file(
+        self, request: web.BaseRequest, location: ArchiveLocation
+    ) -> web.StreamResponse:
         expected = self._chain.pool_file(location.url)
         if expected is None:
             self._log_unverifiable(location.root, "not listed in any verified Packages file")
@@ -328,7 +346,9 @@ class ProxyServer:
         await response.write_eof()
         return response
 
-    async def _pass_through(self, request: web.BaseRequest, location: ArchiveLocation) -> web.StreamResponse:
+    async def _pass_through(
+        self, request: web.BaseRequest, location: ArchiveLocation
+    ) -> web.StreamResponse:
         self._counters.requests.passed_through += 1
         async with await self._mirror.request(
             request.method, location.url, self._forwarded(request)
@@ -364,7 +384,9 @@ class ProxyServer:
     def _log_unverifiable(self, key: str, reason: str) -> None:
         if key not in self._unverifiable_logged:
             self._unverifiable_logged.add(key)
-            log.warning("%s: cannot verify (%s); passing through unverified, not caching", key, reason)
+            log.warning(
+                "%s: cannot verify (%s); passing through unverified, not caching", key, reason
+            )
 
     # -- local pages --------------------------------------------------------------------------
 
@@ -382,8 +404,10 @@ class ProxyServer:
             if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
                 return web.Response(status=400, text="dhtdeb: expected /peers/<sha256 hex>\n")
             peers = await asyncio.wait_for(self._find_peers(sha256), timeout=30)
-            return web.Response(text=json.dumps({"sha256": sha256, "peers": peers}) + "\n",
-                                content_type="application/json")
+            return web.Response(
+                text=json.dumps({"sha256": sha256, "peers": peers}) + "\n",
+                content_type="application/json",
+            )
         status = self._status()
         rows = "".join(
             f"<tr><th>{group}</th><td>{', '.join(f'{k}={v}' for k, v in values.items())}</td></tr>"
@@ -392,11 +416,11 @@ class ProxyServer:
         )
         html = (
             "<!doctype html><title>dhtdeb</title><h1>dhtdeb</h1>"
-            f"<p>version {status.get('version')} node {status.get('node_id')}</p><table>{rows}</table>"
+            f"<p>version {status.get('version')} node {status.get('node_id')}</p>"
+            f"<table>{rows}</table>"
         )
         return web.Response(text=html, content_type="text/html")
 
 
 def build_server(proxy: ProxyServer) -> web.Server:
     return web.Server(proxy.handle, max_line_size=8190, max_field_size=8190)
-
