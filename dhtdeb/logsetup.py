@@ -36,3 +36,5 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kademlia").setLevel(logging.WARNING)
+    logging.getLogger("rpcudp").setLevel(logging.WARNING)

@@ -1,0 +1,192 @@
+"""dhtdeb's DHT: who holds a file, found without a tracker.
+
+Owns: the public entry points (`DhtConfig`, `open_dht`, `DhtNode`, `run_bootstrap_node`). Every
+line that knows about the `kademlia` package lives in this package; the rest of dhtdeb sees the
+`PeerDiscovery` interface of `dhtdeb.discovery`. See docs/dht.md for the design and the list of
+stock kademlia defects covered here.
+
+A file's key is its SHA256 truncated to the DHT's 160 bits (the first 20 bytes). A `Peer` is the
+UDP source address an announce came from; the peer's HTTP server listens on TCP at the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dhtdeb.clock import Clock, MonotonicClock
+from dhtdeb.dht.protocol import DhtTuning
+from dhtdeb.dht.server import DhtServer, dht_key
+from dhtdeb.dht.state import load_state
+from dhtdeb.dht.transport import DatagramNetwork, MemoryNetwork, UdpNetwork, family_for_listen
+from dhtdeb.discovery import DiscoveryStatistics, Peer
+from dhtdeb.netaddr import HostPort
+
+__all__ = [
+    "DhtConfig",
+    "DhtNode",
+    "DhtTuning",
+    "MemoryNetwork",
+    "dht_key",
+    "open_dht",
+    "run_bootstrap_node",
+]
+
+log = logging.getLogger("dhtdeb.dht")
+
+
+@dataclass(frozen=True)
+class DhtConfig:
+    listen: HostPort  # UDP address; port 0 allowed (tests)
+    state_dir: Path  # node id + contacts persisted here (JSON)
+    bootstrap: tuple[HostPort, ...] = ()
+    lan: bool = True  # LAN multicast discovery; --no-lan turns it off
+    allow_loopback_peers: bool = True  # one-contact-per-IP rule excepts loopback
+
+
+class DhtNode:
+    """A running DHT node (implements `dhtdeb.discovery.PeerDiscovery`)."""
+
+    def __init__(self, server: DhtServer, config: DhtConfig) -> None:
+        self._server = server
+        self._config = config
+        self.address = HostPort(server.address[0], server.address[1])
+        self._maintenance: asyncio.Task[None] | None = None
+        self._lan: object | None = None
+        self._closed = False
+
+    # -- PeerDiscovery ---------------------------------------------------------------------------
+    async def announce(self, sha256_hex: str) -> None:
+        """Tell the k nodes nearest the file's key that we hold it; re-announced until close."""
+        await self._server.announce(sha256_hex)
+
+    async def find_peers(self, sha256_hex: str, deadline: float) -> list[Peer]:
+        """Peers for the file, merged from several nodes; what is known once `deadline` passes."""
+        key = dht_key(sha256_hex)
+        found = await self._server.find_peers(key, max(0.0, deadline))
+        own = self._server.address
+        return [Peer(host, port) for host, port in found if (host, port) != own]
+
+    async def bootstrap(self, addrs: Sequence[HostPort]) -> None:
+        await self._server.bootstrap([(a.host, a.port) for a in addrs])
+
+    def statistics(self) -> DiscoveryStatistics:
+        return DiscoveryStatistics(
+            routing_table=len(self._server.protocol.router),
+            stored_keys=self._server.storage.key_count(),
+            announced=len(self._server.schedule),
+        )
+
+    def counters(self) -> dict[str, int]:
+        """Datagram counters: malformed, rate_limited, bad_tokens, timeouts, bytes_sent, ..."""
+        return dict(self._server.protocol.counters)
+
+    async def maintain(self) -> None:
+        """One maintenance tick (the loop calls it every minute; simulations call it by hand)."""
+        await self._server.maintain(self._config.state_dir)
+
+    def save(self) -> None:
+        self._server.save_state(self._config.state_dir)
+
+    @property
+    def engine(self) -> DhtServer:
+        """The kademlia-based engine (tests, simulation, benchmarks)."""
+        return self._server
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._server.tuning.maintenance_interval)
+            try:
+                await self.maintain()
+            except Exception as exc:  # upkeep must go on; one line, no traceback spam
+                self._server.protocol.quiet.warn("maintain", "DHT maintenance failed: %r", exc)
+
+    def _start(self, *, maintenance: bool) -> None:
+        if maintenance:
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintenance_loop())
+
+    async def close(self) -> None:
+        """Stop, and save the node id and contacts for the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        if self._lan is not None:
+            from dhtdeb.lan import LanDiscovery
+
+            assert isinstance(self._lan, LanDiscovery)
+            await self._lan.close()
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("DHT: could not save state to %s: %s", self._config.state_dir, exc)
+        await self._server.aclose()
+
+
+async def open_dht(
+    config: DhtConfig,
+    *,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    tuning: DhtTuning | None = None,
+    network: DatagramNetwork | None = None,
+    maintenance: bool = True,
+) -> DhtNode:
+    """Bind, load saved state, join (saved contacts + config.bootstrap + LAN); a running node.
+
+    `clock`, `rng` and `network` are injected for tests and simulation; production uses the
+    monotonic clock, `random.SystemRandom` (message ids and token secrets must be unpredictable)
+    and real UDP.
+    """
+    clock = clock or MonotonicClock()
+    rng = rng or random.SystemRandom()
+    tuning = tuning or DhtTuning()
+    family = family_for_listen(config.listen.host)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    saved = load_state(config.state_dir)
+    server = DhtServer(
+        tuning=tuning,
+        clock=clock,
+        rng=rng,
+        node_id=saved.node_id if saved else rng.randbytes(20),
+        family=family,
+        allow_loopback=config.allow_loopback_peers,
+    )
+    await server.listen_on(network or UdpNetwork(), config.listen.host, config.listen.port)
+    node = DhtNode(server, config)
+    try:
+        join = [*(saved.contacts if saved else ()), *((b.host, b.port) for b in config.bootstrap)]
+        if join:
+            await server.bootstrap(join)
+        if config.lan and network is None:
+            from dhtdeb.lan import LanDiscovery
+
+            lan = LanDiscovery(server.node.id, server.address[1], on_found=node.bootstrap)
+            await lan.start()
+            node._lan = lan
+        node._start(maintenance=maintenance)
+    except BaseException:
+        await server.aclose()
+        raise
+    return node
+
+
+async def run_bootstrap_node(
+    config: DhtConfig, *, ready: asyncio.Event | None = None, tuning: DhtTuning | None = None
+) -> None:
+    """`dhtdeb bootstrap`: a DHT-only node that runs until cancelled, saving state periodically
+    (maintenance) and on exit. `ready` is set once it listens."""
+    node = await open_dht(config, tuning=tuning)
+    log.info("DHT bootstrap node listening on %s", node.address)
+    try:
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await node.close()

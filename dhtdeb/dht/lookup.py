@@ -1,0 +1,172 @@
+"""Iterative lookups that do not wait for the slowest node.
+
+Owns: one traversal towards a 160-bit target (find_node or get_peers). Trusts: nothing in replies
+beyond their shape; contacts found in replies are only *asked*, never added to the routing table
+(the protocol adds a node only when it answers).
+
+Extends kademlia's `SpiderCrawl` (it keeps its `NodeHeap` of the k nearest and its contacted set)
+but replaces `_find`: stock kademlia sends alpha requests, then `gather`s them, so each round lasts
+as long as its slowest (or dead: 5 s) node, and `ValueSpiderCrawl` keeps the majority value. Here
+up to alpha requests are in flight; a request older than `slow_after` stops holding a slot (another
+branch opens, as libtorrent does), peer lists from every responder are merged, and the lookup ends
+as soon as enough peers are known, the k nearest live nodes have answered, or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from kademlia.crawling import SpiderCrawl
+from kademlia.node import Node
+
+from dhtdeb.dht.wire import Address, Reply
+
+
+@dataclass
+class LookupResult:
+    peers: list[Address] = field(default_factory=list)
+    closest: list[tuple[Node, bytes | None]] = field(
+        default_factory=list
+    )  # responders, nearest first
+    queried: int = 0
+    answered: int = 0
+
+
+@dataclass(frozen=True)
+class _Answer:
+    node: Node
+    reply: Reply | None
+
+
+@dataclass(frozen=True)
+class _Slow:
+    node_id: bytes
+
+
+class Lookup(SpiderCrawl):  # type: ignore[misc]
+    def __init__(
+        self,
+        protocol: object,
+        target: Node,
+        seeds: list[Node],
+        *,
+        ksize: int,
+        alpha: int,
+        slow_after: float,
+        get_peers: bool,
+        enough_peers: int | None = None,
+    ) -> None:
+        super().__init__(protocol, target, seeds, ksize, alpha)
+        self._slow_after = slow_after
+        self._get_peers = get_peers
+        self._enough_peers = enough_peers
+        self._result = LookupResult()
+        self._seen_peers: set[Address] = set()
+        self._answered: dict[bytes, tuple[Node, bytes | None]] = {}
+        self._asked_addresses: set[Address] = set()
+        self._in_flight: dict[bytes, asyncio.Task[None]] = {}
+        self._slow: set[bytes] = set()
+        self._events: asyncio.Queue[_Answer | _Slow] = asyncio.Queue()
+
+    async def find(self, deadline: float = 10.0) -> LookupResult:
+        loop = asyncio.get_running_loop()
+        timers: list[asyncio.TimerHandle] = []
+        stop_at = loop.time() + deadline
+        try:
+            while not self._done():
+                self._launch(timers)
+                if not self._in_flight and not self.nearest.get_uncontacted():
+                    break
+                if self._done():
+                    break
+                remaining = stop_at - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        event = await self._events.get()
+                except TimeoutError:
+                    break
+                self._handle(event)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            for task in self._in_flight.values():
+                task.cancel()
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        self._result.closest = sorted(
+            self._answered.values(), key=lambda pair: pair[0].distance_to(self.node)
+        )[: self.ksize]
+        return self._result
+
+    def _active(self) -> int:
+        return sum(1 for node_id in self._in_flight if node_id not in self._slow)
+
+    def _launch(self, timers: list[asyncio.TimerHandle]) -> None:
+        loop = asyncio.get_running_loop()
+        for node in self.nearest.get_uncontacted():
+            if self._active() >= self.alpha:
+                return
+            self.nearest.mark_contacted(node)
+            address = (node.ip, node.port)
+            if address in self._asked_addresses:
+                self.nearest.remove([node.id])  # one question per address
+                continue
+            self._asked_addresses.add(address)
+            self._result.queried += 1
+            self._in_flight[node.id] = loop.create_task(self._ask(node))
+            timers.append(
+                loop.call_later(self._slow_after, self._events.put_nowait, _Slow(node.id))
+            )
+
+    async def _ask(self, node: Node) -> None:
+        if self._get_peers:
+            reply = await self.protocol.call_get_peers(node, self.node.id)
+        else:
+            reply = await self.protocol.call_find_node(node, self.node)
+        self._events.put_nowait(_Answer(node, reply))
+
+    def _handle(self, event: _Answer | _Slow) -> None:
+        if isinstance(event, _Slow):
+            if event.node_id in self._in_flight:
+                self._slow.add(event.node_id)
+            return
+        node_id = event.node.id
+        self._in_flight.pop(node_id, None)
+        self._slow.discard(node_id)
+        reply = event.reply
+        if reply is None:
+            self.nearest.remove([node_id])
+            return
+        self._result.answered += 1
+        self._answered[node_id] = (event.node, reply.token)
+        for peer in reply.peers:
+            if peer not in self._seen_peers:
+                self._seen_peers.add(peer)
+                self._result.peers.append(peer)
+        own = self.protocol.source_node.id
+        fresh = [
+            Node(c.node_id, c.host, c.port)
+            for c in reply.nodes
+            if c.node_id != own
+            and c.node_id not in self.nearest.contacted
+            and (c.host, c.port) not in self._asked_addresses
+        ]
+        self.nearest.push(fresh)
+
+    def _done(self) -> bool:
+        if self._enough_peers is not None and len(self._result.peers) >= self._enough_peers:
+            return True
+        # Done when every one of the k nearest live candidates has answered, or is late enough
+        # to be presumed dead, and nothing nearer is still waiting to be asked.
+        # A get_peers lookup that found nobody yet still waits for its late requests (up to the
+        # RPC timeout): returning empty-handed early would send the caller to the mirror.
+        wait_for_late = self._get_peers and not self._result.peers
+        for node in self.nearest:
+            if node.id in self._answered:
+                continue
+            if node.id in self._in_flight and node.id in self._slow and not wait_for_late:
+                continue
+            return False
+        return True

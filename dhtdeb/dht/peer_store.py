@@ -1,0 +1,129 @@
+"""Peer lists held for other nodes: key -> many (host, port), each entry with its own expiry.
+
+Owns: what this node stores on behalf of the network (libtorrent's dht_storage, BEP 5 semantics).
+Trusts: nothing; callers pass the address an announce came *from* (never one claimed in a message)
+and only after its write token was checked.
+
+This replaces kademlia's single-value `ForgetfulStorage` through kademlia's own extension point
+(`IStorage`): `store[key] = (host, port)` adds a peer to the list instead of overwriting a value,
+and `store[key]` returns the list. Bounded: at most `max_keys` keys and `max_peers_per_key` peers
+per key; when full, new keys/peers are dropped (libtorrent's policy: a flood cannot evict honest
+entries), while a peer already listed may refresh its expiry.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from kademlia.storage import IStorage
+
+from dhtdeb.clock import Clock
+
+Address = tuple[str, int]
+
+DEFAULT_MAX_KEYS = 2000
+DEFAULT_MAX_PEERS_PER_KEY = 500
+DEFAULT_PEER_TTL = 45 * 60.0
+_PURGE_EVERY = 5.0
+
+
+class PeerStore(IStorage):  # type: ignore[misc]
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        max_peers_per_key: int = DEFAULT_MAX_PEERS_PER_KEY,
+        ttl: float = DEFAULT_PEER_TTL,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self.max_keys = max_keys
+        self.max_peers_per_key = max_peers_per_key
+        self.ttl = ttl
+        self._entries: dict[bytes, dict[Address, float]] = {}
+        self._last_purge = float("-inf")
+        self.dropped = 0
+
+    # -- the peer-list interface -------------------------------------------------------------
+    def add(self, key: bytes, peer: Address) -> bool:
+        """Record `peer` for `key`; False when dropped because a cap is reached."""
+        now = self._clock.now()
+        peers = self._entries.get(key)
+        if peers is None:
+            if len(self._entries) >= self.max_keys:
+                self._purge_if_due(now)
+            if len(self._entries) >= self.max_keys:
+                self.dropped += 1
+                return False
+            peers = self._entries[key] = {}
+        if peer not in peers and len(peers) >= self.max_peers_per_key:
+            self._expire_key(key, peers, now)
+            if len(peers) >= self.max_peers_per_key:
+                self.dropped += 1
+                return False
+        peers[peer] = now + self.ttl
+        return True
+
+    def peers(self, key: bytes, limit: int) -> list[Address]:
+        """A random subset of at most `limit` live peers for `key`."""
+        peers = self._entries.get(key)
+        if not peers:
+            return []
+        self._expire_key(key, peers, self._clock.now())
+        live = list(peers)
+        if len(live) <= limit:
+            self._rng.shuffle(live)
+            return live
+        return self._rng.sample(live, limit)
+
+    def expire(self) -> None:
+        now = self._clock.now()
+        self._last_purge = now
+        for key, peers in list(self._entries.items()):
+            self._expire_key(key, peers, now)
+
+    def key_count(self) -> int:
+        return len(self._entries)
+
+    def peer_count(self) -> int:
+        return sum(len(p) for p in self._entries.values())
+
+    def _expire_key(self, key: bytes, peers: dict[Address, float], now: float) -> None:
+        for peer in [p for p, expires in peers.items() if expires <= now]:
+            del peers[peer]
+        if not peers:
+            self._entries.pop(key, None)
+
+    def _purge_if_due(self, now: float) -> None:
+        # a full store under flood must not pay a full scan per announce
+        if now - self._last_purge >= _PURGE_EVERY:
+            self.expire()
+
+    # -- kademlia's IStorage -----------------------------------------------------------------
+    def __setitem__(self, key: bytes, value: Address) -> None:
+        self.add(key, value)
+
+    def __getitem__(self, key: bytes) -> list[Address]:
+        found = self.peers(key, self.max_peers_per_key)
+        if not found:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: bytes, default: object = None) -> object:
+        found = self.peers(key, self.max_peers_per_key)
+        return found if found else default
+
+    def iter_older_than(self, seconds_old: float) -> list[tuple[bytes, list[Address]]]:
+        # Peer lists are kept alive by their announcers re-announcing, never republished by the
+        # node that happens to store them (that would resurrect peers that left).
+        return []
+
+    def __iter__(self) -> Iterator[tuple[bytes, list[Address]]]:
+        now = self._clock.now()
+        for key, peers in list(self._entries.items()):
+            live = [p for p, expires in peers.items() if expires > now]
+            if live:
+                yield key, live

@@ -1,0 +1,424 @@
+"""One DHT node's datagram endpoint: RPC bookkeeping and the request handlers.
+
+Owns: every datagram in and out of the node. Trusts: the UDP source address of a datagram as far as
+a token or a reply to our own random message id proves it, and nothing in a datagram's body.
+
+Built on kademlia's `KademliaProtocol` (a subclass, so `Server`, the crawlers and the routing table
+keep working with it), but rpcudp's layer underneath is replaced, not extended: rpcudp parses each
+datagram in a fire-and-forget task (a malformed one becomes "Task exception was never retrieved"),
+hard-wires a 5 s timeout, turns any attribute into a remote call (`__getattr__`), answers with
+`(ok, value)` tuples, matches replies by message id alone (any address can answer), and reads the
+event loop's clock and `os.urandom` directly. Here a datagram is parsed synchronously by `wire`,
+counted and dropped when malformed, rate limited per source, and replies are only accepted from the
+address the request went to. Replies to an address that has not proven itself (not a routing
+contact, no valid token) are cut to `amplification` times the request's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import socket
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+
+from dhtdeb.clock import Clock
+from dhtdeb.dht.guards import QuietLog, SourceLimiter, WriteTokens, source_key
+from dhtdeb.dht.peer_store import PeerStore
+from dhtdeb.dht.routing import DhtRoutingTable
+from dhtdeb.dht.wire import (
+    MAX_DATAGRAM,
+    Address,
+    Contact,
+    Reply,
+    Request,
+    address_size,
+    decode_datagram,
+    encode_nodes,
+    encode_reply,
+    encode_request,
+    pack_address,
+)
+from dhtdeb.errors import RemoteProtocolError
+
+log = logging.getLogger("dhtdeb.dht")
+
+
+@dataclass(frozen=True)
+class DhtTuning:
+    """Every knob of the DHT, with the defaults used in production."""
+
+    ksize: int = 8  # BEP 5's bucket size: replies stay small
+    alpha: int = 3
+    rpc_timeout: float = 1.0  # a request is dead after this
+    slow_after: float = 0.25  # a request this late stops holding a lookup slot
+    enough_peers: int = 50  # find_peers stops once this many peers are known
+    max_keys: int = 2000
+    max_peers_per_key: int = 500
+    peer_ttl: float = 45 * 60.0
+    reannounce_interval: float = 30 * 60.0
+    reannounce_jitter: float = 0.2  # re-announce in [interval*(1-j), interval]
+    reannounce_batch: int = 16  # keys re-announced per maintenance tick
+    token_rotation: float = 300.0
+    remote_token_max_age: float = 240.0
+    amplification: int = 3
+    max_reply: int = 1200  # one datagram that crosses any path unfragmented
+    request_rate: float = 25.0  # requests per second per source
+    request_burst: float = 60.0
+    max_outstanding: int = 512
+    max_probes: int = 16  # verification pings of unknown requesters in flight
+    bucket_refresh: float = 15 * 60.0
+    maintenance_interval: float = 60.0
+    save_interval: float = 600.0
+
+
+class DatagramTransport(Protocol):
+    """What the node needs of a socket (asyncio's DatagramTransport, or an in-memory one)."""
+
+    def sendto(self, data: bytes, addr: Address) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[Reply]
+    address: Address
+
+
+class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
+    def __init__(
+        self,
+        source_node: Node,
+        storage: PeerStore,
+        tuning: DhtTuning,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        family: socket.AddressFamily,
+        allow_loopback: bool,
+    ) -> None:
+        super().__init__(source_node, storage, tuning.ksize)
+        self.tuning = tuning
+        self.clock = clock
+        self.rng = rng
+        self.family = family
+        self.allow_loopback = allow_loopback
+        self.router = DhtRoutingTable(
+            source_node,
+            tuning.ksize,
+            clock,
+            family,
+            allow_loopback=allow_loopback,
+            on_bucket_full=self._probe_head,
+        )
+        self._wait_timeout = tuning.rpc_timeout
+        self._outstanding: dict[bytes, _Pending] = {}
+        self.transport: DatagramTransport | None = None
+        self.tokens = WriteTokens(clock, rng, tuning.token_rotation)
+        self.limiter = SourceLimiter(clock, rate=tuning.request_rate, burst=tuning.request_burst)
+        self.quiet = QuietLog(log, clock)
+        self.counters: Counter[str] = Counter()
+        self._remote_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
+        self._probing: set[Address] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_contact: Callable[[], None] | None = None  # tests wait on routing changes
+
+    def __getattr__(self, name: str) -> Any:
+        # rpcudp turns any unknown attribute into a remote call; a typo must stay a typo
+        raise AttributeError(name)
+
+    # -- transport side ----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and friends: the RPC timeout deals with the consequence
+        self.counters["socket_errors"] += 1
+
+    def _send(self, data: bytes, address: Address) -> None:
+        if self.transport is None:
+            return
+        self.counters["bytes_sent"] += len(data)
+        self.counters["datagrams_sent"] += 1
+        try:
+            self.transport.sendto(data, address)
+        except OSError:
+            self.counters["socket_errors"] += 1
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.counters["bytes_received"] += len(data)
+        self.counters["datagrams_received"] += 1
+        try:
+            address: Address = (str(addr[0]), int(addr[1]))
+            self._handle_datagram(data, address)
+        except Exception as exc:  # a bug must not take the socket down, nor log per packet
+            self.counters["internal_errors"] += 1
+            self.quiet.warn("internal", "DHT: internal error on a datagram: %r", exc)
+
+    def _handle_datagram(self, data: bytes, address: Address) -> None:
+        try:
+            message = decode_datagram(data, self.family)
+        except RemoteProtocolError as exc:
+            self.counters["malformed"] += 1
+            self.quiet.warn("malformed", "DHT: malformed datagram from %s: %s", address, exc)
+            return
+        if isinstance(message, Reply):
+            self._accept_reply(message, address)
+            return
+        if not self.limiter.allow(source_key(address, self.allow_loopback)):
+            self.counters["rate_limited"] += 1
+            self.quiet.warn("rate", "DHT: rate limiting requests from %s", address)
+            return
+        self._accept_request(message, address, len(data))
+
+    def _accept_reply(self, reply: Reply, address: Address) -> None:
+        pending = self._outstanding.get(reply.msgid)
+        if pending is None or pending.address != address:
+            self.counters["unexpected_replies"] += 1
+            return
+        if not pending.future.done():
+            pending.future.set_result(reply)
+
+    # -- serving requests --------------------------------------------------------------------
+    def _accept_request(self, request: Request, address: Address, size: int) -> None:
+        self.counters[f"requests_{request.method}"] += 1
+        body: dict[str, Any] = {"id": self.source_node.id}
+        nodes: list[Contact] = []
+        peers: list[bytes] = []
+        if request.method == "announce_peer":
+            assert request.target is not None
+            if self.tokens.check(request.token, address):
+                body["ok"] = self.storage.add(request.target, address)
+                self.counters["announces_stored" if body["ok"] else "announces_dropped"] += 1
+            else:
+                body["ok"] = False
+                self.counters["bad_tokens"] += 1
+        elif request.method == "ping":
+            body["token"] = self.tokens.issue(address)
+        elif request.method in ("find_node", "get_peers"):
+            assert request.target is not None
+            sender = Node(request.node_id, address[0], address[1])
+            nodes = [
+                Contact(n.id, n.ip, n.port)
+                for n in self.router.find_neighbors(Node(request.target), exclude=sender)
+            ]
+            body["token"] = self.tokens.issue(address)
+            if request.method == "get_peers":
+                budget = (self.tuning.max_reply - 120) // (address_size(self.family) + 3)
+                peers = [
+                    pack_address(host, port, self.family)
+                    for host, port in self.storage.peers(request.target, max(budget, 0))
+                ]
+        proven = self._is_proven(address, request)
+        limit = self.tuning.max_reply if proven else self.tuning.amplification * size
+        self._reply(request.msgid, body, nodes, peers, address, limit)
+        self._consider_sender(Node(request.node_id, address[0], address[1]))
+
+    def _is_proven(self, address: Address, request: Request) -> bool:
+        if request.method != "announce_peer" and self.tokens.check(request.token, address):
+            return True
+        known = self.router.find(request.node_id)
+        return known is not None and (known.ip, known.port) == address
+
+    def _reply(
+        self,
+        msgid: bytes,
+        body: dict[str, Any],
+        nodes: list[Contact],
+        peers: list[bytes],
+        address: Address,
+        limit: int,
+    ) -> None:
+        while True:
+            if nodes:
+                body["nodes"] = encode_nodes(nodes, self.family)
+            else:
+                body.pop("nodes", None)
+            if peers:
+                body["peers"] = peers
+            else:
+                body.pop("peers", None)
+            data = encode_reply(msgid, body)
+            excess = len(data) - min(limit, MAX_DATAGRAM)
+            if excess <= 0:
+                self._send(data, address)
+                return
+            self.counters["replies_trimmed"] += 1
+            if nodes:
+                nodes = nodes[:-1]  # a node holding peers answers with peers first (BEP 5)
+            elif peers:
+                per_peer = len(peers[0]) + 1
+                peers = peers[: max(0, len(peers) - math.ceil(excess / per_peer))]
+            elif "token" in body:
+                del body["token"]
+            else:
+                self.counters["replies_refused"] += 1
+                return
+
+    def _consider_sender(self, sender: Node) -> None:
+        """A requester is only added once it answers a ping of ours from the same address."""
+        known = self.router.find(sender.id)
+        if known is not None:
+            if (known.ip, known.port) == (sender.ip, sender.port):
+                self.router.add_contact(known)  # refresh its place in the bucket
+            return
+        address = (sender.ip, sender.port)
+        if (
+            address in self._probing
+            or len(self._probing) >= self.tuning.max_probes
+            or not self.router.admissible(sender)
+        ):
+            return
+        self._probing.add(address)
+        self._spawn(self._probe(sender, address))
+
+    async def _probe(self, sender: Node, address: Address) -> None:
+        try:
+            await self.call_ping(sender)
+        finally:
+            self._probing.discard(address)
+
+    def _probe_head(self, head: Node) -> None:
+        address = (head.ip, head.port)
+        if address in self._probing or len(self._probing) >= self.tuning.max_probes:
+            return
+        self._probing.add(address)
+        self._spawn(self._probe(head, address))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pending in self._outstanding.values():
+            pending.future.cancel()
+
+    # -- calling others ----------------------------------------------------------------------
+    async def request(
+        self,
+        address: Address,
+        method: str,
+        target: bytes | None = None,
+        token: bytes | None = None,
+        *,
+        expect_reply: int = 0,
+    ) -> Reply | None:
+        """Send one request; the reply, or None after the timeout. Never raises for the peer."""
+        if self.transport is None or len(self._outstanding) >= self.tuning.max_outstanding:
+            self.counters["requests_refused"] += 1
+            return None
+        msgid = self.rng.randbytes(20)
+        my_id = self.source_node.id
+        padding = 0
+        if method in ("find_node", "get_peers") and token is None:
+            token = self._remote_token(address)
+        if token is None and expect_reply:
+            # Like QUIC's padded Initial: an unproven requester pays for the reply it wants.
+            bare = len(encode_request(msgid, method, my_id, target, None, 0))
+            padding = max(0, math.ceil(expect_reply / self.tuning.amplification) - bare)
+        data = encode_request(msgid, method, my_id, target, token, padding)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._outstanding[msgid] = _Pending(future, address)
+        self._send(data, address)
+        try:
+            async with asyncio.timeout(self.tuning.rpc_timeout):
+                reply = await future
+        except TimeoutError:
+            self.counters["timeouts"] += 1
+            return None
+        finally:
+            del self._outstanding[msgid]
+        if reply.token is not None:
+            self._remember_token(address, reply.token)
+        return reply
+
+    def _remote_token(self, address: Address) -> bytes | None:
+        held = self._remote_tokens.get(address)
+        if held is None:
+            return None
+        token, received = held
+        if self.clock.now() - received > self.tuning.remote_token_max_age:
+            del self._remote_tokens[address]
+            return None
+        return token
+
+    def _remember_token(self, address: Address, token: bytes) -> None:
+        self._remote_tokens.pop(address, None)
+        self._remote_tokens[address] = (token, self.clock.now())
+        while len(self._remote_tokens) > 4096:
+            self._remote_tokens.popitem(last=False)
+
+    def _settle(self, node: Node, reply: Reply | None) -> Reply | None:
+        """Routing consequences of a call: responders are added, the silent are evicted."""
+        if reply is None:
+            self.router.remove_contact(node)
+            return None
+        if reply.node_id != node.id:
+            # another node now lives at that address (a restart without state)
+            self.router.remove_contact(node)
+        self.router.add_contact(Node(reply.node_id, node.ip, node.port))
+        if self.on_contact is not None:
+            self.on_contact()
+        return reply
+
+    async def ping_address(self, address: Address) -> Reply | None:
+        """Ping an address whose node id is unknown (bootstrap, LAN, saved contacts)."""
+        reply = await self.request(address, "ping")
+        if reply is not None:
+            self.router.add_contact(Node(reply.node_id, address[0], address[1]))
+            if self.on_contact is not None:
+                self.on_contact()
+        return reply
+
+    async def call_ping(self, node: Node) -> Reply | None:
+        return self._settle(node, await self.request((node.ip, node.port), "ping"))
+
+    async def call_find_node(self, node: Node, target: Node) -> Reply | None:
+        full = self.tuning.ksize * (22 + address_size(self.family)) + 96
+        reply = await self.request((node.ip, node.port), "find_node", target.id, expect_reply=full)
+        return self._settle(node, reply)
+
+    async def call_get_peers(self, node: Node, key: bytes) -> Reply | None:
+        # Without a token, pay for a reply of k contacts and a few peers; the token in that reply
+        # earns the full peer list (up to max_reply) on the next request.
+        full = self.tuning.ksize * (22 + address_size(self.family)) + 160
+        reply = await self.request((node.ip, node.port), "get_peers", key, expect_reply=full)
+        return self._settle(node, reply)
+
+    async def call_announce(self, node: Node, key: bytes, token: bytes) -> bool:
+        reply = self._settle(
+            node, await self.request((node.ip, node.port), "announce_peer", key, token)
+        )
+        return reply is not None and reply.ok
+
+    async def call_store(self, node: Node, key: bytes, value: object) -> bool:
+        raise NotImplementedError("dhtdeb stores peer lists through announce_peer")
+
+    async def call_find_value(self, node: Node, target: Node) -> Reply | None:
+        return await self.call_get_peers(node, target.id)
+
+    def welcome_if_new(self, node: Node) -> None:
+        # Stock kademlia pushes its values to every new contact; peer lists are kept alive by
+        # their announcers, so a new contact only joins the table (and only after answering).
+        self.router.add_contact(node)
+
+    def get_refresh_ids(self) -> list[bytes]:
+        ids = []
+        for bucket in self.router.lonely_buckets(self.tuning.bucket_refresh):
+            ids.append(self.rng.randint(*bucket.range).to_bytes(20, "big"))
+        return ids

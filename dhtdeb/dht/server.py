@@ -1,0 +1,248 @@
+"""The DHT node engine: kademlia's `Server`, taught peer lists, fast lookups and JSON state.
+
+Owns: joining, announcing, finding peers, maintenance (expiry, bucket refresh, re-announce) for one
+node. Trusts: nothing from the network (see protocol.py); its own state file only after validation.
+
+Extends kademlia's `Server`: `protocol_class`/`_create_protocol` give it `DhtProtocol`, the storage
+is a `PeerStore`, `bootstrap` never raises and seeds from pinged responders only, lookups use
+`Lookup`, `refresh_table` is driven by `maintain()` (called by a loop in production, by hand in
+simulation), and `save_state`/`load_state` write JSON instead of pickle. The value API
+(`get`/`set`) is refused: dhtdeb keeps peer lists, not values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from kademlia.network import Server
+from kademlia.node import Node
+
+from dhtdeb.clock import Clock
+from dhtdeb.dht import state as state_file
+from dhtdeb.dht.lookup import Lookup, LookupResult
+from dhtdeb.dht.peer_store import PeerStore
+from dhtdeb.dht.protocol import DatagramTransport, DhtProtocol, DhtTuning
+from dhtdeb.dht.schedule import AnnounceSchedule
+from dhtdeb.dht.transport import DatagramNetwork
+from dhtdeb.dht.wire import Address
+from dhtdeb.errors import DhtdebError
+
+log = logging.getLogger("dhtdeb.dht")
+
+_PING_CONCURRENCY = 32
+_REANNOUNCE_CONCURRENCY = 4
+_REFRESH_PER_TICK = 4
+
+
+def dht_key(sha256_hex: str) -> bytes:
+    """A file's DHT key: the first 160 bits of its SHA256."""
+    try:
+        digest = bytes.fromhex(sha256_hex)
+    except ValueError:
+        raise ValueError(f"not a hex SHA256: {sha256_hex!r}") from None
+    if len(digest) != 32:
+        raise ValueError(f"not a SHA256 (32 bytes): {sha256_hex!r}")
+    return digest[:20]
+
+
+class DhtServer(Server):  # type: ignore[misc]
+    protocol_class = DhtProtocol
+
+    def __init__(
+        self,
+        *,
+        tuning: DhtTuning,
+        clock: Clock,
+        rng: random.Random,
+        node_id: bytes,
+        family: socket.AddressFamily,
+        allow_loopback: bool,
+    ) -> None:
+        storage = PeerStore(
+            clock,
+            rng,
+            max_keys=tuning.max_keys,
+            max_peers_per_key=tuning.max_peers_per_key,
+            ttl=tuning.peer_ttl,
+        )
+        super().__init__(ksize=tuning.ksize, alpha=tuning.alpha, node_id=node_id, storage=storage)
+        self.tuning = tuning
+        self.clock = clock
+        self.rng = rng
+        self.family = family
+        self.allow_loopback = allow_loopback
+        self.schedule = AnnounceSchedule(
+            clock, rng, tuning.reannounce_interval, tuning.reannounce_jitter
+        )
+        self.protocol: DhtProtocol = self._create_protocol()
+        self.transport: DatagramTransport | None = None
+        self.address: Address = ("", 0)
+        self.join_addresses: list[Address] = []
+        self._last_save = clock.now()
+
+    def _create_protocol(self) -> DhtProtocol:
+        return DhtProtocol(
+            self.node,
+            self.storage,
+            self.tuning,
+            clock=self.clock,
+            rng=self.rng,
+            family=self.family,
+            allow_loopback=self.allow_loopback,
+        )
+
+    async def listen_on(self, network: DatagramNetwork, host: str, port: int) -> Address:
+        self.transport, self.address = await network.bind(host, port, self.protocol)
+        return self.address
+
+    async def listen(self, port: int, interface: str = "0.0.0.0") -> None:
+        raise DhtdebError("use listen_on(network, host, port)")
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    async def aclose(self) -> None:
+        await self.protocol.aclose()
+        self.stop()
+
+    # -- joining -------------------------------------------------------------------------------
+    async def _resolve(self, host: str, port: int) -> list[Address]:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, family=self.family, type=socket.SOCK_DGRAM
+            )
+        except (OSError, UnicodeError):
+            log.warning("DHT: cannot resolve bootstrap host %s", host)
+            return []
+        return list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
+
+    async def bootstrap(self, addrs: Sequence[Address]) -> int:
+        """Ping `addrs` (host names allowed), then look up our own id. Returns contacts known."""
+        resolved: list[Address] = []
+        for host, port in addrs:
+            if (host, port) == self.address:
+                continue
+            resolved += await self._resolve(host, port)
+        for address in resolved:
+            if address not in self.join_addresses:
+                self.join_addresses.append(address)
+        del self.join_addresses[:-64]
+        gate = asyncio.Semaphore(_PING_CONCURRENCY)
+
+        async def ping(address: Address) -> None:
+            async with gate:
+                await self.protocol.ping_address(address)
+
+        await asyncio.gather(*(ping(a) for a in resolved if a != self.address))
+        if len(self.protocol.router):
+            await self.lookup(self.node.id, get_peers=False)
+        return len(self.protocol.router)
+
+    def bootstrappable_neighbors(self) -> list[Address]:
+        return [(n.ip, n.port) for n in self.protocol.router.contacts()]
+
+    # -- lookups -------------------------------------------------------------------------------
+    async def lookup(
+        self,
+        target: bytes,
+        *,
+        get_peers: bool,
+        enough_peers: int | None = None,
+        deadline: float = 10.0,
+    ) -> LookupResult:
+        node = Node(target)
+        seeds = self.protocol.router.find_neighbors(node, k=self.ksize)
+        if not seeds:
+            return LookupResult()
+        crawl = Lookup(
+            self.protocol,
+            node,
+            seeds,
+            ksize=self.ksize,
+            alpha=self.alpha,
+            slow_after=self.tuning.slow_after,
+            get_peers=get_peers,
+            enough_peers=enough_peers,
+        )
+        result: LookupResult = await crawl.find(deadline)
+        return result
+
+    async def find_peers(self, key: bytes, deadline: float) -> list[Address]:
+        local = self.storage.peers(key, self.tuning.enough_peers)
+        result = await self.lookup(
+            key, get_peers=True, enough_peers=self.tuning.enough_peers, deadline=deadline
+        )
+        return list(dict.fromkeys([*result.peers, *local]))
+
+    async def announce_key(self, key: bytes) -> int:
+        """Announce this node for `key` to the k nearest nodes; how many accepted."""
+        result = await self.lookup(key, get_peers=True)
+        calls = [
+            self.protocol.call_announce(node, key, token)
+            for node, token in result.closest
+            if token is not None
+        ]
+        accepted = await asyncio.gather(*calls)
+        return sum(1 for ok in accepted if ok)
+
+    async def announce(self, sha256_hex: str) -> bool:
+        key = dht_key(sha256_hex)
+        self.schedule.forget(sha256_hex)
+        accepted = await self.announce_key(key)
+        self.schedule.announced(sha256_hex, accepted > 0)
+        return accepted > 0
+
+    async def get(self, key: object) -> object:
+        raise DhtdebError("dhtdeb keeps peer lists: use find_peers")
+
+    async def set(self, key: object, value: object) -> bool:
+        raise DhtdebError("dhtdeb keeps peer lists: use announce")
+
+    # -- upkeep --------------------------------------------------------------------------------
+    async def maintain(self, state_dir: Path | None = None) -> None:
+        """One maintenance tick; every decision reads the injected clock."""
+        self.storage.expire()
+        if not len(self.protocol.router) and self.join_addresses:
+            await self.bootstrap(list(self.join_addresses))
+        await self._refresh_table()
+        due = self.schedule.due(self.tuning.reannounce_batch)
+        gate = asyncio.Semaphore(_REANNOUNCE_CONCURRENCY)
+
+        async def again(sha: str) -> None:
+            async with gate:
+                accepted = await self.announce_key(dht_key(sha))
+            self.schedule.announced(sha, accepted > 0)
+
+        await asyncio.gather(*(again(sha) for sha in due))
+        if (
+            state_dir is not None
+            and self.clock.now() - self._last_save >= self.tuning.save_interval
+        ):
+            self.save_state(state_dir)
+
+    async def _refresh_table(self) -> None:
+        ids = self.protocol.get_refresh_ids()
+        self.rng.shuffle(ids)
+        for target in ids[:_REFRESH_PER_TICK]:
+            await self.lookup(target, get_peers=False)
+
+    def refresh_table(self, interval: int = 3600) -> None:
+        raise DhtdebError("refresh is driven by maintain()")
+
+    # -- state ---------------------------------------------------------------------------------
+    def save_state(self, fname: Path) -> None:
+        """`fname` is the state directory (JSON file inside it)."""
+        contacts = self.bootstrappable_neighbors() or self.join_addresses
+        state_file.save_state(fname, state_file.SavedState(self.node.id, tuple(contacts)))
+        self._last_save = self.clock.now()
+
+    @classmethod
+    async def load_state(cls, fname: object, port: int, interface: str = "0.0.0.0") -> Server:
+        raise DhtdebError("use dhtdeb.dht.open_dht")

@@ -1,0 +1,76 @@
+"""The same node code over an in-memory network with a virtual clock (the simulation's basis)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from dhtdeb.clock import ManualClock
+from dhtdeb.dht import DhtTuning
+from dhtdeb.dht.transport import MemoryNetwork
+from dhtdeb.dht.wire import Address
+
+from .swarm import Swarm, sha
+
+
+async def test_memory_network_expiry_and_jittered_reannounce(tmp_path: Path, seed: int) -> None:
+    clock = ManualClock(1000.0)
+    network = MemoryNetwork()
+    tuning = DhtTuning(rpc_timeout=0.3, slow_after=0.05)  # loop time is real; keep silence short
+    swarm = Swarm(tmp_path, random.Random(seed), network=network, clock=clock, tuning=tuning)
+    try:
+        await swarm.grow(120)
+        announcer, asker = swarm.nodes[3], swarm.nodes[100]
+        await announcer.announce(sha("deb"))
+        assert await asker.find_peers(sha("deb"), 5.0)
+        holders = sum(1 for n in swarm.nodes if n.statistics().stored_keys)
+        assert holders >= 4
+
+        # 31 virtual minutes: the announcer's jittered re-announce (24..30 min) is due
+        clock.advance(31 * 60)
+        await asyncio.gather(*(n.maintain() for n in swarm.nodes))
+        clock.advance(20 * 60)  # 51 min after the first announce, 20 after the second
+        await asyncio.gather(*(n.maintain() for n in swarm.nodes))
+        assert await asker.find_peers(sha("deb"), 5.0)
+
+        # the announcer leaves: 46 minutes later its entries have expired everywhere
+        swarm.nodes.remove(announcer)
+        await announcer.close()
+        clock.advance(46 * 60)
+        await asyncio.gather(*(n.maintain() for n in swarm.nodes))
+        assert sum(n.statistics().stored_keys for n in swarm.nodes) == 0
+        assert await asker.find_peers(sha("deb"), 5.0) == []
+        assert network.delivered > 0
+    finally:
+        await swarm.close()
+
+
+async def test_lookup_round_does_not_wait_for_silent_nodes(tmp_path: Path, seed: int) -> None:
+    silent: set[Address] = set()
+    network = MemoryNetwork(route=lambda src, dst, data: dst not in silent and src not in silent)
+    tuning = DhtTuning(rpc_timeout=1.0, slow_after=0.05)
+    swarm = Swarm(tmp_path, random.Random(seed), network=network, tuning=tuning)
+    try:
+        await swarm.grow(100)
+        announcer = swarm.nodes[1]
+        await announcer.announce(sha("x"))
+        asker = swarm.nodes[-1]
+        # a third of the asker's contacts go silent (still in its routing table); the nodes
+        # that store the key stay reachable, so the lookup can still succeed
+        key = bytes.fromhex(sha("x"))[:20]
+        holders = {
+            (n.address.host, n.address.port) for n in swarm.nodes if n.engine.storage.peers(key, 1)
+        }
+        holders.add((announcer.address.host, announcer.address.port))
+        contacts = asker.engine.protocol.router.contacts()
+        for contact in contacts[::3]:
+            if (contact.ip, contact.port) not in holders:
+                silent.add((contact.ip, contact.port))
+        before = asker.counters().get("timeouts", 0)
+        result = await asker.engine.lookup(key, get_peers=True, deadline=5.0)
+        assert result.peers
+        assert result.queried > result.answered  # silent nodes were asked...
+        assert asker.counters().get("timeouts", 0) == before  # ...and not waited for
+    finally:
+        await swarm.close()
