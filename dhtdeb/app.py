@@ -12,10 +12,13 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import secrets
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -23,7 +26,8 @@ from dhtdeb import __version__
 from dhtdeb.archive.chain import TrustChain
 from dhtdeb.archive.index import ArchiveIndex
 from dhtdeb.archive.signature import TrustedKeys
-from dhtdeb.discovery import NoDiscovery, PeerDiscovery
+from dhtdeb.clock import MonotonicClock
+from dhtdeb.discovery import NoDiscovery, Peer, PeerDiscovery
 from dhtdeb.downloads import Downloads
 from dhtdeb.metrics import metrics_renderer
 from dhtdeb.mirror import MirrorClient
@@ -31,8 +35,14 @@ from dhtdeb.netaddr import HostPort
 from dhtdeb.proxy.server import AccessPolicy, ProxyServer, build_server
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.swarm.download import PeerPenalties, SwarmContext
+from dhtdeb.swarm.peer_client import PeerClient
+from dhtdeb.swarm.peer_server import PeerServer
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from dhtdeb.dht import DhtConfig as DhtConfigLike
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_PROXY = HostPort("127.0.0.1", 9977)
@@ -51,6 +61,8 @@ class ServeConfig:
     allow_cidr: tuple[Network, ...] = field(default=())
     cache_limit: int = 0
     announce: bool = True
+    upload_rate: float | None = None  # bytes/s for all uploads to peers together; None: no cap
+    max_uploads: int = 16
 
 
 def default_state_dir() -> Path:
@@ -84,20 +96,80 @@ def write_addresses(state_dir: Path, addresses: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-async def _open_discovery(config: ServeConfig) -> tuple[PeerDiscovery, HostPort]:
+async def _open_peer_side(
+    config: ServeConfig, peer_server: PeerServer
+) -> tuple[PeerDiscovery, HostPort, str | None]:
+    """The DHT on UDP and the peer server on TCP, on the same port number; and the DHT node id.
+
+    With port 0 the DHT picks a free UDP port first; if that number is taken on TCP, try again.
+    """
     if not config.dht:
-        return NoDiscovery(), config.peer
+        return NoDiscovery(), config.peer, None
     from dhtdeb.dht import DhtConfig, open_dht
 
-    node = await open_dht(
-        DhtConfig(
-            listen=config.peer,
-            state_dir=config.state_dir / "dht",
-            bootstrap=config.bootstrap,
-            lan=config.lan,
+    attempts = 5 if config.peer.port == 0 else 1
+    for attempt in range(attempts):
+        node = await open_dht(
+            DhtConfig(
+                listen=config.peer,
+                state_dir=config.state_dir / "dht",
+                bootstrap=config.bootstrap,
+                lan=config.lan,
+            )
         )
-    )
-    return node, node.address
+        try:
+            await peer_server.start(config.peer.host, node.address.port)
+        except OSError as exc:
+            await node.close()
+            if attempt + 1 == attempts:
+                raise SystemExit(
+                    f"dhtdeb: cannot listen on {config.peer.host}:{node.address.port}/tcp: "
+                    f"{exc.strerror}"
+                ) from None
+            continue
+        return node, node.address, node.engine.node.id.hex()
+    raise AssertionError("unreachable")
+
+
+def _is_self(address: HostPort) -> Callable[[Peer], bool]:
+    """Whether a peer the DHT returned is this node itself."""
+    wildcard = address.host in ("0.0.0.0", "::", "")
+
+    def is_self(peer: Peer) -> bool:
+        if peer.port != address.port:
+            return False
+        if peer.host == address.host or wildcard:
+            return True
+        try:
+            return ipaddress.ip_address(peer.host).is_loopback
+        except ValueError:
+            return False
+
+    return is_self
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping")
+
+
+async def bootstrap(config: DhtConfigLike, state_dir: Path) -> None:
+    """`dhtdeb bootstrap`: a DHT-only node (no proxy, no store) for others to join."""
+    from dhtdeb.dht import open_dht
+
+    node = await open_dht(config)
+    try:
+        write_addresses(state_dir, {"dht": str(node.address), "pid": os.getpid()})
+        log.info("DHT bootstrap node listening on %s/udp", node.address)
+        await _until_signalled()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / "addresses.json").unlink()
+        await node.close()
 
 
 def _bound(site: web.TCPSite) -> HostPort:
@@ -116,13 +188,37 @@ async def serve(config: ServeConfig) -> None:
     store = ContentStore(state_dir / "store", limit_bytes=config.cache_limit)
     counters = Counters()
     mirror = MirrorClient()
-    discovery, peer_address = await _open_discovery(config)
+    clock = MonotonicClock()
 
     async def on_stored(stored: StoredFile) -> None:
-        if config.announce:
+        if config.announce and config.dht:
             await discovery.announce(stored.sha256)
 
     downloads = Downloads(store, mirror, counters, on_stored)
+    peer_server = PeerServer(
+        store,
+        counters,
+        partials=downloads,
+        upload_rate=config.upload_rate,
+        max_uploads=config.max_uploads,
+        clock=clock,
+    )
+    discovery, peer_address, dht_id = await _open_peer_side(config, peer_server)
+    node_id = dht_id or node_id
+    peer_client = PeerClient()
+    if config.dht:
+        downloads.attach_swarm(
+            SwarmContext(
+                discovery=discovery,
+                peers=peer_client,
+                mirror=mirror,
+                counters=counters,
+                penalties=PeerPenalties(clock),
+                clock=clock,
+                rng=random.Random(),
+                is_self=_is_self(peer_address),
+            )
+        )
     chain = TrustChain(keys, index, counters)
 
     def status() -> dict[str, object]:
@@ -179,17 +275,14 @@ async def serve(config: ServeConfig) -> None:
             node_id[:12],
             store.file_count,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        log.info("stopping")
+        await _until_signalled()
     finally:
         with contextlib.suppress(FileNotFoundError):
             (state_dir / "addresses.json").unlink()
         await runner.cleanup()
+        await peer_server.close()
         await downloads.close()
+        await peer_client.close()
         await mirror.close()
         await discovery.close()
         index.close()

@@ -70,6 +70,10 @@ def serve(
     cache_limit: Annotated[
         str, typer.Option(help="Store size limit, e.g. 20G (0: unlimited)")
     ] = "0",
+    upload_rate: Annotated[
+        str, typer.Option(help="Cap on upload to peers, bytes/s, e.g. 5M (0: none)")
+    ] = "0",
+    max_uploads: Annotated[int, typer.Option(help="Concurrent uploads to peers")] = 16,
     no_announce: Annotated[
         bool, typer.Option("--no-announce", help="Fetch from peers but never announce")
     ] = False,
@@ -93,6 +97,8 @@ def serve(
             allow_cidr=tuple(parse_cidr(c) for c in allow_cidr or []),
             cache_limit=parse_size(cache_limit),
             announce=not no_announce,
+            upload_rate=float(parse_size(upload_rate)) or None,
+            max_uploads=max_uploads,
         )
         for path in config.keyrings:
             if not path.is_file():
@@ -115,19 +121,21 @@ def bootstrap_node(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run a DHT-only node (no proxy, no store) for others to join."""
+    from dhtdeb.app import bootstrap as run_bootstrap
     from dhtdeb.app import default_state_dir
-    from dhtdeb.dht import DhtConfig, run_bootstrap_node
+    from dhtdeb.dht import DhtConfig
 
     setup_logging(log_level)
     try:
+        directory = state_dir or default_state_dir()
         config = DhtConfig(
             listen=parse_host_port(listen),
-            state_dir=(state_dir or default_state_dir()) / "dht",
+            state_dir=directory / "dht",
             bootstrap=tuple(parse_host_port(b, default_port=9978) for b in bootstrap or []),
             lan=not no_lan,
         )
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(run_bootstrap_node(config))
+        directory.mkdir(parents=True, exist_ok=True)
+        asyncio.run(run_bootstrap(config, directory))
     except ConfigError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -11,17 +11,36 @@ import asyncio
 import email.utils
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from dhtdeb.archive.index import Expected
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
+from dhtdeb.swarm.pieces import PieceList
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
 OnStored = Callable[[StoredFile], Awaitable[None]]
+
+
+@dataclass
+class SharedPartial:
+    """What the peer server may serve of a file still being downloaded (its PartialView)."""
+
+    size: int
+    piece_list: PieceList
+    download: SwarmDownload
+
+    def have(self) -> frozenset[int]:
+        return self.download.have()
+
+    def path(self) -> Path:
+        return self.download.path()
 
 
 def _http_date(value: str | None) -> float | None:
@@ -35,22 +54,49 @@ def _http_date(value: str | None) -> float | None:
 
 class Downloads:
     def __init__(
-        self, store: ContentStore, mirror: MirrorClient, counters: Counters, on_stored: OnStored
+        self,
+        store: ContentStore,
+        mirror: MirrorClient,
+        counters: Counters,
+        on_stored: OnStored,
+        swarm: SwarmContext | None = None,
     ) -> None:
         self._store = store
         self._mirror = mirror
         self._counters = counters
         self._on_stored = on_stored
+        self._swarm = swarm
         self._running: dict[str, Transfer] = {}
+        self._swarming: dict[str, SwarmDownload] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def running(self, sha256: str) -> Transfer | None:
         return self._running.get(sha256)
 
+    def attach_swarm(self, swarm: SwarmContext) -> None:
+        """From now on pool files come through the swarm (peer discovery is up)."""
+        self._swarm = swarm
+
+    def swarming(self, sha256: str) -> SwarmDownload | None:
+        """The swarm download of this file, if one is running."""
+        return self._swarming.get(sha256)
+
+    def partial(self, sha256: str) -> SharedPartial | None:
+        """For the peer server: a running download whose verified pieces may be shared (only
+        once its piece list is corroborated)."""
+        download = self._swarming.get(sha256)
+        if download is None:
+            return None
+        pieces = download.piece_list
+        if pieces is None:
+            return None
+        return SharedPartial(download.size, pieces, download)
+
     def fetch(self, url: str, expected: Expected, *, announce: bool) -> Transfer:
         """The transfer of `expected.sha256`, started from `url` unless one is already running.
 
-        With `announce`, the committed file is handed to `on_stored` (the DHT announce).
+        Pool files (`announce`) come through the swarm when peer discovery is on, else straight
+        from the mirror. With `announce`, the committed file is handed to `on_stored`.
         """
         transfer = self._running.get(expected.sha256)
         if transfer is not None:
@@ -65,15 +111,29 @@ class Downloads:
         return transfer
 
     async def _run(self, transfer: Transfer, url: str, announce: bool) -> None:
+        partial = transfer.partial
         try:
-            stored = await self._from_mirror(transfer, url)
+            if announce and self._swarm is not None:
+                last_modified = await self._from_swarm(self._swarm, transfer, url)
+            else:
+                last_modified = await self._from_mirror(transfer, url)
+            if not partial.matches():
+                raise VerificationError(f"{url}: content does not match its SHA256")
+            # Verified: the held-back tail may go to apt now. Making the file durable (fsync,
+            # rename, directory fsync) need not keep apt waiting.
+            transfer.verified()
+            stored = await asyncio.to_thread(
+                self._store.commit, partial, mtime=_http_date(last_modified)
+            )
         except asyncio.CancelledError:
-            transfer.partial.discard()
+            partial.discard()
             transfer.failed(MirrorError(f"{url}: download cancelled"))
             raise
         except (DhtdebError, OSError) as exc:
-            transfer.partial.discard()
-            if isinstance(exc, VerificationError):
+            partial.discard()
+            if isinstance(exc, SwarmVerificationError):
+                log.error("swarm assembled a bad file for %s: %s", url, exc)
+            elif isinstance(exc, VerificationError):
                 self._counters.verify_failures.mirror += 1
                 log.error("mirror sent a bad file for %s: %s", url, exc)
             else:
@@ -90,7 +150,8 @@ class Downloads:
         except Exception:
             log.exception("after storing %s", stored.sha256)
 
-    async def _from_mirror(self, transfer: Transfer, url: str) -> StoredFile:
+    async def _from_mirror(self, transfer: Transfer, url: str) -> str | None:
+        """Stream the file from the mirror into the partial file; its Last-Modified."""
         partial = transfer.partial
         async with await self._mirror.request("GET", url) as response:
             if response.status != 200:
@@ -110,7 +171,22 @@ class Downloads:
                 partial.flush()
                 self._counters.bytes.from_mirror += len(chunk)
                 transfer.progress(partial.written)
-        return await asyncio.to_thread(self._store.commit, partial, mtime=_http_date(last_modified))
+        return last_modified
+
+    async def _from_swarm(self, swarm: SwarmContext, transfer: Transfer, url: str) -> str | None:
+        """Assemble the file from peers and the mirror; the mirror's Last-Modified if it served."""
+        download = SwarmDownload(swarm, transfer, url)
+        self._swarming[transfer.sha256] = download
+        transfer.started(None)
+        try:
+            await download.run()
+        finally:
+            del self._swarming[transfer.sha256]
+            if download.bytes_from_peers:
+                self._counters.requests.from_peers += 1
+            if download.bytes_from_mirror:
+                self._counters.requests.from_mirror += 1
+        return download.last_modified
 
     async def close(self) -> None:
         for task in list(self._tasks):

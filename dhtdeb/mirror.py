@@ -7,6 +7,7 @@ Bodies are passed on byte for byte (no transparent decompression).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -38,6 +39,16 @@ class MirrorResponse:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise MirrorError(
+                f"{self._response.url}: transfer failed: {exc or type(exc).__name__}"
+            ) from exc
+
+    async def read_exactly(self, count: int) -> bytes:
+        try:
+            return await self._response.content.readexactly(count)
+        except asyncio.IncompleteReadError:
+            raise MirrorError(f"{self._response.url}: body ended early") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise MirrorError(
                 f"{self._response.url}: transfer failed: {exc or type(exc).__name__}"
             ) from exc

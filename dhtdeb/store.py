@@ -40,22 +40,48 @@ class StoredFile:
 
 
 class PartialFile:
-    """A file being written into `incoming/`, hashed as it is written (in order)."""
+    """A file being written into `incoming/`.
+
+    Bytes arrive either in order (`write`, a mirror stream) or at any offset (`write_at`, pieces
+    from peers). Either way the whole-file SHA256 runs over the verified prefix in order: `write`
+    hashes as it appends, `hash_through` hashes what `write_at` put down once the caller has
+    accepted it. `commit` compares that hash with the expected one.
+    """
 
     def __init__(self, path: Path, sha256: str, size: int) -> None:
         self.path = path
         self.sha256 = sha256
         self.size = size
-        self.written = 0
+        self.written = 0  # length of the prefix that has been hashed
         self._hash = hashlib.sha256()
-        self._file = open(path, "wb")
+        self._file = open(path, "w+b")  # closed by commit/discard
 
     def write(self, data: bytes) -> None:
         if self.written + len(data) > self.size:
             raise VerificationError(f"{self.sha256}: more bytes than the expected {self.size}")
+        self._file.seek(self.written)
         self._file.write(data)
         self._hash.update(data)
         self.written += len(data)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Put bytes down at `offset` without hashing them (a piece, not yet accepted)."""
+        if offset < 0 or offset + len(data) > self.size:
+            raise VerificationError(f"{self.sha256}: bytes {offset}+{len(data)} outside the file")
+        os.pwrite(self._file.fileno(), data, offset)
+
+    def hash_through(self, end: int, first: bytes | None = None) -> None:
+        """Extend the hashed prefix to `end`; `first` may hold the bytes right after the prefix."""
+        self._file.flush()
+        if first is not None and self.written + len(first) <= end:
+            self._hash.update(first)
+            self.written += len(first)
+        while self.written < end:
+            chunk = os.pread(self._file.fileno(), min(1 << 20, end - self.written), self.written)
+            if not chunk:
+                raise VerificationError(f"{self.sha256}: bytes missing at {self.written}")
+            self._hash.update(chunk)
+            self.written += len(chunk)
 
     def flush(self) -> None:
         """Make written bytes visible to readers that opened the same path."""

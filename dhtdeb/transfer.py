@@ -2,9 +2,9 @@
 
 Owns: the progress of a download into the store's `incoming/` area and the rule for what may be
 read from it. Bytes are readable as they arrive, except the last `HOLD_BACK` bytes, which become
-readable only once the store has committed the file — that is, once its whole-file SHA256 matched
-the signed index. A reader therefore never receives a complete file that was not verified; a failed
-transfer makes every reader abort its response.
+readable only once the whole-file SHA256 has matched the signed index (`verified`); the store's
+commit (fsync, rename) follows without keeping readers waiting. A reader therefore never receives
+a complete file that was not verified; a failed transfer makes every reader abort its response.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Transfer:
         self.stored: StoredFile | None = None
         self.error: BaseException | None = None
         self._started = False
+        self._verified = False
         self._available = 0
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -52,8 +53,15 @@ class Transfer:
         self._available = available
         self._wake()
 
+    def verified(self) -> None:
+        """The whole file matched its SHA256: every byte may be read."""
+        self._verified = True
+        self._started = True
+        self._wake()
+
     def finished(self, stored: StoredFile) -> None:
         self.stored = stored
+        self._verified = True
         self._started = True
         self._wake()
 
@@ -70,7 +78,7 @@ class Transfer:
     @property
     def servable(self) -> int:
         """How many leading bytes may be sent to a client now."""
-        if self.stored is not None:
+        if self._verified:
             return self.size
         return max(0, min(self._available, self.size - HOLD_BACK))
 
@@ -115,7 +123,7 @@ class Transfer:
         try:
             position = start
             while position < end:
-                if self.error is not None:
+                if self.error is not None and not self._verified:
                     raise self.error
                 limit = min(self.servable, end)
                 if limit <= position:

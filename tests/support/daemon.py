@@ -164,7 +164,11 @@ class DaemonProcess:
                     f"addresses.json is not JSON ({exc}):\n{self.log_tail()}"
                 ) from exc
             if data is not None:
-                return DaemonAddresses(proxy=data["proxy"], peer=data["peer"], pid=int(data["pid"]))
+                return DaemonAddresses(
+                    proxy=data.get("proxy", ""),
+                    peer=data.get("peer") or data["dht"],
+                    pid=int(data["pid"]),
+                )
             if time.monotonic() >= deadline:
                 self.kill()
                 raise DaemonFailed(f"no addresses.json after {timeout}s:\n{self.log_tail()}")
@@ -225,6 +229,24 @@ class DaemonProcess:
         return data
 
 
+class BootstrapProcess(DaemonProcess):
+    """`python -m dhtdeb bootstrap --listen 127.0.0.1:0 --state-dir D --no-lan`: a DHT-only node.
+    `.dht` is its "HOST:PORT" (from addresses.json, key "dht")."""
+
+    def __init__(self, state_dir: Path, *, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(state_dir, (), extra_args=extra_args, no_dht=False)
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        argv = [*self.command, "bootstrap", "--listen", "127.0.0.1:0"]
+        argv += ["--state-dir", str(self.state_dir), "--no-lan"]
+        return (*argv, *self.extra_args)
+
+    @property
+    def dht(self) -> str:
+        return self.addresses.peer
+
+
 class DaemonFactory:
     """Start daemons for a test, each with its own state dir under `base` unless one is given;
     all are stopped at teardown (the `dhtdeb_daemon` fixture)."""
@@ -242,12 +264,14 @@ class DaemonFactory:
         extra_args: Sequence[str] = (),
         start: bool = True,
         command: Sequence[str] | None = None,
+        no_dht: bool = True,
     ) -> DaemonProcess:
         state_dir = state_dir or self.base / f"daemon-{len(self.daemons) + 1}"
         daemon = DaemonProcess(
             state_dir,
             self.default_keyrings if keyrings is None else keyrings,
             extra_args=extra_args,
+            no_dht=no_dht,
             command=command,
         )
         self.daemons.append(daemon)

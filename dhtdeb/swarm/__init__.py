@@ -1,0 +1,1 @@
+"""Swarm download: files from peers in verified pieces, the mirror as fallback and web seed."""

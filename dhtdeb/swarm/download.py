@@ -1,0 +1,357 @@
+"""SwarmDownload: the asyncio driver around one file's `SwarmScheduler`.
+
+Owns: the I/O the scheduler asks for — DHT lookup, piece-list and piece requests to peers, one
+streaming mirror request at a time — and turning accepted pieces into verified bytes for apt (the
+`Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
+digests computed here. Every received copy of a piece is kept in memory, keyed by its digest, until
+the scheduler accepts one; only the accepted copy is written, so a late or lying duplicate can never
+overwrite accepted bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dhtdeb.clock import Clock
+from dhtdeb.discovery import Peer, PeerDiscovery
+from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
+from dhtdeb.mirror import MirrorClient
+from dhtdeb.stats import Counters
+from dhtdeb.swarm.peer_client import PeerClient, PeerMisbehaved, PeerUnavailable
+from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
+from dhtdeb.swarm.scheduler import (
+    MIRROR,
+    AcceptPiece,
+    BanPeer,
+    CancelPiece,
+    Failed,
+    Finished,
+    RequestPiece,
+    RequestPieceList,
+    StartMirror,
+    SwarmScheduler,
+)
+from dhtdeb.transfer import Transfer, UpstreamRefused
+
+log = logging.getLogger(__name__)
+
+LOOKUP_DEADLINE = 1.0  # seconds the DHT gets before the mirror may start
+BAN_SECONDS = 3600.0
+HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
+MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+
+
+class SwarmFailed(DhtdebError):
+    """No source could deliver the file."""
+
+
+class SwarmVerificationError(VerificationError):
+    """Every piece matched its list, yet the whole file did not match the signed index."""
+
+
+@dataclass
+class PeerPenalties:
+    """Node-wide memory of peers that lied or misbehaved: they are skipped for BAN_SECONDS."""
+
+    clock: Clock
+    _until: dict[Peer, float] = field(default_factory=dict)
+
+    def ban(self, peer: Peer, seconds: float = BAN_SECONDS) -> None:
+        if len(self._until) > 10_000:
+            now = self.clock.now()
+            self._until = {p: t for p, t in self._until.items() if t > now}
+        self._until[peer] = self.clock.now() + seconds
+
+    def allowed(self, peer: Peer) -> bool:
+        until = self._until.get(peer)
+        return until is None or until <= self.clock.now()
+
+
+@dataclass(frozen=True)
+class SwarmContext:
+    """What every swarm download of this node shares."""
+
+    discovery: PeerDiscovery
+    peers: PeerClient
+    mirror: MirrorClient
+    counters: Counters
+    penalties: PeerPenalties
+    clock: Clock
+    rng: random.Random
+    is_self: Callable[[Peer], bool] = lambda peer: False
+
+
+class SwarmDownload:
+    def __init__(self, context: SwarmContext, transfer: Transfer, url: str) -> None:
+        self._ctx = context
+        self._transfer = transfer
+        self._partial = transfer.partial
+        self._url = url
+        self._sha256 = transfer.sha256
+        self._size = transfer.size
+        self._piece_count = piece_count(self._size)
+        self._scheduler = SwarmScheduler(
+            self._sha256, self._size, clock=context.clock, rng=context.rng
+        )
+        self._wake = asyncio.Event()
+        self._tasks: dict[object, asyncio.Task[None]] = {}
+        self._copies: dict[int, dict[bytes, bytes]] = {}
+        self._held_bytes = 0
+        self._accepted: set[int] = set()
+        self._next_to_hash = 0
+        self._mirror_status: int | None = None
+        self.bytes_from_peers = 0
+        self.bytes_from_mirror = 0
+        self.last_modified: str | None = None
+
+    # -- what the peer server may share while we download (PartialView) ----------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def piece_list(self) -> PieceList | None:
+        """The corroborated list the accepted pieces were verified against, if any."""
+        return self._scheduler.corroborated_list()
+
+    def have(self) -> frozenset[int]:
+        return frozenset(self._accepted)
+
+    def path(self) -> Path:
+        return self._partial.path
+
+    async def run(self) -> None:
+        """Return once every piece is accepted and hashed in order; raise SwarmFailed otherwise."""
+        self._spawn("lookup", self._lookup())
+        try:
+            while True:
+                self._wake.clear()
+                for action in self._scheduler.poll_actions():
+                    self._apply(action)
+                if isinstance(self._scheduler.failed, str):
+                    raise self._failure(self._scheduler.failed)
+                if self._scheduler.finished:
+                    if self._partial.matches():
+                        return
+                    self._scheduler.whole_file_failed()
+                    for action in self._scheduler.poll_actions():
+                        self._apply(action)
+                    raise SwarmVerificationError(
+                        f"{self._sha256}: pieces verified but the whole file does not match"
+                    )
+                deadline = self._scheduler.next_deadline()
+                if deadline is None:
+                    await self._wake.wait()
+                    continue
+                delay = deadline - self._ctx.clock.now()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                        continue
+                    except TimeoutError:
+                        pass
+                self._scheduler.tick()
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _failure(self, reason: str) -> DhtdebError:
+        if self._mirror_status is not None and self._mirror_status >= 400:
+            return UpstreamRefused(
+                self._mirror_status, f"{self._url}: mirror answered {self._mirror_status}"
+            )
+        return SwarmFailed(f"{self._url}: {reason}")
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def _apply(self, action: object) -> None:
+        if isinstance(action, RequestPieceList):
+            self._spawn(("list", action.peer), self._fetch_list(action.peer))
+        elif isinstance(action, RequestPiece):
+            self._spawn(
+                ("piece", action.peer, action.index), self._fetch_piece(action.peer, action.index)
+            )
+        elif isinstance(action, StartMirror):
+            self._spawn("mirror", self._mirror_stream(action.first))
+        elif isinstance(action, CancelPiece):
+            task = self._tasks.pop(("piece", action.peer, action.index), None)
+            if task is not None:
+                task.cancel()
+        elif isinstance(action, AcceptPiece):
+            self._accept(action.index, action.digest)
+        elif isinstance(action, BanPeer):
+            self._ban(action.peer, action.reason, action.lied)
+        elif isinstance(action, (Finished, Failed)):
+            pass  # seen through scheduler.finished / scheduler.failed
+
+    def _spawn(self, key: object, coroutine: object) -> None:
+        assert asyncio.iscoroutine(coroutine)
+        previous = self._tasks.get(key)
+        if previous is not None and not previous.done():
+            coroutine.close()
+            return
+        task = asyncio.create_task(coroutine)
+        self._tasks[key] = task
+
+        def done(finished: asyncio.Task[None], key: object = key) -> None:
+            if self._tasks.get(key) is finished:
+                del self._tasks[key]
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    def _ban(self, peer: Peer, reason: str, lied: bool) -> None:
+        self._ctx.penalties.ban(peer)
+        if lied:
+            self._ctx.counters.verify_failures.peer += 1
+            log.warning("peer %s lied about %s: %s; banned", peer.url(), self._sha256[:12], reason)
+        else:
+            log.info("peer %s misbehaved on %s: %s; banned", peer.url(), self._sha256[:12], reason)
+        for key, task in list(self._tasks.items()):
+            if isinstance(key, tuple) and len(key) > 1 and key[1] == peer:
+                task.cancel()
+
+    def _accept(self, index: int, digest: bytes) -> None:
+        copies = self._copies.pop(index, {})
+        data = copies.get(digest)
+        self._held_bytes -= sum(len(d) for d in copies.values())
+        if data is None or hashlib.sha256(data).digest() != digest:
+            raise SwarmFailed(f"{self._sha256}: accepted piece {index} is not held")
+        start = index * PIECE_SIZE
+        self._partial.write_at(start, data)
+        self._accepted.add(index)
+        while self._next_to_hash in self._accepted:
+            piece_start = self._next_to_hash * PIECE_SIZE
+            piece_end = min(piece_start + PIECE_SIZE, self._size)
+            first = data if self._next_to_hash == index else None
+            self._partial.hash_through(piece_end, first)
+            self._next_to_hash += 1
+        self._transfer.progress(self._partial.written)
+
+    def _hold(self, index: int, data: bytes) -> bytes | None:
+        """Keep a received copy; its digest, or None when over the memory bound."""
+        if index in self._accepted:
+            return None
+        digest = hashlib.sha256(data).digest()
+        copies = self._copies.setdefault(index, {})
+        if digest not in copies:
+            if self._held_bytes + len(data) > HELD_BYTES_LIMIT:
+                return None
+            copies[digest] = data
+            self._held_bytes += len(data)
+        return digest
+
+    # -- I/O tasks ----------------------------------------------------------------------------
+
+    async def _lookup(self) -> None:
+        try:
+            found = await self._ctx.discovery.find_peers(self._sha256, LOOKUP_DEADLINE)
+        except DhtdebError as exc:
+            log.warning("DHT lookup for %s failed: %s", self._sha256[:12], exc)
+            found = []
+        usable = [p for p in found if not self._ctx.is_self(p) and self._ctx.penalties.allowed(p)]
+        if usable:
+            self._scheduler.peers_found(usable)
+        self._scheduler.lookup_deadline_passed()
+
+    async def _fetch_list(self, peer: Peer) -> None:
+        try:
+            pieces, have = await self._ctx.peers.piece_list(peer, self._sha256, self._size)
+        except PeerUnavailable as exc:
+            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False)
+        except (PeerMisbehaved, DhtdebError) as exc:
+            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
+        else:
+            self._scheduler.piece_list_received(peer, pieces, have)
+
+    async def _fetch_piece(self, peer: Peer, index: int) -> None:
+        start = index * PIECE_SIZE
+        end = min(start + PIECE_SIZE, self._size)
+        try:
+            data = await self._ctx.peers.piece(peer, self._sha256, start, end)
+        except PeerUnavailable as exc:
+            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False)
+            return
+        except (PeerMisbehaved, DhtdebError) as exc:
+            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True)
+            return
+        self._ctx.counters.bytes.from_peers += len(data)
+        self.bytes_from_peers += len(data)
+        digest = self._hold(index, data)
+        if digest is None:
+            self._scheduler.piece_failed(peer, index, "no room to hold the piece", misbehaved=False)
+        else:
+            self._scheduler.piece_received(peer, index, digest)
+
+    async def _mirror_stream(self, first: int) -> None:
+        """Pieces from the mirror, from `first` on, while the scheduler wants them.
+
+        Requests are bounded windows of pieces, starting at one and doubling while the scheduler
+        keeps saying yes: an open-ended request would have the mirror push megabytes into socket
+        buffers that are wasted when peers take over (or when one piece was all that was needed
+        to check a peer's piece list).
+        """
+        error: str | None = None
+        index, window = first, 1
+        try:
+            while index < self._piece_count and self._scheduler.mirror_continue(index):
+                last = min(self._piece_count, index + window) - 1
+                after = await self._mirror_window(index, last)
+                if after is None:
+                    break
+                index, window = after, min(window * 2, MIRROR_WINDOW_MAX)
+        except DhtdebError as exc:
+            error = str(exc)
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
+        finally:
+            self._scheduler.mirror_stopped(error)
+            self._wake.set()
+
+    async def _mirror_window(self, first: int, last: int) -> int | None:
+        """Fetch pieces first..last in one request: the next index, or None once the scheduler
+        stopped wanting pieces inside the window."""
+        start = first * PIECE_SIZE
+        end = min((last + 1) * PIECE_SIZE, self._size)
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with await self._ctx.mirror.request("GET", self._url, headers) as response:
+            self._mirror_status = response.status
+            if response.status == 200:
+                # The mirror ignores Range: skip to `first`, then take pieces as they come.
+                await response.read_exactly(start)
+                last = self._piece_count - 1
+            elif response.status != 206:
+                raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
+            elif not response.headers.get("Content-Range", "").startswith(
+                f"bytes {start}-{end - 1}/"
+            ):
+                raise MirrorError(f"{self._url}: wrong Content-Range from the mirror")
+            last_modified = response.headers.get("Last-Modified")
+            if last_modified:
+                self.last_modified = last_modified
+                if self._transfer.last_modified is None:
+                    self._transfer.last_modified = last_modified
+            index = first
+            while index <= last and (index == first or self._scheduler.mirror_continue(index)):
+                piece_start = index * PIECE_SIZE
+                data = await response.read_exactly(min(PIECE_SIZE, self._size - piece_start))
+                self._ctx.counters.bytes.from_mirror += len(data)
+                self.bytes_from_mirror += len(data)
+                digest = self._hold(index, data)
+                if digest is None:
+                    raise SwarmFailed("no room to hold the piece")
+                self._scheduler.piece_received(MIRROR, index, digest)
+                self._wake.set()
+                index += 1
+            if index <= last:
+                return None
+        return index

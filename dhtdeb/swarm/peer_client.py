@@ -1,0 +1,125 @@
+"""PeerClient: the downloader's side of the peer HTTP API (docs/swarm.md).
+
+Owns: one aiohttp session for all peers, strict checks of every answer (status, Content-Range,
+length, no bytes beyond what was asked), and the translation of transport errors into two kinds:
+`PeerUnavailable` (the peer simply cannot help: refused, 404, 416, 503) and `PeerMisbehaved` (it
+broke the protocol: malformed, short or endless body, stalled). Trusts nothing it receives; the
+bytes it returns are still unverified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+
+import aiohttp
+
+from dhtdeb import __version__
+from dhtdeb.discovery import Peer
+from dhtdeb.errors import DhtdebError, RemoteProtocolError
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
+
+
+class PeerUnavailable(DhtdebError):
+    """The peer cannot serve this (not a protocol violation)."""
+
+
+class PeerMisbehaved(RemoteProtocolError):
+    """The peer broke the protocol; it is to be penalised."""
+
+
+def parse_have(header: str | None, pieces: int) -> frozenset[int] | None:
+    """X-Dhtdeb-Have: `all` → None (complete), else a base64 bitfield MSB first."""
+    if header is None:
+        raise PeerMisbehaved("no X-Dhtdeb-Have header")
+    if header.strip() == "all":
+        return None
+    try:
+        bits = base64.b64decode(header.strip(), validate=True)
+    except ValueError:
+        raise PeerMisbehaved("malformed X-Dhtdeb-Have bitfield") from None
+    if len(bits) != (pieces + 7) // 8:
+        raise PeerMisbehaved("X-Dhtdeb-Have bitfield of the wrong length")
+    return frozenset(i for i in range(pieces) if bits[i // 8] & (0x80 >> (i % 8)))
+
+
+class PeerClient:
+    def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=idle_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ensure(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=8),
+                headers={"User-Agent": f"dhtdeb/{__version__}"},
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    async def piece_list(
+        self, peer: Peer, sha256: str, size: int
+    ) -> tuple[PieceList, frozenset[int] | None]:
+        """The peer's piece list and what it holds (None: the whole file)."""
+        count = piece_count(size)
+        try:
+            async with self._ensure().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
+                if response.status in (404, 503):
+                    raise PeerUnavailable(f"{peer.url()}: has no {sha256[:12]} ({response.status})")
+                if response.status != 200:
+                    raise PeerMisbehaved(f"{peer.url()}: piece list answered {response.status}")
+                if response.headers.get("X-Dhtdeb-Size") != str(size):
+                    raise PeerMisbehaved(f"{peer.url()}: piece list for the wrong file size")
+                have = parse_have(response.headers.get("X-Dhtdeb-Have"), count)
+                body = await response.content.read(count * DIGEST_SIZE + 1)
+                return PieceList.from_bytes(size, body), have
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
+        except TimeoutError:
+            raise PeerMisbehaved(f"{peer.url()}: stalled sending its piece list") from None
+        except aiohttp.ClientError as exc:
+            raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
+
+    async def piece(self, peer: Peer, sha256: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the file from the peer, exactly; unverified."""
+        wanted = end - start
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        try:
+            async with self._ensure().get(
+                f"{peer.url()}/v1/files/{sha256}", headers=headers
+            ) as response:
+                if response.status in (404, 416, 503):
+                    raise PeerUnavailable(f"{peer.url()}: does not hold bytes {start}-{end - 1}")
+                if response.status != 206:
+                    raise PeerMisbehaved(f"{peer.url()}: answered {response.status} to a Range")
+                content_range = response.headers.get("Content-Range", "")
+                if not content_range.startswith(f"bytes {start}-{end - 1}/"):
+                    raise PeerMisbehaved(f"{peer.url()}: wrong Content-Range {content_range!r}")
+                length = response.content_length
+                if length is not None and length != wanted:
+                    raise PeerMisbehaved(f"{peer.url()}: sends {length} bytes, asked {wanted}")
+                data = await response.content.readexactly(wanted)
+                if length is None and await response.content.read(1):
+                    raise PeerMisbehaved(f"{peer.url()}: sends more than asked")
+                return data
+        except asyncio.IncompleteReadError:
+            raise PeerMisbehaved(f"{peer.url()}: body shorter than {wanted} bytes") from None
+        except TimeoutError:
+            raise PeerMisbehaved(f"{peer.url()}: stalled") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise PeerMisbehaved(f"{peer.url()}: broken body: {exc}") from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
+            self._session = None

@@ -1,0 +1,532 @@
+"""PeerServer: the HTTP face other nodes download pieces from (protocol v1, docs/swarm.md).
+
+Owns: the peer TCP port, request routing, piece lists of stored files (computed once, cached next
+to the file as `<store>/<aa>/<sha256>.pieces` and in a small in-memory LRU), the upload rate cap
+(one `TokenBucket` for the whole node), the cap on concurrent uploads and the idle timeouts.
+
+Trusts: the `ContentStore` (only verified files enter it) and the swarm driver's `PartialSource`
+(its piece lists are corroborated and the pieces it reports as held are verified). Everything a
+client sends is untrusted: the only thing taken from a request path is a SHA256 that must be 64
+lowercase hex digits before anything touches the filesystem, and files are reached only through
+`store.path_of` of that hash or the driver's own path for it. Nothing else is ever served.
+
+Peers on an open port send garbage: such requests are answered (400/404/405) or dropped, counted
+in `PeerServer.stats`, and logged at debug level only, never with a traceback above debug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from aiohttp import web
+
+from dhtdeb.clock import Clock, MonotonicClock
+from dhtdeb.errors import RemoteProtocolError
+from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
+from dhtdeb.stats import Counters
+from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, digest_file
+from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
+
+log = logging.getLogger(__name__)
+
+SIZE_HEADER = "X-Dhtdeb-Size"
+HAVE_HEADER = "X-Dhtdeb-Have"
+PIECES_SUFFIX = ".pieces"
+# Body bytes handed to the kernel per step (each step one sendfile). Without a cap: large steps,
+# few wakeups. With a cap: about 1/64 s of traffic, at least 64 KiB, so the shared bucket paces
+# every upload smoothly without per-step overhead limiting a high cap. A step that makes no
+# progress for `idle_timeout` means the client stopped reading; with 1 MiB steps and the default
+# 30 s that is a client slower than ~35 KB/s, which is no use as a peer anyway.
+STEP_UNCAPPED = 1 << 20
+STEP_CAPPED = 64 * 1024
+RETRY_AFTER_SECONDS = 5
+LIST_CACHE_ENTRIES = 64
+DIGESTS_AT_ONCE = 2
+# A v1 request line is ~90 bytes; a peer has no reason to send big headers.
+MAX_LINE = 1024
+MAX_FIELD = 4096
+MAX_HEADERS = 32
+SHUTDOWN_GRACE = 1.0
+
+_ROUTE = re.compile(r"/v1/(pieces|files)/([^/]*)")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class PartialView(Protocol):
+    """A file the swarm driver is downloading: what of it may be served."""
+
+    size: int
+    piece_list: PieceList  # the corroborated list the downloader verifies pieces against
+
+    def have(self) -> frozenset[int]:
+        """Indices of verified pieces; their bytes in `path()` are final."""
+        ...
+
+    def path(self) -> Path: ...
+
+
+class PartialSource(Protocol):
+    def partial(self, sha256: str) -> PartialView | None:
+        """The download of `sha256` if one is running and has a piece list, else None."""
+        ...
+
+
+@dataclass(slots=True)
+class PeerServerStats:
+    requests: int = 0
+    bad_requests: int = 0  # malformed HTTP, bad paths, bad hashes, wrong methods
+    busy: int = 0  # answered 503: too many uploads
+    stalled: int = 0  # uploads cut because the client stopped reading
+    piece_lists_computed: int = 0  # store files hashed to build a piece list
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What a files request reads from: a stored file (every piece held) or a partial one."""
+
+    path: Path
+    size: int
+    have: frozenset[int] | None  # None: complete
+
+    def holds(self, start: int, end: int) -> bool:
+        if self.have is None or start >= end:
+            return True
+        return all(i in self.have for i in range(start // PIECE_SIZE, (end - 1) // PIECE_SIZE + 1))
+
+
+def have_bitfield(have: Iterable[int], pieces: int) -> str:
+    """Base64 of a bitfield of `pieces` bits, bit i (MSB first) set when piece i is held."""
+    field = bytearray(-(-pieces // 8))
+    for index in have:
+        if 0 <= index < pieces:
+            field[index // 8] |= 0x80 >> (index % 8)
+    return base64.b64encode(bytes(field)).decode("ascii")
+
+
+class _QuietHttpLog(logging.Logger):
+    """aiohttp's per-connection logger. A bad request from a peer is routine on an open port:
+    aiohttp reports it with `logger.exception` (or `debug` for a non-HTTP first line); here every
+    such report becomes one debug line and one count."""
+
+    def __init__(self, on_error: Callable[[], None]) -> None:
+        super().__init__(f"{__name__}.http")
+        self.parent = log
+        self._on_error = on_error
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._on_error()
+        super().debug(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._on_error()
+        super().debug(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith("Error handling request"):
+            self._on_error()
+        super().debug(msg, *args, **kwargs)
+
+
+class PeerServer:
+    def __init__(
+        self,
+        store: ContentStore,
+        counters: Counters,
+        *,
+        partials: PartialSource | None = None,
+        upload_rate: float | None = None,
+        max_uploads: int = 16,
+        idle_timeout: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if max_uploads < 1 or idle_timeout <= 0:
+            raise ValueError("max_uploads must be >= 1 and idle_timeout > 0")
+        self._store = store
+        self._counters = counters
+        self._partials = partials
+        self._clock = clock or MonotonicClock()
+        self._bucket: TokenBucket | None = bucket_for(upload_rate, self._clock)
+        self._max_uploads = max_uploads
+        self._idle_timeout = idle_timeout
+        self.stats = PeerServerStats()
+        self._lists: OrderedDict[str, PieceList] = OrderedDict()
+        self._computing: dict[str, asyncio.Future[tuple[PieceList | None, bool]]] = {}
+        self._digest_slots = asyncio.Semaphore(DIGESTS_AT_ONCE)
+        self._uploads: set[asyncio.Task[Any]] = set()
+        self._uploads_changed = asyncio.Event()
+        self._runner: web.ServerRunner | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port (port 0: any free port); return the bound address."""
+        if self._runner is not None:
+            raise RuntimeError("PeerServer already started")
+        server = web.Server(
+            self._handle,
+            handler_cancellation=True,  # a client that goes away ends its upload at once
+            keepalive_timeout=self._idle_timeout,  # also bounds the wait for complete headers
+            lingering_time=0,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
+            access_log=None,
+            logger=_QuietHttpLog(self._count_bad_request),
+        )
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        listening = site._server
+        assert isinstance(listening, asyncio.base_events.Server)
+        sockname = listening.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def close(self) -> None:
+        """Stop listening and cut running uploads (peers fetch the rest elsewhere)."""
+        for task in list(self._uploads):
+            task.cancel()
+        for pending in list(self._computing.values()):
+            pending.cancel()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # -- settings and state ---------------------------------------------------------------------
+
+    @property
+    def upload_rate(self) -> float | None:
+        return self._bucket.rate if self._bucket is not None else None
+
+    @upload_rate.setter
+    def upload_rate(self, rate: float | None) -> None:
+        if not rate:
+            self._bucket = None
+        elif self._bucket is None:
+            self._bucket = bucket_for(rate, self._clock)
+        else:
+            self._bucket.rate = rate
+
+    @property
+    def active_uploads(self) -> int:
+        return len(self._uploads)
+
+    async def wait_uploads(self, at_most: int = 0) -> None:
+        """Return once no more than `at_most` uploads are running."""
+        while len(self._uploads) > at_most:
+            await self._uploads_changed.wait()
+
+    # -- piece lists ----------------------------------------------------------------------------
+
+    async def piece_list(self, sha256: str) -> PieceList | None:
+        """The piece list of a stored file, or None if the store does not hold it."""
+        if not _HEX64.fullmatch(sha256):
+            return None
+        stored = self._store.lookup(sha256)  # first: the file may have been evicted
+        if stored is None:
+            return None
+        cached = self._lists.get(sha256)
+        if cached is not None:
+            self._lists.move_to_end(sha256)
+            return cached
+        if stored.size <= PIECE_SIZE:
+            # One piece: the whole-file SHA256 is the piece hash; nothing to read or cache.
+            single = PieceList(stored.size, (bytes.fromhex(sha256),))
+            self._remember(sha256, single)
+            return single
+        pending = self._computing.get(sha256)
+        if pending is None:
+            pending = asyncio.ensure_future(self._digest_in_thread(stored))
+            self._computing[sha256] = pending
+            pending.add_done_callback(lambda done: self._digested(sha256, done))
+        pieces, _ = await asyncio.shield(pending)
+        return pieces
+
+    async def _digest_in_thread(self, stored: StoredFile) -> tuple[PieceList | None, bool]:
+        # Few at a time: a peer asking for the lists of many big files must not occupy every
+        # executor thread (the proxy uses them too) or the disk.
+        async with self._digest_slots:
+            return await asyncio.to_thread(self._load_or_digest, stored)
+
+    async def adopt_piece_list(self, sha256: str, pieces: PieceList) -> None:
+        """Cache the list of a file just committed to the store, so it is never hashed again.
+        Only for a list the whole-file SHA256 confirmed (the download verified every piece
+        against it and the store accepted the file)."""
+        stored = self._store.lookup(sha256)
+        if stored is None or stored.size != pieces.size or len(pieces) == 1:
+            return
+        self._remember(sha256, pieces)
+        await asyncio.to_thread(self._write_cache, stored, pieces)
+
+    def _digested(self, sha256: str, done: asyncio.Future[tuple[PieceList | None, bool]]) -> None:
+        self._computing.pop(sha256, None)
+        if done.cancelled():
+            return
+        if (exc := done.exception()) is not None:
+            log.warning("piece list of %s failed: %s", sha256, exc)
+            return
+        pieces, computed = done.result()
+        if computed:
+            self.stats.piece_lists_computed += 1
+        if pieces is not None:
+            self._remember(sha256, pieces)
+
+    def _remember(self, sha256: str, pieces: PieceList) -> None:
+        self._lists[sha256] = pieces
+        self._lists.move_to_end(sha256)
+        while len(self._lists) > LIST_CACHE_ENTRIES:
+            self._lists.popitem(last=False)
+
+    def _load_or_digest(self, stored: StoredFile) -> tuple[PieceList | None, bool]:
+        """In a thread: the cached list next to the file, else hash the file and cache the list.
+        Returns (list or None if the file vanished, whether the file was hashed)."""
+        cache = stored.path.with_name(stored.sha256 + PIECES_SUFFIX)
+        try:
+            return PieceList.from_bytes(stored.size, cache.read_bytes()), False
+        except FileNotFoundError:
+            pass
+        except (OSError, RemoteProtocolError) as exc:
+            log.debug("ignoring unusable piece list cache %s: %s", cache, exc)
+        try:
+            pieces = digest_file(stored.path, stored.size)
+        except OSError as exc:
+            log.debug("cannot hash %s: %s", stored.path, exc)
+            return None, False
+        self._write_cache(stored, pieces)
+        return pieces, True
+
+    def _write_cache(self, stored: StoredFile, pieces: PieceList) -> None:
+        """In a thread. Atomic: a crash leaves at most a temporary in incoming/, which the store
+        clears on start."""
+        cache = stored.path.with_name(stored.sha256 + PIECES_SUFFIX)
+        scratch = self._store.incoming / (
+            f"{stored.sha256}{PIECES_SUFFIX}.{os.getpid()}.{threading.get_ident()}"
+        )
+        try:
+            with open(scratch, "wb") as handle:
+                handle.write(pieces.to_bytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(scratch, cache)
+        except OSError as exc:
+            log.debug("cannot cache piece list %s: %s", cache, exc)
+            with contextlib.suppress(OSError):
+                scratch.unlink()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _count_bad_request(self) -> None:
+        self.stats.bad_requests += 1
+
+    def _refuse(self, status: int, reason: str, **headers: str) -> web.Response:
+        """A request no honest peer sends."""
+        self._count_bad_request()
+        log.debug("peer request refused: %d %s", status, reason)
+        return web.Response(status=status, text=f"dhtdeb: {reason}\n", headers=headers)
+
+    @staticmethod
+    def _not_held() -> web.Response:
+        """Asking for a file this node lacks is normal (the DHT is eventually consistent)."""
+        return web.Response(status=404, text="dhtdeb: not held\n")
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.stats.requests += 1
+        try:
+            return await self._dispatch(request)
+        except ConnectionError:
+            raise  # the peer went away; aiohttp drops the connection quietly
+        except Exception:
+            # Not the peer's fault: a bug here, so loud (the quiet logger is for bad requests).
+            log.exception("peer request %s %s failed", request.method, request.path)
+            return web.Response(status=500, text="dhtdeb: internal error\n")
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        # The raw target, undecoded: `%2e%2e` stays literal and can never match a hash.
+        route = _ROUTE.fullmatch(request.raw_path.partition("?")[0])
+        if route is None:
+            return self._refuse(404, "no such resource")
+        if request.method not in ("GET", "HEAD"):
+            return self._refuse(405, "method not allowed", Allow="GET, HEAD")
+        kind, sha256 = route.groups()
+        if not _HEX64.fullmatch(sha256):
+            return self._refuse(400, "not a lowercase hex SHA256")
+        if kind == "pieces":
+            return await self._piece_list_response(request, sha256)
+        return await self._file_response(request, sha256)
+
+    def _partial(self, sha256: str) -> PartialView | None:
+        if self._partials is None:
+            return None
+        view = self._partials.partial(sha256)
+        if view is None or view.piece_list.size != view.size:
+            return None
+        return view
+
+    async def _piece_list_response(
+        self, request: web.BaseRequest, sha256: str
+    ) -> web.StreamResponse:
+        pieces = await self.piece_list(sha256)
+        if pieces is not None:
+            have = "all"
+        else:
+            view = self._partial(sha256)
+            if view is None:
+                return self._not_held()
+            pieces = view.piece_list
+            have = have_bitfield(view.have(), len(pieces))
+        body = pieces.to_bytes()
+        if request.method == "GET":
+            await throttle(self._bucket, len(body))
+            self._counters.bytes.to_peers += len(body)
+        return web.Response(
+            body=body,
+            content_type="application/octet-stream",
+            headers={SIZE_HEADER: str(pieces.size), HAVE_HEADER: have},
+        )
+
+    def _source(self, sha256: str) -> _Source | None:
+        stored = self._store.lookup(sha256)
+        if stored is not None:
+            return _Source(stored.path, stored.size, None)
+        view = self._partial(sha256)
+        if view is None:
+            return None
+        return _Source(view.path(), view.size, view.have())
+
+    async def _file_response(self, request: web.BaseRequest, sha256: str) -> web.StreamResponse:
+        source = self._source(sha256)
+        if source is None:
+            return self._not_held()
+        unheld = {"Content-Range": f"bytes */{source.size}"}
+        try:
+            wanted = parse_range(request.headers.get("Range"), source.size)
+        except Unsatisfiable:
+            return web.Response(status=416, headers=unheld)
+        start, end = (0, source.size) if wanted is None else (wanted.start, wanted.end)
+        if not source.holds(start, end):
+            return web.Response(status=416, headers=unheld)
+        response = web.StreamResponse(status=200 if wanted is None else 206)
+        response.content_type = "application/octet-stream"
+        response.content_length = end - start
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers[SIZE_HEADER] = str(source.size)
+        if wanted is not None:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{source.size}"
+        if request.method == "HEAD":
+            return response
+        if len(self._uploads) >= self._max_uploads:
+            self.stats.busy += 1
+            return web.Response(
+                status=503, text="dhtdeb: busy\n", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            )
+        try:
+            # Opened before answering, so a file evicted meanwhile is a clean 404.
+            handle = open(source.path, "rb")  # noqa: ASYNC230 - local disk, microseconds
+        except OSError:
+            return self._not_held()
+        task = asyncio.current_task()
+        assert task is not None
+        self._uploads.add(task)
+        try:
+            with handle:
+                await response.prepare(request)
+                await self._send_body(request, response, handle, start, end)
+        finally:
+            self._uploads.discard(task)
+            self._uploads_changed.set()
+            self._uploads_changed = asyncio.Event()
+        return response
+
+    async def _send_body(
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        handle: IO[bytes],
+        start: int,
+        end: int,
+    ) -> None:
+        step = STEP_UNCAPPED
+        if self._bucket is not None:
+            step = int(min(STEP_UNCAPPED, max(STEP_CAPPED, self._bucket.rate / 64)))
+        offset = start
+        while offset < end:
+            count = min(step, end - offset)
+            await throttle(self._bucket, count)
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    await self._send_step(request, response, handle, offset, count)
+            except TimeoutError:
+                self.stats.stalled += 1
+                log.debug("peer %s stopped reading: upload cut", request.remote)
+                _reset(request)
+                response.force_close()
+                return
+            except ConnectionError:
+                log.debug("peer %s went away mid-upload", request.remote)
+                response.force_close()
+                return
+            except _ShortFile:
+                # The file ended before its size (a partial file not written that far): the
+                # promised Content-Length cannot be met, so the connection must end.
+                log.warning("%s shorter than its size: upload cut", handle.name)
+                _reset(request)
+                response.force_close()
+                return
+            offset += count
+            self._counters.bytes.to_peers += count
+
+    @staticmethod
+    async def _send_step(
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        handle: IO[bytes],
+        offset: int,
+        count: int,
+    ) -> None:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        try:
+            sent = await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
+        except NotImplementedError:
+            data = await asyncio.to_thread(os.pread, handle.fileno(), count, offset)
+            await response.write(data)
+            sent = len(data)
+        if sent != count:
+            raise _ShortFile
+
+
+class _ShortFile(Exception):
+    pass
+
+
+def _reset(request: web.BaseRequest) -> None:
+    """Drop a stalled connection now, with RST: its unsent bytes are of no use to anyone."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()

@@ -1,0 +1,907 @@
+"""The scheduling core of one file's swarm download: events in, actions out, time injected.
+
+Owns: which piece goes to which peer or to the mirror, which piece list is trusted, which pieces are
+accepted, which peers are banned, and when the download has finished or failed. Performs no I/O: the
+asyncio driver calls the event methods, pops `poll_actions()`, and re-arms one timer at
+`next_deadline()` (the aioquic split). Trusts nothing a peer says; the whole-file SHA256 from the
+signed index is the only ground truth (a one-piece file's list *is* that hash), and the mirror is
+the referee for piece lists that no second party has confirmed.
+
+Theory of operation
+-------------------
+Each piece is *missing*, *held* or *accepted*. A piece's bytes are on disk once the driver reports
+`piece_received` (the driver writes every copy it receives, so the last copy reported is the one on
+disk; it must not write a copy of a piece that `is_accepted` already). A copy that matches the list
+in use is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
+whose list is refuted goes back to missing, so nothing accepted is ever taken back.
+
+Piece lists are *claims*. The first claim received is the list in use; it is corroborated by an
+identical list from a second peer, a matching piece from a peer that sent no list of its own, or a
+matching piece from the mirror, provided no rival claim is unresolved. A corroborated list is final
+for this scheduler: a later different list, or a peer piece that does not match it, is a lie (ban,
+lied=True); a mirror piece that does not match it is refused and fetched from a peer instead.
+Rival claims and disputed pieces (a peer's piece that contradicts an uncorroborated list) are
+refereed by the mirror at the lowest index in question; whichever side disagrees with the mirror is
+banned. Without a usable mirror, the claim with more supporters wins (authors, vouchers, mirror
+matches); on a tie the list in use is kept and the others are set aside without a ban, and once
+no party is left to ask, held pieces are accepted together and the whole-file hash decides.
+
+Without any list (a multi-piece file that no peer has described), pieces from the mirror are
+accepted as they arrive, as in a plain mirror download; a list that arrives later must agree with
+every mirror digest seen or its author is banned.
+
+Scheduling: the lowest missing, unclaimed piece goes to the best-ranked peer that holds it and has a
+free slot (ranking: EWMA of per-request throughput divided by 1 + errors; ties broken by a random
+key drawn at admission, so a crowd of downloaders spreads over the seeders). The mirror runs one
+streaming request at a time; it starts for, in order of priority: a referee piece, an overdue peer
+piece (web seed), a corroboration piece, or (after the lookup deadline) the lowest piece no usable
+peer can serve. `mirror_continue` lets the stream go on only through pieces that are missing and
+not claimed by a live peer request.
+
+Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
+harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
+request to that peer (the core has already forgotten them). A copy that arrives after its
+CancelPiece may still be reported (it is evaluated like any other, unless already accepted). The
+per-request rate includes the time shared with the peer's other requests in flight: it ranks peers
+against each other and sets overdue deadlines, it is not the peer's link speed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeAlias
+
+from dhtdeb.clock import Clock
+from dhtdeb.discovery import Peer
+from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
+
+__all__ = [
+    "MIRROR",
+    "AcceptPiece",
+    "Action",
+    "BanPeer",
+    "CancelPiece",
+    "Failed",
+    "Finished",
+    "MirrorSource",
+    "RequestPiece",
+    "RequestPieceList",
+    "SchedulerConfig",
+    "Source",
+    "StartMirror",
+    "SwarmScheduler",
+]
+
+_MAX_RIVAL_LISTS = 4
+_MIN_ELAPSED = 1e-6
+
+
+class MirrorSource:
+    """The upstream mirror as a piece source; `MIRROR` is its only instance."""
+
+    _instance: MirrorSource | None = None
+
+    def __new__(cls) -> MirrorSource:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MIRROR"
+
+
+MIRROR = MirrorSource()
+Source: TypeAlias = Peer | MirrorSource
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_requests_per_peer: int = 4
+    piece_lists_wanted: int = 2
+    min_piece_timeout: float = 2.0
+    overdue_factor: float = 4.0
+    default_rate: float = 4 * 1024 * 1024
+    rate_smoothing: float = 0.3
+    max_peers: int = 64
+    max_mirror_restarts: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_requests_per_peer < 1 or self.piece_lists_wanted < 1 or self.max_peers < 1:
+            raise ValueError("request, list and peer limits must be at least 1")
+        if not 0.0 < self.rate_smoothing <= 1.0:
+            raise ValueError("rate_smoothing must be in (0, 1]")
+        if self.default_rate <= 0 or self.overdue_factor <= 0 or self.min_piece_timeout < 0:
+            raise ValueError("rates and timeouts must be positive")
+        if self.max_mirror_restarts < 0:
+            raise ValueError("max_mirror_restarts must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPieceList:
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPiece:
+    peer: Peer
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartMirror:
+    first: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPiece:
+    peer: Peer
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPiece:
+    index: int
+    # The digest of the accepted copy: the list's entry, or the mirror's digest when no list is in
+    # use. Not part of equality, so that scripted tests can name just the index.
+    digest: bytes = field(default=b"", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BanPeer:
+    peer: Peer
+    reason: str
+    lied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+
+
+Action: TypeAlias = (
+    RequestPieceList
+    | RequestPiece
+    | StartMirror
+    | CancelPiece
+    | AcceptPiece
+    | BanPeer
+    | Finished
+    | Failed
+)
+
+
+class _ListState(Enum):
+    NOT_ASKED = "not asked"
+    PENDING = "pending"
+    RECEIVED = "received"
+
+
+@dataclass(slots=True)
+class _Request:
+    start: float
+    deadline: float
+    overdue: bool = False
+
+
+@dataclass(slots=True)
+class _PeerState:
+    peer: Peer
+    tiebreak: float
+    list_state: _ListState = _ListState.NOT_ASKED
+    have: frozenset[int] | None = None  # None: complete (announced, or said "all")
+    not_held: set[int] = field(default_factory=set)
+    rate: float | None = None
+    errors: int = 0
+    inflight: dict[int, _Request] = field(default_factory=dict)
+
+    def holds(self, index: int) -> bool:
+        return (self.have is None or index in self.have) and index not in self.not_held
+
+
+@dataclass(slots=True, eq=False)
+class _Claim:
+    """One distinct piece list and who stands behind it."""
+
+    pieces: PieceList
+    authors: list[Peer]
+    vouchers: set[Peer] = field(default_factory=set)
+    mirror_matches: int = 0
+
+    def support(self) -> int:
+        return len(self.authors) + len(self.vouchers) + self.mirror_matches
+
+    def has_evidence(self) -> bool:
+        return len(self.authors) >= 2 or bool(self.vouchers) or self.mirror_matches > 0
+
+
+class SwarmScheduler:
+    def __init__(
+        self,
+        sha256: str,
+        size: int,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        config: SchedulerConfig = SchedulerConfig(),
+        mirror_available: bool = True,
+        piece_size: int = PIECE_SIZE,
+    ) -> None:
+        if size < 0 or piece_size < 1:
+            raise ValueError("size must be >= 0 and piece_size >= 1")
+        digest = bytes.fromhex(sha256)
+        if len(digest) != 32:
+            raise ValueError("sha256 must be 64 hex digits")
+        self._sha256 = sha256
+        self._size = size
+        self._piece_size = piece_size
+        self._clock = clock
+        self._rng = rng
+        self._config = config
+        self._mirror_available = mirror_available
+        self.piece_count: int = piece_count(size, piece_size)
+        self.accepted: int = 0
+        self.finished: bool = False
+        self.failed: str | None = None
+
+        self._actions: list[Action] = []
+        self._peers: dict[Peer, _PeerState] = {}
+        self._excluded: dict[Peer, bool] = {}  # peer -> banned (True) or set aside (False)
+        self._peers_seen = False
+        self._deadline_passed = False
+
+        self._accepted_flags = [False] * self.piece_count
+        self._low = 0  # lowest index not accepted
+        self._held: dict[int, Source] = {}
+        self._requests: dict[int, dict[Peer, _Request]] = {}
+
+        self._mirror_active = False
+        self._mirror_claim: int | None = None
+        self._mirror_errors = 0
+        self._mirror_last_error: str | None = None
+        self._mirror_digests: dict[int, bytes] = {}
+        self._refused: set[int] = set()  # the mirror's copy contradicted the final list
+
+        self._single = self.piece_count == 1
+        self._in_use: _Claim | None = None
+        self._rivals: list[_Claim] = []
+        self._final = False
+        self._disputes: dict[int, dict[Peer, bytes]] = {}
+        self._last_resort_used = False
+        if self._single:
+            self._in_use = _Claim(PieceList(size, (digest,), piece_size), authors=[])
+            self._final = True
+
+    # ------------------------------------------------------------------ events
+
+    def peers_found(self, peers: Iterable[Peer]) -> None:
+        if self._done():
+            return
+        for peer in peers:
+            if peer in self._peers or peer in self._excluded:
+                continue
+            if len(self._peers) >= self._config.max_peers:
+                break
+            if len(self._excluded) >= 4 * self._config.max_peers:
+                break  # cannot remember more exclusions, so admit nobody new
+            self._peers[peer] = _PeerState(peer, tiebreak=self._rng.random())
+            self._peers_seen = True
+        self._schedule()
+
+    def lookup_deadline_passed(self) -> None:
+        self._deadline_passed = True
+        self._schedule()
+
+    def piece_list_received(
+        self, peer: Peer, pieces: PieceList, have: frozenset[int] | None
+    ) -> None:
+        state = self._peers.get(peer)
+        if self._done() or state is None:
+            return
+        if (
+            pieces.size != self._size
+            or pieces.piece_size != self._piece_size
+            or len(pieces) != self.piece_count
+        ):
+            self._ban(peer, "piece list for a different file size", lied=False)
+            self._schedule()
+            return
+        state.list_state = _ListState.RECEIVED
+        if have is not None:
+            state.have = frozenset(i for i in have if 0 <= i < self.piece_count)
+        else:
+            state.have = None
+        if not self._single:
+            self._add_claim(peer, pieces)
+        self._schedule()
+
+    def piece_list_failed(self, peer: Peer, reason: str, misbehaved: bool) -> None:
+        if self._done() or peer not in self._peers:
+            return
+        if misbehaved:
+            self._ban(peer, reason, lied=False)
+        else:
+            self._set_aside(peer)
+        self._schedule()
+
+    def piece_received(self, source: Source, index: int, digest: bytes) -> None:
+        self._check_index(index)
+        if self._done():
+            return
+        if isinstance(source, MirrorSource):
+            self._mirror_piece(index, digest)
+        else:
+            self._peer_piece(source, index, digest)
+        self._schedule()
+
+    def piece_failed(self, source: Source, index: int, reason: str, misbehaved: bool) -> None:
+        self._check_index(index)
+        if self._done():
+            return
+        if isinstance(source, MirrorSource):
+            if self._mirror_claim == index:
+                self._mirror_claim = None
+        else:
+            state = self._peers.get(source)
+            if state is not None and self._take_request(source, index) is not None:
+                if misbehaved:
+                    self._ban(source, reason, lied=False)
+                else:
+                    state.not_held.add(index)
+                    state.errors += 1
+        self._schedule()
+
+    def mirror_continue(self, index: int) -> bool:
+        if self._done() or not self._mirror_active or not 0 <= index < self.piece_count:
+            return False
+        if index == self._mirror_claim:
+            return True
+        wanted = self._mirror_wants(index)
+        self._mirror_claim = index if wanted else None
+        return wanted
+
+    def mirror_stopped(self, error: str | None) -> None:
+        if not self._mirror_active:
+            return
+        self._mirror_active = False
+        self._mirror_claim = None
+        if error is not None:
+            self._mirror_errors += 1
+            self._mirror_last_error = error
+        self._schedule()
+
+    def whole_file_failed(self) -> None:
+        if self.failed is not None:
+            return
+        claim = self._in_use
+        if claim is not None:
+            for peer in [*claim.authors, *sorted(claim.vouchers)]:
+                self._ban(peer, "whole-file hash mismatch", lied=True)
+        self._fail("whole-file hash mismatch")
+
+    def tick(self) -> None:
+        if self._done():
+            return
+        now = self._clock.now()
+        for state in self._peers.values():
+            for index, request in state.inflight.items():
+                if not request.overdue and request.deadline <= now:
+                    request.overdue = True
+                    self._sample_rate(state, index, now - request.start)
+        self._schedule()
+
+    # ----------------------------------------------------------------- outputs
+
+    def poll_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float | None:
+        if self._done():
+            return None
+        deadlines = [
+            request.deadline
+            for state in self._peers.values()
+            for request in state.inflight.values()
+            if not request.overdue
+        ]
+        return min(deadlines, default=None)
+
+    # ------------------------------------------------------------------- views
+
+    def peer_rate(self, peer: Peer) -> float | None:
+        state = self._peers.get(peer)
+        return None if state is None else state.rate
+
+    def is_accepted(self, index: int) -> bool:
+        """True once `index` is accepted: the driver must then not overwrite its bytes."""
+        return 0 <= index < self.piece_count and self._accepted_flags[index]
+
+    @property
+    def list_corroborated(self) -> bool:
+        """The list in use agrees with a second party (always true for a one-piece file).
+        False after a last-resort acceptance: the driver may then keep the accepted pieces
+        from other peers until the whole-file hash has matched."""
+        return self._final and not self._last_resort_used
+
+    def corroborated_list(self) -> PieceList | None:
+        """The list accepted pieces were checked against, once a second party confirmed it
+        (what a partial seed may hand to other peers)."""
+        if self._in_use is None or not self.list_corroborated or self._single:
+            return None
+        return self._in_use.pieces
+
+    # ------------------------------------------------------- piece evaluation
+
+    def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
+        state = self._peers.get(peer)
+        request = self._take_request(peer, index)
+        if state is not None and request is not None:
+            self._sample_rate(state, index, self._clock.now() - request.start)
+        if self._accepted_flags[index]:
+            return
+        # The driver wrote this copy: whatever was held for `index` is gone.
+        self._held.pop(index, None)
+        claim = self._in_use
+        if state is None or claim is None:
+            return
+        if claim.pieces.matches(index, digest):
+            self._cancel_others(index, keep=peer)
+            if self._final:
+                self._accept(index)
+            else:
+                self._held[index] = peer
+                if not self._is_author(peer):
+                    claim.vouchers.add(peer)
+            return
+        if self._final or index in self._mirror_digests:
+            self._ban(peer, f"piece {index} does not match the piece list", lied=True)
+        elif self._mirror_usable():
+            self._disputes.setdefault(index, {})[peer] = digest
+        else:
+            self._set_aside(peer)  # its word against the list's author: no referee
+
+    def _mirror_piece(self, index: int, digest: bytes) -> None:
+        if self._mirror_claim == index:
+            self._mirror_claim = None
+        if self._accepted_flags[index]:
+            return
+        self._held.pop(index, None)
+        self._mirror_digests[index] = digest
+        if not self._final:
+            self._mirror_evidence(index, digest)
+        claim = self._in_use
+        if claim is None:
+            self._cancel_others(index, keep=None)
+            self._accept(index)
+        elif claim.pieces.matches(index, digest):
+            self._cancel_others(index, keep=None)
+            if self._final:
+                self._accept(index)
+            else:
+                self._held[index] = MIRROR
+        else:
+            self._refused.add(index)
+
+    def _mirror_evidence(self, index: int, digest: bytes) -> None:
+        disputed = self._disputes.pop(index, {})
+        for claim in self._claims():
+            if claim.pieces.digests[index] == digest:
+                claim.mirror_matches += 1
+            else:
+                self._refute(claim, "piece list contradicted by the mirror")
+        for peer, claimed in sorted(disputed.items()):
+            if claimed != digest:
+                self._ban(peer, f"piece {index} contradicted by the mirror", lied=True)
+
+    # ------------------------------------------------------------ piece lists
+
+    def _claims(self) -> list[_Claim]:
+        return ([] if self._in_use is None else [self._in_use]) + list(self._rivals)
+
+    def _is_author(self, peer: Peer) -> bool:
+        return any(peer in claim.authors for claim in self._claims())
+
+    def _add_claim(self, peer: Peer, pieces: PieceList) -> None:
+        if self._final:
+            assert self._in_use is not None
+            if pieces.digests == self._in_use.pieces.digests:
+                if peer not in self._in_use.authors:
+                    self._in_use.authors.append(peer)
+            else:
+                self._ban(peer, "piece list contradicts the corroborated list", lied=True)
+            return
+        for index, digest in self._mirror_digests.items():
+            if pieces.digests[index] != digest:
+                self._ban(peer, f"piece list contradicted by the mirror at {index}", lied=True)
+                return
+        for claim in self._claims():
+            claim.vouchers.discard(peer)
+        for claim in self._claims():
+            if claim.pieces.digests == pieces.digests:
+                if peer not in claim.authors:
+                    claim.authors.append(peer)
+                return
+        claim = _Claim(pieces, authors=[peer], mirror_matches=len(self._mirror_digests))
+        if self._in_use is None:
+            self._in_use = claim
+        elif len(self._rivals) < _MAX_RIVAL_LISTS:
+            self._rivals.append(claim)
+        else:
+            self._set_aside(peer)
+
+    def _refute(self, claim: _Claim, reason: str) -> None:
+        for peer in claim.authors:
+            self._ban(peer, reason, lied=True)
+        if claim is self._in_use:
+            self._in_use = None
+            self._disputes.clear()
+            if self._rivals:
+                best = max(self._rivals, key=self._claim_rank)
+                self._rivals.remove(best)
+                self._in_use = best
+            self._drop_held()
+        else:
+            self._rivals.remove(claim)
+
+    def _claim_rank(self, claim: _Claim) -> tuple[bool, int, tuple[float, float]]:
+        authors = [self._peers[p] for p in claim.authors if p in self._peers]
+        best = max((self._rank(state) for state in authors), default=(0.0, 0.0))
+        return (claim.has_evidence(), claim.support(), best)
+
+    def _drop_held(self) -> None:
+        """The list that held pieces were checked against is gone. Peer copies go back to
+        missing; mirror copies stay held if the new list agrees, and are accepted if there is
+        no list left (a plain mirror download)."""
+        claim = self._in_use
+        for index, source in sorted(self._held.items()):
+            if source is not MIRROR or (
+                claim is not None and not claim.pieces.matches(index, self._mirror_digests[index])
+            ):
+                del self._held[index]
+            elif claim is None:
+                self._accept(index)
+
+    def _settle(self) -> None:
+        """Resolve what can be resolved without new evidence; finalize a corroborated list."""
+        claim = self._in_use
+        if self._final or claim is None:
+            return
+        if not self._mirror_usable():
+            if self._rivals:
+                self._resolve_by_support()
+            for peer in self._disputants():
+                self._set_aside(peer)
+            self._disputes.clear()
+        claim = self._in_use
+        if claim is not None and not self._rivals and not self._disputes and claim.has_evidence():
+            self._finalize()
+
+    def _resolve_by_support(self) -> None:
+        assert self._in_use is not None
+        candidates = [self._in_use, *self._rivals]
+        best = max(candidates, key=lambda c: (c.support(), c is self._in_use))
+        for claim in candidates:
+            if claim is best:
+                continue
+            if best.support() > claim.support():
+                for peer in claim.authors:
+                    self._ban(peer, "piece list outvoted", lied=True)
+            else:
+                for peer in claim.authors:
+                    self._set_aside(peer)
+        switched = best is not self._in_use
+        self._in_use = best
+        self._rivals = []
+        if switched:
+            self._drop_held()
+            self._disputes.clear()
+
+    def _disputants(self) -> list[Peer]:
+        return sorted({peer for by_peer in self._disputes.values() for peer in by_peer})
+
+    def _finalize(self) -> None:
+        self._final = True
+        claim = self._in_use
+        assert claim is not None
+        for peer in self._disputants():
+            self._ban(peer, "piece does not match the piece list", lied=True)
+        self._disputes.clear()
+        for index in sorted(self._held):
+            self._accept(index)
+
+    def _last_resort(self) -> None:
+        """No mirror and nobody left to ask: accept what the one list says; the whole-file
+        hash is then the only check (as for a plain mirror download)."""
+        if self._final or self._in_use is None or self._rivals or not self._deadline_passed:
+            return
+        if self._mirror_usable() or self._lists_pending() or self._askable_peers():
+            return
+        if all(self._accepted_flags[i] or i in self._held for i in range(self.piece_count)):
+            self._last_resort_used = True
+            self._finalize()
+
+    def _ask_for_lists(self) -> None:
+        if self._single or self._final:
+            return
+        states = list(self._peers.values())
+        active = sum(1 for s in states if s.list_state is not _ListState.NOT_ASKED)
+        limit = self._config.piece_lists_wanted
+        if self._in_use is not None and not self._mirror_usable():
+            limit = len(states)  # no referee: every peer's word may be needed
+        candidates = sorted(self._askable_peers(), key=self._rank, reverse=True)
+        for state in candidates[: max(0, limit - active)]:
+            state.list_state = _ListState.PENDING
+            self._emit(RequestPieceList(state.peer))
+
+    def _lists_pending(self) -> bool:
+        return any(s.list_state is _ListState.PENDING for s in self._peers.values())
+
+    def _askable_peers(self) -> list[_PeerState]:
+        if self._single:
+            return []
+        return [s for s in self._peers.values() if s.list_state is _ListState.NOT_ASKED]
+
+    # --------------------------------------------------------------- schedule
+
+    def _schedule(self) -> None:
+        if self._done():
+            return
+        self._settle()
+        self._ask_for_lists()
+        self._last_resort()
+        if self._done():
+            return
+        self._start_mirror()
+        self._assign_peers()
+        self._check_stuck()
+
+    def _start_mirror(self) -> None:
+        if self._mirror_active or not self._mirror_allowed():
+            return
+        target = self._mirror_target()
+        if target is not None:
+            self._mirror_active = True
+            self._mirror_claim = target
+            self._emit(StartMirror(target))
+
+    def _mirror_target(self) -> int | None:
+        referee = self._referee_indices()
+        if referee:
+            return min(referee)
+        overdue = [
+            index
+            for index, requests in self._requests.items()
+            if requests
+            and all(r.overdue for r in requests.values())
+            and not self._accepted_flags[index]
+            and index not in self._held
+            and index not in self._refused
+        ]
+        if overdue:
+            return min(overdue)
+        if self._in_use is not None and not self._final and not self._lists_pending():
+            missing = [i for i in range(self._low, self.piece_count) if not self._accepted_flags[i]]
+            unheld = [i for i in missing if i not in self._held]
+            if unheld or missing:
+                return (unheld or missing)[0]
+        if not self._deadline_passed:
+            return None
+        return self._fallback_target()
+
+    def _fallback_target(self) -> int | None:
+        """The lowest missing, unclaimed piece that no usable peer can serve."""
+        if self._in_use is None:
+            if self._lists_pending() or self._askable_peers():
+                return None  # a list is coming: the peers may have everything
+            servers: list[_PeerState] = []
+        else:
+            servers = [
+                s
+                for s in self._peers.values()
+                if s.list_state is _ListState.PENDING or self._eligible(s)
+            ]
+            if any(s.have is None and not s.not_held for s in servers):
+                return None  # a complete peer can serve every piece
+        for index in range(self._low, self.piece_count):
+            if (
+                self._accepted_flags[index]
+                or index in self._held
+                or index in self._refused
+                or self._live_request(index)
+            ):
+                continue
+            if not any(s.holds(index) for s in servers):
+                return index
+        return None
+
+    def _referee_indices(self) -> set[int]:
+        indices = {i for i in self._disputes if not self._accepted_flags[i]}
+        claim = self._in_use
+        if claim is not None and not self._final:
+            for rival in self._rivals:
+                for index, (a, b) in enumerate(
+                    zip(claim.pieces.digests, rival.pieces.digests, strict=True)
+                ):
+                    if a != b:
+                        indices.add(index)
+                        break
+        return indices
+
+    def _mirror_wants(self, index: int) -> bool:
+        """The stream goes on into `index` only if the mirror would be asked for it anyway
+        (referee, overdue piece, corroboration, or no usable peer can serve it): once peers
+        can deliver, every piece the stream takes is mirror traffic the swarm could have saved."""
+        if self._accepted_flags[index] or index in self._refused:
+            return False
+        if index in self._referee_indices():
+            return True
+        if index in self._held or self._live_request(index):
+            return False
+        return self._mirror_target() == index
+
+    def _live_request(self, index: int) -> bool:
+        return any(not r.overdue for r in self._requests.get(index, {}).values())
+
+    def _eligible(self, state: _PeerState) -> bool:
+        if state.list_state is _ListState.PENDING:
+            return False
+        peer = state.peer
+        if any(peer in disputants for disputants in self._disputes.values()):
+            return False
+        return not any(peer in rival.authors for rival in self._rivals)
+
+    def _assign_peers(self) -> None:
+        if self._in_use is None:
+            return
+        free = [
+            s
+            for s in self._peers.values()
+            if len(s.inflight) < self._config.max_requests_per_peer and self._eligible(s)
+        ]
+        if not free:
+            return
+        free.sort(key=self._rank, reverse=True)
+        referee = self._referee_indices()
+        for index in range(self._low, self.piece_count):
+            if (
+                self._accepted_flags[index]
+                or index in self._held
+                or index == self._mirror_claim
+                or index in referee
+                or self._live_request(index)
+            ):
+                continue
+            for state in free:
+                if index not in state.inflight and state.holds(index):
+                    self._request(state, index)
+                    if len(state.inflight) >= self._config.max_requests_per_peer:
+                        free.remove(state)
+                    break
+            if not free:
+                return
+
+    def _check_stuck(self) -> None:
+        if not self._deadline_passed or self._mirror_active or self._lists_pending():
+            return
+        if self._requests:
+            return
+        if not self._peers_seen and not self._mirror_available:
+            self._fail("no peer has the file and no mirror is available")
+        elif self._mirror_available and not self._mirror_usable():
+            self._fail(f"no usable peer left and the mirror failed: {self._mirror_last_error}")
+        else:
+            self._fail("no source left for the missing pieces")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _request(self, state: _PeerState, index: int) -> None:
+        now = self._clock.now()
+        start, end = piece_span(index, self._size, self._piece_size)
+        rate = state.rate if state.rate is not None else self._config.default_rate
+        timeout = max(
+            self._config.min_piece_timeout, self._config.overdue_factor * (end - start) / rate
+        )
+        request = _Request(start=now, deadline=now + timeout)
+        state.inflight[index] = request
+        self._requests.setdefault(index, {})[state.peer] = request
+        self._emit(RequestPiece(state.peer, index))
+
+    def _take_request(self, peer: Peer, index: int) -> _Request | None:
+        state = self._peers.get(peer)
+        request = None if state is None else state.inflight.pop(index, None)
+        by_peer = self._requests.get(index)
+        if by_peer is not None:
+            by_peer.pop(peer, None)
+            if not by_peer:
+                del self._requests[index]
+        return request
+
+    def _cancel_others(self, index: int, keep: Peer | None) -> None:
+        for peer in sorted(self._requests.get(index, {})):
+            if peer != keep:
+                self._take_request(peer, index)
+                self._emit(CancelPiece(peer, index))
+
+    def _sample_rate(self, state: _PeerState, index: int, elapsed: float) -> None:
+        start, end = piece_span(index, self._size, self._piece_size)
+        sample = (end - start) / max(elapsed, _MIN_ELAPSED)
+        if state.rate is None:
+            state.rate = sample
+        else:
+            weight = self._config.rate_smoothing
+            state.rate = (1.0 - weight) * state.rate + weight * sample
+
+    def _rank(self, state: _PeerState) -> tuple[float, float]:
+        rate = state.rate if state.rate is not None else self._config.default_rate
+        return (rate / (1 + state.errors), state.tiebreak)
+
+    def _accept(self, index: int) -> None:
+        if self._accepted_flags[index]:
+            return
+        self._held.pop(index, None)
+        self._accepted_flags[index] = True
+        self.accepted += 1
+        claim = self._in_use
+        digest = claim.pieces.digests[index] if claim is not None else self._mirror_digests[index]
+        self._emit(AcceptPiece(index, digest))
+        while self._low < self.piece_count and self._accepted_flags[self._low]:
+            self._low += 1
+        if self.accepted == self.piece_count:
+            self.finished = True
+            self._emit(Finished())
+
+    def _remove_peer(self, peer: Peer) -> None:
+        state = self._peers.pop(peer, None)
+        if state is not None:
+            for index in list(state.inflight):
+                by_peer = self._requests.get(index)
+                if by_peer is not None:
+                    by_peer.pop(peer, None)
+                    if not by_peer:
+                        del self._requests[index]
+        for index in list(self._disputes):
+            self._disputes[index].pop(peer, None)
+            if not self._disputes[index]:
+                del self._disputes[index]
+
+    def _ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
+        if self._excluded.get(peer):
+            return
+        self._remove_peer(peer)
+        self._excluded[peer] = True
+        self._emit(BanPeer(peer, reason, lied))
+
+    def _set_aside(self, peer: Peer) -> None:
+        if peer in self._excluded:
+            return
+        self._remove_peer(peer)
+        self._excluded[peer] = False
+
+    def _mirror_usable(self) -> bool:
+        return self._mirror_available and self._mirror_errors <= self._config.max_mirror_restarts
+
+    def _mirror_allowed(self) -> bool:
+        return self._mirror_usable() and (self._deadline_passed or self._peers_seen)
+
+    def _fail(self, reason: str) -> None:
+        if self.failed is None:
+            self.failed = reason
+            self._emit(Failed(reason))
+
+    def _done(self) -> bool:
+        return self.finished or self.failed is not None
+
+    def _emit(self, action: Action) -> None:
+        self._actions.append(action)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.piece_count:
+            raise ValueError(f"piece {index} outside a file of {self.piece_count} pieces")

@@ -1,0 +1,829 @@
+"""The swarm scheduling core, driven by hand (exact actions) and by a seeded simulated network.
+
+Pieces are 1000 bytes here so that the arithmetic is readable; the core never looks at bytes, only
+at digests, so a "piece" is its SHA256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from dhtdeb.clock import ManualClock
+from dhtdeb.discovery import Peer
+from dhtdeb.swarm.pieces import PieceList
+from dhtdeb.swarm.scheduler import (
+    MIRROR,
+    AcceptPiece,
+    Action,
+    BanPeer,
+    CancelPiece,
+    Failed,
+    Finished,
+    MirrorSource,
+    RequestPiece,
+    RequestPieceList,
+    SchedulerConfig,
+    StartMirror,
+    SwarmScheduler,
+)
+
+PS = 1000
+A = Peer("10.0.0.1", 9978)
+B = Peer("10.0.0.2", 9978)
+C = Peer("10.0.0.3", 9978)
+
+
+def _digest(tag: str) -> bytes:
+    return hashlib.sha256(tag.encode()).digest()
+
+
+class Harness:
+    """One file of `n` pieces and a scheduler for it, on a manual clock."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        mirror: bool = True,
+        last: int = PS,
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self.n = n
+        self.size = (n - 1) * PS + last
+        self.true = [_digest(f"piece {i}") for i in range(n)]
+        sha = self.true[0].hex() if n == 1 else _digest("whole file").hex()
+        self.clock = ManualClock()
+        self.s = SwarmScheduler(
+            sha,
+            self.size,
+            clock=self.clock,
+            rng=random.Random(seed),
+            config=config or SchedulerConfig(),
+            mirror_available=mirror,
+            piece_size=PS,
+        )
+
+    def pieces(self, lies: dict[int, bytes] | None = None) -> PieceList:
+        digests = list(self.true)
+        for index, digest in (lies or {}).items():
+            digests[index] = digest
+        return PieceList(self.size, tuple(digests), PS)
+
+    def pop(self) -> list[Action]:
+        return self.s.poll_actions()
+
+    def deliver(self, source: Peer | MirrorSource, index: int) -> list[Action]:
+        self.s.piece_received(source, index, self.true[index])
+        return self.pop()
+
+
+BAD = _digest("not the piece")
+
+
+def test_one_piece_from_a_peer() -> None:
+    h = Harness(1, last=500)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPiece(A, 0)]
+    h.s.lookup_deadline_passed()
+    assert h.pop() == []
+    assert h.deliver(A, 0) == [AcceptPiece(0), Finished()]
+    assert h.s.finished and h.s.accepted == 1 and h.s.failed is None
+    assert h.s.next_deadline() is None
+    h.s.peers_found([B])
+    h.s.lookup_deadline_passed()
+    assert h.pop() == []
+
+
+def test_one_piece_lying_peer_is_banned_and_the_mirror_serves() -> None:
+    h = Harness(1, last=500)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPiece(A, 0)]
+    h.s.piece_received(A, 0, BAD)
+    assert h.pop() == [BanPeer(A, "piece 0 does not match the piece list", True)]
+    # The race is not over yet: wait for the lookup rather than go to the mirror.
+    assert h.pop() == []
+    h.s.peers_found([A])
+    assert h.pop() == []
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+    assert h.deliver(MIRROR, 0) == [AcceptPiece(0), Finished()]
+
+
+def test_one_piece_mirror_must_match_the_signed_hash() -> None:
+    h = Harness(1, last=500)
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+    h.s.piece_received(MIRROR, 0, BAD)
+    h.s.mirror_stopped(None)
+    assert h.pop() == [Failed("no source left for the missing pieces")]
+    assert not h.s.is_accepted(0)
+
+
+def test_multi_piece_single_peer_corroborated_by_one_mirror_piece() -> None:
+    h = Harness(6)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.piece_list_received(A, h.pieces(), None)
+    # The mirror checks the list on the piece apt needs first; the peer takes the rest.
+    assert h.pop() == [StartMirror(0), *(RequestPiece(A, i) for i in (1, 2, 3, 4))]
+    h.clock.advance(0.1)
+    assert h.deliver(A, 1) == [RequestPiece(A, 5)]  # held, not accepted
+    assert not h.s.is_accepted(1) and not h.s.list_corroborated
+    rate = h.s.peer_rate(A)
+    assert rate is not None and rate == pytest.approx(PS / 0.1)
+    assert h.deliver(MIRROR, 0) == [AcceptPiece(0), AcceptPiece(1)]
+    assert h.s.list_corroborated
+    assert h.s.mirror_continue(1) is False
+    h.s.mirror_stopped(None)
+    assert h.pop() == []
+    for i in (2, 3, 4):
+        assert h.deliver(A, i) == [AcceptPiece(i)]
+    assert h.deliver(A, 5) == [AcceptPiece(5), Finished()]
+
+
+def test_two_agreeing_peers_need_no_mirror_traffic() -> None:
+    h = Harness(8)
+    seen: list[Action] = []
+    h.s.peers_found([A, B])
+    first = h.pop()
+    assert sorted(first, key=repr) == [RequestPieceList(A), RequestPieceList(B)]
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, i) for i in range(4)]
+    h.s.lookup_deadline_passed()
+    assert h.pop() == []
+    h.s.piece_list_received(B, h.pieces(), None)
+    assert h.pop() == [RequestPiece(B, i) for i in range(4, 8)]
+    assert h.s.list_corroborated
+    for i in range(8):
+        seen += h.deliver(A if i < 4 else B, i)
+    assert seen == [*(AcceptPiece(i) for i in range(8)), Finished()]
+
+
+def test_conflicting_lists_are_refereed_by_the_mirror_honest_first() -> None:
+    h = Harness(6)
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, i) for i in range(4)]
+    h.s.piece_list_received(B, h.pieces({2: BAD}), None)
+    assert h.pop() == [StartMirror(2)]
+    assert h.deliver(A, 0) == [RequestPiece(A, 4)]  # held while the lists disagree
+    assert not h.s.is_accepted(0)
+    assert h.deliver(MIRROR, 2) == [
+        BanPeer(B, "piece list contradicted by the mirror", True),
+        CancelPiece(A, 2),
+        AcceptPiece(0),
+        AcceptPiece(2),
+        RequestPiece(A, 5),
+    ]
+    assert h.s.mirror_continue(3) is False
+
+
+def test_conflicting_lists_are_refereed_by_the_mirror_liar_first() -> None:
+    h = Harness(6)
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(B, h.pieces({2: BAD, 4: BAD}), None)
+    assert h.pop() == [RequestPiece(B, i) for i in range(4)]
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [StartMirror(2)]
+    assert h.deliver(B, 0) == [RequestPiece(B, 4)]  # held under B's list
+    assert h.deliver(MIRROR, 2) == [
+        BanPeer(B, "piece list contradicted by the mirror", True),
+        AcceptPiece(2),
+        *(RequestPiece(A, i) for i in (0, 1, 3, 4)),
+    ]
+    # What B delivered under its list was held, never accepted, and is fetched again.
+    assert not h.s.is_accepted(0)
+
+
+def test_bad_piece_after_corroboration_bans_and_refetches_elsewhere() -> None:
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=2))
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), None)
+    h.s.piece_list_received(B, h.pieces(), None)
+    assert h.pop() == [
+        RequestPiece(A, 0),
+        RequestPiece(A, 1),
+        RequestPiece(B, 2),
+        RequestPiece(B, 3),
+    ]
+    h.s.piece_received(A, 0, BAD)
+    assert h.pop() == [BanPeer(A, "piece 0 does not match the piece list", True)]
+    assert h.deliver(B, 2) == [AcceptPiece(2), RequestPiece(B, 0)]
+    assert h.deliver(B, 3) == [AcceptPiece(3), RequestPiece(B, 1)]
+    h.s.piece_received(A, 1, h.true[1])  # a banned peer's late answer counts for nothing
+    assert h.pop() == []
+    assert h.deliver(B, 0) == [AcceptPiece(0)]
+    assert h.deliver(B, 1) == [AcceptPiece(1), Finished()]
+
+
+def test_mirror_piece_contradicting_the_corroborated_list_is_refetched_from_a_peer() -> None:
+    h = Harness(2, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), None)
+    h.s.piece_list_received(B, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, 0), RequestPiece(B, 1)]
+    h.clock.advance(2.0)
+    h.s.tick()
+    assert h.pop() == [StartMirror(0)]  # both overdue; the lowest goes to the web seed
+    h.s.piece_received(MIRROR, 0, BAD)
+    assert h.pop() == []  # not accepted, nobody banned: the driver counts a mirror failure
+    assert h.s.mirror_continue(1) is True  # B's request is overdue too
+    assert h.deliver(MIRROR, 1) == [CancelPiece(B, 1), AcceptPiece(1), RequestPiece(B, 0)]
+    h.s.mirror_stopped(None)
+    assert h.pop() == []  # the refused piece never goes back to the mirror
+    assert h.deliver(B, 0) == [CancelPiece(A, 0), AcceptPiece(0), Finished()]
+
+
+def test_overdue_piece_goes_to_the_mirror_web_seed_and_the_slow_peer_is_cancelled() -> None:
+    h = Harness(1, last=800)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPiece(A, 0)]
+    assert h.s.next_deadline() == 2.0  # min_piece_timeout beats 4 * 800 B / 4 MiB/s
+    h.clock.advance(1.5)
+    h.s.tick()
+    assert h.pop() == []
+    h.clock.advance(0.5)
+    h.s.tick()
+    assert h.pop() == [StartMirror(0)]
+    assert h.s.next_deadline() is None
+    rate = h.s.peer_rate(A)
+    assert rate is not None and rate < SchedulerConfig().default_rate
+    assert h.deliver(MIRROR, 0) == [CancelPiece(A, 0), AcceptPiece(0), Finished()]
+
+
+def test_overdue_without_mirror_is_requested_from_another_peer() -> None:
+    h = Harness(3, mirror=False, config=SchedulerConfig(max_requests_per_peer=2))
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), None)
+    h.s.piece_list_received(B, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, 0), RequestPiece(A, 1), RequestPiece(B, 2)]
+    h.clock.advance(1.0)
+    assert h.deliver(B, 2) == [AcceptPiece(2)]  # B's free slots: nothing unclaimed yet
+    h.clock.advance(1.0)
+    h.s.tick()
+    assert h.pop() == [RequestPiece(B, 0), RequestPiece(B, 1)]
+    assert h.deliver(B, 0) == [CancelPiece(A, 0), AcceptPiece(0)]
+    assert h.deliver(A, 1) == [CancelPiece(B, 1), AcceptPiece(1), Finished()]
+    rate_a, rate_b = h.s.peer_rate(A), h.s.peer_rate(B)
+    assert rate_a is not None and rate_b is not None and rate_a < rate_b
+
+
+def test_no_peers_means_one_mirror_stream_for_the_whole_file() -> None:
+    h = Harness(5, last=10)
+    h.s.peers_found([])
+    assert h.pop() == []  # before the lookup deadline nothing goes to the mirror
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+    for i in range(4):
+        assert h.deliver(MIRROR, i) == [AcceptPiece(i)]
+        assert h.s.mirror_continue(i + 1) is True
+    assert h.deliver(MIRROR, 4) == [AcceptPiece(4), Finished()]
+    h.s.mirror_stopped(None)
+    assert h.pop() == []
+
+
+def test_peers_found_mid_stream_take_over_and_the_mirror_stops_at_a_claimed_piece() -> None:
+    h = Harness(8)
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+    assert h.deliver(MIRROR, 0) == [AcceptPiece(0)]
+    assert h.s.mirror_continue(1)
+    assert h.deliver(MIRROR, 1) == [AcceptPiece(1)]
+    assert h.s.mirror_continue(2)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    # The list agrees with the two mirror pieces already accepted: corroborated at once.
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, i) for i in (3, 4, 5, 6)]
+    assert h.s.list_corroborated
+    assert h.deliver(MIRROR, 2) == [AcceptPiece(2)]
+    assert h.s.mirror_continue(3) is False
+    h.s.mirror_stopped(None)
+    assert h.pop() == []
+    assert h.deliver(A, 3) == [AcceptPiece(3), RequestPiece(A, 7)]
+    for i in (4, 5, 6):
+        assert h.deliver(A, i) == [AcceptPiece(i)]
+    assert h.deliver(A, 7) == [AcceptPiece(7), Finished()]
+
+
+def test_a_late_list_contradicting_accepted_mirror_pieces_bans_its_author() -> None:
+    h = Harness(4)
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+    assert h.deliver(MIRROR, 0) == [AcceptPiece(0)]
+    assert h.s.mirror_continue(1)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.piece_list_received(A, h.pieces({0: BAD}), None)
+    assert h.pop() == [BanPeer(A, "piece list contradicted by the mirror at 0", True)]
+    assert h.deliver(MIRROR, 1) == [AcceptPiece(1)]
+    assert h.s.mirror_continue(2)
+
+
+def test_partial_peers_have_sets_and_not_held() -> None:
+    h = Harness(6)
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), frozenset({0, 1, 2, 99}))
+    assert h.pop() == [RequestPiece(A, i) for i in (0, 1, 2)]
+    h.s.piece_list_received(B, h.pieces(), frozenset({2, 3, 4, 5}))
+    assert h.pop() == [RequestPiece(B, i) for i in (3, 4, 5)]
+    h.s.piece_failed(B, 3, "416 not held", False)
+    assert h.pop() == []  # nobody else holds 3, and the lookup race is still on
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(3)]
+    assert h.deliver(MIRROR, 3) == [AcceptPiece(3)]
+    assert h.s.mirror_continue(4) is False  # B is fetching it
+    h.s.mirror_stopped(None)
+    assert h.pop() == []
+    for i in (0, 1, 2, 4):
+        assert h.deliver(A if i < 3 else B, i) == [AcceptPiece(i)]
+    assert h.deliver(B, 5) == [AcceptPiece(5), Finished()]
+
+
+def test_all_peers_banned_the_mirror_takes_over() -> None:
+    h = Harness(4)
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), None)
+    h.s.piece_list_received(B, h.pieces(), None)
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [RequestPiece(A, i) for i in range(4)]
+    h.s.piece_failed(A, 0, "endless body", True)
+    assert h.pop() == [BanPeer(A, "endless body", False), *(RequestPiece(B, i) for i in range(4))]
+    h.s.piece_received(B, 1, BAD)
+    assert h.pop() == [
+        BanPeer(B, "piece 1 does not match the piece list", True),
+        StartMirror(0),
+    ]
+    for i in range(3):
+        assert h.deliver(MIRROR, i) == [AcceptPiece(i)]
+        assert h.s.mirror_continue(i + 1)
+    assert h.deliver(MIRROR, 3) == [AcceptPiece(3), Finished()]
+
+
+def test_failed_list_requests_ask_other_peers_then_the_mirror() -> None:
+    h = Harness(3, config=SchedulerConfig(piece_lists_wanted=1))
+    h.s.peers_found([A, B])
+    (asked,) = h.pop()
+    assert isinstance(asked, RequestPieceList)
+    other = B if asked.peer == A else A
+    h.s.piece_list_failed(asked.peer, "404", False)
+    assert h.pop() == [RequestPieceList(other)]
+    h.s.piece_list_failed(other, "piece list of 17 bytes", True)
+    assert h.pop() == [BanPeer(other, "piece list of 17 bytes", False)]
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+
+
+def test_no_mirror_and_no_peers_fails_once() -> None:
+    h = Harness(3, mirror=False)
+    h.s.peers_found([])
+    assert h.pop() == []
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [Failed("no peer has the file and no mirror is available")]
+    assert h.s.failed == "no peer has the file and no mirror is available"
+    h.s.lookup_deadline_passed()
+    h.s.peers_found([A])
+    h.s.whole_file_failed()
+    assert h.pop() == []
+
+
+def test_mirror_errors_allow_two_restarts() -> None:
+    h = Harness(3)
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]
+    assert h.deliver(MIRROR, 0) == [AcceptPiece(0)]
+    assert h.s.mirror_continue(1)
+    h.s.piece_failed(MIRROR, 1, "connection reset", False)
+    h.s.mirror_stopped("connection reset")
+    assert h.pop() == [StartMirror(1)]
+    h.s.mirror_stopped("503")
+    assert h.pop() == [StartMirror(1)]
+    h.s.mirror_stopped("503")
+    assert h.pop() == [Failed("no usable peer left and the mirror failed: 503")]
+
+
+def test_whole_file_failure_bans_author_and_voucher() -> None:
+    h = Harness(3, config=SchedulerConfig(piece_lists_wanted=1, max_requests_per_peer=1))
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.peers_found([B])  # B sends no list: a piece from it that matches vouches for A's
+    assert h.pop() == []
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [StartMirror(0), RequestPiece(A, 1), RequestPiece(B, 2)]
+    assert h.deliver(B, 2) == [AcceptPiece(2)]
+    assert h.s.list_corroborated
+    assert h.deliver(A, 1) == [AcceptPiece(1)]
+    assert h.deliver(MIRROR, 0) == [AcceptPiece(0), Finished()]
+    h.s.whole_file_failed()
+    assert h.pop() == [
+        BanPeer(A, "whole-file hash mismatch", True),
+        BanPeer(B, "whole-file hash mismatch", True),
+        Failed("whole-file hash mismatch"),
+    ]
+    assert h.s.finished and h.s.failed == "whole-file hash mismatch"
+
+
+def test_disputed_piece_is_refereed_by_the_mirror() -> None:
+    h = Harness(4, config=SchedulerConfig(piece_lists_wanted=1, max_requests_per_peer=1))
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.piece_list_received(A, h.pieces({2: BAD}), None)  # A lies about piece 2 only
+    assert h.pop() == [StartMirror(0), RequestPiece(A, 1)]
+    h.s.peers_found([B])
+    assert h.pop() == [RequestPiece(B, 2)]
+    assert h.deliver(B, 2) == []  # B's true piece contradicts A's list: a dispute
+    # The mirror agrees with A at piece 0, but the dispute keeps the list uncorroborated.
+    assert h.deliver(MIRROR, 0) == []
+    assert not h.s.list_corroborated and not h.s.is_accepted(0)
+    assert h.s.mirror_continue(1) is False
+    h.s.mirror_stopped(None)
+    assert h.pop() == [StartMirror(2)]
+    assert h.deliver(MIRROR, 2) == [
+        BanPeer(A, "piece list contradicted by the mirror", True),
+        AcceptPiece(0),  # the mirror's own copy, now with no list in use
+        AcceptPiece(2),
+        RequestPieceList(B),
+    ]
+    # B's list is on its way: B may hold everything, so the stream stops rather than race on.
+    assert h.s.mirror_continue(3) is False
+    h.s.mirror_stopped(None)
+    h.s.piece_list_received(B, h.pieces(), None)
+    assert h.s.list_corroborated  # B's list agrees with the mirror's pieces 0 and 2
+    assert h.pop() == [RequestPiece(B, 1)]
+    assert h.deliver(B, 1) == [AcceptPiece(1), RequestPiece(B, 3)]
+    assert h.deliver(B, 3) == [AcceptPiece(3), Finished()]
+
+
+def test_no_mirror_single_peer_accepts_held_pieces_together_as_a_last_resort() -> None:
+    h = Harness(3, mirror=False)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, i) for i in range(3)]
+    for i in range(3):
+        assert h.deliver(A, i) == []
+    assert not h.s.is_accepted(0)
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [AcceptPiece(0), AcceptPiece(1), AcceptPiece(2), Finished()]
+    assert not h.s.list_corroborated  # the whole-file hash is the only check left
+
+
+def test_no_mirror_conflict_keeps_the_list_in_use_on_a_tie() -> None:
+    h = Harness(2, mirror=False)
+    h.s.peers_found([A, B])
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, 0), RequestPiece(A, 1)]
+    h.s.piece_list_received(B, h.pieces({1: BAD}), None)
+    assert h.pop() == []  # B set aside, not banned: nobody can tell who lied
+    h.s.peers_found([C])
+    assert h.pop() == [RequestPieceList(C)]
+    h.s.piece_list_received(C, h.pieces(), None)
+    assert h.pop() == []
+    assert h.s.list_corroborated
+    assert h.deliver(A, 0) == [AcceptPiece(0)]
+
+
+def test_peer_table_is_bounded() -> None:
+    h = Harness(1, config=SchedulerConfig(max_peers=8))
+    h.s.peers_found(Peer(f"10.1.0.{i}", 9978) for i in range(100))
+    (request,) = h.pop()
+    assert isinstance(request, RequestPiece)
+    assert len(h.s._peers) == 8
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError):
+        SchedulerConfig(max_requests_per_peer=0)
+    with pytest.raises(ValueError):
+        SchedulerConfig(rate_smoothing=0.0)
+    h = Harness(2)
+    with pytest.raises(ValueError):
+        h.s.piece_received(MIRROR, 2, BAD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulation: the real core, a seeded network of honest and lying peers, a mirror, a virtual
+# clock. Every run checks the invariants on every action; a failing run names its seed.
+
+HONEST_KINDS = ("complete", "complete", "partial", "slow")
+STRICT_LIARS = ("bad_piece", "bad_list", "staller", "gone", "malformed", "flaky")
+LENIENT_LIARS = (*STRICT_LIARS, "partial_list")
+LIARS = {"bad_piece", "bad_list", "partial_list"}
+STALL_TIMEOUT = 10.0
+
+
+@dataclass
+class SimPeer:
+    peer: Peer
+    kind: str
+    rate: float
+    have: frozenset[int] | None
+    digests: tuple[bytes, ...]  # what it claims (its list and its pieces, for list liars)
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    seq: int
+    run: Callable[[], None] = field(compare=False)
+    owner: object = field(compare=False, default=None)
+    cancelled: bool = field(compare=False, default=False)
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        strict: bool,
+        kinds: list[str] | None = None,
+        one_batch: bool = False,
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self.seed = seed
+        self.strict = strict
+        rng = random.Random(seed)
+        self.rng = rng
+        self.n = rng.choice([1, 1, 2, 3, 5, 8, 12])
+        self.size = (self.n - 1) * PS + rng.randint(1, PS)
+        self.true = [_digest(f"{seed} piece {i}") for i in range(self.n)]
+        sha = self.true[0].hex() if self.n == 1 else _digest(f"{seed} file").hex()
+        self.mirror_up = True if strict else rng.random() < 0.7
+        self.mirror_flaky = 0.0 if strict else rng.choice([0.0, 0.0, 0.2, 0.6])
+        self.config = config or SchedulerConfig(
+            max_requests_per_peer=rng.choice([1, 2, 4]),
+            piece_lists_wanted=rng.choice([1, 2, 3]),
+        )
+        self.clock = ManualClock()
+        self.s = SwarmScheduler(
+            sha,
+            self.size,
+            clock=self.clock,
+            rng=random.Random(seed ^ 0x5EED),
+            config=self.config,
+            mirror_available=self.mirror_up,
+            piece_size=PS,
+        )
+        if kinds is None:
+            kinds = [rng.choice(HONEST_KINDS) for _ in range(rng.randint(0, 3))]
+            liars = STRICT_LIARS if strict else LENIENT_LIARS
+            kinds += [rng.choice(liars) for _ in range(rng.randint(0, 3))]
+            rng.shuffle(kinds)
+        self.one_batch = one_batch
+        self.mirror_starts = 0
+        self.peers = [self._make_peer(i, kind) for i, kind in enumerate(kinds)]
+        self.by_peer = {p.peer: p for p in self.peers}
+        self.queue: list[_Event] = []
+        self.seq = 0
+        self.timer: _Event | None = None
+        self.mirror_busy = False
+        self.disk: dict[int, bytes] = {}
+        self.accepted: set[int] = set()
+        self.banned: dict[Peer, bool] = {}
+        self.inflight: dict[Peer, set[int]] = {p.peer: set() for p in self.peers}
+        self.finished = 0
+        self.failed = 0
+        self.whole_file_checked = False
+
+    def _make_peer(self, i: int, kind: str) -> SimPeer:
+        rng = self.rng
+        peer = Peer(f"10.9.{self.seed % 250}.{i + 1}", 9978)
+        digests = tuple(self.true)
+        if kind == "bad_list":
+            digests = tuple(_digest(f"{peer} lie {j}") for j in range(self.n))
+        elif kind == "partial_list":
+            lies = {rng.randrange(self.n)}
+            digests = tuple(
+                _digest(f"{peer} lie {j}") if j in lies else d for j, d in enumerate(digests)
+            )
+        have = None
+        if kind == "partial":
+            have = frozenset(j for j in range(self.n) if rng.random() < 0.6)
+        rate = PS / rng.uniform(0.05, 0.5) if kind != "slow" else PS / rng.uniform(3.0, 8.0)
+        return SimPeer(peer, kind, rate, have, digests)
+
+    # event plumbing -----------------------------------------------------------------------
+
+    def at(self, delay: float, run: Callable[[], None], owner: object = None) -> _Event:
+        self.seq += 1
+        event = _Event(self.clock.now() + delay, self.seq, run, owner)
+        heapq.heappush(self.queue, event)
+        return event
+
+    def cancel_owned(self, owner: object) -> None:
+        for event in self.queue:
+            if event.owner == owner:
+                event.cancelled = True
+
+    def step_all(self) -> None:
+        peers = [p.peer for p in self.peers]
+        split = len(peers) if self.one_batch else self.rng.randint(0, len(peers))
+        self.at(0.0, lambda: self.s.peers_found(peers[:split]))
+        self.at(self.rng.uniform(0.0, 3.0), lambda: self.s.peers_found(peers[split:]))
+        self.at(0.5, self.s.lookup_deadline_passed)
+        steps = 0
+        while self.queue and not self.failed and not self.finished:
+            steps += 1
+            assert steps < 20_000, "no progress"
+            event = heapq.heappop(self.queue)
+            if event.cancelled:
+                continue
+            self.clock.advance(event.time - self.clock.now())
+            event.run()
+            self.dispatch()
+        assert self.finished or self.failed, "the scheduler went quiet without an outcome"
+
+    def rearm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancelled = True
+            self.timer = None
+        deadline = self.s.next_deadline()
+        if deadline is not None:
+            self.timer = self.at(max(0.0, deadline - self.clock.now()), self.s.tick)
+
+    # the driver ---------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        for action in self.s.poll_actions():
+            self.check_and_perform(action)
+        self.rearm()
+
+    def check_and_perform(self, action: Action) -> None:
+        assert not self.failed, f"{action} after Failed"
+        if isinstance(action, RequestPieceList):
+            assert action.peer not in self.banned, f"list request to banned {action.peer}"
+            self.at(self.rng.uniform(0.01, 0.2), lambda: self.answer_list(action.peer), action.peer)
+        elif isinstance(action, RequestPiece):
+            assert action.peer not in self.banned, f"piece request to banned {action.peer}"
+            assert action.index not in self.inflight[action.peer]
+            self.inflight[action.peer].add(action.index)
+            assert len(self.inflight[action.peer]) <= self.config.max_requests_per_peer
+            self.serve_piece(action.peer, action.index)
+        elif isinstance(action, CancelPiece):
+            assert action.index in self.inflight[action.peer]
+            self.inflight[action.peer].discard(action.index)
+            if self.rng.random() < 0.7:  # else the piece was already on its way: it arrives
+                self.cancel_owned((action.peer, action.index))
+        elif isinstance(action, StartMirror):
+            assert self.mirror_up and not self.mirror_busy, "second mirror stream"
+            self.mirror_starts += 1
+            self.mirror_busy = True
+            self.mirror_read(action.first)
+        elif isinstance(action, AcceptPiece):
+            assert action.index not in self.accepted, f"piece {action.index} accepted twice"
+            self.accepted.add(action.index)
+            if self.strict:
+                assert self.disk.get(action.index) == self.true[action.index], (
+                    f"wrong bytes accepted for piece {action.index}"
+                )
+        elif isinstance(action, BanPeer):
+            assert action.peer not in self.banned
+            self.banned[action.peer] = action.lied
+            self.cancel_owned(action.peer)
+            for index in self.inflight[action.peer]:
+                self.cancel_owned((action.peer, index))
+            self.inflight[action.peer].clear()
+            if self.strict:
+                assert self.by_peer[action.peer].kind not in HONEST_KINDS, f"honest {action}"
+        elif isinstance(action, Finished):
+            assert self.finished == 0 and len(self.accepted) == self.n
+            self.finished += 1
+        else:
+            assert isinstance(action, Failed)
+            self.failed += 1
+
+    def answer_list(self, peer: Peer) -> None:
+        sim = self.by_peer[peer]
+        if sim.kind == "gone":
+            self.s.piece_list_failed(peer, "404", False)
+        elif sim.kind == "malformed":
+            self.s.piece_list_failed(peer, "piece list of 3 bytes", True)
+        else:
+            self.s.piece_list_received(peer, PieceList(self.size, sim.digests, PS), sim.have)
+
+    def serve_piece(self, peer: Peer, index: int) -> None:
+        sim = self.by_peer[peer]
+        owner = (peer, index)
+
+        def done(digest: bytes) -> None:
+            self.inflight[peer].discard(index)
+            if index not in self.accepted:
+                self.disk[index] = digest  # the driver writes before it tells the core
+            self.s.piece_received(peer, index, digest)
+
+        def failed(reason: str, misbehaved: bool) -> None:
+            self.inflight[peer].discard(index)
+            self.s.piece_failed(peer, index, reason, misbehaved)
+
+        if sim.have is not None and index not in sim.have:
+            self.at(0.01, lambda: failed("416 not held", False), owner)
+        elif sim.kind == "staller":
+            self.at(STALL_TIMEOUT, lambda: failed("stall", True), owner)
+        elif sim.kind == "flaky" and self.rng.random() < 0.5:
+            self.at(0.05, lambda: failed("connection reset", False), owner)
+        else:
+            digest = sim.digests[index]
+            if sim.kind == "bad_piece":
+                digest = _digest(f"{peer} garbage {index}")
+            delay = PS / sim.rate * self.rng.uniform(0.8, 1.5)
+            self.at(delay, lambda: done(digest), owner)
+
+    def mirror_read(self, index: int) -> None:
+        def arrived() -> None:
+            if self.rng.random() < self.mirror_flaky:
+                self.s.piece_failed(MIRROR, index, "connection reset", False)
+                self.stop_mirror("connection reset")
+                return
+            if index not in self.accepted:
+                self.disk[index] = self.true[index]
+            self.s.piece_received(MIRROR, index, self.true[index])
+            if index + 1 < self.n and self.s.mirror_continue(index + 1):
+                self.mirror_read(index + 1)
+            else:
+                self.stop_mirror(None)
+
+        self.at(PS / 20_000 * self.rng.uniform(0.9, 1.1), arrived, "mirror")
+
+    def stop_mirror(self, error: str | None) -> None:
+        self.mirror_busy = False
+        self.s.mirror_stopped(error)
+
+    # outcome ------------------------------------------------------------------------------
+
+    def check_outcome(self) -> None:
+        assert bool(self.finished) == (len(self.accepted) == self.n) == self.s.finished
+        if self.finished:
+            assert self.s.finished and self.s.accepted == self.n
+            if all(self.disk[i] == self.true[i] for i in range(self.n)):
+                return
+            assert not self.strict
+            kinds = {p.kind for p in self.peers}
+            assert "partial_list" in kinds or "bad_list" in kinds, "wrong bytes without a list liar"
+            self.s.whole_file_failed()
+            self.dispatch()
+            assert self.failed == 1 and self.s.failed == "whole-file hash mismatch"
+            assert any(self.by_peer[p].kind in LIARS and lied for p, lied in self.banned.items())
+        else:
+            assert self.failed == 1 and not self.s.finished
+            assert len(self.accepted) < self.n
+            if self.strict:
+                pytest.fail(f"strict run failed: {self.s.failed}")
+
+
+def _run(seed: int, *, strict: bool) -> Simulation:
+    sim = Simulation(seed, strict=strict)
+    try:
+        sim.step_all()
+        sim.check_outcome()
+    except AssertionError as exc:
+        kinds = [p.kind for p in sim.peers]
+        raise AssertionError(
+            f"seed {seed} strict={strict} pieces={sim.n} peers={kinds}: {exc}"
+        ) from exc
+    return sim
+
+
+def test_simulation_honest_mirror_never_accepts_a_wrong_byte() -> None:
+    """With the mirror up and no list liar that an honest party cannot expose, every run
+    finishes, every accepted piece is the true piece, and no honest peer is ever banned."""
+    for seed in range(1500):
+        _run(seed, strict=True)
+
+
+def test_simulation_hostile_network_stays_safe() -> None:
+    """Mirror down or flaky, peers that lie in one list entry: runs may fail, but a wrong
+    piece is accepted only through a list lie, and then the whole-file check bans a liar."""
+    outcomes = {"finished": 0, "failed": 0}
+    for seed in range(10_000, 11_500):
+        sim = _run(seed, strict=False)
+        outcomes["finished" if sim.finished else "failed"] += 1
+    assert outcomes["finished"] > outcomes["failed"]
+
+
+def test_simulation_two_agreeing_complete_peers_cost_no_mirror_traffic() -> None:
+    for seed in range(200):
+        sim = Simulation(
+            seed,
+            strict=True,
+            kinds=["complete", "complete"],
+            one_batch=True,
+            config=SchedulerConfig(piece_lists_wanted=2, max_requests_per_peer=seed % 4 + 1),
+        )
+        sim.step_all()
+        assert sim.finished == 1, f"seed {seed}: {sim.s.failed}"
+        assert sim.mirror_starts == 0, f"seed {seed}: mirror used with two agreeing peers"

@@ -1,0 +1,96 @@
+"""Packages from peers: real `dhtdeb bootstrap`, real `dhtdeb serve` daemons, real apt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.apt import AptClientFactory, ProxyMode
+from support.archive import SignedArchive
+from support.daemon import BootstrapProcess, DaemonFactory, DaemonProcess
+from support.mirror import Mirror
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+SwarmNode = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def bootstrap_node(tmp_path: Path) -> Iterator[BootstrapProcess]:
+    node = BootstrapProcess(tmp_path / "bootstrap")
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def swarm_node(dhtdeb_daemon: DaemonFactory, bootstrap_node: BootstrapProcess) -> SwarmNode:
+    """Start a DHT-enabled daemon that joins the test's bootstrap node."""
+
+    def start(*extra: str) -> DaemonProcess:
+        return dhtdeb_daemon(
+            no_dht=False, extra_args=("--bootstrap", bootstrap_node.dht, "--no-lan", *extra)
+        )
+
+    return start
+
+
+def peers_of(daemon: DaemonProcess, sha256: str) -> list[str]:
+    with _DIRECT.open(f"{daemon.proxy_url}/peers/{sha256}", timeout=30) as response:
+        answer = json.loads(response.read())
+    return list(answer["peers"])
+
+
+def wait_until_found(
+    asker: DaemonProcess, holders: list[DaemonProcess], sha256: str, timeout: float = 30.0
+) -> None:
+    """Block until `asker`'s DHT lookup returns every holder (announces are asynchronous)."""
+    wanted = {f"http://{h.addresses.peer}" for h in holders}
+    deadline = time.monotonic() + timeout
+    while not wanted <= set(peers_of(asker, sha256)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{wanted} not announced for {sha256} within {timeout}s")
+
+
+def _check_files(archive: SignedArchive, directory: Path, names: list[str]) -> None:
+    for name in names:
+        package = archive.package(name)
+        data = (directory / package.download_name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == package.sha256, name
+
+
+def test_second_node_gets_packages_from_the_first(
+    signed_archive: SignedArchive,
+    mirror: Mirror,
+    apt_client: AptClientFactory,
+    swarm_node: SwarmNode,
+    tmp_path: Path,
+) -> None:
+    names = [p.name for p in signed_archive.packages]
+    a, b = swarm_node(), swarm_node()
+    apt_a = apt_client(signed_archive, mirror, mode=ProxyMode.HTTP_PROXY, proxy=a.proxy)
+    apt_a.update().check()
+    apt_a.download(names, tmp_path / "a").check()
+    unique = sum(p.size for p in signed_archive.packages)
+    assert mirror.deb_bytes_sent() == unique
+    for package in signed_archive.packages:
+        wait_until_found(b, [a], package.sha256)
+
+    mirror.reset_counters()
+    apt_b = apt_client(signed_archive, mirror, mode=ProxyMode.URL_PREFIX, proxy=b.proxy)
+    apt_b.update().check()
+    apt_b.download(names, tmp_path / "b").check()
+    _check_files(signed_archive, tmp_path / "b", names)
+    # One peer only: its piece list of the big file is checked against one mirror piece.
+    assert mirror.deb_bytes_sent() <= 1024 * 1024, mirror.bytes_by_path()
+    status = b.status()
+    assert status["requests"]["from_peers"] == len(names)
+    assert status["bytes"]["from_peers"] >= unique - 1024 * 1024
+    assert status["verify_failures"]["peer"] == 0
+    assert a.status()["bytes"]["to_peers"] >= status["bytes"]["from_peers"]
+    assert a.status()["dht"]["announced"] >= len(names)
