@@ -63,6 +63,7 @@ class ServeConfig:
     announce: bool = True
     upload_rate: float | None = None  # bytes/s for all uploads to peers together; None: no cap
     max_uploads: int = 16
+    peer_timeout: float = 10.0  # seconds without a byte before a peer request counts as stalled
 
 
 def default_state_dir() -> Path:
@@ -205,7 +206,7 @@ async def serve(config: ServeConfig) -> None:
     )
     discovery, peer_address, dht_id = await _open_peer_side(config, peer_server)
     node_id = dht_id or node_id
-    peer_client = PeerClient()
+    peer_client = PeerClient(idle_timeout=config.peer_timeout)
     if config.dht:
         downloads.attach_swarm(
             SwarmContext(

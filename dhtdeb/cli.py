@@ -74,6 +74,9 @@ def serve(
         str, typer.Option(help="Cap on upload to peers, bytes/s, e.g. 5M (0: none)")
     ] = "0",
     max_uploads: Annotated[int, typer.Option(help="Concurrent uploads to peers")] = 16,
+    peer_timeout: Annotated[
+        float, typer.Option(help="Seconds without a byte before a peer counts as stalled")
+    ] = 10.0,
     no_announce: Annotated[
         bool, typer.Option("--no-announce", help="Fetch from peers but never announce")
     ] = False,
@@ -99,6 +102,7 @@ def serve(
             announce=not no_announce,
             upload_rate=float(parse_size(upload_rate)) or None,
             max_uploads=max_uploads,
+            peer_timeout=peer_timeout,
         )
         for path in config.keyrings:
             if not path.is_file():
