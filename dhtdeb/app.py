@@ -29,6 +29,7 @@ from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.clock import MonotonicClock
 from dhtdeb.discovery import NoDiscovery, Peer, PeerDiscovery
 from dhtdeb.downloads import Downloads
+from dhtdeb.errors import DhtdebError
 from dhtdeb.metrics import metrics_renderer
 from dhtdeb.mirror import MirrorClient
 from dhtdeb.netaddr import HostPort
@@ -149,6 +150,20 @@ def _is_self(address: HostPort) -> Callable[[Peer], bool]:
     return is_self
 
 
+async def _announce_store(discovery: PeerDiscovery, store: ContentStore) -> None:
+    """After a restart, tell the DHT again about every verified file in the store (in the
+    background: apt is served meanwhile)."""
+    count = 0
+    for sha256 in store.hashes():
+        try:
+            await discovery.announce(sha256)
+            count += 1
+        except DhtdebError as exc:
+            log.warning("re-announcing %s failed: %s", sha256[:12], exc)
+    if count:
+        log.info("re-announced %d stored files", count)
+
+
 async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -263,9 +278,6 @@ async def serve(config: ServeConfig) -> None:
         except OSError as exc:
             raise SystemExit(f"dhtdeb: cannot listen on {config.proxy}: {exc.strerror}") from None
         proxy_address = _bound(site)
-        if config.announce and config.dht:
-            for sha256 in store.hashes():
-                await discovery.announce(sha256)
         write_addresses(
             state_dir, {"proxy": str(proxy_address), "peer": str(peer_address), "pid": os.getpid()}
         )
@@ -276,7 +288,12 @@ async def serve(config: ServeConfig) -> None:
             node_id[:12],
             store.file_count,
         )
-        await _until_signalled()
+        async with asyncio.TaskGroup() as background:
+            if config.announce and config.dht:
+                reannounce = background.create_task(_announce_store(discovery, store))
+            await _until_signalled()
+            if config.announce and config.dht:
+                reannounce.cancel()
     finally:
         with contextlib.suppress(FileNotFoundError):
             (state_dir / "addresses.json").unlink()

@@ -184,8 +184,10 @@ class ContentStore:
         return StoredFile(partial.sha256, target, st.st_size, st.st_mtime)
 
     def remove(self, sha256: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path_of(sha256).unlink()
+        path = self.path_of(sha256)
+        for stale in (path, path.with_name(path.name + ".pieces")):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         self._forget(sha256)
 
     def _forget(self, sha256: str) -> None:
