@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from support import rawhttp
+from support import rawhttp, wait_until
 from support.apt import AptClient, AptClientFactory, ProxyMode
 from support.archive import SignedArchive
 from support.daemon import DaemonFactory
@@ -52,6 +52,7 @@ def test_second_client_is_a_cache_hit(
     _assert_downloaded(signed_archive, tmp_path / "second", names)
     assert mirror.deb_bytes_sent() == 0
 
+    wait_until(lambda: daemon.status()["cache"]["files"] >= len(names), 30, "all committed")
     status = daemon.status()
     assert status["requests"]["cache_hits"] >= len(names)
     assert status["requests"]["from_mirror"] >= len(names)
@@ -83,12 +84,12 @@ def test_restart_between_update_and_download_serves_verified(
     names = [p.name for p in signed_archive.small_packages]
     apt.download(names, tmp_path / "after-restart").check()
     _assert_downloaded(signed_archive, tmp_path / "after-restart", names)
+    # The .debs and the Packages file from before; the last commit may trail apt by a moment.
+    wait_until(lambda: daemon.status()["cache"]["files"] == len(names) + 1, 30, "all committed")
     status = daemon.status()
-    assert (
-        status["requests"]["passed_through"] == 0
-    )  # every .deb was known from the persisted index
+    # Every .deb was known from the persisted index: nothing passed through unverified.
+    assert status["requests"]["passed_through"] == 0
     assert status["requests"]["from_mirror"] == len(names)
-    assert status["cache"]["files"] == len(names) + 1  # the .debs and the Packages file before
     package = signed_archive.small_packages[0]
     response = rawhttp.request(daemon.proxy, "GET", f"{mirror.url}/{package.filename}")
     assert response.status == 200

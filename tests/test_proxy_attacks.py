@@ -6,7 +6,7 @@ import hashlib
 import threading
 from pathlib import Path
 
-from support import rawhttp
+from support import rawhttp, wait_until
 from support.apt import AptClientFactory, ProxyMode
 from support.archive import (
     SignedArchive,
@@ -188,5 +188,6 @@ def test_daemon_killed_mid_download_leaves_no_bad_file(
     response = rawhttp.request(daemon.proxy, "GET", f"{mirror.url}/{big.filename}", timeout=120)
     assert response.status == 200
     assert hashlib.sha256(response.body).hexdigest() == big.sha256
+    # apt gets the tail once the hash matched; the store's commit (fsync, rename) follows.
+    wait_until(lambda: big.sha256 in _store_files(daemon), 30, "the big file committed")
     _assert_store_sound(daemon)
-    assert big.sha256 in _store_files(daemon)

@@ -2,7 +2,8 @@
 
 Owns: an aiohttp server on its own event loop in a background thread (so synchronous tests and
 subprocesses such as apt or the daemon can talk to it), per-path body byte counters, a request log,
-and per-path behaviour switches: override bytes, throttling, stalling, cutting, forced statuses.
+and per-path behaviour switches: override bytes, throttling, stalling, cutting, forced statuses,
+plus one mirror-wide cap on the total body rate (an uplink shared by every connection).
 Trusts: nothing it receives; paths are confined to the served directory.
 
 Paths in the API are archive-relative ("dists/…", "pool/…"), i.e. the URL path without the
@@ -26,6 +27,7 @@ from aiohttp import web
 
 CHUNK = 64 * 1024
 _START_TIMEOUT = 10.0
+_LINK_BURST = 0.05  # seconds of credit an idle rate-capped link may save up
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,16 @@ class Mirror:
     Counters and the log are guarded by one condition variable; `wait_for` blocks on it, so a test
     can wait for "the mirror has sent N bytes of this file" without polling."""
 
-    def __init__(self, root: Path, *, prefix: str = "debian") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        prefix: str = "debian",
+        port: int = 0,
+        total_rate: int | None = None,
+    ) -> None:
+        """`port` 0 picks a free port; `total_rate` (bytes/s, None: none) caps the sum of all
+        body bytes sent, whatever the number of connections (see `set_total_rate`)."""
         self.root = root.resolve()
         self.prefix = "/" + prefix.strip("/") + "/"
         self._cond = threading.Condition()
@@ -136,7 +147,13 @@ class Mirror:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._wanted_port = port
         self._port = 0
+        self._total_rate: int | None = None
+        # The mirror-wide pacer: the time at which the shared link is free again. Only touched
+        # on the mirror's event loop, so it needs no lock.
+        self._link_free_at = 0.0
+        self.set_total_rate(total_rate)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -179,7 +196,7 @@ class Mirror:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._wanted_port)
         await site.start()
         address = self._runner.addresses[0]
         self._port = int(address[1])
@@ -266,6 +283,15 @@ class Mirror:
                 self._cuts.pop(path, None)
             else:
                 self._cuts[path] = after_bytes
+
+    def set_total_rate(self, bytes_per_second: int | None) -> None:
+        """Cap the total body rate of all responses together (None: no cap). Connections share
+        the link in the order their chunks queue up, so each of N concurrent downloads gets about
+        1/N of it. Takes effect for the next chunk."""
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError("total_rate must be positive (None: no cap)")
+        with self._cond:
+            self._total_rate = bytes_per_second
 
     def release(self, path: str) -> None:
         with self._cond:
@@ -462,6 +488,7 @@ class Mirror:
                     rate = self._throttles.get(relative)
                     stall = self._stalls.get(relative)
                     cut = self._cuts.get(relative)
+                    total_rate = self._total_rate
                 chunk_size = min(CHUNK, length - sent)
                 if rate is not None:
                     chunk_size = min(chunk_size, max(1, rate // 20))
@@ -474,6 +501,8 @@ class Mirror:
                     if start + sent >= cut:
                         return
                     chunk_size = min(chunk_size, cut - start - sent)
+                if total_rate is not None:
+                    await self._pace_link(chunk_size, total_rate)
                 if handle is not None:
                     chunk = handle.read(chunk_size)
                 else:
@@ -493,6 +522,17 @@ class Mirror:
         finally:
             if handle is not None:
                 handle.close()
+
+    async def _pace_link(self, size: int, rate: int) -> None:
+        """Reserve `size` bytes of the shared link and sleep until they may go out. An idle link
+        saves up at most _LINK_BURST seconds of credit."""
+        now = time.monotonic()
+        start = max(self._link_free_at, now - _LINK_BURST)
+        self._link_free_at = start + size / rate
+        delay = self._link_free_at - now
+        if delay > 0:
+            # Pacing the shared link is the point of the cap, not a synchronisation device.
+            await asyncio.sleep(delay)
 
     def _set_released(self, stall: _Stall) -> None:
         if self._loop is not None:
