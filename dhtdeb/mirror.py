@@ -8,18 +8,16 @@ Bodies are passed on byte for byte (no transparent decompression).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
 import aiohttp
 import yarl
 
-from dhtdeb import __version__
 from dhtdeb.errors import MirrorError
+from dhtdeb.http_session import LazySession
 
 CHUNK = 256 * 1024
-USER_AGENT = f"dhtdeb/{__version__}"
 
 
 class MirrorResponse:
@@ -80,26 +78,13 @@ class MirrorResponse:
 
 class MirrorClient:
     def __init__(self, *, connect_timeout: float = 15.0, read_timeout: float = 60.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=read_timeout
-        )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _ensure(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=64, limit_per_host=16),
-                headers={"User-Agent": USER_AGENT},
-                skip_auto_headers=("Accept-Encoding",),
-            )
-        return self._session
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._session = LazySession(timeout, limit=64, limit_per_host=16)
 
     async def request(
         self, method: str, url: str, headers: Mapping[str, str] | None = None
     ) -> MirrorResponse:
-        session = self._ensure()
+        session = self._session.get()
         try:
             response = await session.request(
                 method,
@@ -112,7 +97,4 @@ class MirrorClient:
         return MirrorResponse(response)
 
     async def close(self) -> None:
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
-            self._session = None
+        await self._session.close()

@@ -3,58 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from support.apt import AptClientFactory, ProxyMode
 from support.archive import SignedArchive
-from support.daemon import BootstrapProcess, DaemonFactory, DaemonProcess
 from support.mirror import Mirror
+from support.swarm import SwarmNode, bootstrap_node, swarm_node, wait_until_found
 
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-SwarmNode = Callable[..., DaemonProcess]
-
-
-@pytest.fixture
-def bootstrap_node(tmp_path: Path) -> Iterator[BootstrapProcess]:
-    node = BootstrapProcess(tmp_path / "bootstrap")
-    node.start()
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-def swarm_node(dhtdeb_daemon: DaemonFactory, bootstrap_node: BootstrapProcess) -> SwarmNode:
-    """Start a DHT-enabled daemon that joins the test's bootstrap node."""
-
-    def start(*extra: str) -> DaemonProcess:
-        return dhtdeb_daemon(
-            no_dht=False, extra_args=("--bootstrap", bootstrap_node.dht, "--no-lan", *extra)
-        )
-
-    return start
-
-
-def peers_of(daemon: DaemonProcess, sha256: str) -> list[str]:
-    with _DIRECT.open(f"{daemon.proxy_url}/peers/{sha256}", timeout=30) as response:
-        answer = json.loads(response.read())
-    return list(answer["peers"])
-
-
-def wait_until_found(
-    asker: DaemonProcess, holders: list[DaemonProcess], sha256: str, timeout: float = 30.0
-) -> None:
-    """Block until `asker`'s DHT lookup returns every holder (announces are asynchronous)."""
-    wanted = {f"http://{h.addresses.peer}" for h in holders}
-    deadline = time.monotonic() + timeout
-    while not wanted <= set(peers_of(asker, sha256)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{wanted} not announced for {sha256} within {timeout}s")
+__all__ = ["bootstrap_node", "swarm_node"]  # fixtures, which pytest finds by name
 
 
 def _check_files(archive: SignedArchive, directory: Path, names: list[str]) -> None:

@@ -183,9 +183,10 @@ class ProxyServer:
                 headers[name] = request.headers[name]
         return headers
 
-    async def _in_release(
+    async def _fetch_signed(
         self, request: web.BaseRequest, location: ArchiveLocation
-    ) -> web.StreamResponse:
+    ) -> tuple[bytes, Mapping[str, str]] | web.StreamResponse:
+        """InRelease or Release, whole: its body and headers, or apt's answer when not a 200."""
         assert location.suite_url is not None
         # Without a verified Release for this suite we must see the whole file, even if apt has it.
         conditional = self._chain.has_release(location.suite_url)
@@ -195,20 +196,26 @@ class ProxyServer:
                 return await self._relay(request, upstream, verified=False)
             body = await upstream.read(MAX_RELEASE_BYTES)
             self._counters.bytes.from_mirror += len(body)
-            verified = await self._chain.accept_in_release(location, body)
-            return self._buffered(request, upstream.headers, body, verified)
+            return body, upstream.headers
+
+    async def _in_release(
+        self, request: web.BaseRequest, location: ArchiveLocation
+    ) -> web.StreamResponse:
+        fetched = await self._fetch_signed(request, location)
+        if isinstance(fetched, web.StreamResponse):
+            return fetched
+        body, headers = fetched
+        verified = await self._chain.accept_in_release(location, body)
+        return self._buffered(request, headers, body, verified)
 
     async def _release(
         self, request: web.BaseRequest, location: ArchiveLocation
     ) -> web.StreamResponse:
         assert location.suite_url is not None
-        conditional = self._chain.has_release(location.suite_url)
-        headers = self._forwarded(request, conditional=conditional)
-        async with await self._mirror.request("GET", location.url, headers) as upstream:
-            if upstream.status != 200:
-                return await self._relay(request, upstream, verified=False)
-            body = await upstream.read(MAX_RELEASE_BYTES)
-            self._counters.bytes.from_mirror += len(body)
+        fetched = await self._fetch_signed(request, location)
+        if isinstance(fetched, web.StreamResponse):
+            return fetched
+        body, headers = fetched
         signature_url = location.suite_url + "Release.gpg"
         verified = False
         async with await self._mirror.request("GET", signature_url) as signature_response:
@@ -218,7 +225,7 @@ class ProxyServer:
                 verified = await self._chain.accept_release(location, body, signature)
             else:
                 self._log_unverifiable(location.suite_url, "no InRelease and no Release.gpg")
-        return self._buffered(request, upstream.headers, body, verified)
+        return self._buffered(request, headers, body, verified)
 
     def _buffered(
         self,

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 
 import aiohttp
 
-from dhtdeb import __version__
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError, RemoteProtocolError
+from dhtdeb.http_session import LazySession
 from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
 
 
@@ -46,21 +45,10 @@ def parse_have(header: str | None, pieces: int) -> frozenset[int] | None:
 
 class PeerClient:
     def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(
+        timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=idle_timeout
         )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _ensure(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=8),
-                headers={"User-Agent": f"dhtdeb/{__version__}"},
-                skip_auto_headers=("Accept-Encoding",),
-            )
-        return self._session
+        self._session = LazySession(timeout, limit=256, limit_per_host=8)
 
     async def piece_list(
         self, peer: Peer, sha256: str, size: int
@@ -68,7 +56,7 @@ class PeerClient:
         """The peer's piece list and what it holds (None: the whole file)."""
         count = piece_count(size)
         try:
-            async with self._ensure().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
+            async with self._session.get().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
                 if response.status in (404, 503):
                     raise PeerUnavailable(f"{peer.url()}: has no {sha256[:12]} ({response.status})")
                 if response.status != 200:
@@ -90,7 +78,7 @@ class PeerClient:
         wanted = end - start
         headers = {"Range": f"bytes={start}-{end - 1}"}
         try:
-            async with self._ensure().get(
+            async with self._session.get().get(
                 f"{peer.url()}/v1/files/{sha256}", headers=headers
             ) as response:
                 if response.status in (404, 416, 503):
@@ -119,7 +107,4 @@ class PeerClient:
             raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
 
     async def close(self) -> None:
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
-            self._session = None
+        await self._session.close()
