@@ -42,7 +42,8 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 log = logging.getLogger(__name__)
 
 LOOKUP_DEADLINE = 1.0  # seconds the DHT gets before the mirror may start
-BAN_SECONDS = 3600.0
+BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
+MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
 
@@ -209,7 +210,7 @@ class SwarmDownload:
         task.add_done_callback(done)
 
     def _ban(self, peer: Peer, reason: str, lied: bool) -> None:
-        self._ctx.penalties.ban(peer)
+        self._ctx.penalties.ban(peer, BAN_SECONDS if lied else MISBEHAVIOUR_BAN_SECONDS)
         if lied:
             self._ctx.counters.verify_failures.peer += 1
             log.warning("peer %s lied about %s: %s; banned", peer.url(), self._sha256[:12], reason)

@@ -64,12 +64,25 @@ class PeerClient:
                 if response.headers.get("X-Dhtdeb-Size") != str(size):
                     raise PeerMisbehaved(f"{peer.url()}: piece list for the wrong file size")
                 have = parse_have(response.headers.get("X-Dhtdeb-Have"), count)
-                body = await response.content.read(count * DIGEST_SIZE + 1)
+                expected = count * DIGEST_SIZE
+                length = response.content_length
+                if length is not None and length != expected:
+                    raise PeerMisbehaved(f"{peer.url()}: piece list of {length} bytes")
+                # The whole body, however many reads it takes; nothing after it.
+                body = await response.content.readexactly(expected)
+                if await response.content.read(1):
+                    raise PeerMisbehaved(f"{peer.url()}: piece list longer than {expected} bytes")
                 return PieceList.from_bytes(size, body), have
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
+        except asyncio.IncompleteReadError:
+            raise PeerMisbehaved(f"{peer.url()}: piece list cut short") from None
+        # Order matters: aiohttp's read timeout is also a ClientConnectionError, and
+        # TimeoutError is an OSError; a stall is misbehaviour, not unavailability.
         except TimeoutError:
             raise PeerMisbehaved(f"{peer.url()}: stalled sending its piece list") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise PeerMisbehaved(f"{peer.url()}: broken piece list body: {exc}") from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
 
