@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 from support.apt import AptClientFactory, ProxyMode
 from support.archive import SignedArchive
+from support.daemon import BootstrapProcess
 from support.mirror import Mirror
-from support.swarm import SwarmNode, bootstrap_node, swarm_node, wait_until_found
+from support.swarm import SwarmNode, bootstrap_node, peers_of, swarm_node, wait_until_found
 
 __all__ = ["bootstrap_node", "swarm_node"]  # fixtures, which pytest finds by name
 
@@ -50,3 +53,44 @@ def test_second_node_gets_packages_from_the_first(
     assert status["verify_failures"]["peer"] == 0
     assert a.status()["bytes"]["to_peers"] >= status["bytes"]["from_peers"]
     assert a.status()["dht"]["announced"] >= len(names)
+
+
+def test_peers_command_and_reannounce_after_restart(
+    signed_archive: SignedArchive,
+    mirror: Mirror,
+    apt_client: AptClientFactory,
+    bootstrap_node: BootstrapProcess,
+    swarm_node: SwarmNode,
+    tmp_path: Path,
+) -> None:
+    small = signed_archive.small_packages[0]
+    a, b = swarm_node(), swarm_node()
+    apt_a = apt_client(signed_archive, mirror, mode=ProxyMode.HTTP_PROXY, proxy=a.proxy)
+    apt_a.update().check()
+    apt_a.download([small.name], tmp_path / "a").check()
+    wait_until_found(b, [a], small.sha256)
+
+    # `dhtdeb peers` asks the local daemon, found through its state directory.
+    command = [sys.executable, "-m", "dhtdeb", "peers", small.sha256, "--state-dir"]
+    answer = subprocess.run([*command, str(b.state_dir)], capture_output=True, text=True)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == [f"http://{a.addresses.peer}"]
+    bad = subprocess.run([*command[:4], "not-a-hash"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "SHA256" in bad.stderr
+
+    # The DHT forgets: every node stops and a fresh bootstrap node starts an empty network.
+    a.stop()
+    b.stop()
+    bootstrap_node.stop()
+    fresh = BootstrapProcess(tmp_path / "bootstrap-2").start()
+    try:
+        for node in (a, b):
+            node.extra_args = ("--bootstrap", fresh.dht, "--no-lan")
+        b.start()
+        assert peers_of(b, small.sha256) == []
+        # A comes back and announces what its store holds, with no new download.
+        a.start()
+        wait_until_found(b, [a], small.sha256)
+        assert a.status()["requests"]["from_mirror"] == 0
+    finally:
+        fresh.stop()
