@@ -39,6 +39,7 @@ from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import PeerPenalties, SwarmContext
 from dhtdeb.swarm.peer_client import PeerClient
 from dhtdeb.swarm.peer_server import PeerServer
+from dhtdeb.swarm.pieces import PieceList
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,9 @@ async def serve(config: ServeConfig) -> None:
     mirror = MirrorClient()
     clock = MonotonicClock()
 
-    async def on_stored(stored: StoredFile) -> None:
+    async def on_stored(stored: StoredFile, pieces: PieceList | None) -> None:
+        if pieces is not None:
+            await peer_server.adopt_piece_list(stored.sha256, pieces)
         if config.announce and config.dht:
             await discovery.announce(stored.sha256)
 

@@ -25,7 +25,8 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-OnStored = Callable[[StoredFile], Awaitable[None]]
+# Called after a pool file is committed, with its piece list when the download assembled one.
+OnStored = Callable[[StoredFile, PieceList | None], Awaitable[None]]
 
 
 @dataclass
@@ -112,9 +113,10 @@ class Downloads:
 
     async def _run(self, transfer: Transfer, url: str, announce: bool) -> None:
         partial = transfer.partial
+        pieces: PieceList | None = None
         try:
             if announce and self._swarm is not None:
-                last_modified = await self._from_swarm(self._swarm, transfer, url)
+                last_modified, pieces = await self._from_swarm(self._swarm, transfer, url)
             else:
                 last_modified = await self._from_mirror(transfer, url)
             if not partial.matches():
@@ -146,7 +148,7 @@ class Downloads:
         if not announce:
             return
         try:
-            await self._on_stored(stored)
+            await self._on_stored(stored, pieces)
         except Exception:
             log.exception("after storing %s", stored.sha256)
 
@@ -173,8 +175,11 @@ class Downloads:
                 transfer.progress(partial.written)
         return last_modified
 
-    async def _from_swarm(self, swarm: SwarmContext, transfer: Transfer, url: str) -> str | None:
-        """Assemble the file from peers and the mirror; the mirror's Last-Modified if it served."""
+    async def _from_swarm(
+        self, swarm: SwarmContext, transfer: Transfer, url: str
+    ) -> tuple[str | None, PieceList | None]:
+        """Assemble the file from peers and the mirror: the mirror's Last-Modified if it served,
+        and the piece list as assembled."""
         download = SwarmDownload(swarm, transfer, url)
         self._swarming[transfer.sha256] = download
         transfer.started(None)
@@ -186,7 +191,7 @@ class Downloads:
                 self._counters.requests.from_peers += 1
             if download.bytes_from_mirror:
                 self._counters.requests.from_mirror += 1
-        return download.last_modified
+        return download.last_modified, download.assembled_piece_list()
 
     async def close(self) -> None:
         for task in list(self._tasks):

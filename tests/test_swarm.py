@@ -39,6 +39,11 @@ def test_second_node_gets_packages_from_the_first(
     assert mirror.deb_bytes_sent() == unique
     for package in signed_archive.packages:
         wait_until_found(b, [a], package.sha256)
+    # The piece list assembled during the download is kept: A's peer server never hashes it.
+    big = signed_archive.big.sha256
+    assert (a.state_dir / "store" / big[:2] / f"{big}.pieces").stat().st_size == 32 * -(
+        -signed_archive.big.size // (1 << 20)
+    )
 
     mirror.reset_counters()
     apt_b = apt_client(signed_archive, mirror, mode=ProxyMode.URL_PREFIX, proxy=b.proxy)

@@ -105,6 +105,7 @@ class SwarmDownload:
         self._copies: dict[int, dict[bytes, bytes]] = {}
         self._held_bytes = 0
         self._accepted: set[int] = set()
+        self._accepted_digests: dict[int, bytes] = {}
         self._next_to_hash = 0
         self._mirror_status: int | None = None
         self.bytes_from_peers = 0
@@ -124,6 +125,15 @@ class SwarmDownload:
 
     def have(self) -> frozenset[int]:
         return frozenset(self._accepted)
+
+    def assembled_piece_list(self) -> PieceList | None:
+        """The digests of the pieces as accepted; it is the file's true piece list once the
+        whole-file SHA256 has matched (so the peer server need not hash the file again)."""
+        if len(self._accepted_digests) != self._piece_count:
+            return None
+        return PieceList(
+            self._size, tuple(self._accepted_digests[i] for i in range(self._piece_count))
+        )
 
     def path(self) -> Path:
         return self._partial.path
@@ -229,6 +239,7 @@ class SwarmDownload:
         start = index * PIECE_SIZE
         self._partial.write_at(start, data)
         self._accepted.add(index)
+        self._accepted_digests[index] = digest
         while self._next_to_hash in self._accepted:
             piece_start = self._next_to_hash * PIECE_SIZE
             piece_end = min(piece_start + PIECE_SIZE, self._size)
