@@ -131,21 +131,21 @@ def test_multi_piece_single_peer_corroborated_by_one_mirror_piece() -> None:
     h.s.peers_found([A])
     assert h.pop() == [RequestPieceList(A)]
     h.s.piece_list_received(A, h.pieces(), None)
-    # The mirror checks the list on the piece apt needs first; the peer takes the rest.
-    assert h.pop() == [StartMirror(0), *(RequestPiece(A, i) for i in (1, 2, 3, 4))]
+    # The mirror checks the list on the last piece (the only one that may be short: the check
+    # costs the least mirror traffic); the peer takes the pieces apt needs first.
+    assert h.pop() == [StartMirror(5), *(RequestPiece(A, i) for i in (0, 1, 2, 3))]
     h.clock.advance(0.1)
-    assert h.deliver(A, 1) == [RequestPiece(A, 5)]  # held, not accepted
-    assert not h.s.is_accepted(1) and not h.s.list_corroborated
+    assert h.deliver(A, 0) == [RequestPiece(A, 4)]  # held, not accepted
+    assert not h.s.is_accepted(0) and not h.s.list_corroborated
     rate = h.s.peer_rate(A)
     assert rate is not None and rate == pytest.approx(PS / 0.1)
-    assert h.deliver(MIRROR, 0) == [AcceptPiece(0), AcceptPiece(1)]
+    assert h.deliver(MIRROR, 5) == [AcceptPiece(0), AcceptPiece(5)]
     assert h.s.list_corroborated
-    assert h.s.mirror_continue(1) is False
     h.s.mirror_stopped(None)
     assert h.pop() == []
-    for i in (2, 3, 4):
+    for i in (1, 2, 3):
         assert h.deliver(A, i) == [AcceptPiece(i)]
-    assert h.deliver(A, 5) == [AcceptPiece(5), Finished()]
+    assert h.deliver(A, 4) == [AcceptPiece(4), Finished()]
 
 
 def test_two_agreeing_peers_need_no_mirror_traffic() -> None:
@@ -423,11 +423,11 @@ def test_whole_file_failure_bans_author_and_voucher() -> None:
     h.s.peers_found([B])  # B sends no list: a piece from it that matches vouches for A's
     assert h.pop() == []
     h.s.piece_list_received(A, h.pieces(), None)
-    assert h.pop() == [StartMirror(0), RequestPiece(A, 1), RequestPiece(B, 2)]
-    assert h.deliver(B, 2) == [AcceptPiece(2)]
+    assert h.pop() == [StartMirror(2), RequestPiece(A, 0), RequestPiece(B, 1)]
+    assert h.deliver(B, 1) == [AcceptPiece(1)]
     assert h.s.list_corroborated
-    assert h.deliver(A, 1) == [AcceptPiece(1)]
-    assert h.deliver(MIRROR, 0) == [AcceptPiece(0), Finished()]
+    assert h.deliver(A, 0) == [AcceptPiece(0)]
+    assert h.deliver(MIRROR, 2) == [AcceptPiece(2), Finished()]
     h.s.whole_file_failed()
     assert h.pop() == [
         BanPeer(A, "whole-file hash mismatch", True),
@@ -441,31 +441,30 @@ def test_disputed_piece_is_refereed_by_the_mirror() -> None:
     h = Harness(4, config=SchedulerConfig(piece_lists_wanted=1, max_requests_per_peer=1))
     h.s.peers_found([A])
     assert h.pop() == [RequestPieceList(A)]
-    h.s.piece_list_received(A, h.pieces({2: BAD}), None)  # A lies about piece 2 only
-    assert h.pop() == [StartMirror(0), RequestPiece(A, 1)]
+    h.s.piece_list_received(A, h.pieces({1: BAD}), None)  # A lies about piece 1 only
+    assert h.pop() == [StartMirror(3), RequestPiece(A, 0)]
     h.s.peers_found([B])
-    assert h.pop() == [RequestPiece(B, 2)]
-    assert h.deliver(B, 2) == []  # B's true piece contradicts A's list: a dispute
-    # The mirror agrees with A at piece 0, but the dispute keeps the list uncorroborated.
-    assert h.deliver(MIRROR, 0) == []
-    assert not h.s.list_corroborated and not h.s.is_accepted(0)
-    assert h.s.mirror_continue(1) is False
+    assert h.pop() == [RequestPiece(B, 1)]
+    assert h.deliver(B, 1) == []  # B's true piece contradicts A's list: a dispute
+    # The mirror agrees with A at piece 3, but the dispute keeps the list uncorroborated.
+    assert h.deliver(MIRROR, 3) == []
+    assert not h.s.list_corroborated and not h.s.is_accepted(3)
     h.s.mirror_stopped(None)
-    assert h.pop() == [StartMirror(2)]
-    assert h.deliver(MIRROR, 2) == [
+    assert h.pop() == [StartMirror(1)]  # the referee
+    assert h.deliver(MIRROR, 1) == [
         BanPeer(A, "piece list contradicted by the mirror", True),
-        AcceptPiece(0),  # the mirror's own copy, now with no list in use
-        AcceptPiece(2),
+        AcceptPiece(3),  # the mirror's own copies, now with no list in use
+        AcceptPiece(1),
         RequestPieceList(B),
     ]
     # B's list is on its way: B may hold everything, so the stream stops rather than race on.
-    assert h.s.mirror_continue(3) is False
+    assert h.s.mirror_continue(2) is False
     h.s.mirror_stopped(None)
     h.s.piece_list_received(B, h.pieces(), None)
-    assert h.s.list_corroborated  # B's list agrees with the mirror's pieces 0 and 2
-    assert h.pop() == [RequestPiece(B, 1)]
-    assert h.deliver(B, 1) == [AcceptPiece(1), RequestPiece(B, 3)]
-    assert h.deliver(B, 3) == [AcceptPiece(3), Finished()]
+    assert h.s.list_corroborated  # B's list agrees with the mirror's pieces 1 and 3
+    assert h.pop() == [RequestPiece(B, 0)]
+    assert h.deliver(B, 0) == [AcceptPiece(0), RequestPiece(B, 2)]
+    assert h.deliver(B, 2) == [AcceptPiece(2), Finished()]
 
 
 def test_no_mirror_single_peer_accepts_held_pieces_together_as_a_last_resort() -> None:

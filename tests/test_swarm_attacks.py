@@ -38,6 +38,7 @@ from support.swarm import SwarmNode, bootstrap_node, swarm_node, wait_until_foun
 __all__ = ["bootstrap_node", "swarm_node"]  # fixtures, which pytest finds by name
 
 PIECE = MiB  # protocol v1 piece size (docs/swarm.md, dhtdeb/swarm/pieces.py)
+BIG_LAST_PIECE = 20  # dt-big is 21,115,072 bytes: pieces 0..20 (the harness's fixed package)
 SMALL = "dt-foxtrot"  # 200 kB: a one-piece file, whose piece hash is its signed SHA256
 LIE_AT = 12  # the piece a partly honest liar lies about (dt-big has 21 pieces)
 
@@ -108,7 +109,8 @@ class LoneLiar:
 LONE_LIARS = [
     pytest.param(LoneLiar(Lie.CORRUPT, LIE_AT, lies=1, honest_pieces=LIE_AT - 1), id="corrupt"),
     pytest.param(LoneLiar(Lie.CORRUPT, None, lies=1), id="corrupt-every-piece"),
-    pytest.param(LoneLiar(Lie.BAD_LIST, 0, lies=1), id="bad-list-checked-piece"),
+    # The mirror checks a lone peer's list on the last piece (the cheapest): lie exactly there.
+    pytest.param(LoneLiar(Lie.BAD_LIST, BIG_LAST_PIECE, lies=1), id="bad-list-checked-piece"),
     pytest.param(LoneLiar(Lie.WRONG_SIZE_LIST), id="wrong-size-in-list"),
     pytest.param(LoneLiar(Lie.WRONG_SIZE_BODY), id="wrong-size-body"),
     pytest.param(LoneLiar(Lie.TRUNCATED), id="truncated"),
@@ -226,9 +228,10 @@ def test_consistent_list_liar_alone_costs_one_aborted_attempt(
     evil_peer: EvilFactory,
     tmp_path: Path,
 ) -> None:
-    """Trust rule 5: a list lie on an entry no other party checked (the mirror checks piece 0
-    only) is caught by the whole-file SHA256. apt's response is aborted, nothing is stored, the
-    liar is banned, and apt's next attempt gets the file from the mirror without asking it."""
+    """Trust rule 5: a list lie on an entry no other party checked (the mirror checks the last
+    piece only) is caught by the whole-file SHA256. apt's response is aborted, nothing is
+    stored, the liar is banned, and apt's next attempt gets the file from the mirror without
+    asking it."""
     big = signed_archive.big
     evil = evil_peer(Lie.BAD_LIST, piece=5)
     b = swarm_node()

@@ -316,6 +316,11 @@ class SwarmDownload:
         try:
             while index < self._piece_count and self._scheduler.mirror_continue(index):
                 last = min(self._piece_count, index + window) - 1
+                # Never ask for pieces already accepted (e.g. the last one, checked early).
+                last = next(
+                    (j - 1 for j in range(index + 1, last + 1) if self._scheduler.is_accepted(j)),
+                    last,
+                )
                 after = await self._mirror_window(index, last)
                 if after is None:
                     break

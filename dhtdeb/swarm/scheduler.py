@@ -690,8 +690,12 @@ class SwarmScheduler:
         if self._in_use is not None and not self._final and not self._lists_pending():
             missing = [i for i in range(self._low, self.piece_count) if not self._accepted_flags[i]]
             unheld = [i for i in missing if i not in self._held]
-            if unheld or missing:
-                return (unheld or missing)[0]
+            candidates = unheld or missing
+            if candidates:
+                # Corroborating costs one piece of mirror traffic: take the last piece, the only
+                # one that can be shorter than a full piece, when it is still to be fetched.
+                last = self.piece_count - 1
+                return last if last in candidates else candidates[0]
         if not self._deadline_passed:
             return None
         return self._fallback_target()
