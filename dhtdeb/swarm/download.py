@@ -11,10 +11,12 @@ overwrite accepted bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,10 @@ BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 class SwarmFailed(DhtdebError):
@@ -106,6 +112,12 @@ class SwarmDownload:
         self._held_bytes = 0
         self._accepted: set[int] = set()
         self._accepted_digests: dict[int, bytes] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhtdeb-writer")
+        self._writes: list[asyncio.Future[int]] = []
+        self._room = asyncio.Event()
+        self._write_error: BaseException | None = None
+        self._on_disk: set[int] = set()  # touched by the writer thread only
+        self._written: set[int] = set()  # on disk and hashed; what peers may be served
         self._next_to_hash = 0
         self._mirror_status: int | None = None
         self.bytes_from_peers = 0
@@ -124,7 +136,7 @@ class SwarmDownload:
         return self._scheduler.corroborated_list()
 
     def have(self) -> frozenset[int]:
-        return frozenset(self._accepted)
+        return frozenset(self._written)
 
     def assembled_piece_list(self) -> PieceList | None:
         """The digests of the pieces as accepted; it is the file's true piece list once the
@@ -149,6 +161,7 @@ class SwarmDownload:
                 if isinstance(self._scheduler.failed, str):
                     raise self._failure(self._scheduler.failed)
                 if self._scheduler.finished:
+                    await self._drain_writes()
                     if self._partial.matches():
                         return
                     self._scheduler.whole_file_failed()
@@ -173,6 +186,9 @@ class SwarmDownload:
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            # The partial file may be discarded next: no write may still be on its way to it.
+            await asyncio.gather(*self._writes, return_exceptions=True)
+            self._writer.shutdown(wait=False)
 
     def _failure(self, reason: str) -> DhtdebError:
         if self._mirror_status is not None and self._mirror_status >= 400:
@@ -232,34 +248,73 @@ class SwarmDownload:
 
     def _accept(self, index: int, digest: bytes) -> None:
         copies = self._copies.pop(index, {})
-        data = copies.get(digest)
-        self._held_bytes -= sum(len(d) for d in copies.values())
-        if data is None or hashlib.sha256(data).digest() != digest:
+        data = copies.pop(digest, None)
+        self._held_bytes -= sum(len(d) for d in copies.values())  # the accepted copy stays counted
+        if data is None:
             raise SwarmFailed(f"{self._sha256}: accepted piece {index} is not held")
-        start = index * PIECE_SIZE
-        self._partial.write_at(start, data)
         self._accepted.add(index)
         self._accepted_digests[index] = digest
-        while self._next_to_hash in self._accepted:
+        # Writing and hashing run on one writer thread, in acceptance order, so the event loop
+        # keeps moving bytes; a piece counts as held (for apt and peers) once it is on disk.
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._writer, self._write_piece, index, data)
+        self._writes.append(job)
+        job.add_done_callback(functools.partial(self._written_cb, index=index, size=len(data)))
+
+    def _write_piece(self, index: int, data: bytes) -> int:
+        """On the writer thread: put the piece down, extend the in-order hash; bytes hashed."""
+        self._partial.write_at(index * PIECE_SIZE, data)
+        self._on_disk.add(index)
+        while self._next_to_hash in self._on_disk:
             piece_start = self._next_to_hash * PIECE_SIZE
             piece_end = min(piece_start + PIECE_SIZE, self._size)
             first = data if self._next_to_hash == index else None
             self._partial.hash_through(piece_end, first)
             self._next_to_hash += 1
-        self._transfer.progress(self._partial.written)
+        return self._partial.written
 
-    def _hold(self, index: int, data: bytes) -> bytes | None:
-        """Keep a received copy; its digest, or None when over the memory bound."""
+    async def _room_for(self, size: int) -> None:
+        """Back-pressure: wait while pieces queued for the writer fill the memory bound."""
+        while self._held_bytes + size > HELD_BYTES_LIMIT and any(
+            not job.done() for job in self._writes
+        ):
+            self._room.clear()
+            await self._room.wait()
+
+    def _written_cb(self, done: asyncio.Future[int], *, index: int, size: int) -> None:
+        self._held_bytes -= size
+        self._room.set()
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            self._write_error = error
+        else:
+            self._written.add(index)
+            self._transfer.progress(done.result())
+        self._wake.set()
+
+    async def _drain_writes(self) -> None:
+        """Wait for every accepted piece to be on disk and hashed."""
+        while self._writes:
+            pending, self._writes = self._writes, []
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._write_error is not None:
+            raise SwarmFailed(f"{self._sha256}: writing failed: {self._write_error}")
+
+    def _hold(self, index: int, data: bytes, digest: bytes) -> bool:
+        """Keep a received copy under its digest until the scheduler decides; False only when
+        the memory bound leaves no room. A copy of a piece already accepted (the loser of a race
+        between a peer and the mirror) is simply dropped."""
         if index in self._accepted:
-            return None
-        digest = hashlib.sha256(data).digest()
+            return True
         copies = self._copies.setdefault(index, {})
         if digest not in copies:
             if self._held_bytes + len(data) > HELD_BYTES_LIMIT:
-                return None
+                return False
             copies[digest] = data
             self._held_bytes += len(data)
-        return digest
+        return True
 
     # -- I/O tasks ----------------------------------------------------------------------------
 
@@ -297,8 +352,9 @@ class SwarmDownload:
             return
         self._ctx.counters.bytes.from_peers += len(data)
         self.bytes_from_peers += len(data)
-        digest = self._hold(index, data)
-        if digest is None:
+        digest = await asyncio.to_thread(_sha256, data)
+        await self._room_for(len(data))
+        if not self._hold(index, data, digest):
             self._scheduler.piece_failed(peer, index, "no room to hold the piece", misbehaved=False)
         else:
             self._scheduler.piece_received(peer, index, digest)
@@ -363,8 +419,9 @@ class SwarmDownload:
                 data = await response.read_exactly(min(PIECE_SIZE, self._size - piece_start))
                 self._ctx.counters.bytes.from_mirror += len(data)
                 self.bytes_from_mirror += len(data)
-                digest = self._hold(index, data)
-                if digest is None:
+                digest = await asyncio.to_thread(_sha256, data)
+                await self._room_for(len(data))
+                if not self._hold(index, data, digest):
                     raise SwarmFailed("no room to hold the piece")
                 self._scheduler.piece_received(MIRROR, index, digest)
                 self._wake.set()
