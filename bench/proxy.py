@@ -221,15 +221,21 @@ def build_archive(directory: Path, seed: int, count: int, profile: SizeProfile) 
         big_package=biggest,
         seed=seed,
     )
-    archive = reindex(archive)
+    write_manifest(directory, reindex(archive), key, ARCHIVE_FORMAT)
+
+
+def write_manifest(
+    directory: Path, archive: SignedArchive, key: SigningKey, archive_format: int
+) -> None:
+    """Record a built archive (last, so a half-built directory is never taken for a cache)."""
     key_json = _key_to_json(key)
     for field in ("gnupghome", "keyring"):
         key_json[field] = str(Path(key_json[field]).relative_to(directory))
     manifest = {
-        "format": ARCHIVE_FORMAT,
-        "seed": seed,
+        "format": archive_format,
+        "seed": archive.seed,
         "key": key_json,
-        "big_package": biggest,
+        "big_package": archive.big_package,
         "packages": [dataclasses.asdict(p) for p in archive.packages],
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))

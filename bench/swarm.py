@@ -36,7 +36,6 @@ import argparse
 import base64
 import concurrent.futures
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -214,18 +213,7 @@ def build_archive(directory: Path, seed: int, sizes: Sizes) -> None:
         big_package=SINGLE_NAME,
         seed=seed,
     )
-    archive = reindex(archive)
-    key_json = proxy_bench._key_to_json(key)
-    for name in ("gnupghome", "keyring"):
-        key_json[name] = str(Path(key_json[name]).relative_to(directory))
-    manifest = {
-        "format": ARCHIVE_FORMAT,
-        "seed": seed,
-        "key": key_json,
-        "big_package": SINGLE_NAME,
-        "packages": [dataclasses.asdict(p) for p in archive.packages],
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    proxy_bench.write_manifest(directory, reindex(archive), key, ARCHIVE_FORMAT)
 
 
 def cached_archive(seed: int, sizes: Sizes, quick: bool) -> tuple[BenchArchive, Path, bool]:
