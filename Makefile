@@ -42,6 +42,8 @@ lint: setup
 bench: setup
 	$(PY) bench/index.py
 	$(PY) bench/proxy.py
+	$(PY) bench/dht.py
+	$(PY) bench/swarm.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
