@@ -183,6 +183,7 @@ class Downloads:
         download = SwarmDownload(swarm, transfer, url)
         self._swarming[transfer.sha256] = download
         transfer.started(None)
+        started = swarm.clock.now()
         try:
             await download.run()
         finally:
@@ -191,6 +192,14 @@ class Downloads:
                 self._counters.requests.from_peers += 1
             if download.bytes_from_mirror:
                 self._counters.requests.from_mirror += 1
+            log.info(
+                "%s: %d bytes from %d peers, %d from the mirror, %.2f s",
+                url.rsplit("/", 1)[-1],
+                download.bytes_from_peers,
+                download.peers_used,
+                download.bytes_from_mirror,
+                swarm.clock.now() - started,
+            )
         return download.last_modified, download.assembled_piece_list()
 
     async def close(self) -> None:

@@ -121,6 +121,7 @@ class SwarmDownload:
         self._next_to_hash = 0
         self._mirror_status: int | None = None
         self.bytes_from_peers = 0
+        self._peers_used: set[Peer] = set()
         self.bytes_from_mirror = 0
         self.last_modified: str | None = None
 
@@ -137,6 +138,10 @@ class SwarmDownload:
 
     def have(self) -> frozenset[int]:
         return frozenset(self._written)
+
+    @property
+    def peers_used(self) -> int:
+        return len(self._peers_used)
 
     def assembled_piece_list(self) -> PieceList | None:
         """The digests of the pieces as accepted; it is the file's true piece list once the
@@ -325,6 +330,7 @@ class SwarmDownload:
             log.warning("DHT lookup for %s failed: %s", self._sha256[:12], exc)
             found = []
         usable = [p for p in found if not self._ctx.is_self(p) and self._ctx.penalties.allowed(p)]
+        log.debug("DHT: %d peers for %s, %d usable", len(found), self._sha256[:12], len(usable))
         if usable:
             self._scheduler.peers_found(usable)
         self._scheduler.lookup_deadline_passed()
@@ -352,6 +358,7 @@ class SwarmDownload:
             return
         self._ctx.counters.bytes.from_peers += len(data)
         self.bytes_from_peers += len(data)
+        self._peers_used.add(peer)
         digest = await asyncio.to_thread(_sha256, data)
         await self._room_for(len(data))
         if not self._hold(index, data, digest):
