@@ -83,6 +83,7 @@ ARCHIVE_FORMAT = 2
 SUITE, COMPONENT, ARCH = "bench", "main", "amd64"
 KB, MB = 1000, 1000 * 1000
 GZIP_BELOW = 1 * MB
+PAYLOAD_SLICE = 64 * 1024 * 1024  # random payload generated in slices of this size
 
 DIRECT, DHTDEB, ACNG = "direct", "dhtdeb", "apt-cacher-ng"
 CONTENDERS = (DIRECT, DHTDEB, ACNG)
@@ -147,8 +148,12 @@ def build_deb(spec: PackageSpec, seed: int, work: Path, pool: Path) -> None:
     doc = tree / "usr" / "share" / "doc" / spec.name
     doc.mkdir(parents=True)
     # A string seed is hashed deterministically, so each package is reproducible on its own.
-    payload = random.Random(f"{seed}:{spec.name}").randbytes(spec.payload_bytes)
-    (doc / "payload.bin").write_bytes(payload)
+    # Slices: `Random.randbytes` cannot make 256 MiB at once (its bit count overflows a C int);
+    # a payload of one slice is the same bytes as a single call.
+    rng = random.Random(f"{seed}:{spec.name}")
+    with (doc / "payload.bin").open("wb") as payload:
+        for start in range(0, spec.payload_bytes, PAYLOAD_SLICE):
+            payload.write(rng.randbytes(min(PAYLOAD_SLICE, spec.payload_bytes - start)))
     (debian / "control").write_text(
         f"Package: {spec.name}\n"
         f"Version: {spec.version}\n"

@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import shutil
 import signal
 import statistics
@@ -64,7 +63,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import proxy as proxy_bench  # noqa: E402  (bench/proxy.py: the archive recipe)
 from support.apt import AptClient, AptResult, ProxyMode, RunningApt  # noqa: E402
 from support.archive import (  # noqa: E402
-    SOURCE_DATE_EPOCH,
     DebPackage,
     SignedArchive,
     create_key,
@@ -88,7 +86,6 @@ CURL_TIMEOUT = 600.0
 FOUND_TIMEOUT = 60.0  # per node: announce propagation deadline
 SAMPLE_INTERVAL = 1.0
 ARCH = proxy_bench.ARCH
-BIG_PAYLOAD = 64 * MiB  # larger payloads are generated in slices of this size
 
 OFFLOAD, CROWD, SINGLE = "offload", "crowd", "single"
 BENCHMARKS = (OFFLOAD, CROWD, SINGLE)
@@ -146,48 +143,6 @@ class BenchArchive:
 CROWD_NAME, SINGLE_NAME = "bench-crowd", "bench-single"
 
 
-def build_deb(spec: proxy_bench.PackageSpec, seed: int, work: Path, pool: Path) -> None:
-    """proxy.py's recipe, with the payload generated in slices: `Random.randbytes` cannot make
-    256 MiB at once (its bit count overflows a C int)."""
-    if spec.payload_bytes <= BIG_PAYLOAD:
-        proxy_bench.build_deb(spec, seed, work, pool)
-        return
-    tree = work / spec.name
-    (tree / "DEBIAN").mkdir(parents=True)
-    doc = tree / "usr" / "share" / "doc" / spec.name
-    doc.mkdir(parents=True)
-    rng = random.Random(f"{seed}:{spec.name}")
-    with (doc / "payload.bin").open("wb") as payload:
-        for start in range(0, spec.payload_bytes, BIG_PAYLOAD):
-            payload.write(rng.randbytes(min(BIG_PAYLOAD, spec.payload_bytes - start)))
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: {spec.name}\n"
-        f"Version: {spec.version}\n"
-        f"Architecture: {spec.architecture}\n"
-        "Maintainer: dhtdeb bench <bench@dhtdeb.invalid>\n"
-        f"Installed-Size: {spec.payload_bytes // 1024 + 1}\n"
-        "Section: misc\n"
-        "Priority: optional\n"
-        f"Description: dhtdeb benchmark package {spec.name}\n"
-        f" Payload of {spec.payload_bytes} seeded random bytes.\n"
-    )
-    epoch = SOURCE_DATE_EPOCH
-    for path in [tree, *tree.rglob("*")]:
-        os.utime(path, (epoch, epoch), follow_symlinks=False)
-    directory = pool / spec.name[:4] / spec.name
-    directory.mkdir(parents=True, exist_ok=True)
-    deb = directory / f"{spec.name}_{spec.version}_{spec.architecture}.deb"
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Znone", "--build", str(tree), str(deb)],
-        env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
-    os.utime(deb, (epoch, epoch))
-    shutil.rmtree(tree)
-
-
 def build_archive(directory: Path, seed: int, sizes: Sizes) -> None:
     key = create_key(directory / "keys", "bench")
     root = directory / "archive"
@@ -199,7 +154,7 @@ def build_archive(directory: Path, seed: int, sizes: Sizes) -> None:
         proxy_bench.PackageSpec(SINGLE_NAME, "1.0-1", ARCH, sizes.single_bytes),
     ]
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool_exec:
-        for future in [pool_exec.submit(build_deb, s, seed, work, pool) for s in specs]:
+        for future in [pool_exec.submit(proxy_bench.build_deb, s, seed, work, pool) for s in specs]:
             future.result()
     shutil.rmtree(work)
     archive = SignedArchive(
