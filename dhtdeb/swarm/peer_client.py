@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from collections.abc import Iterator
 
 import aiohttp
 
@@ -43,6 +45,36 @@ def parse_have(header: str | None, pieces: int) -> frozenset[int] | None:
     return frozenset(i for i in range(pieces) if bits[i // 8] & (0x80 >> (i % 8)))
 
 
+async def _exact_body(peer: Peer, response: aiohttp.ClientResponse, wanted: int) -> bytes:
+    """Exactly `wanted` body bytes, however many reads they take, and nothing after them."""
+    length = response.content_length
+    if length is not None and length != wanted:
+        raise PeerMisbehaved(f"{peer.url()}: sends {length} bytes, asked {wanted}")
+    data = await response.content.readexactly(wanted)
+    if await response.content.read(1):
+        raise PeerMisbehaved(f"{peer.url()}: sends more than {wanted} bytes")
+    return data
+
+
+@contextlib.contextmanager
+def _translated(peer: Peer, what: str) -> Iterator[None]:
+    """The one place transport errors become PeerUnavailable or PeerMisbehaved."""
+    try:
+        yield
+    except asyncio.IncompleteReadError:
+        raise PeerMisbehaved(f"{peer.url()}: {what} cut short") from None
+    # Order matters: aiohttp's read timeout is also a ClientConnectionError, and TimeoutError is
+    # an OSError; a stall is misbehaviour, not unavailability.
+    except TimeoutError:
+        raise PeerMisbehaved(f"{peer.url()}: stalled sending {what}") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise PeerMisbehaved(f"{peer.url()}: broken body for {what}: {exc}") from None
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
+    except aiohttp.ClientError as exc:
+        raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
+
+
 class PeerClient:
     def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0) -> None:
         timeout = aiohttp.ClientTimeout(
@@ -55,7 +87,7 @@ class PeerClient:
     ) -> tuple[PieceList, frozenset[int] | None]:
         """The peer's piece list and what it holds (None: the whole file)."""
         count = piece_count(size)
-        try:
+        with _translated(peer, "its piece list"):
             async with self._session.get().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
                 if response.status in (404, 503):
                     raise PeerUnavailable(f"{peer.url()}: has no {sha256[:12]} ({response.status})")
@@ -64,33 +96,13 @@ class PeerClient:
                 if response.headers.get("X-Dhtdeb-Size") != str(size):
                     raise PeerMisbehaved(f"{peer.url()}: piece list for the wrong file size")
                 have = parse_have(response.headers.get("X-Dhtdeb-Have"), count)
-                expected = count * DIGEST_SIZE
-                length = response.content_length
-                if length is not None and length != expected:
-                    raise PeerMisbehaved(f"{peer.url()}: piece list of {length} bytes")
-                # The whole body, however many reads it takes; nothing after it.
-                body = await response.content.readexactly(expected)
-                if await response.content.read(1):
-                    raise PeerMisbehaved(f"{peer.url()}: piece list longer than {expected} bytes")
+                body = await _exact_body(peer, response, count * DIGEST_SIZE)
                 return PieceList.from_bytes(size, body), have
-        except asyncio.IncompleteReadError:
-            raise PeerMisbehaved(f"{peer.url()}: piece list cut short") from None
-        # Order matters: aiohttp's read timeout is also a ClientConnectionError, and
-        # TimeoutError is an OSError; a stall is misbehaviour, not unavailability.
-        except TimeoutError:
-            raise PeerMisbehaved(f"{peer.url()}: stalled sending its piece list") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise PeerMisbehaved(f"{peer.url()}: broken piece list body: {exc}") from None
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
 
     async def piece(self, peer: Peer, sha256: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file from the peer, exactly; unverified."""
-        wanted = end - start
         headers = {"Range": f"bytes={start}-{end - 1}"}
-        try:
+        with _translated(peer, f"bytes {start}-{end - 1}"):
             async with self._session.get().get(
                 f"{peer.url()}/v1/files/{sha256}", headers=headers
             ) as response:
@@ -101,23 +113,7 @@ class PeerClient:
                 content_range = response.headers.get("Content-Range", "")
                 if not content_range.startswith(f"bytes {start}-{end - 1}/"):
                     raise PeerMisbehaved(f"{peer.url()}: wrong Content-Range {content_range!r}")
-                length = response.content_length
-                if length is not None and length != wanted:
-                    raise PeerMisbehaved(f"{peer.url()}: sends {length} bytes, asked {wanted}")
-                data = await response.content.readexactly(wanted)
-                if length is None and await response.content.read(1):
-                    raise PeerMisbehaved(f"{peer.url()}: sends more than asked")
-                return data
-        except asyncio.IncompleteReadError:
-            raise PeerMisbehaved(f"{peer.url()}: body shorter than {wanted} bytes") from None
-        except TimeoutError:
-            raise PeerMisbehaved(f"{peer.url()}: stalled") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise PeerMisbehaved(f"{peer.url()}: broken body: {exc}") from None
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise PeerUnavailable(f"{peer.url()}: {exc or type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
+                return await _exact_body(peer, response, end - start)
 
     async def close(self) -> None:
         await self._session.close()
