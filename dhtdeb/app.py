@@ -199,7 +199,6 @@ def _bound(site: web.TCPSite) -> HostPort:
 async def serve(config: ServeConfig) -> None:
     state_dir = config.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    node_id = load_node_id(state_dir)
     keys = await asyncio.to_thread(TrustedKeys.load, config.keyrings, state_dir / "keys")
     index = ArchiveIndex(state_dir / "index.sqlite")
     store = ContentStore(state_dir / "store", limit_bytes=config.cache_limit)
@@ -223,7 +222,8 @@ async def serve(config: ServeConfig) -> None:
         clock=clock,
     )
     discovery, peer_address, dht_id = await _open_peer_side(config, peer_server)
-    node_id = dht_id or node_id
+    # The DHT's node id when there is a DHT; otherwise one of our own, kept in the state dir.
+    node_id = dht_id or load_node_id(state_dir)
     peer_client = PeerClient(idle_timeout=config.peer_timeout)
     if config.dht:
         downloads.attach_swarm(

@@ -199,9 +199,3 @@ class ArchiveIndex:
         if row is None or not self._valid(row[2]):
             return None
         return Expected(row[0], row[1])
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            releases = self._db.execute("SELECT count(*) FROM releases").fetchone()[0]
-            pool = self._db.execute("SELECT count(*) FROM pool_files").fetchone()[0]
-        return {"releases": int(releases), "pool_files": int(pool)}

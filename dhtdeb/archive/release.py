@@ -33,12 +33,6 @@ class Release:
     acquire_by_hash: bool
     files: dict[str, ReleaseEntry]
 
-    def by_sha256(self, sha256: str) -> ReleaseEntry | None:
-        for entry in self.files.values():
-            if entry.sha256 == sha256:
-                return entry
-        return None
-
 
 def _parse_date(value: str | None, field: str) -> float | None:
     if not value:
