@@ -16,11 +16,13 @@ import pytest
 
 from dhtdeb.clock import ManualClock
 from dhtdeb.discovery import Peer
-from dhtdeb.swarm.pieces import PieceList
+from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList
 from dhtdeb.swarm.scheduler import (
+    AUDIT_BLOCK,
     MIRROR,
     AcceptPiece,
     Action,
+    AuditPiece,
     BanPeer,
     CancelPiece,
     Failed,
@@ -126,26 +128,81 @@ def test_one_piece_mirror_must_match_the_signed_hash() -> None:
     assert not h.s.is_accepted(0)
 
 
-def test_multi_piece_single_peer_corroborated_by_one_mirror_piece() -> None:
+def test_multi_piece_single_peer_list_is_audited_with_one_block_from_the_mirror() -> None:
     h = Harness(6)
     h.s.peers_found([A])
     assert h.pop() == [RequestPieceList(A)]
     h.s.piece_list_received(A, h.pieces(), None)
-    # The mirror checks the list on the last piece (the only one that may be short: the check
-    # costs the least mirror traffic); the peer takes the pieces apt needs first.
-    assert h.pop() == [StartMirror(5), *(RequestPiece(A, i) for i in (0, 1, 2, 3))]
+    # The peer takes the pieces apt needs first; the mirror is not asked for a whole piece.
+    assert h.pop() == [RequestPiece(A, i) for i in (0, 1, 2, 3)]
     h.clock.advance(0.1)
-    assert h.deliver(A, 0) == [RequestPiece(A, 4)]  # held, not accepted
+    # Held, not accepted: a block of it (here the whole 1000-byte piece) goes to the audit.
+    assert h.deliver(A, 0) == [AuditPiece(0, 0, PS, h.true[0]), RequestPiece(A, 4)]
     assert not h.s.is_accepted(0) and not h.s.list_corroborated
     rate = h.s.peer_rate(A)
     assert rate is not None and rate == pytest.approx(PS / 0.1)
-    assert h.deliver(MIRROR, 5) == [AcceptPiece(0), AcceptPiece(5)]
+    assert h.deliver(A, 1) == [RequestPiece(A, 5)]  # one audit at a time
+    h.s.audit_result(0, matched=True)
+    assert h.pop() == [AcceptPiece(0), AcceptPiece(1)]
     assert h.s.list_corroborated
-    h.s.mirror_stopped(None)
-    assert h.pop() == []
-    for i in (1, 2, 3):
+    for i in (2, 3, 4):
         assert h.deliver(A, i) == [AcceptPiece(i)]
-    assert h.deliver(A, 4) == [AcceptPiece(4), Finished()]
+    assert h.deliver(A, 5) == [AcceptPiece(5), Finished()]
+
+
+def test_audit_block_is_random_and_inside_the_piece() -> None:
+    size = 3 * PIECE_SIZE + 5000
+    true = [_digest(f"big {i}") for i in range(4)]
+    seen = set()
+    for seed in range(20):
+        s = SwarmScheduler(_digest("big").hex(), size, clock=ManualClock(), rng=random.Random(seed))
+        s.peers_found([A])
+        s.piece_list_received(A, PieceList(size, tuple(true)), None)
+        s.poll_actions()
+        s.piece_received(A, 2, true[2])
+        audit = next(a for a in s.poll_actions() if isinstance(a, AuditPiece))
+        assert audit.index == 2 and audit.digest == true[2]
+        assert 2 * PIECE_SIZE <= audit.start < audit.end <= 3 * PIECE_SIZE
+        assert audit.end - audit.start == AUDIT_BLOCK
+        seen.add(audit.start)
+    assert len(seen) > 10
+
+
+def test_a_failed_audit_bans_the_list_author_and_the_mirror_takes_over() -> None:
+    h = Harness(3, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A])
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [RequestPieceList(A)]
+    lies = {i: _digest(f"lie {i}") for i in range(3)}
+    h.s.piece_list_received(A, h.pieces(lies), None)
+    assert h.pop() == [RequestPiece(A, 0)]
+    h.s.piece_received(A, 0, lies[0])  # A's piece matches A's list
+    assert h.pop() == [AuditPiece(0, 0, PS, lies[0]), RequestPiece(A, 1)]
+    h.s.audit_result(0, matched=False)
+    assert h.pop() == [
+        BanPeer(A, "piece list contradicted by the mirror inside piece 0", True),
+        StartMirror(0),
+    ]
+    assert not h.s.is_accepted(0)
+    for i in range(2):
+        assert h.deliver(MIRROR, i) == [AcceptPiece(i)]
+        assert h.s.mirror_continue(i + 1)
+    assert h.deliver(MIRROR, 2) == [AcceptPiece(2), Finished()]
+
+
+def test_mirror_errors_on_audits_count_like_stream_errors() -> None:
+    h = Harness(3, config=SchedulerConfig(max_requests_per_peer=1, max_mirror_restarts=0))
+    h.s.peers_found([A])
+    h.s.lookup_deadline_passed()
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPieceList(A), RequestPiece(A, 0)]
+    assert h.deliver(A, 0) == [AuditPiece(0, 0, PS, h.true[0]), RequestPiece(A, 1)]
+    h.s.audit_failed("mirror answered HTTP 500")
+    # No referee left: the lone list is accepted as a last resort once A has delivered all.
+    assert h.pop() == []
+    assert h.deliver(A, 1) == [RequestPiece(A, 2)]
+    assert h.deliver(A, 2) == [AcceptPiece(0), AcceptPiece(1), AcceptPiece(2), Finished()]
+    assert not h.s.list_corroborated
 
 
 def test_two_agreeing_peers_need_no_mirror_traffic() -> None:
@@ -423,11 +480,11 @@ def test_whole_file_failure_bans_author_and_voucher() -> None:
     h.s.peers_found([B])  # B sends no list: a piece from it that matches vouches for A's
     assert h.pop() == []
     h.s.piece_list_received(A, h.pieces(), None)
-    assert h.pop() == [StartMirror(2), RequestPiece(A, 0), RequestPiece(B, 1)]
-    assert h.deliver(B, 1) == [AcceptPiece(1)]
+    assert h.pop() == [RequestPiece(A, 0), RequestPiece(B, 1)]
+    assert h.deliver(B, 1) == [AcceptPiece(1), RequestPiece(B, 2)]
     assert h.s.list_corroborated
     assert h.deliver(A, 0) == [AcceptPiece(0)]
-    assert h.deliver(MIRROR, 2) == [AcceptPiece(2), Finished()]
+    assert h.deliver(B, 2) == [AcceptPiece(2), Finished()]
     h.s.whole_file_failed()
     assert h.pop() == [
         BanPeer(A, "whole-file hash mismatch", True),
@@ -442,29 +499,28 @@ def test_disputed_piece_is_refereed_by_the_mirror() -> None:
     h.s.peers_found([A])
     assert h.pop() == [RequestPieceList(A)]
     h.s.piece_list_received(A, h.pieces({1: BAD}), None)  # A lies about piece 1 only
-    assert h.pop() == [StartMirror(3), RequestPiece(A, 0)]
+    assert h.pop() == [RequestPiece(A, 0)]
     h.s.peers_found([B])
     assert h.pop() == [RequestPiece(B, 1)]
-    assert h.deliver(B, 1) == []  # B's true piece contradicts A's list: a dispute
-    # The mirror agrees with A at piece 3, but the dispute keeps the list uncorroborated.
-    assert h.deliver(MIRROR, 3) == []
-    assert not h.s.list_corroborated and not h.s.is_accepted(3)
-    h.s.mirror_stopped(None)
-    assert h.pop() == [StartMirror(1)]  # the referee
+    # B's true piece contradicts A's list: a dispute, which the mirror referees.
+    assert h.deliver(B, 1) == [StartMirror(1)]
+    # A's piece 0 matches its list, but no audit runs while a dispute is open.
+    assert h.deliver(A, 0) == [RequestPiece(A, 2)]
+    assert not h.s.list_corroborated and not h.s.is_accepted(0)
     assert h.deliver(MIRROR, 1) == [
         BanPeer(A, "piece list contradicted by the mirror", True),
-        AcceptPiece(3),  # the mirror's own copies, now with no list in use
-        AcceptPiece(1),
+        AcceptPiece(1),  # the mirror's own copy, now with no list in use
         RequestPieceList(B),
     ]
     # B's list is on its way: B may hold everything, so the stream stops rather than race on.
     assert h.s.mirror_continue(2) is False
     h.s.mirror_stopped(None)
     h.s.piece_list_received(B, h.pieces(), None)
-    assert h.s.list_corroborated  # B's list agrees with the mirror's pieces 1 and 3
+    assert h.s.list_corroborated  # B's list agrees with the mirror's piece 1
     assert h.pop() == [RequestPiece(B, 0)]
     assert h.deliver(B, 0) == [AcceptPiece(0), RequestPiece(B, 2)]
-    assert h.deliver(B, 2) == [AcceptPiece(2), Finished()]
+    assert h.deliver(B, 2) == [AcceptPiece(2), RequestPiece(B, 3)]
+    assert h.deliver(B, 3) == [AcceptPiece(3), Finished()]
 
 
 def test_no_mirror_single_peer_accepts_held_pieces_together_as_a_last_resort() -> None:
@@ -585,6 +641,8 @@ class Simulation:
             rng.shuffle(kinds)
         self.one_batch = one_batch
         self.mirror_starts = 0
+        self.mirror_audits = 0
+        self.auditing = False
         self.peers = [self._make_peer(i, kind) for i, kind in enumerate(kinds)]
         self.by_peer = {p.peer: p for p in self.peers}
         self.queue: list[_Event] = []
@@ -683,6 +741,12 @@ class Simulation:
             self.mirror_starts += 1
             self.mirror_busy = True
             self.mirror_read(action.first)
+        elif isinstance(action, AuditPiece):
+            assert self.mirror_up and not self.auditing, "second audit"
+            self.auditing = True
+            self.mirror_audits += 1
+            # A wrong piece is assumed to differ in the audited block (a liar does not know it).
+            self.at(0.01, lambda: self.audit_answer(action))
         elif isinstance(action, AcceptPiece):
             assert action.index not in self.accepted, f"piece {action.index} accepted twice"
             self.accepted.add(action.index)
@@ -758,6 +822,13 @@ class Simulation:
 
         self.at(PS / 20_000 * self.rng.uniform(0.9, 1.1), arrived, "mirror")
 
+    def audit_answer(self, audit: AuditPiece) -> None:
+        self.auditing = False
+        if self.rng.random() < self.mirror_flaky:
+            self.s.audit_failed("connection reset")
+        else:
+            self.s.audit_result(audit.index, audit.digest == self.true[audit.index])
+
     def stop_mirror(self, error: str | None) -> None:
         self.mirror_busy = False
         self.s.mirror_stopped(error)
@@ -826,3 +897,4 @@ def test_simulation_two_agreeing_complete_peers_cost_no_mirror_traffic() -> None
         sim.step_all()
         assert sim.finished == 1, f"seed {seed}: {sim.s.failed}"
         assert sim.mirror_starts == 0, f"seed {seed}: mirror used with two agreeing peers"
+        assert sim.mirror_audits == 0, f"seed {seed}: audit with two agreeing peers"

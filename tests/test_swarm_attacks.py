@@ -10,10 +10,11 @@ What every test checks, from docs/swarm.md ("Trust rules for the downloader"):
   a small file the liar also announces, and the liar must not be asked for it;
 - the cost is bounded: the mirror bytes for dt-big during B's fetch, per test (PIECE = 1 MiB, the
   protocol's piece size; SIZE = dt-big's size):
-  * liar alone, caught before any of its pieces is used: <= SIZE (a plain mirror download; the
-    mirror piece that checks the liar's list is one of the file's pieces, never fetched twice);
+  * liar alone, caught before any of its pieces is used: <= SIZE + AUDIT (a plain mirror
+    download, plus the 16 KiB block that audited the liar's list);
   * liar alone, honest for pieces 1..k-1 and lying at piece k: <= PIECE + SIZE - k*PIECE
-    (piece 0 checks its list, pieces 1..k-1 come from it, everything from k on from the mirror);
+    (an audit block checks its list, pieces 1..k-1 come from it, everything from k on from the
+    mirror);
   * liar beside an honest peer A: <= PIECE (A's identical list corroborates the liar's, or the
     mirror referees the one disputed piece);
   * honest A killed mid-transfer: <= SIZE - B's bytes from peers + 2*PIECE.
@@ -35,10 +36,11 @@ from support.evil_peer import EvilPeer, Lie, files_of
 from support.mirror import Mirror
 from support.swarm import SwarmNode, bootstrap_node, swarm_node, wait_until_found
 
+from dhtdeb.swarm.scheduler import AUDIT_BLOCK
+
 __all__ = ["bootstrap_node", "swarm_node"]  # fixtures, which pytest finds by name
 
 PIECE = MiB  # protocol v1 piece size (docs/swarm.md, dhtdeb/swarm/pieces.py)
-BIG_LAST_PIECE = 20  # dt-big is 21,115,072 bytes: pieces 0..20 (the harness's fixed package)
 SMALL = "dt-foxtrot"  # 200 kB: a one-piece file, whose piece hash is its signed SHA256
 LIE_AT = 12  # the piece a partly honest liar lies about (dt-big has 21 pieces)
 
@@ -109,8 +111,11 @@ class LoneLiar:
 LONE_LIARS = [
     pytest.param(LoneLiar(Lie.CORRUPT, LIE_AT, lies=1, honest_pieces=LIE_AT - 1), id="corrupt"),
     pytest.param(LoneLiar(Lie.CORRUPT, None, lies=1), id="corrupt-every-piece"),
-    # The mirror checks a lone peer's list on the last piece (the cheapest): lie exactly there.
-    pytest.param(LoneLiar(Lie.BAD_LIST, BIG_LAST_PIECE, lies=1), id="bad-list-checked-piece"),
+    # B audits a lone peer's list: a random 16 KiB block of a piece it received, compared with
+    # the mirror. A list forged on every piece is caught whichever block is drawn. (A liar that
+    # alters a few bytes of one piece usually slips past the audit; the whole-file hash then
+    # aborts apt's download once and bans it: docs/swarm.md, trust rule 5.)
+    pytest.param(LoneLiar(Lie.FORGED_LIST, None, lies=1), id="forged-list"),
     pytest.param(LoneLiar(Lie.WRONG_SIZE_LIST), id="wrong-size-in-list"),
     pytest.param(LoneLiar(Lie.WRONG_SIZE_BODY), id="wrong-size-body"),
     pytest.param(LoneLiar(Lie.TRUNCATED), id="truncated"),
@@ -148,7 +153,11 @@ def test_lone_liar_is_banned_and_apt_gets_the_right_files(
     # A peer's lie is never blamed on the mirror.
     assert status["verify_failures"]["mirror"] == 0, status
     mirror_big = mirror.bytes_sent(big.filename)
-    bound = PIECE + big.size - (case.honest_pieces + 1) * PIECE if case.honest_pieces else big.size
+    bound = (
+        PIECE + big.size - (case.honest_pieces + 1) * PIECE
+        if case.honest_pieces
+        else big.size + AUDIT_BLOCK
+    )
     assert mirror_big <= bound, (mirror_big, bound, mirror.bytes_by_path())
     if case.honest_pieces:
         assert status["bytes"]["from_peers"] >= case.honest_pieces * PIECE, status
@@ -185,8 +194,8 @@ def test_honest_peer_whose_piece_list_arrives_in_two_segments_is_used(
 
     _download(apt, big.name, tmp_path / "b", signed_archive)
     assert not _log_bans(b, honest), b.log_tail()
-    assert mirror.bytes_sent(big.filename) <= PIECE, mirror.bytes_by_path()
-    assert b.status()["bytes"]["from_peers"] >= big.size - PIECE
+    assert mirror.bytes_sent(big.filename) <= AUDIT_BLOCK, mirror.bytes_by_path()
+    assert b.status()["bytes"]["from_peers"] == big.size
 
 
 def test_liar_on_a_one_piece_file_is_banned_for_the_next_file(
@@ -228,10 +237,10 @@ def test_consistent_list_liar_alone_costs_one_aborted_attempt(
     evil_peer: EvilFactory,
     tmp_path: Path,
 ) -> None:
-    """Trust rule 5: a list lie on an entry no other party checked (the mirror checks the last
-    piece only) is caught by the whole-file SHA256. apt's response is aborted, nothing is
-    stored, the liar is banned, and apt's next attempt gets the file from the mirror without
-    asking it."""
+    """Trust rule 5: a list lie that the audit misses (16 bytes altered in piece 5; the audit
+    compares one 16 KiB block of the first piece received) is caught by the whole-file SHA256.
+    apt's response is aborted, nothing is stored, the liar is banned, and apt's next attempt
+    gets the file from the mirror without asking it."""
     big = signed_archive.big
     evil = evil_peer(Lie.BAD_LIST, piece=5)
     b = swarm_node()
@@ -244,7 +253,7 @@ def test_consistent_list_liar_alone_costs_one_aborted_attempt(
     assert not failed.ok, failed.output
     assert _verify_failures(b) == 1
     assert big.sha256 not in _store_names(b)
-    assert mirror.bytes_sent(big.filename) <= PIECE  # the piece that checked (part of) its list
+    assert mirror.bytes_sent(big.filename) <= AUDIT_BLOCK  # the block that audited its list
     assert _log_bans(b, evil), b.log_tail()
 
     asked = evil.request_count()

@@ -30,6 +30,7 @@ from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
     AcceptPiece,
+    AuditPiece,
     BanPeer,
     CancelPiece,
     Failed,
@@ -213,6 +214,8 @@ class SwarmDownload:
             )
         elif isinstance(action, StartMirror):
             self._spawn("mirror", self._mirror_stream(action.first))
+        elif isinstance(action, AuditPiece):
+            self._spawn("audit", self._audit(action))
         elif isinstance(action, CancelPiece):
             task = self._tasks.pop(("piece", action.peer, action.index), None)
             if task is not None:
@@ -365,6 +368,31 @@ class SwarmDownload:
             self._scheduler.piece_failed(peer, index, "no room to hold the piece", misbehaved=False)
         else:
             self._scheduler.piece_received(peer, index, digest)
+
+    async def _audit(self, audit: AuditPiece) -> None:
+        """Compare a block of a held piece with the same bytes from the mirror."""
+        copy = self._copies.get(audit.index, {}).get(audit.digest)
+        if copy is None:  # accepted or dropped meanwhile: nothing to compare
+            self._scheduler.audit_result(audit.index, matched=None)
+            return
+        headers = {"Range": f"bytes={audit.start}-{audit.end - 1}"}
+        try:
+            async with await self._ctx.mirror.request("GET", self._url, headers) as response:
+                self._mirror_status = response.status
+                if response.status == 200:
+                    await response.read_exactly(audit.start)
+                elif response.status != 206 or not response.headers.get(
+                    "Content-Range", ""
+                ).startswith(f"bytes {audit.start}-{audit.end - 1}/"):
+                    raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
+                data = await response.read_exactly(audit.end - audit.start)
+        except DhtdebError as exc:
+            self._scheduler.audit_failed(str(exc))
+            return
+        self._ctx.counters.bytes.from_mirror += len(data)
+        self.bytes_from_mirror += len(data)
+        offset = audit.start - audit.index * PIECE_SIZE
+        self._scheduler.audit_result(audit.index, copy[offset : offset + len(data)] == data)
 
     async def _mirror_stream(self, first: int) -> None:
         """Pieces from the mirror, from `first` on, while the scheduler wants them.

@@ -16,8 +16,9 @@ in use is *held* while that list is not yet corroborated and *accepted* once it 
 whose list is refuted goes back to missing, so nothing accepted is ever taken back.
 
 Piece lists are *claims*. The first claim received is the list in use; it is corroborated by an
-identical list from a second peer, a matching piece from a peer that sent no list of its own, or a
-matching piece from the mirror, provided no rival claim is unresolved. A corroborated list is final
+identical list from a second peer, a matching piece from a peer that sent no list of its own, a
+matching piece from the mirror, or an audit (a random block of a held peer piece that equals the
+mirror's bytes), provided no rival claim is unresolved. A corroborated list is final
 for this scheduler: a later different list, or a peer piece that does not match it, is a lie (ban,
 lied=True); a mirror piece that does not match it is refused and fetched from a peer instead.
 Rival claims and disputed pieces (a peer's piece that contradicts an uncorroborated list) are
@@ -33,8 +34,9 @@ every mirror digest seen or its author is banned.
 Scheduling: the lowest missing, unclaimed piece goes to the best-ranked peer that holds it and has a
 free slot (ranking: EWMA of per-request throughput divided by 1 + errors; ties broken by a random
 key drawn at admission, so a crowd of downloaders spreads over the seeders). The mirror runs one
-streaming request at a time; it starts for, in order of priority: a referee piece, an overdue peer
-piece (web seed), a corroboration piece, or (after the lookup deadline) the lowest piece no usable
+streaming request at a time (and at most one audit beside it); it starts for, in order of
+priority: a referee piece, an overdue peer piece (web seed), a corroboration piece when there is
+no held peer piece to audit, or (after the lookup deadline) the lowest piece no usable
 peer can serve. `mirror_continue` lets the stream go on only through pieces that are missing and
 not claimed by a live peer request.
 
@@ -59,9 +61,11 @@ from dhtdeb.discovery import Peer
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
 
 __all__ = [
+    "AUDIT_BLOCK",
     "MIRROR",
     "AcceptPiece",
     "Action",
+    "AuditPiece",
     "BanPeer",
     "CancelPiece",
     "Failed",
@@ -76,6 +80,7 @@ __all__ = [
 ]
 
 _MAX_RIVAL_LISTS = 4
+AUDIT_BLOCK = 16 * 1024  # bytes of a held piece compared with the mirror to check a lone list
 _MIN_ELAPSED = 1e-6
 
 
@@ -136,6 +141,17 @@ class StartMirror:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditPiece:
+    """Fetch bytes [start, end) of the file from the mirror and compare them with the held copy
+    of piece `index` whose digest is `digest`; report with `audit_result` or `audit_failed`."""
+
+    index: int
+    start: int
+    end: int
+    digest: bytes = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class CancelPiece:
     peer: Peer
     index: int
@@ -167,7 +183,8 @@ class Failed:
 
 
 Action: TypeAlias = (
-    RequestPieceList
+    AuditPiece
+    | RequestPieceList
     | RequestPiece
     | StartMirror
     | CancelPiece
@@ -268,6 +285,7 @@ class SwarmScheduler:
         self._mirror_last_error: str | None = None
         self._mirror_digests: dict[int, bytes] = {}
         self._refused: set[int] = set()  # the mirror's copy contradicted the final list
+        self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
 
         self._single = self.piece_count == 1
         self._in_use: _Claim | None = None
@@ -375,6 +393,37 @@ class SwarmScheduler:
         if error is not None:
             self._mirror_errors += 1
             self._mirror_last_error = error
+        self._schedule()
+
+    def audit_result(self, index: int, matched: bool | None) -> None:
+        """The mirror's bytes inside held piece `index` agree with the held copy (or not; None:
+        the copy was gone before the comparison, which proves nothing)."""
+        self._check_index(index)
+        audit, self._audit = self._audit, None
+        if self._done() or audit is None or audit[0] != index:
+            return
+        claim = audit[1]
+        if self._final or claim is not self._in_use or matched is None:
+            self._schedule()
+            return
+        if matched:
+            claim.mirror_matches += 1
+        else:
+            # The copy matched the list's entry, the mirror does not: the list is wrong there,
+            # and a peer that sent that copy without being an author vouched for a lie.
+            source = self._held.get(index)
+            self._refute(claim, f"piece list contradicted by the mirror inside piece {index}")
+            if isinstance(source, Peer):
+                self._ban(source, f"piece {index} contradicted by the mirror", lied=True)
+        self._schedule()
+
+    def audit_failed(self, error: str) -> None:
+        """The mirror could not deliver the audit's bytes."""
+        if self._audit is None:
+            return
+        self._audit = None
+        self._mirror_errors += 1
+        self._mirror_last_error = error
         self._schedule()
 
     def whole_file_failed(self) -> None:
@@ -659,9 +708,37 @@ class SwarmScheduler:
         self._last_resort()
         if self._done():
             return
+        self._start_audit()
         self._start_mirror()
         self._assign_peers()
         self._check_stuck()
+
+    def _start_audit(self) -> None:
+        """Check a lone list cheaply: a random block of a random held peer piece (which matches
+        the list) against the same bytes from the mirror. The piece was committed to by the list
+        before the block was chosen, so a list entry that lies is caught unless the liar guessed
+        the block; the whole-file hash remains the final check."""
+        claim = self._in_use
+        if (
+            self._audit is not None
+            or claim is None
+            or self._final
+            or self._rivals
+            or self._disputes
+            or self._lists_pending()
+            or not self._mirror_allowed()
+        ):
+            return
+        held = sorted(i for i, source in self._held.items() if source is not MIRROR)
+        if not held:
+            return
+        index = self._rng.choice(held)
+        start, end = piece_span(index, self._size, self._piece_size)
+        offset = start + self._rng.randrange(max(1, end - start - AUDIT_BLOCK + 1))
+        self._audit = (index, claim)
+        self._emit(
+            AuditPiece(index, offset, min(end, offset + AUDIT_BLOCK), claim.pieces.digests[index])
+        )
 
     def _start_mirror(self) -> None:
         if self._mirror_active or not self._mirror_allowed():
@@ -687,7 +764,17 @@ class SwarmScheduler:
         ]
         if overdue:
             return min(overdue)
-        if self._in_use is not None and not self._final and not self._lists_pending():
+        if (
+            self._in_use is not None
+            and not self._final
+            and not self._lists_pending()
+            and self._audit is None
+            and not any(source is not MIRROR for source in self._held.values())
+            and not self._requests
+            and not self._peers_can_deliver()
+        ):
+            # No peer piece is held or on its way to audit the list with: a whole mirror piece
+            # checks it instead.
             missing = [i for i in range(self._low, self.piece_count) if not self._accepted_flags[i]]
             unheld = [i for i in missing if i not in self._held]
             candidates = unheld or missing
@@ -751,6 +838,17 @@ class SwarmScheduler:
             return False
         return self._mirror_target() == index
 
+    def _peers_can_deliver(self) -> bool:
+        """Some eligible peer holds a piece that is still to be fetched."""
+        missing = [
+            i
+            for i in range(self._low, self.piece_count)
+            if not self._accepted_flags[i] and i not in self._held
+        ]
+        return any(
+            self._eligible(s) and any(s.holds(i) for i in missing) for s in self._peers.values()
+        )
+
     def _live_request(self, index: int) -> bool:
         return any(not r.overdue for r in self._requests.get(index, {}).values())
 
@@ -793,7 +891,12 @@ class SwarmScheduler:
                 return
 
     def _check_stuck(self) -> None:
-        if not self._deadline_passed or self._mirror_active or self._lists_pending():
+        if (
+            not self._deadline_passed
+            or self._mirror_active
+            or self._audit is not None
+            or self._lists_pending()
+        ):
             return
         if self._requests:
             return

@@ -56,6 +56,9 @@ class Lie(enum.Enum):
     # it serves for that piece: a consistent liar that only the whole-file hash or a second
     # party can catch.
     BAD_LIST = "bad_list"
+    # As BAD_LIST, but every byte of the piece is altered: a forgery that any block of the piece
+    # compared with the mirror exposes (the downloader's audit of a lone list).
+    FORGED_LIST = "forged_list"
     WRONG_SIZE_LIST = "wrong_size_list"  # X-Dhtdeb-Size is one more than the file's size
     # 206 with the right Content-Range, but Content-Length and body one byte longer than asked.
     WRONG_SIZE_BODY = "wrong_size_body"
@@ -83,13 +86,14 @@ def piece_digests(data: bytes) -> list[bytes]:
     ]
 
 
-def _flip_piece(data: bytes, index: int) -> bytes:
-    """`data` with 16 bytes in the middle of piece `index` inverted (same length)."""
+def _flip_piece(data: bytes, index: int, whole: bool = False) -> bytes:
+    """`data` with 16 bytes in the middle of piece `index` inverted (every byte of the piece
+    with `whole`); same length."""
     start = index * PIECE_SIZE
     end = min(start + PIECE_SIZE, len(data))
-    offset = start + (end - start) // 2
-    flipped = bytes(b ^ 0xFF for b in data[offset : offset + 16])
-    return data[:offset] + flipped + data[offset + 16 :]
+    offset, count = (start, end - start) if whole else (start + (end - start) // 2, 16)
+    flipped = bytes(b ^ 0xFF for b in data[offset : offset + count])
+    return data[:offset] + flipped + data[offset + count :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +146,13 @@ class EvilPeer:
 
     def _offer(self, data: bytes) -> _Offer:
         served = data
-        if self.lie in (Lie.CORRUPT, Lie.BAD_LIST):
+        if self.lie in (Lie.CORRUPT, Lie.BAD_LIST, Lie.FORGED_LIST):
             count = len(piece_digests(data))
             # A file without piece `piece` (a small one) is served honestly.
             indices = range(count) if self.piece is None else range(self.piece, count)[:1]
             for index in indices:
-                served = _flip_piece(served, index)
-        listed = served if self.lie is Lie.BAD_LIST else data
+                served = _flip_piece(served, index, whole=self.lie is Lie.FORGED_LIST)
+        listed = served if self.lie in (Lie.BAD_LIST, Lie.FORGED_LIST) else data
         return _Offer(len(data), served, b"".join(piece_digests(listed)))
 
     # --- lifecycle --------------------------------------------------------------------------------
