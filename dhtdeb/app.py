@@ -212,7 +212,11 @@ async def serve(config: ServeConfig) -> None:
         if config.announce and config.dht:
             await discovery.announce(stored.sha256)
 
-    downloads = Downloads(store, mirror, counters, on_stored)
+    async def on_started(sha256: str) -> None:
+        if config.announce and config.dht:
+            await discovery.announce(sha256)
+
+    downloads = Downloads(store, mirror, counters, on_stored, on_started=on_started)
     peer_server = PeerServer(
         store,
         counters,

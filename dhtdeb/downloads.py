@@ -20,25 +20,31 @@ from dhtdeb.mirror import MirrorClient
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
-from dhtdeb.swarm.pieces import PieceList
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
 # Called after a pool file is committed, with its piece list when the download assembled one.
 OnStored = Callable[[StoredFile, PieceList | None], Awaitable[None]]
+# Called when a swarm download of a file of several pieces starts: announce it, so that others
+# who start the same download find this node and exchange pieces with it (a flash crowd).
+OnStarted = Callable[[str], Awaitable[None]]
 
 
 @dataclass
 class SharedPartial:
-    """What the peer server may serve of a file still being downloaded (its PartialView)."""
+    """What the peer server may serve of a file still being downloaded (its PartialView): with a
+    corroborated list, every verified piece; before that, the pieces it got from the mirror."""
 
     size: int
     piece_list: PieceList
+    complete_list: bool
     download: SwarmDownload
+    offered: frozenset[int] | None = None
 
     def have(self) -> frozenset[int]:
-        return self.download.have()
+        return self.download.have() if self.offered is None else self.offered
 
     def path(self) -> Path:
         return self.download.path()
@@ -61,12 +67,14 @@ class Downloads:
         counters: Counters,
         on_stored: OnStored,
         swarm: SwarmContext | None = None,
+        on_started: OnStarted | None = None,
     ) -> None:
         self._store = store
         self._mirror = mirror
         self._counters = counters
         self._on_stored = on_stored
         self._swarm = swarm
+        self._on_started = on_started
         self._running: dict[str, Transfer] = {}
         self._swarming: dict[str, SwarmDownload] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,9 +97,17 @@ class Downloads:
         if download is None:
             return None
         pieces = download.piece_list
-        if pieces is None:
-            return None
-        return SharedPartial(download.size, pieces, download)
+        if pieces is not None:
+            return SharedPartial(download.size, pieces, True, download)
+        count = piece_count(download.size)
+        if count == 1:
+            return None  # nothing to offer before the whole file is verified
+        offers = download.offers()
+        void = bytes(DIGEST_SIZE)
+        digests = tuple(offers.get(i, void) for i in range(count))
+        return SharedPartial(
+            download.size, PieceList(download.size, digests), False, download, frozenset(offers)
+        )
 
     def fetch(self, url: str, expected: Expected, *, announce: bool) -> Transfer:
         """The transfer of `expected.sha256`, started from `url` unless one is already running.
@@ -182,6 +198,10 @@ class Downloads:
         and the piece list as assembled."""
         download = SwarmDownload(swarm, transfer, url)
         self._swarming[transfer.sha256] = download
+        if self._on_started is not None and piece_count(transfer.size) > 1:
+            task = asyncio.create_task(self._announce_start(self._on_started, transfer.sha256))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         transfer.started(None)
         started = swarm.clock.now()
         try:
@@ -201,6 +221,13 @@ class Downloads:
                 swarm.clock.now() - started,
             )
         return download.last_modified, download.assembled_piece_list()
+
+    @staticmethod
+    async def _announce_start(on_started: OnStarted, sha256: str) -> None:
+        try:
+            await on_started(sha256)
+        except DhtdebError as exc:
+            log.info("announcing the download of %s failed: %s", sha256[:12], exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -51,6 +51,7 @@ class FakePartial:
     piece_list: PieceList
     held: set[int]
     file: Path
+    complete_list: bool = True
 
     def have(self) -> frozenset[int]:
         return frozenset(self.held)
@@ -323,6 +324,13 @@ async def test_partial_file_serves_only_verified_pieces(
     assert listed.body == pieces.to_bytes()
     assert listed.headers["x-dhtdeb-size"] == str(len(data))
     assert listed.headers["x-dhtdeb-have"] == base64.b64encode(b"\xa0").decode()
+    assert "x-dhtdeb-list" not in listed.headers  # a corroborated list: every entry counts
+
+    view.complete_list = False  # still downloading without a list: only its offers count
+    offered = await raw_request(address, get(f"/v1/pieces/{sha256}"))
+    assert offered.headers["x-dhtdeb-list"] == "offers"
+    assert offered.headers["x-dhtdeb-have"] == base64.b64encode(b"\xa0").decode()
+    view.complete_list = True
 
     def ranged(start: int, end: int) -> bytes:
         return get(f"/v1/files/{sha256}", f"Range: bytes={start}-{end - 1}\r\n")

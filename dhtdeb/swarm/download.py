@@ -45,6 +45,7 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 log = logging.getLogger(__name__)
 
 LOOKUP_DEADLINE = 1.0  # seconds the DHT gets before the mirror may start
+LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
 BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
@@ -113,6 +114,7 @@ class SwarmDownload:
         self._held_bytes = 0
         self._accepted: set[int] = set()
         self._accepted_digests: dict[int, bytes] = {}
+        self._provisional: set[int] = set()  # accepted on a peer's offer: hidden until verified
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhtdeb-writer")
         self._writes: list[asyncio.Future[int]] = []
         self._room = asyncio.Event()
@@ -139,6 +141,11 @@ class SwarmDownload:
 
     def have(self) -> frozenset[int]:
         return frozenset(self._written)
+
+    def offers(self) -> dict[int, bytes]:
+        """Pieces on disk that came from the mirror, by digest: what this node may offer to
+        other downloaders before it has a corroborated list (never a piece a peer offered)."""
+        return {i: self._accepted_digests[i] for i in self._written if i not in self._provisional}
 
     @property
     def peers_used(self) -> int:
@@ -221,7 +228,7 @@ class SwarmDownload:
             if task is not None:
                 task.cancel()
         elif isinstance(action, AcceptPiece):
-            self._accept(action.index, action.digest)
+            self._accept(action.index, action.digest, action.provisional)
         elif isinstance(action, BanPeer):
             self._ban(action.peer, action.reason, action.lied)
         elif isinstance(action, (Finished, Failed)):
@@ -254,7 +261,7 @@ class SwarmDownload:
             if isinstance(key, tuple) and len(key) > 1 and key[1] == peer:
                 task.cancel()
 
-    def _accept(self, index: int, digest: bytes) -> None:
+    def _accept(self, index: int, digest: bytes, provisional: bool) -> None:
         copies = self._copies.pop(index, {})
         data = copies.pop(digest, None)
         self._held_bytes -= sum(len(d) for d in copies.values())  # the accepted copy stays counted
@@ -262,6 +269,8 @@ class SwarmDownload:
             raise SwarmFailed(f"{self._sha256}: accepted piece {index} is not held")
         self._accepted.add(index)
         self._accepted_digests[index] = digest
+        if provisional:
+            self._provisional.add(index)
         # Writing and hashing run on one writer thread, in acceptance order, so the event loop
         # keeps moving bytes; a piece counts as held (for apt and peers) once it is on disk.
         loop = asyncio.get_running_loop()
@@ -299,7 +308,12 @@ class SwarmDownload:
             self._write_error = error
         else:
             self._written.add(index)
-            self._transfer.progress(done.result())
+            # Bytes from the first piece accepted on a peer's offer onwards wait for the
+            # whole-file SHA256 (downloads.py releases them once it matched).
+            available = done.result()
+            if self._provisional:
+                available = min(available, min(self._provisional) * PIECE_SIZE)
+            self._transfer.progress(available)
         self._wake.set()
 
     async def _drain_writes(self) -> None:
@@ -327,6 +341,17 @@ class SwarmDownload:
     # -- I/O tasks ----------------------------------------------------------------------------
 
     async def _lookup(self) -> None:
+        """Race the DHT against the lookup deadline, then look again every LOOKUP_INTERVAL:
+        peers that start the same download later (a flash crowd) announce themselves too."""
+        await self._find_peers()
+        self._scheduler.lookup_deadline_passed()
+        self._wake.set()
+        while True:
+            await asyncio.sleep(LOOKUP_INTERVAL)
+            await self._find_peers()
+            self._wake.set()
+
+    async def _find_peers(self) -> None:
         try:
             found = await self._ctx.discovery.find_peers(self._sha256, LOOKUP_DEADLINE)
         except DhtdebError as exc:
@@ -336,17 +361,18 @@ class SwarmDownload:
         log.debug("DHT: %d peers for %s, %d usable", len(found), self._sha256[:12], len(usable))
         if usable:
             self._scheduler.peers_found(usable)
-        self._scheduler.lookup_deadline_passed()
 
     async def _fetch_list(self, peer: Peer) -> None:
         try:
-            pieces, have = await self._ctx.peers.piece_list(peer, self._sha256, self._size)
+            pieces, have, offers_only = await self._ctx.peers.piece_list(
+                peer, self._sha256, self._size
+            )
         except PeerUnavailable as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False)
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
         else:
-            self._scheduler.piece_list_received(peer, pieces, have)
+            self._scheduler.piece_list_received(peer, pieces, have, offers_only=offers_only)
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:
         start = index * PIECE_SIZE

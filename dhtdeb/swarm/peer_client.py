@@ -19,7 +19,7 @@ import aiohttp
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError, RemoteProtocolError
 from dhtdeb.http_session import LazySession
-from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
+from dhtdeb.swarm.pieces import DIGEST_SIZE, LIST_HEADER, PieceList, piece_count
 
 
 class PeerUnavailable(DhtdebError):
@@ -84,8 +84,9 @@ class PeerClient:
 
     async def piece_list(
         self, peer: Peer, sha256: str, size: int
-    ) -> tuple[PieceList, frozenset[int] | None]:
-        """The peer's piece list and what it holds (None: the whole file)."""
+    ) -> tuple[PieceList, frozenset[int] | None, bool]:
+        """The peer's piece list, what it holds (None: the whole file), and whether the list is
+        only its offers (it is downloading the file: entries outside what it holds are void)."""
         count = piece_count(size)
         with _translated(peer, "its piece list"):
             async with self._session.get().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
@@ -97,7 +98,10 @@ class PeerClient:
                     raise PeerMisbehaved(f"{peer.url()}: piece list for the wrong file size")
                 have = parse_have(response.headers.get("X-Dhtdeb-Have"), count)
                 body = await _exact_body(peer, response, count * DIGEST_SIZE)
-                return PieceList.from_bytes(size, body), have
+                offers_only = response.headers.get(LIST_HEADER) == "offers"
+                if offers_only and have is None:
+                    raise PeerMisbehaved(f"{peer.url()}: offers without a Have bitfield")
+                return PieceList.from_bytes(size, body), have, offers_only
 
     async def piece(self, peer: Peer, sha256: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file from the peer, exactly; unverified."""

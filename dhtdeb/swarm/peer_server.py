@@ -38,7 +38,7 @@ from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
-from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, digest_file
+from dhtdeb.swarm.pieces import LIST_HEADER, PIECE_SIZE, PieceList, digest_file
 from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,10 @@ class PartialView(Protocol):
     """A file the swarm driver is downloading: what of it may be served."""
 
     size: int
-    piece_list: PieceList  # the corroborated list the downloader verifies pieces against
+    # The corroborated list the downloader verifies pieces against or, without `complete_list`,
+    # the digests of the pieces it got from the mirror (the others are zeros): its offers.
+    piece_list: PieceList
+    complete_list: bool
 
     def have(self) -> frozenset[int]:
         """Indices of verified pieces; their bytes in `path()` are final."""
@@ -386,6 +389,7 @@ class PeerServer:
         self, request: web.BaseRequest, sha256: str
     ) -> web.StreamResponse:
         pieces = await self.piece_list(sha256)
+        extra: dict[str, str] = {}
         if pieces is not None:
             have = "all"
         else:
@@ -394,6 +398,8 @@ class PeerServer:
                 return self._not_held()
             pieces = view.piece_list
             have = have_bitfield(view.have(), len(pieces))
+            if not view.complete_list:
+                extra[LIST_HEADER] = "offers"
         body = pieces.to_bytes()
         if request.method == "GET":
             await throttle(self._bucket, len(body))
@@ -401,7 +407,7 @@ class PeerServer:
         return web.Response(
             body=body,
             content_type="application/octet-stream",
-            headers={SIZE_HEADER: str(pieces.size), HAVE_HEADER: have},
+            headers={SIZE_HEADER: str(pieces.size), HAVE_HEADER: have, **extra},
         )
 
     def _source(self, sha256: str) -> _Source | None:

@@ -20,6 +20,9 @@ from dhtdeb.errors import RemoteProtocolError
 
 PIECE_SIZE = 1 << 20
 DIGEST_SIZE = 32
+# Sent with the piece list of a file the peer is still downloading without a corroborated list:
+# "offers" means only the entries of the pieces it holds are digests, the others are void.
+LIST_HEADER = "X-Dhtdeb-List"
 
 
 def piece_count(size: int, piece_size: int = PIECE_SIZE) -> int:

@@ -112,6 +112,7 @@ class SchedulerConfig:
     rate_smoothing: float = 0.3
     max_peers: int = 64
     max_mirror_restarts: int = 2
+    offers_refresh: float = 1.0  # seconds between two asks to a peer that is still downloading
 
     def __post_init__(self) -> None:
         if self.max_requests_per_peer < 1 or self.piece_lists_wanted < 1 or self.max_peers < 1:
@@ -163,6 +164,9 @@ class AcceptPiece:
     # The digest of the accepted copy: the list's entry, or the mirror's digest when no list is in
     # use. Not part of equality, so that scripted tests can name just the index.
     digest: bytes = field(default=b"", compare=False)
+    # Accepted on the word of one downloading peer (its offer): the driver must not let apt or
+    # other peers see it before the whole-file SHA256 has matched.
+    provisional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +222,8 @@ class _PeerState:
     rate: float | None = None
     errors: int = 0
     inflight: dict[int, _Request] = field(default_factory=dict)
+    offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
+    refresh_at: float | None = None  # when to ask a downloading peer for its offers again
 
     def holds(self, index: int) -> bool:
         return (self.have is None or index in self.have) and index not in self.not_held
@@ -286,6 +292,7 @@ class SwarmScheduler:
         self._mirror_digests: dict[int, bytes] = {}
         self._refused: set[int] = set()  # the mirror's copy contradicted the final list
         self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
+        self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
 
         self._single = self.piece_count == 1
         self._in_use: _Claim | None = None
@@ -318,10 +325,24 @@ class SwarmScheduler:
         self._schedule()
 
     def piece_list_received(
-        self, peer: Peer, pieces: PieceList, have: frozenset[int] | None
+        self,
+        peer: Peer,
+        pieces: PieceList,
+        have: frozenset[int] | None,
+        *,
+        offers_only: bool = False,
     ) -> None:
+        """A peer's piece list. With `offers_only` the peer is itself downloading and only the
+        entries of the pieces in `have` (which it got from the mirror) mean anything."""
         state = self._peers.get(peer)
         if self._done() or state is None:
+            return
+        if offers_only and not self._single:
+            if pieces.size != self._size or len(pieces) != self.piece_count:
+                self._ban(peer, "piece list for a different file size", lied=False)
+            else:
+                self._offers_received(state, pieces, have or frozenset())
+            self._schedule()
             return
         if (
             pieces.size != self._size
@@ -332,6 +353,8 @@ class SwarmScheduler:
             self._schedule()
             return
         state.list_state = _ListState.RECEIVED
+        state.offers = None
+        state.refresh_at = None
         if have is not None:
             state.have = frozenset(i for i in have if 0 <= i < self.piece_count)
         else:
@@ -433,6 +456,10 @@ class SwarmScheduler:
         if claim is not None:
             for peer in [*claim.authors, *sorted(claim.vouchers)]:
                 self._ban(peer, "whole-file hash mismatch", lied=True)
+        # One of them offered a wrong piece, but which one only the mirror could tell: each is
+        # kept away for a while (not counted as a lie).
+        for peer in sorted(set(self._provisional.values())):
+            self._ban(peer, "whole-file hash mismatch after its offered pieces", lied=False)
         self._fail("whole-file hash mismatch")
 
     def tick(self) -> None:
@@ -444,6 +471,9 @@ class SwarmScheduler:
                 if not request.overdue and request.deadline <= now:
                     request.overdue = True
                     self._sample_rate(state, index, now - request.start)
+            if state.refresh_at is not None and state.refresh_at <= now:
+                state.refresh_at = None
+                self._emit(RequestPieceList(state.peer))
         self._schedule()
 
     # ----------------------------------------------------------------- outputs
@@ -461,6 +491,7 @@ class SwarmScheduler:
             for request in state.inflight.values()
             if not request.overdue
         ]
+        deadlines += [s.refresh_at for s in self._peers.values() if s.refresh_at is not None]
         return min(deadlines, default=None)
 
     # ------------------------------------------------------------------- views
@@ -489,6 +520,24 @@ class SwarmScheduler:
 
     # ------------------------------------------------------- piece evaluation
 
+    def _offers_received(self, state: _PeerState, pieces: PieceList, have: frozenset[int]) -> None:
+        """Take a downloading peer's offers. An offer may never change, and must agree with
+        the mirror's digests and with a corroborated list; it is a claim about one piece."""
+        offers = {i: pieces.digests[i] for i in sorted(have) if 0 <= i < self.piece_count}
+        known = state.offers or {}
+        for index, digest in offers.items():
+            truth = self._mirror_digests.get(index)
+            if self._final and self._in_use is not None:
+                truth = self._in_use.pieces.digests[index]
+            if known.get(index, digest) != digest or (truth is not None and truth != digest):
+                self._ban(state.peer, f"offer for piece {index} contradicts", lied=True)
+                return
+        state.list_state = _ListState.RECEIVED
+        state.offers = {**known, **offers}
+        state.have = frozenset(state.offers)
+        state.not_held.clear()
+        state.refresh_at = self._clock.now() + self._config.offers_refresh
+
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
         state = self._peers.get(peer)
         request = self._take_request(peer, index)
@@ -499,7 +548,16 @@ class SwarmScheduler:
         # The driver wrote this copy: whatever was held for `index` is gone.
         self._held.pop(index, None)
         claim = self._in_use
-        if state is None or claim is None:
+        if state is None:
+            return
+        if claim is None:
+            offered = (state.offers or {}).get(index)
+            if offered == digest:
+                self._cancel_others(index, keep=peer)
+                self._provisional[index] = peer
+                self._accept(index, digest=digest, provisional=True)
+            elif offered is not None:
+                self._ban(peer, f"piece {index} does not match its offer", lied=True)
             return
         if claim.pieces.matches(index, digest):
             self._cancel_others(index, keep=peer)
@@ -681,7 +739,10 @@ class SwarmScheduler:
         if self._single or self._final:
             return
         states = list(self._peers.values())
-        active = sum(1 for s in states if s.list_state is not _ListState.NOT_ASKED)
+        # A downloading peer's offers are no list: keep asking until enough lists are in.
+        active = sum(
+            1 for s in states if s.list_state is not _ListState.NOT_ASKED and s.offers is None
+        )
         limit = self._config.piece_lists_wanted
         if self._in_use is not None and not self._mirror_usable():
             limit = len(states)  # no referee: every peer's word may be needed
@@ -762,6 +823,10 @@ class SwarmScheduler:
             and index not in self._held
             and index not in self._refused
         ]
+        if self._in_use is None and self._deadline_passed:
+            target = self._fallback_target()  # pieces nobody has come before overdue ones
+            if target is not None:
+                return target
         if overdue:
             return min(overdue)
         if (
@@ -788,11 +853,23 @@ class SwarmScheduler:
         return self._fallback_target()
 
     def _fallback_target(self) -> int | None:
-        """The lowest missing, unclaimed piece that no usable peer can serve."""
+        """A missing, unclaimed piece that no usable peer can serve: the lowest (apt reads in
+        order), or a random one while other downloaders are known, so that their mirror streams
+        fetch different pieces for the swarm to exchange."""
+        unserved = self._unserved()
+        if not unserved:
+            return None
+        if any(s.offers is not None for s in self._peers.values()):
+            return self._rng.choice(unserved)
+        return unserved[0]
+
+    def _unserved(self) -> list[int]:
         if self._in_use is None:
             if self._lists_pending() or self._askable_peers():
-                return None  # a list is coming: the peers may have everything
-            servers: list[_PeerState] = []
+                return []  # a list is coming: the peers may have everything
+            servers = [
+                s for s in self._peers.values() if s.offers is not None and self._eligible(s)
+            ]
         else:
             servers = [
                 s
@@ -800,18 +877,18 @@ class SwarmScheduler:
                 if s.list_state is _ListState.PENDING or self._eligible(s)
             ]
             if any(s.have is None and not s.not_held for s in servers):
-                return None  # a complete peer can serve every piece
-        for index in range(self._low, self.piece_count):
-            if (
+                return []  # a complete peer can serve every piece
+        return [
+            index
+            for index in range(self._low, self.piece_count)
+            if not (
                 self._accepted_flags[index]
                 or index in self._held
                 or index in self._refused
                 or self._live_request(index)
-            ):
-                continue
-            if not any(s.holds(index) for s in servers):
-                return index
-        return None
+                or any(s.holds(index) for s in servers)
+            )
+        ]
 
     def _referee_indices(self) -> set[int]:
         indices = {i for i in self._disputes if not self._accepted_flags[i]}
@@ -836,6 +913,8 @@ class SwarmScheduler:
             return True
         if index in self._held or self._live_request(index):
             return False
+        if self._deadline_passed and index in self._unserved():
+            return True
         return self._mirror_target() == index
 
     def _peers_can_deliver(self) -> bool:
@@ -861,12 +940,12 @@ class SwarmScheduler:
         return not any(peer in rival.authors for rival in self._rivals)
 
     def _assign_peers(self) -> None:
-        if self._in_use is None:
-            return
         free = [
             s
             for s in self._peers.values()
-            if len(s.inflight) < self._config.max_requests_per_peer and self._eligible(s)
+            if len(s.inflight) < self._config.max_requests_per_peer
+            and self._eligible(s)
+            and (self._in_use is not None or s.offers is not None)
         ]
         if not free:
             return
@@ -950,15 +1029,18 @@ class SwarmScheduler:
         rate = state.rate if state.rate is not None else self._config.default_rate
         return (rate / (1 + state.errors), state.tiebreak)
 
-    def _accept(self, index: int) -> None:
+    def _accept(self, index: int, *, digest: bytes = b"", provisional: bool = False) -> None:
         if self._accepted_flags[index]:
             return
         self._held.pop(index, None)
         self._accepted_flags[index] = True
         self.accepted += 1
         claim = self._in_use
-        digest = claim.pieces.digests[index] if claim is not None else self._mirror_digests[index]
-        self._emit(AcceptPiece(index, digest))
+        if not digest:
+            digest = (
+                claim.pieces.digests[index] if claim is not None else self._mirror_digests[index]
+            )
+        self._emit(AcceptPiece(index, digest, provisional))
         while self._low < self.piece_count and self._accepted_flags[self._low]:
             self._low += 1
         if self.accepted == self.piece_count:
