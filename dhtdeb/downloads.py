@@ -46,6 +46,9 @@ class SharedPartial:
     def have(self) -> frozenset[int]:
         return self.download.have() if self.offered is None else self.offered
 
+    def fetching(self) -> range:
+        return self.download.fetching()
+
     def path(self) -> Path:
         return self.download.path()
 

@@ -56,6 +56,9 @@ class FakePartial:
     def have(self) -> frozenset[int]:
         return frozenset(self.held)
 
+    def fetching(self) -> range:
+        return range(0) if self.complete_list else range(1, 2)
+
     def path(self) -> Path:
         return self.file
 
@@ -329,6 +332,7 @@ async def test_partial_file_serves_only_verified_pieces(
     view.complete_list = False  # still downloading without a list: only its offers count
     offered = await raw_request(address, get(f"/v1/pieces/{sha256}"))
     assert offered.headers["x-dhtdeb-list"] == "offers"
+    assert offered.headers["x-dhtdeb-fetching"] == "1-1"
     assert offered.headers["x-dhtdeb-have"] == base64.b64encode(b"\xa0").decode()
     view.complete_list = True
 

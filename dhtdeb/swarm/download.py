@@ -123,6 +123,7 @@ class SwarmDownload:
         self._written: set[int] = set()  # on disk and hashed; what peers may be served
         self._next_to_hash = 0
         self._mirror_status: int | None = None
+        self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
         self.bytes_from_peers = 0
         self._peers_used: set[Peer] = set()
         self.bytes_from_mirror = 0
@@ -141,6 +142,10 @@ class SwarmDownload:
 
     def have(self) -> frozenset[int]:
         return frozenset(self._written)
+
+    def fetching(self) -> range:
+        """The pieces the mirror request in flight is fetching (told to other downloaders)."""
+        return self._mirror_window_now
 
     def offers(self) -> dict[int, bytes]:
         """Pieces on disk that came from the mirror, by digest: what this node may offer to
@@ -364,15 +369,19 @@ class SwarmDownload:
 
     async def _fetch_list(self, peer: Peer) -> None:
         try:
-            pieces, have, offers_only = await self._ctx.peers.piece_list(
-                peer, self._sha256, self._size
-            )
+            answer = await self._ctx.peers.piece_list(peer, self._sha256, self._size)
         except PeerUnavailable as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False)
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
         else:
-            self._scheduler.piece_list_received(peer, pieces, have, offers_only=offers_only)
+            self._scheduler.piece_list_received(
+                peer,
+                answer.pieces,
+                answer.have,
+                offers_only=answer.offers_only,
+                fetching=answer.fetching,
+            )
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:
         start = index * PIECE_SIZE
@@ -454,6 +463,13 @@ class SwarmDownload:
     async def _mirror_window(self, first: int, last: int) -> int | None:
         """Fetch pieces first..last in one request: the next index, or None once the scheduler
         stopped wanting pieces inside the window."""
+        self._mirror_window_now = range(first, first + 1)
+        try:
+            return await self._mirror_request(first, last)
+        finally:
+            self._mirror_window_now = range(0)
+
+    async def _mirror_request(self, first: int, last: int) -> int | None:
         start = first * PIECE_SIZE
         end = min((last + 1) * PIECE_SIZE, self._size)
         headers = {"Range": f"bytes={start}-{end - 1}"}
@@ -476,6 +492,8 @@ class SwarmDownload:
                     self._transfer.last_modified = last_modified
             index = first
             while index <= last and (index == first or self._scheduler.mirror_continue(index)):
+                # Told to other downloaders: the piece on its way and the next one.
+                self._mirror_window_now = range(index, min(last, index + 1) + 1)
                 piece_start = index * PIECE_SIZE
                 data = await response.read_exactly(min(PIECE_SIZE, self._size - piece_start))
                 self._ctx.counters.bytes.from_mirror += len(data)

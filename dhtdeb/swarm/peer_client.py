@@ -13,13 +13,20 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError, RemoteProtocolError
 from dhtdeb.http_session import LazySession
-from dhtdeb.swarm.pieces import DIGEST_SIZE, LIST_HEADER, PieceList, piece_count
+from dhtdeb.swarm.pieces import (
+    DIGEST_SIZE,
+    FETCHING_HEADER,
+    LIST_HEADER,
+    PieceList,
+    piece_count,
+)
 
 
 class PeerUnavailable(DhtdebError):
@@ -75,6 +82,30 @@ def _translated(peer: Peer, what: str) -> Iterator[None]:
         raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class ListAnswer:
+    """A peer's answer to a piece list request."""
+
+    pieces: PieceList
+    have: frozenset[int] | None  # None: the whole file
+    # The peer is downloading the file itself: only the entries of the pieces it holds (which
+    # it got from the mirror) are digests, and `fetching` is what its mirror stream is on.
+    offers_only: bool
+    fetching: range
+
+
+def parse_fetching(header: str | None, pieces: int) -> range | None:
+    """`X-Dhtdeb-Fetching: a-b` (pieces a..b); an empty range without the header, None when
+    malformed or outside the file."""
+    if header is None:
+        return range(0)
+    first, dash, last = header.partition("-")
+    if not (dash and first.isdigit() and last.isdigit() and len(header) <= 16):
+        return None
+    a, b = int(first), int(last)
+    return range(a, b + 1) if a <= b < pieces else None
+
+
 class PeerClient:
     def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0) -> None:
         timeout = aiohttp.ClientTimeout(
@@ -82,11 +113,8 @@ class PeerClient:
         )
         self._session = LazySession(timeout, limit=256, limit_per_host=8)
 
-    async def piece_list(
-        self, peer: Peer, sha256: str, size: int
-    ) -> tuple[PieceList, frozenset[int] | None, bool]:
-        """The peer's piece list, what it holds (None: the whole file), and whether the list is
-        only its offers (it is downloading the file: entries outside what it holds are void)."""
+    async def piece_list(self, peer: Peer, sha256: str, size: int) -> ListAnswer:
+        """The peer's piece list and what it holds; unverified."""
         count = piece_count(size)
         with _translated(peer, "its piece list"):
             async with self._session.get().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
@@ -101,7 +129,10 @@ class PeerClient:
                 offers_only = response.headers.get(LIST_HEADER) == "offers"
                 if offers_only and have is None:
                     raise PeerMisbehaved(f"{peer.url()}: offers without a Have bitfield")
-                return PieceList.from_bytes(size, body), have, offers_only
+                fetching = parse_fetching(response.headers.get(FETCHING_HEADER), count)
+                if fetching is None:
+                    raise PeerMisbehaved(f"{peer.url()}: malformed {FETCHING_HEADER}")
+                return ListAnswer(PieceList.from_bytes(size, body), have, offers_only, fetching)
 
     async def piece(self, peer: Peer, sha256: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file from the peer, exactly; unverified."""

@@ -38,7 +38,13 @@ from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
-from dhtdeb.swarm.pieces import LIST_HEADER, PIECE_SIZE, PieceList, digest_file
+from dhtdeb.swarm.pieces import (
+    FETCHING_HEADER,
+    LIST_HEADER,
+    PIECE_SIZE,
+    PieceList,
+    digest_file,
+)
 from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,10 @@ class PartialView(Protocol):
     # the digests of the pieces it got from the mirror (the others are zeros): its offers.
     piece_list: PieceList
     complete_list: bool
+
+    def fetching(self) -> range:
+        """Pieces the downloader's mirror request is fetching now (told with offers)."""
+        ...
 
     def have(self) -> frozenset[int]:
         """Indices of verified pieces; their bytes in `path()` are final."""
@@ -400,6 +410,9 @@ class PeerServer:
             have = have_bitfield(view.have(), len(pieces))
             if not view.complete_list:
                 extra[LIST_HEADER] = "offers"
+                fetching = view.fetching()
+                if fetching:
+                    extra[FETCHING_HEADER] = f"{fetching[0]}-{fetching[-1]}"
         body = pieces.to_bytes()
         if request.method == "GET":
             await throttle(self._bucket, len(body))

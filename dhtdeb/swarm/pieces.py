@@ -23,6 +23,8 @@ DIGEST_SIZE = 32
 # Sent with the piece list of a file the peer is still downloading without a corroborated list:
 # "offers" means only the entries of the pieces it holds are digests, the others are void.
 LIST_HEADER = "X-Dhtdeb-List"
+# Sent with offers: "a-b", the pieces the peer's mirror request is fetching right now.
+FETCHING_HEADER = "X-Dhtdeb-Fetching"
 
 
 def piece_count(size: int, piece_size: int = PIECE_SIZE) -> int:

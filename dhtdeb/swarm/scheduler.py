@@ -113,6 +113,7 @@ class SchedulerConfig:
     max_peers: int = 64
     max_mirror_restarts: int = 2
     offers_refresh: float = 1.0  # seconds between two asks to a peer that is still downloading
+    fetch_claim_ttl: float = 8.0  # how long a peer's "fetching from the mirror" keeps us away
 
     def __post_init__(self) -> None:
         if self.max_requests_per_peer < 1 or self.piece_lists_wanted < 1 or self.max_peers < 1:
@@ -224,6 +225,7 @@ class _PeerState:
     inflight: dict[int, _Request] = field(default_factory=dict)
     offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
     refresh_at: float | None = None  # when to ask a downloading peer for its offers again
+    fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
 
     def holds(self, index: int) -> bool:
         return (self.have is None or index in self.have) and index not in self.not_held
@@ -331,9 +333,11 @@ class SwarmScheduler:
         have: frozenset[int] | None,
         *,
         offers_only: bool = False,
+        fetching: range = range(0),
     ) -> None:
         """A peer's piece list. With `offers_only` the peer is itself downloading and only the
-        entries of the pieces in `have` (which it got from the mirror) mean anything."""
+        entries of the pieces in `have` (which it got from the mirror) mean anything; `fetching`
+        are the pieces its mirror stream is fetching now (left to it for a while)."""
         state = self._peers.get(peer)
         if self._done() or state is None:
             return
@@ -341,7 +345,7 @@ class SwarmScheduler:
             if pieces.size != self._size or len(pieces) != self.piece_count:
                 self._ban(peer, "piece list for a different file size", lied=False)
             else:
-                self._offers_received(state, pieces, have or frozenset())
+                self._offers_received(state, pieces, have or frozenset(), fetching)
             self._schedule()
             return
         if (
@@ -520,7 +524,9 @@ class SwarmScheduler:
 
     # ------------------------------------------------------- piece evaluation
 
-    def _offers_received(self, state: _PeerState, pieces: PieceList, have: frozenset[int]) -> None:
+    def _offers_received(
+        self, state: _PeerState, pieces: PieceList, have: frozenset[int], fetching: range
+    ) -> None:
         """Take a downloading peer's offers. An offer may never change, and must agree with
         the mirror's digests and with a corroborated list; it is a claim about one piece."""
         offers = {i: pieces.digests[i] for i in sorted(have) if 0 <= i < self.piece_count}
@@ -536,7 +542,13 @@ class SwarmScheduler:
         state.offers = {**known, **offers}
         state.have = frozenset(state.offers)
         state.not_held.clear()
-        state.refresh_at = self._clock.now() + self._config.offers_refresh
+        now = self._clock.now()
+        state.fetching = {
+            i: state.fetching.get(i, now)
+            for i in fetching
+            if 0 <= i < self.piece_count and i not in state.offers
+        }
+        state.refresh_at = now + self._config.offers_refresh
 
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
         state = self._peers.get(peer)
@@ -887,8 +899,16 @@ class SwarmScheduler:
                 or index in self._refused
                 or self._live_request(index)
                 or any(s.holds(index) for s in servers)
+                or self._fetched_by_peer(index)
             )
         ]
+
+    def _fetched_by_peer(self, index: int) -> bool:
+        """A downloading peer's mirror stream is on this piece (and has not sat on it for
+        longer than fetch_claim_ttl): it will offer it soon, the mirror need not send it twice."""
+        oldest = self._clock.now() - self._config.fetch_claim_ttl
+        peers = [s for s in self._peers.values() if self._eligible(s)]
+        return any(s.fetching.get(index, oldest) > oldest for s in peers)
 
     def _referee_indices(self) -> set[int]:
         indices = {i for i in self._disputes if not self._accepted_flags[i]}
@@ -975,6 +995,7 @@ class SwarmScheduler:
             or self._mirror_active
             or self._audit is not None
             or self._lists_pending()
+            or any(self._fetched_by_peer(i) for i in range(self._low, self.piece_count))
         ):
             return
         if self._requests:
