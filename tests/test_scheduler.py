@@ -523,6 +523,80 @@ def test_disputed_piece_is_refereed_by_the_mirror() -> None:
     assert h.deliver(B, 3) == [AcceptPiece(3), Finished()]
 
 
+def test_offers_from_a_downloading_peer_are_accepted_provisionally() -> None:
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.lookup_deadline_passed()
+    assert h.pop() == []  # its list is coming
+    # A is downloading too: it offers piece 2 (from its mirror) and its mirror is on piece 3.
+    h.s.piece_list_received(A, h.pieces(), frozenset({2}), offers_only=True, fetching=range(3, 4))
+    actions = h.pop()
+    assert actions[1:] == [RequestPiece(A, 2)]
+    # The mirror takes a piece nobody has or fetches (0 or 1, drawn at random), never 2 or 3.
+    assert actions[0] in (StartMirror(0), StartMirror(1))
+    assert h.deliver(A, 2) == [AcceptPiece(2, provisional=True)]
+    assert not h.s.list_corroborated
+    h.s.piece_received(A, 2, BAD)  # a late duplicate changes nothing once accepted
+    assert h.pop() == []
+
+
+def test_offer_that_changes_or_contradicts_the_mirror_is_a_lie() -> None:
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A, B])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), frozenset({1}), offers_only=True)
+    h.s.piece_list_received(B, h.pieces({2: BAD}), frozenset({2}), offers_only=True)
+    h.pop()
+    h.s.piece_list_received(A, h.pieces({1: BAD}), frozenset({1}), offers_only=True)
+    assert h.pop() == [BanPeer(A, "offer for piece 1 contradicts", True)]
+    # B's piece matches its own offer: accepted provisionally; the whole-file hash decides.
+    h.s.piece_received(B, 2, BAD)
+    assert h.pop()[0] == AcceptPiece(2, provisional=True)
+    h.s.piece_received(MIRROR, 0, h.true[0])
+    h.s.piece_received(MIRROR, 1, h.true[1])
+    h.s.piece_received(MIRROR, 3, h.true[3])
+    assert h.s.finished
+    h.s.whole_file_failed()
+    assert h.pop()[-2:] == [
+        BanPeer(B, "whole-file hash mismatch after its offered pieces", False),
+        Failed("whole-file hash mismatch"),
+    ]
+
+
+def test_a_peer_piece_that_does_not_match_its_own_offer_bans_it() -> None:
+    h = Harness(3, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), frozenset({0}), offers_only=True)
+    assert RequestPiece(A, 0) in h.pop()
+    h.s.piece_received(A, 0, BAD)
+    assert h.pop()[0] == BanPeer(A, "piece 0 does not match its offer", True)
+    assert not h.s.is_accepted(0)
+
+
+def test_offers_are_asked_again_and_fetch_claims_expire() -> None:
+    config = SchedulerConfig(max_requests_per_peer=1, offers_refresh=1.0, fetch_claim_ttl=3.0)
+    h = Harness(2, config=config)
+    h.s.peers_found([A])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    # A's mirror is on both pieces: ours waits for A's offers.
+    h.s.piece_list_received(A, h.pieces(), frozenset(), offers_only=True, fetching=range(0, 2))
+    assert h.pop() == []
+    assert h.s.next_deadline() == pytest.approx(1.0)
+    h.clock.advance(1.0)
+    h.s.tick()
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.piece_list_received(A, h.pieces(), frozenset(), offers_only=True, fetching=range(0, 2))
+    h.clock.advance(2.5)  # A has sat on them for 3.5 s: the mirror takes over
+    h.s.tick()
+    refresh, mirror = h.pop()
+    assert refresh == RequestPieceList(A) and mirror in (StartMirror(0), StartMirror(1))
+
+
 def test_no_mirror_single_peer_accepts_held_pieces_together_as_a_last_resort() -> None:
     h = Harness(3, mirror=False)
     h.s.peers_found([A])
