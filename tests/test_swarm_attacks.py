@@ -12,9 +12,9 @@ What every test checks, from docs/swarm.md ("Trust rules for the downloader"):
   protocol's piece size; SIZE = dt-big's size):
   * liar alone, caught before any of its pieces is used: <= SIZE + AUDIT (a plain mirror
     download, plus the 16 KiB block that audited the liar's list);
-  * liar alone, honest for pieces 1..k-1 and lying at piece k: <= PIECE + SIZE - k*PIECE
-    (an audit block checks its list, pieces 1..k-1 come from it, everything from k on from the
-    mirror);
+  * liar alone, honest for pieces 0..k-1 and lying at piece k: <= AUDIT + PIECE + SIZE - k*PIECE
+    (an audit block checks its list, pieces before k come from it, everything from k on from the
+    mirror, and one piece of slack for a piece the mirror stream took while the liar was slow);
   * liar beside an honest peer A: <= PIECE (A's identical list corroborates the liar's, or the
     mirror referees the one disputed piece);
   * honest A killed mid-transfer: <= SIZE - B's bytes from peers + 2*PIECE.
@@ -153,10 +153,8 @@ def test_lone_liar_is_banned_and_apt_gets_the_right_files(
     # A peer's lie is never blamed on the mirror.
     assert status["verify_failures"]["mirror"] == 0, status
     mirror_big = mirror.bytes_sent(big.filename)
-    bound = (
-        PIECE + big.size - (case.honest_pieces + 1) * PIECE
-        if case.honest_pieces
-        else big.size + AUDIT_BLOCK
+    bound = AUDIT_BLOCK + (
+        PIECE + big.size - (case.honest_pieces + 1) * PIECE if case.honest_pieces else big.size
     )
     assert mirror_big <= bound, (mirror_big, bound, mirror.bytes_by_path())
     if case.honest_pieces:
