@@ -341,19 +341,16 @@ class SwarmScheduler:
         state = self._peers.get(peer)
         if self._done() or state is None:
             return
-        if offers_only and not self._single:
-            if pieces.size != self._size or len(pieces) != self.piece_count:
-                self._ban(peer, "piece list for a different file size", lied=False)
-            else:
-                self._offers_received(state, pieces, have or frozenset(), fetching)
-            self._schedule()
-            return
         if (
             pieces.size != self._size
             or pieces.piece_size != self._piece_size
             or len(pieces) != self.piece_count
         ):
             self._ban(peer, "piece list for a different file size", lied=False)
+            self._schedule()
+            return
+        if offers_only and not self._single:
+            self._offers_received(state, pieces, have or frozenset(), fetching)
             self._schedule()
             return
         state.list_state = _ListState.RECEIVED
@@ -995,10 +992,9 @@ class SwarmScheduler:
             or self._mirror_active
             or self._audit is not None
             or self._lists_pending()
+            or self._requests
             or any(self._fetched_by_peer(i) for i in range(self._low, self.piece_count))
         ):
-            return
-        if self._requests:
             return
         if not self._peers_seen and not self._mirror_available:
             self._fail("no peer has the file and no mirror is available")
