@@ -11,11 +11,12 @@ overwrite accepted bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer, PeerDiscovery
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
-from dhtdeb.mirror import MirrorClient
+from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.stats import Counters
 from dhtdeb.swarm.peer_client import PeerClient, PeerMisbehaved, PeerUnavailable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
@@ -410,16 +411,8 @@ class SwarmDownload:
         if copy is None:  # accepted or dropped meanwhile: nothing to compare
             self._scheduler.audit_result(audit.index, matched=None)
             return
-        headers = {"Range": f"bytes={audit.start}-{audit.end - 1}"}
         try:
-            async with await self._ctx.mirror.request("GET", self._url, headers) as response:
-                self._mirror_status = response.status
-                if response.status == 200:
-                    await response.read_exactly(audit.start)
-                elif response.status != 206 or not response.headers.get(
-                    "Content-Range", ""
-                ).startswith(f"bytes {audit.start}-{audit.end - 1}/"):
-                    raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
+            async with self._mirror_range(audit.start, audit.end) as (response, _):
                 data = await response.read_exactly(audit.end - audit.start)
         except DhtdebError as exc:
             self._scheduler.audit_failed(str(exc))
@@ -428,6 +421,25 @@ class SwarmDownload:
         self.bytes_from_mirror += len(data)
         offset = audit.start - audit.index * PIECE_SIZE
         self._scheduler.audit_result(audit.index, copy[offset : offset + len(data)] == data)
+
+    @contextlib.asynccontextmanager
+    async def _mirror_range(
+        self, start: int, end: int
+    ) -> AsyncIterator[tuple[MirrorResponse, bool]]:
+        """The mirror's answer to a request for bytes [start, end), positioned at `start`, and
+        whether the mirror ignored the Range (then the body goes on to the end of the file)."""
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with await self._ctx.mirror.request("GET", self._url, headers) as response:
+            self._mirror_status = response.status
+            if response.status == 200:
+                await response.read_exactly(start)
+            elif response.status != 206:
+                raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
+            elif not response.headers.get("Content-Range", "").startswith(
+                f"bytes {start}-{end - 1}/"
+            ):
+                raise MirrorError(f"{self._url}: wrong Content-Range from the mirror")
+            yield response, response.status == 200
 
     async def _mirror_stream(self, first: int) -> None:
         """Pieces from the mirror, from `first` on, while the scheduler wants them.
@@ -472,19 +484,9 @@ class SwarmDownload:
     async def _mirror_request(self, first: int, last: int) -> int | None:
         start = first * PIECE_SIZE
         end = min((last + 1) * PIECE_SIZE, self._size)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        async with await self._ctx.mirror.request("GET", self._url, headers) as response:
-            self._mirror_status = response.status
-            if response.status == 200:
-                # The mirror ignores Range: skip to `first`, then take pieces as they come.
-                await response.read_exactly(start)
-                last = self._piece_count - 1
-            elif response.status != 206:
-                raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
-            elif not response.headers.get("Content-Range", "").startswith(
-                f"bytes {start}-{end - 1}/"
-            ):
-                raise MirrorError(f"{self._url}: wrong Content-Range from the mirror")
+        async with self._mirror_range(start, end) as (response, whole_file):
+            if whole_file:
+                last = self._piece_count - 1  # take pieces as they come
             last_modified = response.headers.get("Last-Modified")
             if last_modified:
                 self.last_modified = last_modified
