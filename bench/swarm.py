@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -688,8 +689,10 @@ class SingleRound:
     b_status: dict[str, int]
 
 
-def curl(args: Sequence[str]) -> tuple[float, int, int]:
-    """Run curl; (time_total, size_download, http_code)."""
+def curl(args: Sequence[str], body: BinaryIO | None = None) -> tuple[float, int, int]:
+    """Run curl; (time_total, size_download, http_code). With `body`, curl writes the response
+    body to that open file (pass `-o -`) and its -w report to stderr."""
+    report = "%{time_total} %{size_download} %{http_code}"
     result = subprocess.run(
         [
             "curl",
@@ -697,10 +700,11 @@ def curl(args: Sequence[str]) -> tuple[float, int, int]:
             "--noproxy",
             "",
             "-w",
-            "%{time_total} %{size_download} %{http_code}",
+            report if body is None else "%{stderr}" + report,
             *args,
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE if body is None else body,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=CURL_TIMEOUT,
         check=False,
@@ -708,8 +712,40 @@ def curl(args: Sequence[str]) -> tuple[float, int, int]:
     )
     if result.returncode != 0:
         raise RuntimeError(f"curl {' '.join(args)} failed: {result.stderr.strip()}")
-    seconds, size, code = result.stdout.split()
+    seconds, size, code = (result.stdout if body is None else result.stderr).split()[-3:]
     return float(seconds), int(size), int(code)
+
+
+class BodySink:
+    """Where both timed curls of the single-peer benchmark put the body, so that they pay the
+    same for it: one file of the package's size, zeroed beforehand and overwritten in place
+    (curl writes to its stdout, this file opened without truncation). Into a fresh file, curl
+    takes 0.3-0.8 s for 256 MiB straight from A on the 2-core bench VM (new page-cache pages),
+    into /dev/null 0.1 s; with a fresh file on B's side only, the ratio measured the client's
+    disk more than the proxy. tmpfs when there is one: no writeback meanwhile."""
+
+    def __init__(self, directory: Path, size: int) -> None:
+        shm = Path("/dev/shm")
+        self.path = (shm if shm.is_dir() and os.access(shm, os.W_OK) else directory) / (
+            f"dhtdeb-bench-single-{os.getpid()}.body"
+        )
+        self.size = size
+
+    def curl(self, args: Sequence[str]) -> tuple[float, int, int, str]:
+        """curl into the sink after zeroing it (no leftover of an earlier body can pass the
+        check): (time_total, size_download, http_code, sha256 of the sink)."""
+        zeros = bytes(4 * MiB)
+        with self.path.open("r+b" if self.path.exists() else "w+b") as handle:
+            for offset in range(0, self.size, len(zeros)):
+                handle.write(zeros[: self.size - offset])
+            handle.truncate(self.size)
+            handle.flush()
+            handle.seek(0)
+            seconds, size, code = curl(["-o", "-", *args], body=handle)
+        return seconds, size, code, sha256_of(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def run_single(bench: Bench, round_: int) -> SingleRound:
@@ -717,6 +753,7 @@ def run_single(bench: Bench, round_: int) -> SingleRound:
     url = f"{bench.mirror.url}/{package.filename}"
     swarm = bench.start_swarm(2)
     a, b = swarm.nodes
+    sink = BodySink(bench.workdir, package.size)
     try:
         bench.checked(bench.client(a.proxy).update(timeout=APT_TIMEOUT), "single A update")
         _, size, code = curl(["-x", f"http://{a.proxy}", "-o", "/dev/null", url])
@@ -728,28 +765,31 @@ def run_single(bench: Bench, round_: int) -> SingleRound:
             raise RuntimeError("B's DHT never found A for the big file")
 
         def reference() -> float:
-            seconds, size, code = curl(
-                ["-o", "/dev/null", f"{peer_url(a)}/v1/files/{package.sha256}"]
-            )
-            if code != 200 or size != package.size:
-                raise RuntimeError(f"A's peer server: HTTP {code}, {size} bytes")
+            seconds, size, code, sha = sink.curl([f"{peer_url(a)}/v1/files/{package.sha256}"])
+            if code != 200 or size != package.size or sha != package.sha256:
+                raise RuntimeError(f"A's peer server: HTTP {code}, {size} bytes, sha256 {sha}")
             return seconds
 
         # Alternate which one goes first: the second runs on a warmer page cache.
         ref_seconds = reference() if round_ % 2 else 0.0
-        output = bench.workdir / f"single-{round_}.deb"
         bench.mirror.reset_counters()
-        seconds, size, code = curl(["-x", f"http://{b.proxy}", "-o", str(output), url])
+        seconds, size, code, sha = sink.curl(["-x", f"http://{b.proxy}", url])
         mirror_bytes = bench.mirror.deb_bytes_sent()
         if not round_ % 2:
             ref_seconds = reference()
         b_status = status_bytes(b)
-        sha_ok = code == 200 and size == package.size and sha256_of(output) == package.sha256
-        output.unlink(missing_ok=True)
+        sha_ok = code == 200 and size == package.size and sha == package.sha256
         if not sha_ok:
             bench.failures.append(f"round {round_} single: B's file is wrong (HTTP {code})")
     finally:
+        sink.remove()
         bench.stop_swarm(swarm)
+        if not bench.keep:
+            # Each round leaves two copies of the package in the nodes' stores; kept, they pile
+            # up in the page cache, and a later round's B writes its copy into memory the VM has
+            # to fault in from the host (~0.5 s more CPU on 2 cores): rounds would differ.
+            for node in swarm.nodes:
+                shutil.rmtree(node.state_dir, ignore_errors=True)
     result = SingleRound(round_, seconds, ref_seconds, mirror_bytes, sha_ok, b_status)
     print(
         f"  round {round_} single: via B's proxy {package.size / seconds / MB:.0f} MB/s "

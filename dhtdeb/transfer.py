@@ -10,7 +10,6 @@ a complete file that was not verified; a failed transfer makes every reader abor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
@@ -18,7 +17,6 @@ from dhtdeb.errors import DhtdebError
 from dhtdeb.store import ContentStore, PartialFile, StoredFile
 
 HOLD_BACK = 64 * 1024
-READ_CHUNK = 256 * 1024
 
 
 class UpstreamRefused(DhtdebError):
@@ -110,32 +108,25 @@ class Transfer:
             if not future.done():
                 future.set_result(None)
 
-    def _open(self, store: ContentStore) -> BinaryIO:
+    def open(self, store: ContentStore) -> BinaryIO:
+        """The file the bytes are read from, for `spans`; the caller closes it."""
         try:
             return open(self.partial.path, "rb")
         except FileNotFoundError:
             # Committed (renamed into the store) between our check and the open.
             return open(store.path_of(self.sha256), "rb")
 
-    async def read(self, store: ContentStore, start: int, end: int) -> AsyncIterator[bytes]:
-        """Yield bytes [start, end) as they become servable; raise if the transfer fails."""
-        handle = self._open(store)
-        try:
-            position = start
-            while position < end:
-                if self.error is not None and not self._verified:
-                    raise self.error
-                limit = min(self.servable, end)
-                if limit <= position:
-                    await self._wait()
-                    continue
-                handle.seek(position)
-                data = handle.read(min(READ_CHUNK, limit - position))
-                if not data:
-                    await self._wait()
-                    continue
-                position += len(data)
-                yield data
-        finally:
-            with contextlib.suppress(OSError):
-                handle.close()
+    async def spans(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]:
+        """Tile [start, end) with (offset, length) spans, each yielded once it is servable: as
+        much as is servable at that moment, so a reader keeps up with the download in a few
+        large sends. Raise the transfer's error if it fails before the range is covered."""
+        position = start
+        while position < end:
+            if self.error is not None and not self._verified:
+                raise self.error
+            limit = min(self.servable, end)
+            if limit <= position:
+                await self._wait()
+                continue
+            yield position, limit - position
+            position = limit
