@@ -79,7 +79,7 @@ APT_TIMEOUT = 900.0
 ACNG_START_TIMEOUT = 15.0
 ACNG_STOP_TIMEOUT = 15.0
 # Bumped whenever the archive recipe changes, so that a stale cached archive is never reused.
-ARCHIVE_FORMAT = 2
+ARCHIVE_FORMAT = 3
 SUITE, COMPONENT, ARCH = "bench", "main", "amd64"
 KB, MB = 1000, 1000 * 1000
 GZIP_BELOW = 1 * MB

@@ -76,6 +76,9 @@ def test_archive_has_small_packages_one_big_and_by_hash_indexes(
     release = (archive.dist_dir / "Release").read_text()
     assert "Acquire-By-Hash: yes" in release
     assert "SHA256:" in release and "SHA512:" not in release
+    packages = (archive.binary_dir / "Packages").read_text()
+    assert "\nMD5sum: " in packages and "\nSHA256: " in packages
+    assert "\nSHA1: " not in packages and "\nSHA512: " not in packages
     for name in PACKAGES_FILES:
         digest = sha256_file(archive.binary_dir / name)
         assert f" {digest} " in release

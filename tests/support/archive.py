@@ -372,7 +372,21 @@ def reindex(
 
     Use it after adding or replacing .deb files in pool/; returns the archive with the new package
     list. `date` defaults to now; `valid_until` adds a Valid-Until field."""
-    text = _run(["apt-ftparchive", "packages", "pool"], cwd=archive.root)
+    # Like Debian's Packages files: MD5sum and SHA256 per package. apt's http method computes
+    # every hash the index lists while it downloads, so SHA1 and SHA512 would add CPU per byte
+    # that no real archive makes apt spend.
+    text = _run(
+        [
+            "apt-ftparchive",
+            "-o",
+            "APT::FTPArchive::SHA1=false",
+            "-o",
+            "APT::FTPArchive::SHA512=false",
+            "packages",
+            "pool",
+        ],
+        cwd=archive.root,
+    )
     archive.binary_dir.mkdir(parents=True, exist_ok=True)
     _write_packages_files(archive.binary_dir, text)
     _write_by_hash(archive.binary_dir)
