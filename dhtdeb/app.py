@@ -240,6 +240,7 @@ async def serve(config: ServeConfig) -> None:
                 clock=clock,
                 rng=random.Random(),
                 is_self=_is_self(peer_address),
+                node=bytes.fromhex(node_id),
             )
         )
     chain = TrustChain(keys, index, counters)

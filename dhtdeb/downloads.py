@@ -49,6 +49,9 @@ class SharedPartial:
     def fetching(self) -> range:
         return self.download.fetching()
 
+    def node(self) -> bytes:
+        return self.download.node()
+
     def path(self) -> Path:
         return self.download.path()
 

@@ -59,6 +59,9 @@ class FakePartial:
     def fetching(self) -> range:
         return range(0) if self.complete_list else range(1, 2)
 
+    def node(self) -> bytes:
+        return bytes(range(1, 21))
+
     def path(self) -> Path:
         return self.file
 
@@ -333,6 +336,7 @@ async def test_partial_file_serves_only_verified_pieces(
     offered = await raw_request(address, get(f"/v1/pieces/{sha256}"))
     assert offered.headers["x-dhtdeb-list"] == "offers"
     assert offered.headers["x-dhtdeb-fetching"] == "1-1"
+    assert offered.headers["x-dhtdeb-node"] == bytes(range(1, 21)).hex()
     assert offered.headers["x-dhtdeb-have"] == base64.b64encode(b"\xa0").decode()
     view.complete_list = True
 

@@ -56,6 +56,7 @@ class Harness:
         mirror: bool = True,
         last: int = PS,
         config: SchedulerConfig | None = None,
+        node: bytes = b"",
     ) -> None:
         self.n = n
         self.size = (n - 1) * PS + last
@@ -70,7 +71,9 @@ class Harness:
             config=config or SchedulerConfig(),
             mirror_available=mirror,
             piece_size=PS,
+            node=node,
         )
+        self.sha = sha
 
     def pieces(self, lies: dict[int, bytes] | None = None) -> PieceList:
         digests = list(self.true)
@@ -595,6 +598,106 @@ def test_offers_are_asked_again_and_fetch_claims_expire() -> None:
     h.s.tick()
     refresh, mirror = h.pop()
     assert refresh == RequestPieceList(A) and mirror in (StartMirror(0), StartMirror(1))
+
+
+def test_a_busy_peer_is_asked_again_and_the_mirror_waits_before_taking_over() -> None:
+    config = SchedulerConfig(max_requests_per_peer=1, busy_backoff=0.5, busy_overdue=2.0)
+    h = Harness(3, config=config)
+    h.s.peers_found([A])
+    assert h.pop() == [RequestPieceList(A)]
+    h.s.lookup_deadline_passed()
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, 0)]
+    h.s.piece_busy(A, 0)
+    # A holds the piece but is at its upload limit: not "not held", no mirror, no failure.
+    assert h.pop() == [] and h.s.failed is None
+    assert h.s.next_deadline() == pytest.approx(0.5)
+    for _ in range(3):
+        h.clock.advance(0.5)
+        h.s.tick()
+        assert h.pop() == [RequestPiece(A, 0)]
+        h.s.piece_busy(A, 0)
+    # Busy for busy_overdue: the piece is overdue and the mirror takes it as a web seed.
+    h.clock.advance(0.5)
+    h.s.tick()
+    assert h.pop() == [StartMirror(0), RequestPiece(A, 1)]
+
+
+def _split_key(node: bytes, sha: str, index: int) -> bytes:
+    """The rendezvous key every dhtdeb version must compute alike (else downloaders of
+    different versions fetch the same pieces)."""
+    material = node + bytes.fromhex(sha) + index.to_bytes(8, "big")
+    return hashlib.blake2b(material, digest_size=8).digest()
+
+
+def test_downloaders_split_the_mirror_pieces_by_rendezvous_hashing() -> None:
+    ids = {A: b"\x01" * 20, B: b"\x02" * 20, C: b"\x03" * 20}
+    me = b"\x09" * 20
+    n = 16
+    h = Harness(n, node=me, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A, B, C])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    for peer, node in ids.items():  # three other downloaders, nothing to offer yet
+        h.s.piece_list_received(peer, h.pieces(), frozenset(), offers_only=True, node=node)
+    rank = {
+        i: sum(_split_key(node, h.sha, i) < _split_key(me, h.sha, i) for node in ids.values())
+        for i in range(n)
+    }
+    share = [i for i in range(n) if rank[i] == 0]
+    second = [i for i in reversed(range(n)) if rank[i] == 1]
+    assert share and second and len(share) + len(second) < n
+    # The mirror stream takes this node's share first, in order, going on only through it...
+    order: list[int] = []
+    starts = [a.first for a in h.pop() if isinstance(a, StartMirror)]
+    while starts:
+        target = starts[0]
+        while True:
+            order.append(target)
+            h.deliver(MIRROR, target)
+            if target + 1 < n and h.s.mirror_continue(target + 1):
+                target += 1
+            else:
+                break
+        h.s.mirror_stopped(None)
+        starts = [a.first for a in h.pop() if isinstance(a, StartMirror)]
+    assert order[: len(share)] == share
+    # ...then the pieces it is second in line for, from the top (their owners start at the
+    # bottom), and then the rest, which the others never offered.
+    assert order[len(share) : len(share) + len(second)] == second
+    assert sorted(order) == list(range(n)) and h.s.finished
+
+
+def test_a_downloader_still_fetching_keeps_its_share_until_it_stops() -> None:
+    me, other = b"\x09" * 20, b"\x01" * 20
+    n = 8
+    h = Harness(n, node=me, config=SchedulerConfig(max_requests_per_peer=1))
+    mine = [i for i in range(n) if _split_key(me, h.sha, i) < _split_key(other, h.sha, i)]
+    theirs = [i for i in range(n) if i not in mine]
+    assert mine and len(theirs) >= 2
+    h.s.peers_found([A])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    fetching = range(theirs[0], theirs[0] + 1)
+    h.s.piece_list_received(
+        A, h.pieces(), frozenset(), offers_only=True, fetching=fetching, node=other
+    )
+    starts = [a.first for a in h.pop() if isinstance(a, StartMirror)]
+    for index in mine:
+        assert starts == [index]
+        h.deliver(MIRROR, index)
+        if index + 1 < n and index + 1 in mine:
+            assert h.s.mirror_continue(index + 1)
+            starts = [index + 1]
+            continue
+        assert index + 1 >= n or not h.s.mirror_continue(index + 1)
+        h.s.mirror_stopped(None)
+        starts = [a.first for a in h.pop() if isinstance(a, StartMirror)]
+    # A is still on its share: nothing of it is fetched twice, and nothing has failed.
+    assert starts == [] and h.s.failed is None
+    # A's mirror request stopped (gone quiet, or given up): its pieces are taken from the top.
+    h.s.piece_list_received(A, h.pieces(), frozenset(), offers_only=True, node=other)
+    assert [a for a in h.pop() if isinstance(a, StartMirror)] == [StartMirror(theirs[-1])]
 
 
 def test_no_mirror_single_peer_accepts_held_pieces_together_as_a_last_resort() -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from dhtdeb.discovery import Peer, PeerDiscovery
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.stats import Counters
-from dhtdeb.swarm.peer_client import PeerClient, PeerMisbehaved, PeerUnavailable
+from dhtdeb.swarm.peer_client import PeerBusy, PeerClient, PeerMisbehaved, PeerUnavailable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 LOOKUP_DEADLINE = 1.0  # seconds the DHT gets before the mirror may start
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
+# The first repeats come sooner: in a flash crowd every node's first lookup runs before the
+# others have announced, and until they find each other they all stream piece 0 from the mirror.
+EARLY_LOOKUPS = (0.25, 0.5, 1.0)  # pauses before the 2nd, 3rd and 4th lookup
 BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
@@ -95,6 +99,7 @@ class SwarmContext:
     clock: Clock
     rng: random.Random
     is_self: Callable[[Peer], bool] = lambda peer: False
+    node: bytes = b""  # this node's id: told with offers, splits the mirror's pieces
 
 
 class SwarmDownload:
@@ -107,7 +112,7 @@ class SwarmDownload:
         self._size = transfer.size
         self._piece_count = piece_count(self._size)
         self._scheduler = SwarmScheduler(
-            self._sha256, self._size, clock=context.clock, rng=context.rng
+            self._sha256, self._size, clock=context.clock, rng=context.rng, node=context.node
         )
         self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
@@ -115,7 +120,7 @@ class SwarmDownload:
         self._held_bytes = 0
         self._accepted: set[int] = set()
         self._accepted_digests: dict[int, bytes] = {}
-        self._provisional: set[int] = set()  # accepted on a peer's offer: hidden until verified
+        self._provisional: set[int] = set()  # accepted on a peer's offer: never offered on
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhtdeb-writer")
         self._writes: list[asyncio.Future[int]] = []
         self._room = asyncio.Event()
@@ -147,6 +152,10 @@ class SwarmDownload:
     def fetching(self) -> range:
         """The pieces the mirror request in flight is fetching (told to other downloaders)."""
         return self._mirror_window_now
+
+    def node(self) -> bytes:
+        """This node's id, told with offers so that downloaders split the mirror's pieces."""
+        return self._ctx.node
 
     def offers(self) -> dict[int, bytes]:
         """Pieces on disk that came from the mirror, by digest: what this node may offer to
@@ -226,6 +235,7 @@ class SwarmDownload:
                 ("piece", action.peer, action.index), self._fetch_piece(action.peer, action.index)
             )
         elif isinstance(action, StartMirror):
+            log.debug("%s: mirror from piece %d: %s", self._sha256[:12], action.first, action.why)
             self._spawn("mirror", self._mirror_stream(action.first))
         elif isinstance(action, AuditPiece):
             self._spawn("audit", self._audit(action))
@@ -314,12 +324,10 @@ class SwarmDownload:
             self._write_error = error
         else:
             self._written.add(index)
-            # Bytes from the first piece accepted on a peer's offer onwards wait for the
-            # whole-file SHA256 (downloads.py releases them once it matched).
-            available = done.result()
-            if self._provisional:
-                available = min(available, min(self._provisional) * PIECE_SIZE)
-            self._transfer.progress(available)
+            # Every piece on disk was verified against a digest (the mirror's bytes, a piece
+            # list, or the offering peer's statement); the transfer holds back the last bytes
+            # until the whole-file SHA256 matched, so apt can never complete a wrong file.
+            self._transfer.progress(done.result())
         self._wake.set()
 
     async def _drain_writes(self) -> None:
@@ -352,8 +360,8 @@ class SwarmDownload:
         await self._find_peers()
         self._scheduler.lookup_deadline_passed()
         self._wake.set()
-        while True:
-            await asyncio.sleep(LOOKUP_INTERVAL)
+        for pause in itertools.chain(EARLY_LOOKUPS, itertools.repeat(LOOKUP_INTERVAL)):
+            await asyncio.sleep(pause)
             await self._find_peers()
             self._wake.set()
 
@@ -382,6 +390,7 @@ class SwarmDownload:
                 answer.have,
                 offers_only=answer.offers_only,
                 fetching=answer.fetching,
+                node=answer.node,
             )
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:
@@ -389,6 +398,9 @@ class SwarmDownload:
         end = min(start + PIECE_SIZE, self._size)
         try:
             data = await self._ctx.peers.piece(peer, self._sha256, start, end)
+        except PeerBusy:
+            self._scheduler.piece_busy(peer, index)
+            return
         except PeerUnavailable as exc:
             self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False)
             return
@@ -498,6 +510,12 @@ class SwarmDownload:
                 self._mirror_window_now = range(index, min(last, index + 1) + 1)
                 piece_start = index * PIECE_SIZE
                 data = await response.read_exactly(min(PIECE_SIZE, self._size - piece_start))
+                log.debug(
+                    "%s: piece %d from the mirror%s",
+                    self._sha256[:12],
+                    index,
+                    " (already accepted)" if self._scheduler.is_accepted(index) else "",
+                )
                 self._ctx.counters.bytes.from_mirror += len(data)
                 self.bytes_from_mirror += len(data)
                 digest = await asyncio.to_thread(_sha256, data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,13 +25,20 @@ from dhtdeb.swarm.pieces import (
     DIGEST_SIZE,
     FETCHING_HEADER,
     LIST_HEADER,
+    NODE_HEADER,
     PieceList,
     piece_count,
 )
 
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
 
 class PeerUnavailable(DhtdebError):
     """The peer cannot serve this (not a protocol violation)."""
+
+
+class PeerBusy(PeerUnavailable):
+    """The peer holds the bytes but is at its upload limit (503): ask it again shortly."""
 
 
 class PeerMisbehaved(RemoteProtocolError):
@@ -92,6 +100,16 @@ class ListAnswer:
     # it got from the mirror) are digests, and `fetching` is what its mirror stream is on.
     offers_only: bool
     fetching: range
+    node: bytes = b""  # with offers: the id the peer splits the mirror's pieces by
+
+
+def parse_node(header: str | None) -> bytes | None:
+    """`X-Dhtdeb-Node: <hex>` (4 to 32 bytes); empty without the header, None when malformed."""
+    if header is None:
+        return b""
+    if not 8 <= len(header) <= 64 or len(header) % 2 or _HEX.fullmatch(header) is None:
+        return None
+    return bytes.fromhex(header)
 
 
 def parse_fetching(header: str | None, pieces: int) -> range | None:
@@ -132,7 +150,12 @@ class PeerClient:
                 fetching = parse_fetching(response.headers.get(FETCHING_HEADER), count)
                 if fetching is None:
                     raise PeerMisbehaved(f"{peer.url()}: malformed {FETCHING_HEADER}")
-                return ListAnswer(PieceList.from_bytes(size, body), have, offers_only, fetching)
+                node = parse_node(response.headers.get(NODE_HEADER))
+                if node is None:
+                    raise PeerMisbehaved(f"{peer.url()}: malformed {NODE_HEADER}")
+                return ListAnswer(
+                    PieceList.from_bytes(size, body), have, offers_only, fetching, node
+                )
 
     async def piece(self, peer: Peer, sha256: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file from the peer, exactly; unverified."""
@@ -141,7 +164,9 @@ class PeerClient:
             async with self._session.get().get(
                 f"{peer.url()}/v1/files/{sha256}", headers=headers
             ) as response:
-                if response.status in (404, 416, 503):
+                if response.status == 503:
+                    raise PeerBusy(f"{peer.url()}: busy, bytes {start}-{end - 1} not sent")
+                if response.status in (404, 416):
                     raise PeerUnavailable(f"{peer.url()}: does not hold bytes {start}-{end - 1}")
                 if response.status != 206:
                     raise PeerMisbehaved(f"{peer.url()}: answered {response.status} to a Range")

@@ -41,6 +41,7 @@ from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.pieces import (
     FETCHING_HEADER,
     LIST_HEADER,
+    NODE_HEADER,
     PIECE_SIZE,
     PieceList,
     digest_file,
@@ -84,6 +85,10 @@ class PartialView(Protocol):
 
     def fetching(self) -> range:
         """Pieces the downloader's mirror request is fetching now (told with offers)."""
+        ...
+
+    def node(self) -> bytes:
+        """The downloading node's id (told with offers; empty: none)."""
         ...
 
     def have(self) -> frozenset[int]:
@@ -413,6 +418,9 @@ class PeerServer:
                 fetching = view.fetching()
                 if fetching:
                     extra[FETCHING_HEADER] = f"{fetching[0]}-{fetching[-1]}"
+                node = view.node()
+                if node:
+                    extra[NODE_HEADER] = node.hex()
         body = pieces.to_bytes()
         if request.method == "GET":
             await throttle(self._bucket, len(body))

@@ -25,6 +25,8 @@ DIGEST_SIZE = 32
 LIST_HEADER = "X-Dhtdeb-List"
 # Sent with offers: "a-b", the pieces the peer's mirror request is fetching right now.
 FETCHING_HEADER = "X-Dhtdeb-Fetching"
+# Sent with offers: the downloader's node id (hex), by which downloaders split the mirror's pieces.
+NODE_HEADER = "X-Dhtdeb-Node"
 
 
 def piece_count(size: int, piece_size: int = PIECE_SIZE) -> int:

@@ -40,6 +40,13 @@ no held peer piece to audit, or (after the lookup deadline) the lowest piece no 
 peer can serve. `mirror_continue` lets the stream go on only through pieces that are missing and
 not claimed by a live peer request.
 
+Downloaders that know each other (offers) split the pieces nobody offers yet by rendezvous
+hashing: piece i is this node's share when hash(node, file, i) is the lowest among this node and
+the downloading peers that told their node id. The mirror stream takes its share first, lowest
+index first, and only then other pieces at random (work left over by slow or absent partners).
+Two nodes with the same view never pick the same piece; a partial view costs a few duplicates,
+and a peer that lies about its id only changes which pieces come first.
+
 Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
 harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
 request to that peer (the core has already forgotten them). A copy that arrives after its
@@ -50,6 +57,7 @@ against each other and sets overdue deadlines, it is not the peer's link speed.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -114,6 +122,10 @@ class SchedulerConfig:
     max_mirror_restarts: int = 2
     offers_refresh: float = 1.0  # seconds between two asks to a peer that is still downloading
     fetch_claim_ttl: float = 8.0  # how long a peer's "fetching from the mirror" keeps us away
+    busy_backoff: float = 0.5  # seconds before asking a peer again that was at its upload limit
+    # Seconds of "busy" answers before the mirror takes the piece. Long: in a crowd every holder
+    # is busy by design, and the mirror is what the crowd shares.
+    busy_overdue: float = 8.0
 
     def __post_init__(self) -> None:
         if self.max_requests_per_peer < 1 or self.piece_lists_wanted < 1 or self.max_peers < 1:
@@ -140,6 +152,7 @@ class RequestPiece:
 @dataclass(frozen=True, slots=True)
 class StartMirror:
     first: int
+    why: str = field(default="", compare=False)  # for the log: what the mirror is needed for
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +239,8 @@ class _PeerState:
     offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
     refresh_at: float | None = None  # when to ask a downloading peer for its offers again
     fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
+    node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
+    busy_until: float = 0.0  # it answered "busy": no requests to it before then
 
     def holds(self, index: int) -> bool:
         return (self.have is None or index in self.have) and index not in self.not_held
@@ -258,13 +273,19 @@ class SwarmScheduler:
         config: SchedulerConfig = SchedulerConfig(),
         mirror_available: bool = True,
         piece_size: int = PIECE_SIZE,
+        node: bytes = b"",
     ) -> None:
+        """`node`: this node's id, to split the mirror's pieces with other downloaders (none
+        when empty)."""
         if size < 0 or piece_size < 1:
             raise ValueError("size must be >= 0 and piece_size >= 1")
         digest = bytes.fromhex(sha256)
         if len(digest) != 32:
             raise ValueError("sha256 must be 64 hex digits")
         self._sha256 = sha256
+        self._digest = digest
+        self._node = node
+        self._split_keys: dict[tuple[bytes, int], bytes] = {}
         self._size = size
         self._piece_size = piece_size
         self._clock = clock
@@ -293,6 +314,7 @@ class SwarmScheduler:
         self._mirror_last_error: str | None = None
         self._mirror_digests: dict[int, bytes] = {}
         self._refused: set[int] = set()  # the mirror's copy contradicted the final list
+        self._busy_since: dict[int, float] = {}  # piece -> first "busy" answer since a request
         self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
         self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
 
@@ -334,10 +356,12 @@ class SwarmScheduler:
         *,
         offers_only: bool = False,
         fetching: range = range(0),
+        node: bytes = b"",
     ) -> None:
         """A peer's piece list. With `offers_only` the peer is itself downloading and only the
         entries of the pieces in `have` (which it got from the mirror) mean anything; `fetching`
-        are the pieces its mirror stream is fetching now (left to it for a while)."""
+        are the pieces its mirror stream is fetching now (left to it for a while), `node` the
+        id it splits the mirror's pieces by."""
         state = self._peers.get(peer)
         if self._done() or state is None:
             return
@@ -351,6 +375,7 @@ class SwarmScheduler:
             return
         if offers_only and not self._single:
             self._offers_received(state, pieces, have or frozenset(), fetching)
+            state.node = node
             self._schedule()
             return
         state.list_state = _ListState.RECEIVED
@@ -398,6 +423,19 @@ class SwarmScheduler:
                 else:
                     state.not_held.add(index)
                     state.errors += 1
+        self._schedule()
+
+    def piece_busy(self, peer: Peer, index: int) -> None:
+        """The peer holds the piece but is at its upload limit: ask it (or another holder)
+        again after `busy_backoff`. The piece stays served, so a crowd's busy peers do not send
+        everyone to the mirror; after `busy_overdue` of busy answers it counts as overdue."""
+        self._check_index(index)
+        state = self._peers.get(peer)
+        if self._done() or state is None or self._take_request(peer, index) is None:
+            return
+        now = self._clock.now()
+        state.busy_until = now + self._config.busy_backoff
+        self._busy_since.setdefault(index, now)
         self._schedule()
 
     def mirror_continue(self, index: int) -> bool:
@@ -493,6 +531,10 @@ class SwarmScheduler:
             if not request.overdue
         ]
         deadlines += [s.refresh_at for s in self._peers.values() if s.refresh_at is not None]
+        now = self._clock.now()
+        deadlines += [s.busy_until for s in self._peers.values() if s.busy_until > now]
+        timeout = self._config.busy_overdue
+        deadlines += [t + timeout for t in self._busy_since.values() if t + timeout > now]
         return min(deadlines, default=None)
 
     # ------------------------------------------------------------------- views
@@ -813,16 +855,20 @@ class SwarmScheduler:
     def _start_mirror(self) -> None:
         if self._mirror_active or not self._mirror_allowed():
             return
-        target = self._mirror_target()
+        target, why = self._mirror_choice()
         if target is not None:
             self._mirror_active = True
             self._mirror_claim = target
-            self._emit(StartMirror(target))
+            self._emit(StartMirror(target, why))
 
     def _mirror_target(self) -> int | None:
+        return self._mirror_choice()[0]
+
+    def _mirror_choice(self) -> tuple[int | None, str]:
+        """The piece the mirror is needed for most, and what for."""
         referee = self._referee_indices()
         if referee:
-            return min(referee)
+            return min(referee), "referee"
         overdue = [
             index
             for index, requests in self._requests.items()
@@ -832,12 +878,14 @@ class SwarmScheduler:
             and index not in self._held
             and index not in self._refused
         ]
+        busy = self._busy_too_long()
         if self._in_use is None and self._deadline_passed:
-            target = self._fallback_target()  # pieces nobody has come before overdue ones
+            target, why = self._fallback_choice()  # pieces nobody has come before overdue ones
             if target is not None:
-                return target
-        if overdue:
-            return min(overdue)
+                return target, why
+        if overdue or busy:
+            target = min(overdue + busy)
+            return target, "overdue at peers" if target in overdue else "peers busy"
         if (
             self._in_use is not None
             and not self._final
@@ -856,21 +904,81 @@ class SwarmScheduler:
                 # Corroborating costs one piece of mirror traffic: take the last piece, the only
                 # one that can be shorter than a full piece, when it is still to be fetched.
                 last = self.piece_count - 1
-                return last if last in candidates else candidates[0]
+                return (last if last in candidates else candidates[0]), "corroborate the list"
         if not self._deadline_passed:
-            return None
-        return self._fallback_target()
+            return None, ""
+        return self._fallback_choice()
 
-    def _fallback_target(self) -> int | None:
+    def _busy_too_long(self) -> list[int]:
+        """Pieces whose holders have answered "busy" for `busy_overdue` with no request
+        to anyone since: overdue, like a piece no peer delivers in time."""
+        oldest = self._clock.now() - self._config.busy_overdue
+        for index in [i for i in self._busy_since if self._accepted_flags[i] or i in self._held]:
+            del self._busy_since[index]
+        return [
+            index
+            for index, since in self._busy_since.items()
+            if since <= oldest and index not in self._refused and not self._requests.get(index)
+        ]
+
+    def _fallback_choice(self) -> tuple[int | None, str]:
         """A missing, unclaimed piece that no usable peer can serve: the lowest (apt reads in
-        order), or a random one while other downloaders are known, so that their mirror streams
-        fetch different pieces for the swarm to exchange."""
+        order); while other downloaders are known, the lowest of this node's share, else the
+        highest of those it comes next in line for, so that their mirror streams fetch
+        different pieces for the swarm."""
         unserved = self._unserved()
         if not unserved:
-            return None
+            return None, ""
+        ranks = self._split_ranks(unserved)
+        if ranks:
+            share = [i for i in unserved if ranks[i][0] == 0]
+            if share:
+                return share[0], "this node's share of what nobody has"
+            # Then pieces whose owners (and the others before this node in line) are not
+            # fetching anything: gone, or stuck. An owner that is still working through its
+            # share keeps it; the mirror's bandwidth is shared, so taking its pieces would
+            # only fetch them twice. Nearest in line first, from the top (owners go up).
+            free = {i: rank for i, (rank, waits) in ranks.items() if not waits}
+            if not free:
+                return None, ""
+            nearest = min(free.values())
+            target = max(i for i, rank in free.items() if rank == nearest)
+            return target, f"nobody has it, {nearest} idle downloader(s) before this one"
         if any(s.offers is not None for s in self._peers.values()):
-            return self._rng.choice(unserved)
-        return unserved[0]
+            return self._rng.choice(unserved), "nobody has it (downloaders without ids)"
+        return unserved[0], "nobody else has it"
+
+    def _split_ranks(self, indices: list[int]) -> dict[int, tuple[int, bool]]:
+        """For each index: how many downloading peers (that told their id) come before this
+        node in its rendezvous order (0: its share), and whether one of those is fetching
+        from the mirror now (it may still get there). Empty when there is nobody to split with."""
+        partners = [
+            (s.node, self._is_fetching(s))
+            for s in self._peers.values()
+            if s.offers is not None and s.node and s.node != self._node and self._eligible(s)
+        ]
+        if not partners or not self._node:
+            return {}
+        ranks = {}
+        for index in indices:
+            mine = self._split_key(self._node, index)
+            before = [busy for node, busy in partners if self._split_key(node, index) < mine]
+            ranks[index] = (len(before), any(before))
+        return ranks
+
+    def _is_fetching(self, state: _PeerState) -> bool:
+        """The downloading peer said at its last answer that its mirror request is on a piece
+        (and has not sat on it for longer than fetch_claim_ttl)."""
+        oldest = self._clock.now() - self._config.fetch_claim_ttl
+        return any(since > oldest for since in state.fetching.values())
+
+    def _split_key(self, node: bytes, index: int) -> bytes:
+        key = self._split_keys.get((node, index))
+        if key is None:
+            material = node + self._digest + index.to_bytes(8, "big")
+            key = hashlib.blake2b(material, digest_size=8).digest()
+            self._split_keys[(node, index)] = key
+        return key
 
     def _unserved(self) -> list[int]:
         if self._in_use is None:
@@ -930,8 +1038,13 @@ class SwarmScheduler:
             return True
         if index in self._held or self._live_request(index):
             return False
-        if self._deadline_passed and index in self._unserved():
-            return True
+        if self._deadline_passed:
+            unserved = self._unserved()
+            if index in unserved:
+                # Among downloaders, only into this node's share (the rest is others' first).
+                ranks = self._split_ranks(unserved)
+                if not ranks or ranks[index][0] == 0:
+                    return True
         return self._mirror_target() == index
 
     def _peers_can_deliver(self) -> bool:
@@ -957,10 +1070,12 @@ class SwarmScheduler:
         return not any(peer in rival.authors for rival in self._rivals)
 
     def _assign_peers(self) -> None:
+        now = self._clock.now()
         free = [
             s
             for s in self._peers.values()
             if len(s.inflight) < self._config.max_requests_per_peer
+            and s.busy_until <= now
             and self._eligible(s)
             and (self._in_use is not None or s.offers is not None)
         ]
@@ -993,6 +1108,8 @@ class SwarmScheduler:
             or self._audit is not None
             or self._lists_pending()
             or self._requests
+            or any(s.busy_until > self._clock.now() for s in self._peers.values())
+            or any(s.offers is not None and self._is_fetching(s) for s in self._peers.values())
             or any(self._fetched_by_peer(i) for i in range(self._low, self.piece_count))
         ):
             return
