@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -81,7 +82,7 @@ PIECE = 1 * MiB  # dhtdeb/swarm/pieces.py
 TARGET_OFFLOAD = 1.05
 TARGET_CROWD = 2.0
 TARGET_SINGLE = 0.5
-ARCHIVE_FORMAT = 1  # bumped whenever the recipe changes
+ARCHIVE_FORMAT = 2  # bumped whenever the recipe changes
 APT_TIMEOUT = 900.0
 CURL_TIMEOUT = 600.0
 FOUND_TIMEOUT = 60.0  # per node: announce propagation deadline
@@ -258,6 +259,7 @@ class Bench:
     workdir: Path
     processes: Processes
     keep: bool
+    log_level: str = "info"  # the daemons' --log-level
     failures: list[str] = field(default_factory=list)
     _count: int = 0
 
@@ -277,7 +279,14 @@ class Bench:
                     self._dir("node"),
                     [self.data.archive.keyring],
                     no_dht=False,
-                    extra_args=("--bootstrap", bootstrap.dht, "--no-lan", *extra),
+                    extra_args=(
+                        "--bootstrap",
+                        bootstrap.dht,
+                        "--no-lan",
+                        "--log-level",
+                        self.log_level,
+                        *extra,
+                    ),
                 )
             )
             for _ in range(count)
@@ -469,6 +478,7 @@ class Sample:
     from_mirror: int
     from_peers: int
     to_peers: int
+    to_apt: int
     pieces_offered: int  # verified pieces its peer server offers (-1: 404, nothing)
 
 
@@ -487,10 +497,12 @@ class CrowdNode:
 class CrowdRound:
     round: int
     single_seconds: float  # one dhtdeb node alone, same mirror cap
+    started_at: float  # wall clock (time.time()) when the crowd started, to match daemon logs
     direct_seconds: float  # plain apt straight from the mirror, same cap
     nodes: tuple[CrowdNode, ...]
     mirror_bytes: int  # of the crowd file during the crowd
     mirror_requests: int
+    mirror_first_pieces: tuple[int, ...]  # the piece each mirror request for the file starts at
     samples: tuple[Sample, ...]
     lookups: tuple[tuple[float, int], ...]  # (t, peers node 1's DHT returns for the file)
 
@@ -549,6 +561,7 @@ class Sampler:
                         st.get("bytes.from_mirror", 0),
                         st.get("bytes.from_peers", 0),
                         st.get("bytes.to_peers", 0),
+                        st.get("bytes.to_apt", 0),
                         self._offered(node),
                     )
                 )
@@ -608,6 +621,7 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
         bench.mirror.set_total_rate(rate)
         pieces = -(-package.size // PIECE)
         t0 = time.monotonic()
+        started_at = time.time()
         done: dict[int, float] = {}
         results: dict[int, AptResult] = {}
         lock = threading.Lock()
@@ -634,7 +648,9 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
         for k in sorted(results):
             bench.checked(results[k], f"crowd node {k} download")
         mirror_bytes = bench.mirror.bytes_sent(package.filename)
-        mirror_requests = len(bench.mirror.requests_for(package.filename))
+        mirror_records = bench.mirror.requests_for(package.filename)
+        mirror_requests = len(mirror_records)
+        mirror_first_pieces = tuple(first_piece(r.headers) for r in mirror_records)
         statuses = [status_bytes(n) for n in swarm.nodes]
         bans = [len(log_lines(n, "banned")) for n in swarm.nodes]
         for k, client in enumerate(clients, start=1):
@@ -659,10 +675,12 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
     result = CrowdRound(
         round_,
         single_seconds,
+        started_at,
         direct_seconds,
         nodes,
         mirror_bytes,
         mirror_requests,
+        mirror_first_pieces,
         tuple(sampler.samples),
         tuple(sampler.lookups),
     )
@@ -867,6 +885,14 @@ def report_offload(rounds: Sequence[OffloadRound], data: BenchArchive) -> None:
     )
 
 
+def first_piece(headers: Sequence[tuple[str, str]]) -> int:
+    """The piece a mirror request starts at: its Range's first byte (0 without a Range)."""
+    for name, value in headers:
+        if name.lower() == "range" and value.startswith("bytes="):
+            return int(value[len("bytes=") :].split("-", 1)[0] or 0) // PIECE
+    return 0
+
+
 def first_time(
     samples: Sequence[Sample], node: int, test: Callable[[Sample], bool]
 ) -> float | None:
@@ -900,7 +926,11 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
     print(f"mirror bytes / file size: median {mirror:.2f}")
 
     last = rounds[-1]
-    print(f"\nround {last.round} in detail (t = seconds since the {count} apt-get started):")
+    clock = time.strftime("%H:%M:%S", time.localtime(last.started_at))
+    print(
+        f"\nround {last.round} in detail (t = seconds since the {count} apt-get started, "
+        f"at {clock}.{int(last.started_at % 1 * 1000):03d} in the daemon logs' clock):"
+    )
     print(
         f"{'node':>4} {'done s':>7} {'from mirror':>12} {'from peers':>11} {'uploaded':>10} "
         f"{'1st peer byte':>13} {'offers pieces':>13} {'bans':>5} {'verify fail':>11}"
@@ -926,6 +956,11 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
         f"{got_peers}/{count} got any byte from a peer; mirror requests for the file: "
         f"{last.mirror_requests}"
     )
+    starts = collections.Counter(last.mirror_first_pieces)
+    print(
+        "  mirror requests starting at the same piece (piece: requests), the most first: "
+        + ", ".join(f"{p}: {n}" for p, n in starts.most_common(8) if n > 1)
+    )
     partial_offers = [s for s in last.samples if 0 < s.pieces_offered]
     first_offer = min((s.t for s in partial_offers), default=None)
     first_done = min(n.done for n in last.nodes)
@@ -945,6 +980,27 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
         "  peers returned over time: "
         + ", ".join(f"t={last.lookups[i][0]:.0f}:{last.lookups[i][1]}" for i in steps)
     )
+    print(
+        "  all nodes together, MB received (mirror + peers) / MB sent to apt, by second: "
+        + ", ".join(
+            f"t={t}: {got / MB:.0f}/{sent / MB:.0f}" for t, got, sent in crowd_timeline(last)
+        )
+    )
+
+
+def crowd_timeline(crowd: CrowdRound) -> list[tuple[int, int, int]]:
+    """(second, bytes all nodes received, bytes all nodes sent to apt) at each whole second:
+    each node's last sample up to then (a node's apt lagging its download shows here)."""
+    end = int(crowd.all_done) + 1
+    rows = []
+    for second in range(end + 1):
+        latest: dict[int, Sample] = {}
+        for sample in crowd.samples:
+            if sample.t <= second:
+                latest[sample.node] = sample
+        got = sum(s.from_mirror + s.from_peers for s in latest.values())
+        rows.append((second, got, sum(s.to_apt for s in latest.values())))
+    return rows
 
 
 def report_single(rounds: Sequence[SingleRound], data: BenchArchive) -> None:
@@ -995,6 +1051,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small files, 5 nodes, 1 round")
     parser.add_argument("--only", action="append", choices=BENCHMARKS, help="repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (daemon logs)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="the daemons' (debug: where each mirror piece came from and why)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     rounds = args.rounds or sizes.rounds
@@ -1026,7 +1088,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dhtdeb-bench-swarm-"))
     processes = Processes()
     mirror = Mirror(data.archive.root).start()
-    bench = Bench(data, mirror, workdir, processes, args.keep)
+    bench = Bench(data, mirror, workdir, processes, args.keep, args.log_level)
     offload: list[OffloadRound] = []
     crowd: list[CrowdRound] = []
     single: list[SingleRound] = []
