@@ -1,0 +1,469 @@
+"""A flash crowd: several downloaders of one file, each driven by the real `SwarmScheduler`.
+
+Seeded and deterministic. N downloaders start the same file at once on one `ManualClock`; each
+one's first DHT lookup finds nobody (no one has announced yet), a later one finds all the others
+after a seeded delay. They trade offers (the pieces each got from the mirror, docs/swarm.md "Flash
+crowd: offers between downloaders") and split the mirror's pieces by their node ids. The mirror's
+rate is shared equally among the streams open at each moment, a node's upload rate among its
+uploads, and time advances in steps of DT. The driver side follows dhtdeb/swarm/download.py (one
+timer re-armed after every wake, mirror requests in doubling windows), the answers to other
+downloaders dhtdeb/downloads.py `Downloads.partial`. A failing run names its seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import itertools
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from dhtdeb.clock import ManualClock
+from dhtdeb.discovery import Peer
+from dhtdeb.swarm.pieces import PieceList, piece_span
+from dhtdeb.swarm.scheduler import (
+    MIRROR,
+    AcceptPiece,
+    Action,
+    AuditPiece,
+    BanPeer,
+    CancelPiece,
+    Failed,
+    Finished,
+    RequestPiece,
+    RequestPieceList,
+    StartMirror,
+    SwarmScheduler,
+)
+
+PS = 1000  # bytes per piece: the core only sees digests, so small pieces cost nothing
+DT = 0.05  # seconds per simulation step
+LATENCY = 0.02  # seconds for a piece list, a 404 or a 503 to come back
+TIME_LIMIT = 120.0  # virtual seconds; a crowd still running then has stalled
+MIRROR_WINDOW_MAX = 64  # pieces per mirror request, as in download.py
+VOID = bytes(32)  # a piece list's entry for a piece that is not offered
+WEB_SEED = ("overdue at peers", "peers busy")  # StartMirror reasons: a peer was too slow
+LIST_CHECK = ("referee", "corroborate the list")
+
+
+def _digest(tag: str) -> bytes:
+    return hashlib.sha256(tag.encode()).digest()
+
+
+@dataclass(eq=False)
+class Flow:
+    """Bytes on their way to downloader `to`: piece `index` from node `source` or, with
+    `source` None, from the mirror (a stream's piece, or an audit block)."""
+
+    to: int
+    index: int
+    left: float
+    source: int | None
+    audit: AuditPiece | None = None
+
+
+@dataclass(eq=False)
+class Node:
+    k: int
+    peer: Peer
+    node_id: bytes
+    s: SwarmScheduler
+    liar: bool
+    lie: int | None = None  # a liar: the piece it offers (and serves) wrong bytes for
+    blind: set[int] = field(default_factory=set)  # its mirror pieces of blind requests
+    disk: dict[int, bytes] = field(default_factory=dict)  # accepted copies, by digest
+    provisional: set[int] = field(default_factory=set)
+    timer: float | None = None  # when the driver calls tick() next
+    mirror_open: bool = False
+    stream: Flow | None = None  # the piece its mirror stream is on
+    window: int = 1  # pieces per mirror request, doubling while the core says go on
+    last: int = 0  # the last piece of the mirror request in flight
+    kind: str = ""  # what the mirror stream is for: blind, split, web seed, list check
+    told: dict[Peer, frozenset[int] | None] = field(default_factory=dict)  # None: everything
+    lists_pending: set[Peer] = field(default_factory=set)
+    requests: set[tuple[Peer, int]] = field(default_factory=set)
+    banned: dict[Peer, bool] = field(default_factory=dict)  # peer -> lied
+    outcome: str = ""  # "finished" (whole-file hash matched), or the scheduler's failure
+    done_at: float = 0.0
+
+
+class Crowd:
+    def __init__(self, seed: int, *, ids: bool = True, liar: bool = False) -> None:
+        rng = random.Random(seed)  # the world; `ids` and `liar` do not change its draws
+        self.seed = seed
+        self.n = rng.randint(3, 8)
+        self.p = rng.randint(6, 40)
+        self.size = (self.p - 1) * PS + rng.randint(1, PS)
+        self.mirror_rate = PS * rng.uniform(8.0, 20.0)  # bytes/s, all streams together
+        self.upload_rate = PS * rng.uniform(5.0, 30.0)  # bytes/s per node, all uploads together
+        self.slots = rng.choice([4, 16])  # concurrent uploads per node; beyond: 503 busy
+        self.lookups = [rng.uniform(0.25, 1.0) for _ in range(self.n)]  # when peers are found
+        liar_k = rng.randrange(self.n) if liar else -1
+        self.true = [_digest(f"{seed} piece {i}") for i in range(self.p)]
+        self.bad = _digest(f"{seed} lie")  # the liar's bytes
+        sha = _digest(f"{seed} file").hex()
+        self.clock = ManualClock()
+        self.nodes = []
+        for k in range(self.n):
+            node_id = hashlib.blake2b(f"{seed} node {k}".encode(), digest_size=20).digest()
+            node_id = node_id if ids else b""
+            rng_k = random.Random(seed * 100 + k)
+            s = SwarmScheduler(
+                sha, self.size, clock=self.clock, rng=rng_k, piece_size=PS, node=node_id
+            )
+            self.nodes.append(Node(k, Peer(f"10.7.0.{k + 1}", 9978), node_id, s, liar=k == liar_k))
+        self.by_peer = {node.peer: node for node in self.nodes}
+        self.flows: list[Flow] = []
+        self.events: list[tuple[float, int, Callable[[], None]]] = []
+        self.seq = 0
+        self.trace: list[str] = []
+        self.mirror_pieces: dict[str, int] = {}  # pieces the mirror started to send, by kind
+        self.lies_banned: list[tuple[int, BanPeer]] = []  # (by node, ban) of honest peers
+
+    def describe(self) -> str:
+        liar = [n.k for n in self.nodes if n.liar]
+        return (
+            f"seed {self.seed}: {self.n} nodes, {self.p} pieces, mirror {self.mirror_rate:.0f}"
+            f" B/s, upload {self.upload_rate:.0f} B/s, {self.slots} slots, liar {liar}"
+        )
+
+    def outcomes(self) -> str:
+        return "; ".join(
+            f"{n.k}: {n.outcome or 'running'} at {n.done_at:.2f}, {len(n.disk)}/{self.p} pieces"
+            for n in self.nodes
+        )
+
+    # --- the world -------------------------------------------------------------------------
+
+    def run(self) -> Crowd:
+        for node in self.nodes:
+            node.s.lookup_deadline_passed()  # the first lookup ran before anyone announced
+            self.drain(node)
+            others = [o.peer for o in self.nodes if o is not node]
+            self.at(self.lookups[node.k], functools.partial(self.found, node, others))
+        while any(not node.outcome for node in self.nodes):
+            assert self.clock.now() < TIME_LIMIT, f"stalled: {self.outcomes()}"
+            self.clock.advance(DT)
+            while self.events and self.events[0][0] <= self.clock.now() + 1e-9:
+                heapq.heappop(self.events)[2]()
+            self.move_bytes()
+            for node in self.nodes:
+                if node.timer is not None and node.timer <= self.clock.now():
+                    node.s.tick()
+                    self.drain(node)
+        return self
+
+    def at(self, delay: float, run: Callable[[], None]) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (self.clock.now() + delay, self.seq, run))
+
+    def found(self, node: Node, peers: list[Peer]) -> None:
+        if not node.outcome:
+            node.s.peers_found(peers)
+            self.drain(node)
+
+    def move_bytes(self) -> None:
+        """Share each sender's rate equally among its flows for one step; deliver what is done."""
+        senders: dict[int | None, list[Flow]] = {}
+        for flow in self.flows:
+            senders.setdefault(flow.source, []).append(flow)
+        for source, flows in senders.items():
+            rate = self.mirror_rate if source is None else self.upload_rate
+            for flow in flows:
+                flow.left -= rate * DT / len(flows)
+        for flow in [f for f in self.flows if f.left <= 0]:
+            if flow in self.flows:  # not cancelled by an earlier arrival of this step
+                self.flows.remove(flow)
+                self.arrive(flow)
+
+    def arrive(self, flow: Flow) -> None:
+        node, index = self.nodes[flow.to], flow.index
+        if flow.audit is not None:
+            node.s.audit_result(index, flow.audit.digest == self.true[index])
+        elif flow.source is None:  # a mirror piece: ask before the next one, as the driver does
+            node.stream = None
+            if node.kind == "blind":
+                node.blind.add(index)
+            node.s.piece_received(MIRROR, index, self.true[index])
+            going_on = index + 1 < self.p and node.s.mirror_continue(index + 1)
+            if going_on and index == node.last:  # the next request, twice as long
+                node.window = min(2 * node.window, MIRROR_WINDOW_MAX)
+                self.mirror_request(node, index + 1)
+            elif going_on:
+                node.stream = self.send(node, index + 1, None)
+            else:
+                node.mirror_open = False
+                node.s.mirror_stopped(None)
+        else:
+            server = self.nodes[flow.source]
+            node.requests.discard((server.peer, index))
+            digest = self.bad if index == server.lie else server.disk[index]
+            node.s.piece_received(server.peer, index, digest)
+        self.drain(node)
+
+    def mirror_request(self, node: Node, first: int) -> None:
+        """One request for pieces first..last, never into a piece already accepted."""
+        last = min(self.p, first + node.window) - 1
+        node.last = next((j - 1 for j in range(first + 1, last + 1) if node.s.is_accepted(j)), last)
+        node.stream = self.send(node, first, None)
+
+    def send(self, node: Node, index: int, source: int | None) -> Flow:
+        start, end = piece_span(index, self.size, PS)
+        flow = Flow(node.k, index, end - start, source)
+        self.flows.append(flow)
+        if source is None:
+            self.mirror_pieces[node.kind] = self.mirror_pieces.get(node.kind, 0) + 1
+        return flow
+
+    def drop_flows(self, node: Node, test: Callable[[Flow], bool]) -> None:
+        self.flows = [f for f in self.flows if f.to != node.k or not test(f)]
+
+    # --- what a downloader answers other downloaders (its peer server) ----------------------
+
+    def answer_list(self, node: Node, peer: Peer) -> None:
+        node.lists_pending.discard(peer)
+        if node.outcome or peer in node.banned:
+            return
+        server = self.by_peer[peer]
+        listed = server.s.corroborated_list()
+        if server.outcome == "finished":
+            node.told[peer] = None
+            node.s.piece_list_received(peer, self.claimed(server, dict(enumerate(self.true))), None)
+        elif server.outcome:  # its download failed: the partial file is gone
+            node.s.piece_list_failed(peer, "404", misbehaved=False)
+        elif listed is not None:  # a corroborated list: every piece on disk
+            have = frozenset(server.disk)
+            node.told[peer] = have
+            digests = dict(enumerate(listed.digests))
+            node.s.piece_list_received(peer, self.claimed(server, digests), have)
+        else:  # offers: only the pieces it got from the mirror
+            offers = {i: d for i, d in sorted(server.disk.items()) if i not in server.provisional}
+            if server.liar and server.lie is None:  # where it is hardest to catch
+                server.lie = min((i for i in offers if i not in server.blind), default=None)
+            fetching = range(0)  # as download.py tells it: the piece on its way, and the
+            if server.stream is not None:  # next one if the request covers it and it goes on
+                on = server.stream.index
+                going_on = on < server.last and server.s.mirror_wants(on + 1)
+                fetching = range(on, on + 1 + going_on)
+            node.told[peer] = frozenset(offers)
+            node.s.piece_list_received(
+                peer,
+                self.claimed(server, offers),
+                frozenset(offers),
+                offers_only=True,
+                fetching=fetching,
+                node=server.node_id,
+            )
+        self.drain(node)
+
+    def claimed(self, server: Node, digests: dict[int, bytes]) -> PieceList:
+        """The list `server` sends; a liar's entry for its lie matches the bytes it serves."""
+        entries = [digests.get(i, VOID) for i in range(self.p)]
+        if server.lie is not None:
+            entries[server.lie] = self.bad
+        return PieceList(self.size, tuple(entries), PS)
+
+    def refused(self, node: Node, peer: Peer, index: int, busy: bool) -> None:
+        if node.outcome or (peer, index) not in node.requests:
+            return  # cancelled or banned meanwhile: the driver cancelled the task
+        node.requests.discard((peer, index))
+        if busy:
+            node.s.piece_busy(peer, index)
+        else:
+            node.s.piece_failed(peer, index, "404", misbehaved=False)
+        self.drain(node)
+
+    # --- the driver ------------------------------------------------------------------------
+
+    def drain(self, node: Node) -> None:
+        """Perform the core's actions, then re-arm its one timer (download.py `run`)."""
+        for action in node.s.poll_actions():
+            self.trace.append(f"{self.clock.now():.2f} {node.k} {action!r}")
+            self.perform(node, action)
+        node.timer = node.s.next_deadline()
+
+    def perform(self, node: Node, action: Action) -> None:
+        if isinstance(action, RequestPieceList):
+            if action.peer not in node.lists_pending:  # the driver runs one request per peer
+                node.lists_pending.add(action.peer)
+                self.at(LATENCY, functools.partial(self.answer_list, node, action.peer))
+        elif isinstance(action, RequestPiece):
+            self.request(node, action.peer, action.index)
+        elif isinstance(action, StartMirror):
+            assert not node.mirror_open, f"node {node.k}: a second mirror stream"
+            node.mirror_open, node.window = True, 1
+            node.kind = self.kind(node, action.why)
+            self.mirror_request(node, action.first)
+        elif isinstance(action, AuditPiece):
+            self.mirror_pieces["list check"] = self.mirror_pieces.get("list check", 0) + 1
+            self.flows.append(Flow(node.k, action.index, action.end - action.start, None, action))
+        elif isinstance(action, CancelPiece):
+            node.requests.discard((action.peer, action.index))
+            server = self.by_peer[action.peer].k
+            self.drop_flows(node, lambda f: f.source == server and f.index == action.index)
+        elif isinstance(action, AcceptPiece):
+            assert action.index not in node.disk, f"node {node.k}: piece {action.index} twice"
+            node.disk[action.index] = action.digest
+            if action.provisional:
+                node.provisional.add(action.index)
+        elif isinstance(action, BanPeer):
+            node.banned[action.peer] = action.lied
+            if action.lied and not self.by_peer[action.peer].liar:
+                self.lies_banned.append((node.k, action))
+            node.requests = {r for r in node.requests if r[0] != action.peer}
+            node.lists_pending.discard(action.peer)
+            server = self.by_peer[action.peer].k
+            self.drop_flows(node, lambda f: f.source == server)
+        elif isinstance(action, Finished):
+            assert len(node.disk) == self.p
+            if all(node.disk[i] == self.true[i] for i in range(self.p)):
+                node.outcome, node.done_at = "finished", self.clock.now()
+                self.drop_flows(node, lambda f: True)
+            else:  # the whole-file SHA256 does not match: the driver tells the core
+                node.s.whole_file_failed()
+                self.drain(node)
+                assert node.outcome, f"node {node.k}: no Failed after whole_file_failed()"
+        else:
+            assert isinstance(action, Failed)
+            node.outcome, node.done_at = action.reason, self.clock.now()
+            self.drop_flows(node, lambda f: True)
+
+    def request(self, node: Node, peer: Peer, index: int) -> None:
+        told = node.told.get(peer, frozenset())
+        assert told is None or index in told, (
+            f"node {node.k} asked {peer} for piece {index}, which it never offered"
+            f" (it said {sorted(told)})"
+        )
+        assert (peer, index) not in node.requests, f"node {node.k}: {peer} asked twice for {index}"
+        node.requests.add((peer, index))
+        server = self.by_peer[peer]
+        if server.outcome and server.outcome != "finished":
+            self.at(LATENCY, functools.partial(self.refused, node, peer, index, False))
+        elif sum(f.source == server.k for f in self.flows) >= self.slots:
+            self.at(LATENCY, functools.partial(self.refused, node, peer, index, True))
+        else:
+            self.send(node, index, server.k)
+
+    @staticmethod
+    def kind(node: Node, why: str) -> str:
+        if not node.told:
+            return "blind"  # no other downloader has answered yet: nothing to split with
+        if why in WEB_SEED:
+            return "web seed"
+        return "list check" if why in LIST_CHECK else "split"
+
+    # --- measures --------------------------------------------------------------------------
+
+    def mirror_total(self) -> int:
+        return sum(self.mirror_pieces.values())
+
+    def time_bound(self) -> float:
+        """Virtual seconds every honest downloader finishes in: 3 x (the mirror sending the file
+        once at its full rate + 2 s for the lookups and one overdue timeout). Measured over 800
+        runs (seeds 0-199, with and without ids and liar): at most 2.45 x (seed 38)."""
+        return 3.0 * (self.size / self.mirror_rate + 2.0)
+
+
+def _run(seed: int, *, ids: bool = True, liar: bool = False) -> Crowd:
+    crowd = Crowd(seed, ids=ids, liar=liar)
+    try:
+        return crowd.run()
+    except AssertionError as exc:
+        raise AssertionError(f"{crowd.describe()} ids={ids}: {exc}") from exc
+
+
+HONEST_SEEDS = range(8)
+# Chosen to cover: the liar's piece taken provisionally by every honest downloader (100, 103,
+# 118), by some (105 and 110 without ids) or by none (101 without ids), a liar's list taken as
+# corroborated and its piece accepted as final (114 with ids), honest peers banned as liars
+# (103, 105, 110, 118).
+LIAR_SEEDS = (100, 101, 103, 105, 110, 114, 118)
+SPLIT_SEEDS = range(200, 212)
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["ids", "no-ids"])
+@pytest.mark.parametrize("seed", HONEST_SEEDS)
+def test_an_honest_crowd_finishes_from_offers(seed: int, ids: bool) -> None:
+    """Every downloader finishes in bounded virtual time, nobody is banned, nothing fails,
+    and (checked on every RequestPiece) no downloader asks a peer for a piece it did not offer."""
+    crowd = _run(seed, ids=ids)
+    where = f"{crowd.describe()} ids={ids}: {crowd.outcomes()}"
+    for node in crowd.nodes:
+        assert node.outcome == "finished", where
+        assert node.done_at <= crowd.time_bound(), where
+        assert not node.banned, f"{where}: node {node.k} banned {node.banned}"
+    # Peers really served: the crowd is not n mirror downloads side by side.
+    assert crowd.mirror_total() < crowd.n * crowd.p, where
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["ids", "no-ids"])
+@pytest.mark.parametrize("seed", LIAR_SEEDS)
+def test_a_liar_in_the_crowd_costs_whole_file_checks_never_a_wrong_file(
+    seed: int, ids: bool
+) -> None:
+    """One downloader lies about one piece, where it is hardest to catch (its first mirror
+    piece fetched after the others answered, so usually its own share), in its offers and
+    later in its complete list, and serves wrong bytes that match its digest. An honest
+    downloader finishes with the true file, or it took the liar's bytes and the whole-file
+    check fails; the core then fails the download and keeps the liar away (banned as a liar,
+    or for a while as one of the peers whose offers were used). Nothing else may go wrong."""
+    crowd = _run(seed, ids=ids, liar=True)
+    where = f"{crowd.describe()} ids={ids}: {crowd.outcomes()}"
+    liar = next(node for node in crowd.nodes if node.liar)
+    assert liar.lie is not None, f"{where}: the liar never lied"
+    for node in (n for n in crowd.nodes if not n.liar):
+        wrong = {i: d for i, d in node.disk.items() if d != crowd.true[i]}
+        assert all(d == crowd.bad and i == liar.lie for i, d in wrong.items()), where
+        if node.outcome == "finished":
+            assert not wrong and node.done_at <= crowd.time_bound(), where
+        else:
+            assert node.outcome == "whole-file hash mismatch" and wrong, where
+            assert liar.peer in node.banned, f"{where}: node {node.k} did not ban the liar"
+    # Not checked, because the core does not hold it today: that no honest peer is banned as a
+    # liar (crowd.lies_banned). The liar's complete list counts as corroborated once it matches
+    # a mirror piece at any other index; honest downloaders then hand it on as their
+    # corroborated list, are banned as its authors when the whole file fails (seeds 103 and 118
+    # with ids), and honest offers or lists that disagree with it at the lie are banned as lies
+    # ("piece list contradicts the corroborated list" in seed 105 without ids; "offer for piece
+    # N contradicts" in other seeds). (A whole-file failure with offered pieces in the file no
+    # longer bans the true list's authors as liars: test_scheduler.py covers that.)
+    print(f"{crowd.describe()} ids={ids}: honest peers banned as liars: {crowd.lies_banned}")
+
+
+def test_rendezvous_ids_split_the_mirror_pieces() -> None:
+    """The same crowds with and without node ids (no liar), mirror pieces by kind:
+    - "blind": in mirror requests started before any other downloader answered. Every node
+      takes piece 0 and goes on in order until its lookup finds the others (0.25-1 s here):
+      what the DHT delay costs, which the split cannot help (without ids such a request goes
+      on through whatever nobody offers, so it counts a few more).
+    - "web seed": copies of pieces overdue at (or refused as busy by) slow uploaders.
+    - "split": the rest, the pieces the split (or the random pick) decides.
+    With ids, the split pieces stay at most 1.5 x P per seed. (Measured over seeds 0-199
+    while a mirror request claimed the next piece in any case: median 0.89 P, at most
+    1.375 P; that claim kept an owner away from its own piece after the claiming stream had
+    stopped. download.py now claims the next piece only when its stream means to go on into
+    it.) In totals over seeds 200-211: median 1.44 P with ids, 2.02 P without (random picks)."""
+    ratios: dict[bool, list[float]] = {True: [], False: []}  # mirror pieces / P, by ids
+    for seed in SPLIT_SEEDS:
+        crowds = {ids: _run(seed, ids=ids) for ids in (True, False)}
+        for ids, crowd in crowds.items():
+            ratios[ids].append(crowd.mirror_total() / crowd.p)
+            print(f"{crowd.describe()} ids={ids}: mirror pieces {crowd.mirror_pieces}")
+        split = crowds[True].mirror_pieces.get("split", 0)
+        assert split <= 1.5 * crowds[True].p, crowds[True].describe()
+    with_ids, random_picks = statistics.median(ratios[True]), statistics.median(ratios[False])
+    print(f"median mirror pieces: {with_ids:.2f} P with ids, {random_picks:.2f} P without")
+    assert with_ids <= 0.85 * random_picks, ratios
+
+
+def test_the_same_seed_gives_the_same_trace() -> None:
+    first, again = _run(104, liar=True), _run(104, liar=True)
+    assert len(first.trace) > 100
+    for event, (a, b) in enumerate(itertools.zip_longest(first.trace, again.trace)):
+        assert a == b, f"seed 104: the second run diverged at action {event}: {a} != {b}"
+    assert first.trace != _run(105, liar=True).trace
