@@ -568,6 +568,31 @@ def test_offer_that_changes_or_contradicts_the_mirror_is_a_lie() -> None:
     ]
 
 
+def test_whole_file_failure_with_offered_pieces_bans_no_list_author_as_a_liar() -> None:
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    h.s.piece_received(MIRROR, 0, h.true[0])
+    h.s.piece_list_received(A, h.pieces({2: BAD}), frozenset({2}), offers_only=True)
+    h.pop()
+    h.s.piece_received(A, 2, BAD)  # matches A's (lying) offer: provisional
+    assert AcceptPiece(2, provisional=True) in h.pop()
+    h.s.peers_found([B])
+    h.pop()
+    h.s.piece_list_received(B, h.pieces(), None)  # B finished: the true list
+    h.pop()
+    for index in (1, 3):
+        h.s.piece_received(MIRROR, index, h.true[index])
+    h.pop()
+    assert h.s.finished
+    h.s.whole_file_failed()
+    bans = [a for a in h.pop() if isinstance(a, BanPeer)]
+    # Which of A's offer and B's list was wrong only the mirror could tell: no one is banned
+    # as a proven liar (an hour), both are kept away for a while.
+    assert {(b.peer, b.lied) for b in bans} == {(A, False), (B, False)}
+
+
 def test_a_peer_piece_that_does_not_match_its_own_offer_bans_it() -> None:
     h = Harness(3, config=SchedulerConfig(max_requests_per_peer=1))
     h.s.peers_found([A])
@@ -621,6 +646,23 @@ def test_a_busy_peer_is_asked_again_and_the_mirror_waits_before_taking_over() ->
     h.clock.advance(0.5)
     h.s.tick()
     assert h.pop() == [StartMirror(0), RequestPiece(A, 1)]
+
+
+def test_busy_deadlines_survive_a_late_wake_up() -> None:
+    h = Harness(3, config=SchedulerConfig(busy_backoff=0.5, busy_overdue=8.0))
+    h.s.peers_found([A])
+    h.pop()
+    h.s.lookup_deadline_passed()
+    h.s.piece_list_received(A, h.pieces(), None)
+    assert h.pop() == [RequestPiece(A, i) for i in range(3)]
+    for index in range(3):
+        h.s.piece_busy(A, index)
+    assert h.s.next_deadline() == pytest.approx(0.5)
+    h.clock.advance(8.6)  # the driver's timer fired late: nothing may be forgotten
+    assert h.s.next_deadline() == pytest.approx(0.5)
+    h.s.tick()
+    assert h.pop() == [StartMirror(0), RequestPiece(A, 1), RequestPiece(A, 2)]
+    assert h.s.next_deadline() is not None and h.s.next_deadline() > h.clock.now()
 
 
 def _split_key(node: bytes, sha: str, index: int) -> bytes:

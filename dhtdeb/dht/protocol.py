@@ -340,6 +340,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 reply = await future
         except TimeoutError:
             self.counters["timeouts"] += 1
+            log.debug("DHT: %s to %s:%d timed out", method, *address)
             return None
         finally:
             del self._outstanding[msgid]

@@ -46,7 +46,10 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-LOOKUP_DEADLINE = 1.0  # seconds the DHT gets before the mirror may start
+# Seconds the DHT gets before the mirror may start. Short: a lookup that has found nobody waits
+# for late replies until its deadline (one dead node in the path is enough), and every miss would
+# pay that; peers found by the later lookups still take over the pieces the mirror has not sent.
+LOOKUP_DEADLINE = 0.3
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
 # The first repeats come sooner: in a flash crowd every node's first lookup runs before the
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
@@ -506,8 +509,11 @@ class SwarmDownload:
                     self._transfer.last_modified = last_modified
             index = first
             while index <= last and (index == first or self._scheduler.mirror_continue(index)):
-                # Told to other downloaders: the piece on its way and the next one.
-                self._mirror_window_now = range(index, min(last, index + 1) + 1)
+                # Told to other downloaders: the piece on its way, and the next one if this
+                # request covers it and the stream means to go on into it (a claim on a piece
+                # the stream will not take would keep that piece's owner away for nothing).
+                going_on = index < last and self._scheduler.mirror_wants(index + 1)
+                self._mirror_window_now = range(index, index + 1 + going_on)
                 piece_start = index * PIECE_SIZE
                 data = await response.read_exactly(min(PIECE_SIZE, self._size - piece_start))
                 log.debug(

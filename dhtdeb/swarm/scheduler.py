@@ -315,6 +315,7 @@ class SwarmScheduler:
         self._mirror_digests: dict[int, bytes] = {}
         self._refused: set[int] = set()  # the mirror's copy contradicted the final list
         self._busy_since: dict[int, float] = {}  # piece -> first "busy" answer since a request
+        self._busy_late: set[int] = set()  # of those, busy for busy_overdue (seen by tick)
         self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
         self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
 
@@ -447,6 +448,12 @@ class SwarmScheduler:
         self._mirror_claim = index if wanted else None
         return wanted
 
+    def mirror_wants(self, index: int) -> bool:
+        """Whether the mirror stream would go on into `index` now (a question, no claim)."""
+        if self._done() or not self._mirror_active or not 0 <= index < self.piece_count:
+            return False
+        return index == self._mirror_claim or self._mirror_wants(index)
+
     def mirror_stopped(self, error: str | None) -> None:
         if not self._mirror_active:
             return
@@ -492,12 +499,18 @@ class SwarmScheduler:
         if self.failed is not None:
             return
         claim = self._in_use
+        offerers = sorted(set(self._provisional.values()))
         if claim is not None:
+            # With pieces taken on offers in the file, the list may be right and an offer wrong:
+            # then the list's parties are suspects like the offerers, not proven liars.
             for peer in [*claim.authors, *sorted(claim.vouchers)]:
-                self._ban(peer, "whole-file hash mismatch", lied=True)
+                if offerers:
+                    self._ban(peer, "whole-file hash mismatch with offered pieces", lied=False)
+                else:
+                    self._ban(peer, "whole-file hash mismatch", lied=True)
         # One of them offered a wrong piece, but which one only the mirror could tell: each is
         # kept away for a while (not counted as a lie).
-        for peer in sorted(set(self._provisional.values())):
+        for peer in offerers:
             self._ban(peer, "whole-file hash mismatch after its offered pieces", lied=False)
         self._fail("whole-file hash mismatch")
 
@@ -513,6 +526,11 @@ class SwarmScheduler:
             if state.refresh_at is not None and state.refresh_at <= now:
                 state.refresh_at = None
                 self._emit(RequestPieceList(state.peer))
+            if 0.0 < state.busy_until <= now:
+                state.busy_until = 0.0
+        for index, since in self._busy_since.items():
+            if since + self._config.busy_overdue <= now:
+                self._busy_late.add(index)
         self._schedule()
 
     # ----------------------------------------------------------------- outputs
@@ -531,10 +549,13 @@ class SwarmScheduler:
             if not request.overdue
         ]
         deadlines += [s.refresh_at for s in self._peers.values() if s.refresh_at is not None]
-        now = self._clock.now()
-        deadlines += [s.busy_until for s in self._peers.values() if s.busy_until > now]
+        # Deadlines that tick() has not handled yet, passed or not (else a wake-up that comes
+        # late would lose them).
+        deadlines += [s.busy_until for s in self._peers.values() if s.busy_until > 0.0]
         timeout = self._config.busy_overdue
-        deadlines += [t + timeout for t in self._busy_since.values() if t + timeout > now]
+        deadlines += [
+            since + timeout for i, since in self._busy_since.items() if i not in self._busy_late
+        ]
         return min(deadlines, default=None)
 
     # ------------------------------------------------------------------- views
@@ -912,13 +933,13 @@ class SwarmScheduler:
     def _busy_too_long(self) -> list[int]:
         """Pieces whose holders have answered "busy" for `busy_overdue` with no request
         to anyone since: overdue, like a piece no peer delivers in time."""
-        oldest = self._clock.now() - self._config.busy_overdue
         for index in [i for i in self._busy_since if self._accepted_flags[i] or i in self._held]:
             del self._busy_since[index]
+            self._busy_late.discard(index)
         return [
             index
-            for index, since in self._busy_since.items()
-            if since <= oldest and index not in self._refused and not self._requests.get(index)
+            for index in sorted(self._busy_late)
+            if index not in self._refused and not self._requests.get(index)
         ]
 
     def _fallback_choice(self) -> tuple[int | None, str]:
