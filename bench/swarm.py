@@ -81,6 +81,7 @@ KB, MB, MiB = 1000, 1000 * 1000, 1024 * 1024
 PIECE = 1 * MiB  # dhtdeb/swarm/pieces.py
 TARGET_OFFLOAD = 1.05
 TARGET_CROWD = 2.0
+TARGET_NO_PEERS = 1.15  # a file with no peers vs a direct mirror fetch (issue 4, deliverable 2)
 TARGET_SINGLE = 0.5
 ARCHIVE_FORMAT = 2  # bumped whenever the recipe changes
 APT_TIMEOUT = 900.0
@@ -299,6 +300,14 @@ class Bench:
     def stop_swarm(self, swarm: Swarm) -> None:
         self.processes.stop([*swarm.nodes, swarm.bootstrap])
 
+    def discard(self, swarm: Swarm) -> None:
+        """Remove a stopped swarm's state dirs (their stores) unless --keep: left behind, the
+        crowd's 20 x 64 MiB per round fill the disk and the page cache, and writeback of
+        earlier rounds competes with later ones."""
+        if not self.keep:
+            for node in swarm.nodes:
+                shutil.rmtree(node.state_dir, ignore_errors=True)
+
     def client(self, proxy: str | None) -> AptClient:
         mode = ProxyMode.DIRECT if proxy is None else ProxyMode.HTTP_PROXY
         archive = self.data.archive
@@ -444,6 +453,7 @@ def run_offload(bench: Bench, round_: int, count: int) -> OffloadRound:
         statuses = [status_bytes(n) for n in swarm.nodes]
     finally:
         bench.stop_swarm(swarm)
+        bench.discard(swarm)
     nodes = tuple(
         OffloadNode(
             k + 1,
@@ -593,6 +603,7 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
     finally:
         bench.mirror.set_total_rate(None)
         bench.stop_swarm(alone)
+        bench.discard(alone)
     direct = bench.client(None)
     bench.checked(direct.update(timeout=APT_TIMEOUT), "crowd direct update")
     bench.mirror.set_total_rate(rate)
@@ -660,6 +671,7 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
     finally:
         bench.mirror.set_total_rate(None)
         bench.stop_swarm(swarm)
+        bench.discard(swarm)
     nodes = tuple(
         CrowdNode(
             k,
@@ -802,12 +814,10 @@ def run_single(bench: Bench, round_: int) -> SingleRound:
     finally:
         sink.remove()
         bench.stop_swarm(swarm)
-        if not bench.keep:
-            # Each round leaves two copies of the package in the nodes' stores; kept, they pile
-            # up in the page cache, and a later round's B writes its copy into memory the VM has
-            # to fault in from the host (~0.5 s more CPU on 2 cores): rounds would differ.
-            for node in swarm.nodes:
-                shutil.rmtree(node.state_dir, ignore_errors=True)
+        # Each round leaves two copies of the package in the nodes' stores; kept, they pile up
+        # in the page cache, and a later round's B writes its copy into memory the VM has to
+        # fault in from the host (~0.5 s more CPU on 2 cores): rounds would differ.
+        bench.discard(swarm)
     result = SingleRound(round_, seconds, ref_seconds, mirror_bytes, sha_ok, b_status)
     print(
         f"  round {round_} single: via B's proxy {package.size / seconds / MB:.0f} MB/s "
@@ -919,6 +929,11 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
     print(f"time until all {count} have it: median {all_done:.2f} s")
     print(
         f"one dhtdeb node alone from the mirror: median {single:.2f} s (direct apt {direct:.2f} s)"
+    )
+    alone = statistics.median(r.single_seconds / r.direct_seconds for r in rounds)
+    print(
+        f"  a file no peer has, dhtdeb / direct apt (median of per-round ratios) {alone:.3f} "
+        f"{verdict(alone, TARGET_NO_PEERS)}"
     )
     print(f"  ratio (median of per-round ratios) {ratio:.2f} {verdict(ratio, TARGET_CROWD)}")
     print(f"  mirror-only reference: ~{count}")
