@@ -21,6 +21,7 @@ import pytest
 
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.swarm.peer_client import parse_fetching, parse_node
 from dhtdeb.swarm.peer_server import PeerServer, have_bitfield
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, digest_file
 
@@ -576,3 +577,41 @@ async def test_upload_rate_can_change_at_runtime(start_server: StartServer) -> N
     assert server.upload_rate == 2000.0
     server.upload_rate = None
     assert server.upload_rate is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, b""),
+        ("0102030405060708", bytes(range(1, 9))),
+        ("AbCd" * 10, bytes.fromhex("abcd" * 10)),
+        ("0102", None),  # shorter than 4 bytes
+        ("ab" * 33, None),  # longer than 32 bytes
+        ("0102030405060708a", None),  # odd length
+        ("01 02 03 04 05 06", None),  # bytes.fromhex would take the spaces
+        ("0102030405060g08", None),
+    ],
+)
+def test_a_peers_node_id_header_is_parsed_strictly(
+    header: str | None, expected: bytes | None
+) -> None:
+    assert parse_node(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, range(0)),
+        ("3-4", range(3, 5)),
+        ("4-4", range(4, 5)),
+        ("4-3", None),
+        ("3-10", None),  # beyond the file's 10 pieces
+        ("-1-3", None),
+        ("3", None),
+        ("1" * 20 + "-2", None),
+    ],
+)
+def test_a_peers_fetching_header_is_parsed_strictly(
+    header: str | None, expected: range | None
+) -> None:
+    assert parse_fetching(header, 10) == expected

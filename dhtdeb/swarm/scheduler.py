@@ -43,9 +43,12 @@ not claimed by a live peer request.
 Downloaders that know each other (offers) split the pieces nobody offers yet by rendezvous
 hashing: piece i is this node's share when hash(node, file, i) is the lowest among this node and
 the downloading peers that told their node id. The mirror stream takes its share first, lowest
-index first, and only then other pieces at random (work left over by slow or absent partners).
-Two nodes with the same view never pick the same piece; a partial view costs a few duplicates,
-and a peer that lies about its id only changes which pieces come first.
+index first, and goes on only through its share; then pieces of downloaders whose mirror
+requests are idle (gone or stuck), nearest in line first and from the top, never those of one
+still working through its share. Two nodes with the same view never pick the same piece; a
+partial view costs a few duplicates, and a peer that lies about its id only changes which
+pieces come first. A downloader that tells no id gets no share: pieces only it could fetch are
+taken at random.
 
 Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
 harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
