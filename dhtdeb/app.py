@@ -29,7 +29,7 @@ from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.clock import MonotonicClock
 from dhtdeb.discovery import NoDiscovery, Peer, PeerDiscovery
 from dhtdeb.downloads import Downloads
-from dhtdeb.errors import DhtdebError
+from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.metrics import metrics_renderer
 from dhtdeb.mirror import MirrorClient
 from dhtdeb.netaddr import HostPort
@@ -102,9 +102,15 @@ def write_addresses(state_dir: Path, addresses: dict[str, object]) -> None:
 async def _open_peer_side(
     config: ServeConfig, peer_server: PeerServer
 ) -> tuple[PeerDiscovery, HostPort, str | None]:
-    """The DHT on UDP and the peer server on TCP, on the same port number; and the DHT node id.
+    """The peer server on TCP and the DHT on UDP, on the same port number; and the DHT node id.
 
-    With port 0 the DHT picks a free UDP port first; if that number is taken on TCP, try again.
+    The DHT joins only once both sockets are bound. A node that joined and then moved to another
+    port would stay listed at its first address in the routing tables of the nodes it met (the
+    bootstrap node first), silent, and every lookup near its id would wait for it. With port 0
+    the TCP port is picked first: on loopback many TCP port numbers are held by the client ends
+    of connections (established or in TIME_WAIT for a minute, which SO_REUSEADDR does not
+    override), while few UDP sockets exist, and a UDP bind that fails does so before the DHT
+    sends anything; then both are tried again on another number.
     """
     if not config.dht:
         return NoDiscovery(), config.peer, None
@@ -112,23 +118,26 @@ async def _open_peer_side(
 
     attempts = 5 if config.peer.port == 0 else 1
     for attempt in range(attempts):
-        node = await open_dht(
-            DhtConfig(
-                listen=config.peer,
-                state_dir=config.state_dir / "dht",
-                bootstrap=config.bootstrap,
-                lan=config.lan,
-            )
-        )
         try:
-            await peer_server.start(config.peer.host, node.address.port)
+            _, port = await peer_server.start(config.peer.host, config.peer.port)
         except OSError as exc:
-            await node.close()
+            raise SystemExit(
+                f"dhtdeb: cannot listen on {config.peer}/tcp: {exc.strerror}"
+            ) from None
+        try:
+            node = await open_dht(
+                DhtConfig(
+                    listen=HostPort(config.peer.host, port),
+                    state_dir=config.state_dir / "dht",
+                    bootstrap=config.bootstrap,
+                    lan=config.lan,
+                )
+            )
+        except ConfigError:  # the UDP port is taken (nothing was sent from it)
+            await peer_server.close()
             if attempt + 1 == attempts:
-                raise SystemExit(
-                    f"dhtdeb: cannot listen on {config.peer.host}:{node.address.port}/tcp: "
-                    f"{exc.strerror}"
-                ) from None
+                raise
+            log.debug("DHT: UDP port %d is taken, trying another port", port)
             continue
         return node, node.address, node.engine.node.id.hex()
     raise AssertionError("unreachable")

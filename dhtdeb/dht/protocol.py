@@ -117,7 +117,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             clock,
             family,
             allow_loopback=allow_loopback,
-            on_bucket_full=self._probe_head,
+            on_bucket_full=self._recheck,
         )
         self._wait_timeout = tuning.rpc_timeout
         self._outstanding: dict[bytes, _Pending] = {}
@@ -267,11 +267,19 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 return
 
     def _consider_sender(self, sender: Node) -> None:
-        """A requester is only added once it answers a ping of ours from the same address."""
+        """A requester is only added once it answers a ping of ours from the same address.
+
+        A known id keeps its address against a claimant elsewhere, but only while it answers
+        there: a node that moved (restarted on another port) would otherwise stay listed at a
+        dead address, handed out in every reply and never asked by us. So the known address is
+        pinged; silent, it is evicted (`_settle`) and the requester is verified in its place.
+        """
         known = self.router.find(sender.id)
         if known is not None:
             if (known.ip, known.port) == (sender.ip, sender.port):
                 self.router.add_contact(known)  # refresh its place in the bucket
+            else:
+                self._recheck(known, moved_to=sender)
             return
         address = (sender.ip, sender.port)
         if (
@@ -283,18 +291,21 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._probing.add(address)
         self._spawn(self._probe(sender, address))
 
-    async def _probe(self, sender: Node, address: Address) -> None:
+    async def _probe(self, node: Node, address: Address, moved_to: Node | None = None) -> None:
         try:
-            await self.call_ping(sender)
+            answered = await self.call_ping(node) is not None
         finally:
             self._probing.discard(address)
+        if not answered and moved_to is not None and self.router.admissible(moved_to):
+            await self.call_ping(moved_to)
 
-    def _probe_head(self, head: Node) -> None:
-        address = (head.ip, head.port)
+    def _recheck(self, contact: Node, moved_to: Node | None = None) -> None:
+        """Ping a contact (a full bucket's head, or a known id seen at another address)."""
+        address = (contact.ip, contact.port)
         if address in self._probing or len(self._probing) >= self.tuning.max_probes:
             return
         self._probing.add(address)
-        self._spawn(self._probe(head, address))
+        self._spawn(self._probe(contact, address, moved_to))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

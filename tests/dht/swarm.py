@@ -12,6 +12,8 @@ from dhtdeb.dht import DhtConfig, DhtNode, DhtTuning, open_dht
 from dhtdeb.dht.transport import DatagramNetwork
 from dhtdeb.netaddr import HostPort
 
+GUARD = 10.0  # bound on waits for what must happen; a failure, not a timing
+
 
 def sha(label: str) -> str:
     return hashlib.sha256(label.encode()).hexdigest()
@@ -97,3 +99,20 @@ class Swarm:
             self.dead.append(node)
             await node.close()
         return victims
+
+
+async def until_routed(node: DhtNode, node_id: bytes, address: HostPort) -> None:
+    """Wait (on routing changes, not sleeps) until `node` routes `node_id` through `address`."""
+    changed = asyncio.Event()
+    protocol = node.engine.protocol
+    protocol.on_contact = changed.set
+    try:
+        async with asyncio.timeout(GUARD):
+            while True:
+                changed.clear()
+                known = protocol.router.find(node_id)
+                if known is not None and HostPort(known.ip, known.port) == address:
+                    return
+                await changed.wait()
+    finally:
+        protocol.on_contact = None

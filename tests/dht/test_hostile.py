@@ -19,7 +19,7 @@ from dhtdeb.dht.wire import Reply, Request, decode_datagram, encode_request
 from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.netaddr import HostPort
 
-from .swarm import Swarm, sha
+from .swarm import Swarm, sha, until_routed
 
 msgpack_values = st.recursive(
     st.none()
@@ -238,6 +238,27 @@ async def test_store_flood_from_thousands_of_node_ids_stays_within_caps(
     assert node.statistics().routing_table == 0  # nobody answered a ping: nobody was added
     assert len(protocol._probing) <= swarm.tuning.max_probes
     assert len(protocol._outstanding) <= swarm.tuning.max_outstanding
+
+
+async def test_claimant_of_a_live_nodes_id_does_not_take_its_place(swarm: Swarm) -> None:
+    node = await swarm.spawn()
+    honest = await swarm.spawn((node.address,))
+    honest_id = honest.engine.node.id
+    await until_routed(node, honest_id, honest.address)
+    pings = honest.counters()["requests_ping"]
+    protocol = node.engine.protocol
+    for _ in range(20):  # requests with the honest node's id, from elsewhere
+        protocol.datagram_received(
+            encode_request(b"c" * 20, "find_node", honest_id, b"t" * 20), ("127.0.0.1", 40003)
+        )
+    await asyncio.gather(*protocol._tasks)
+    known = protocol.router.find(honest_id)
+    assert known is not None and (known.ip, known.port) == (
+        honest.address.host,
+        honest.address.port,
+    )
+    assert honest.counters()["requests_ping"] == pings + 1  # re-checked once, and it answered
+    assert len(protocol._probing) == 0
 
 
 async def test_requests_are_rate_limited_per_source(swarm: Swarm) -> None:

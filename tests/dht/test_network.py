@@ -14,7 +14,7 @@ from dhtdeb.dht.transport import MemoryNetwork
 from dhtdeb.discovery import Peer
 from dhtdeb.netaddr import HostPort
 
-from .swarm import Swarm, sha
+from .swarm import Swarm, sha, until_routed
 
 
 async def test_hundred_nodes_many_peers_per_key_and_churn(swarm: Swarm, seed: int) -> None:
@@ -69,6 +69,25 @@ async def test_restart_rejoins_from_saved_contacts_without_bootstrap(swarm: Swar
     assert again.statistics().routing_table >= 8
     await swarm.nodes[0].announce(sha("after-restart"))
     assert await again.find_peers(sha("after-restart"), 5.0)
+
+
+async def test_node_back_on_another_port_replaces_its_silent_old_address(swarm: Swarm) -> None:
+    # Same id, new port (a restart on port 0; a daemon that gave up its first socket): the
+    # node must not stay listed at the dead address, where every lookup near it would wait.
+    swarm.tuning = DhtTuning(rpc_timeout=0.5)
+    boot = await swarm.spawn()
+    await swarm.grow(12)
+    mover = await swarm.spawn((boot.address,))
+    node_id, old, state = mover.engine.node.id, mover.address, swarm.state_of[mover]
+    await until_routed(boot, node_id, old)
+    swarm.nodes.remove(mover)
+    await mover.close()
+    again = await swarm.spawn((boot.address,), state=state)
+    assert again.engine.node.id == node_id and again.address != old
+    await until_routed(boot, node_id, again.address)  # its old address was pinged, then evicted
+    asker = await swarm.spawn((boot.address,))
+    assert await asker.find_peers(sha("nobody has it"), 5.0) == []
+    assert asker.counters().get("timeouts", 0) == 0
 
 
 async def test_corrupt_state_file_starts_fresh(tmp_path: Path) -> None:
