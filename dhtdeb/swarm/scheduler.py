@@ -991,10 +991,14 @@ class SwarmScheduler:
         return ranks
 
     def _is_fetching(self, state: _PeerState) -> bool:
-        """The downloading peer said at its last answer that its mirror request is on a piece
-        (and has not sat on it for longer than fetch_claim_ttl)."""
+        """The downloading peer said at its last answer that its mirror request is on a piece."""
+        return bool(self._fresh_claims(state))
+
+    def _fresh_claims(self, state: _PeerState) -> list[int]:
+        """The pieces a downloading peer's mirror request is on, by its last answer, that it
+        has not sat on for longer than fetch_claim_ttl."""
         oldest = self._clock.now() - self._config.fetch_claim_ttl
-        return any(since > oldest for since in state.fetching.values())
+        return [index for index, since in state.fetching.items() if since > oldest]
 
     def _split_key(self, node: bytes, index: int) -> bytes:
         key = self._split_keys.get((node, index))
@@ -1035,9 +1039,9 @@ class SwarmScheduler:
     def _fetched_by_peer(self, index: int) -> bool:
         """A downloading peer's mirror stream is on this piece (and has not sat on it for
         longer than fetch_claim_ttl): it will offer it soon, the mirror need not send it twice."""
-        oldest = self._clock.now() - self._config.fetch_claim_ttl
-        peers = [s for s in self._peers.values() if self._eligible(s)]
-        return any(s.fetching.get(index, oldest) > oldest for s in peers)
+        return any(
+            index in self._fresh_claims(s) for s in self._peers.values() if self._eligible(s)
+        )
 
     def _referee_indices(self) -> set[int]:
         indices = {i for i in self._disputes if not self._accepted_flags[i]}
