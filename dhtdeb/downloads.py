@@ -42,9 +42,13 @@ class SharedPartial:
     complete_list: bool
     download: SwarmDownload
     offered: frozenset[int] | None = None
+    relayed_pieces: frozenset[int] = frozenset()  # of `offered`: taken on others' offers
 
     def have(self) -> frozenset[int]:
         return self.download.have() if self.offered is None else self.offered
+
+    def relayed(self) -> frozenset[int]:
+        return self.relayed_pieces
 
     def fetching(self) -> range:
         return self.download.fetching()
@@ -109,10 +113,16 @@ class Downloads:
         if count == 1:
             return None  # nothing to offer before the whole file is verified
         offers = download.offers()
+        relays = download.relays()
         void = bytes(DIGEST_SIZE)
-        digests = tuple(offers.get(i, void) for i in range(count))
+        digests = tuple(offers.get(i, relays.get(i, void)) for i in range(count))
         return SharedPartial(
-            download.size, PieceList(download.size, digests), False, download, frozenset(offers)
+            download.size,
+            PieceList(download.size, digests),
+            False,
+            download,
+            frozenset(offers).union(relays),
+            frozenset(relays),
         )
 
     def fetch(self, url: str, expected: Expected, *, announce: bool) -> Transfer:

@@ -23,6 +23,7 @@ from dhtdeb.errors import VerificationError
 log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+READBACK_SIZE = 1 << 20  # bytes read back per step when hashing pieces written out of order
 
 
 def check_sha256(sha256: str) -> str:
@@ -55,6 +56,7 @@ class PartialFile:
         self.written = 0  # length of the prefix that has been hashed
         self._hash = hashlib.sha256()
         self._file = open(path, "w+b")  # closed by commit/discard
+        self._readback: bytearray | None = None  # for hash_through, made on first use
 
     def write(self, data: bytes) -> None:
         if self.written + len(data) > self.size:
@@ -76,12 +78,19 @@ class PartialFile:
         if first is not None and self.written + len(first) <= end:
             self._hash.update(first)
             self.written += len(first)
+        if self.written >= end:
+            return
+        if self._readback is None:
+            self._readback = bytearray(READBACK_SIZE)
+        buffer = memoryview(self._readback)
         while self.written < end:
-            chunk = os.pread(self._file.fileno(), min(1 << 20, end - self.written), self.written)
-            if not chunk:
+            # Read back into one reused buffer: a fresh buffer per call costs new memory pages.
+            view = buffer[: min(READBACK_SIZE, end - self.written)]
+            got = os.preadv(self._file.fileno(), [view], self.written)
+            if not got:
                 raise VerificationError(f"{self.sha256}: bytes missing at {self.written}")
-            self._hash.update(chunk)
-            self.written += len(chunk)
+            self._hash.update(view[:got])
+            self.written += got
 
     def flush(self) -> None:
         """Make written bytes visible to readers that opened the same path."""

@@ -21,7 +21,7 @@ import pytest
 
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
-from dhtdeb.swarm.peer_client import parse_fetching, parse_node
+from dhtdeb.swarm.peer_client import parse_fetching, parse_node, parse_relayed
 from dhtdeb.swarm.peer_server import PeerServer, have_bitfield
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, digest_file
 
@@ -53,9 +53,13 @@ class FakePartial:
     held: set[int]
     file: Path
     complete_list: bool = True
+    relays: frozenset[int] = frozenset()
 
     def have(self) -> frozenset[int]:
         return frozenset(self.held)
+
+    def relayed(self) -> frozenset[int]:
+        return self.relays
 
     def fetching(self) -> range:
         return range(0) if self.complete_list else range(1, 2)
@@ -339,7 +343,12 @@ async def test_partial_file_serves_only_verified_pieces(
     assert offered.headers["x-dhtdeb-fetching"] == "1-1"
     assert offered.headers["x-dhtdeb-node"] == bytes(range(1, 21)).hex()
     assert offered.headers["x-dhtdeb-have"] == base64.b64encode(b"\xa0").decode()
-    view.complete_list = True
+    assert "x-dhtdeb-relayed" not in offered.headers  # everything from its own mirror stream
+    view.relays = frozenset({2})  # piece 2 was taken on another downloader's offer
+    relaying = await raw_request(address, get(f"/v1/pieces/{sha256}"))
+    assert relaying.headers["x-dhtdeb-relayed"] == base64.b64encode(b"\x20").decode()
+    assert relaying.headers["x-dhtdeb-have"] == base64.b64encode(b"\xa0").decode()
+    view.complete_list, view.relays = True, frozenset()
 
     def ranged(start: int, end: int) -> bytes:
         return get(f"/v1/files/{sha256}", f"Range: bytes={start}-{end - 1}\r\n")
@@ -615,3 +624,22 @@ def test_a_peers_fetching_header_is_parsed_strictly(
     header: str | None, expected: range | None
 ) -> None:
     assert parse_fetching(header, 10) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "have", "expected"),
+    [
+        (None, frozenset({1}), frozenset()),
+        (base64.b64encode(b"\x40\x00").decode(), frozenset({1, 2}), frozenset({1})),
+        (base64.b64encode(b"\x00\x00").decode(), frozenset({1}), frozenset()),
+        (base64.b64encode(b"\x60\x00").decode(), frozenset({1}), None),  # 2 is not held
+        (base64.b64encode(b"\x40").decode(), frozenset({1}), None),  # too short for 10 pieces
+        ("all", frozenset({1}), None),
+        ("not base64!", frozenset({1}), None),
+        (base64.b64encode(b"\x40\x00").decode(), None, None),  # a complete peer relays nothing
+    ],
+)
+def test_a_peers_relayed_header_is_parsed_strictly(
+    header: str | None, have: frozenset[int] | None, expected: frozenset[int] | None
+) -> None:
+    assert parse_relayed(header, 10, have) == expected

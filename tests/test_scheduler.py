@@ -568,6 +568,65 @@ def test_offer_that_changes_or_contradicts_the_mirror_is_a_lie() -> None:
     ]
 
 
+def test_a_relayed_piece_is_taken_on_its_authors_offer_and_blames_the_author() -> None:
+    """B passes on piece 2, which it took on A's offer: usable because A offered this node the
+    same digest itself; A, not B, is who the piece was taken on (and who a failed whole-file
+    check keeps away)."""
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A, B])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    # B first: its relay of 2 is of no use while nobody has offered 2 on their own word.
+    h.s.piece_list_received(
+        B, h.pieces({2: BAD}), frozenset({2}), offers_only=True, relayed=frozenset({2})
+    )
+    assert not any(isinstance(a, RequestPiece) for a in h.pop())
+    h.s.piece_list_received(A, h.pieces({2: BAD}), frozenset({2}), offers_only=True)
+    requests = [a for a in h.pop() if isinstance(a, RequestPiece)]
+    assert requests and requests[0].index == 2
+    h.s.piece_received(requests[0].peer, 2, BAD)
+    assert AcceptPiece(2, provisional=True) in h.pop()
+    for index in (0, 1, 3):
+        h.s.piece_received(MIRROR, index, h.true[index])
+    h.pop()
+    assert h.s.finished
+    h.s.whole_file_failed()
+    bans = [a for a in h.pop() if isinstance(a, BanPeer)]
+    assert [(b.peer, b.lied) for b in bans] == [(A, False)]  # B only passed A's word on
+
+
+def test_a_relay_whose_digest_nobody_offered_is_not_used_and_lying_bytes_ban_it() -> None:
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=2))
+    h.s.peers_found([A, B])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), frozenset({1}), offers_only=True)
+    # B relays 1 with A's digest and 3 with a digest nobody offered.
+    h.s.piece_list_received(
+        B, h.pieces({3: BAD}), frozenset({1, 3}), offers_only=True, relayed=frozenset({1, 3})
+    )
+    asked = {(a.peer, a.index) for a in h.pop() if isinstance(a, RequestPiece)}
+    assert (B, 3) not in asked
+    # B's bytes for piece 1 are not what it relayed: a lie of its own, at the cost of one piece.
+    h.s.piece_received(B, 1, BAD)
+    assert BanPeer(B, "piece 1 does not match what it relays", True) in h.pop()
+
+
+def test_a_relay_is_dropped_when_its_author_is_banned() -> None:
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.peers_found([A, B])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    h.s.piece_list_received(A, h.pieces(), frozenset({2}), offers_only=True)
+    h.s.piece_list_received(B, h.pieces(), frozenset({2}), offers_only=True, relayed=frozenset({2}))
+    h.pop()
+    h.s.piece_list_received(A, h.pieces({2: BAD}), frozenset({2}), offers_only=True)
+    assert BanPeer(A, "offer for piece 2 contradicts", True) in h.pop()
+    # Whatever B relays of A's word is no longer taken.
+    h.s.piece_received(B, 2, h.true[2])
+    assert not any(isinstance(a, AcceptPiece) for a in h.pop())
+
+
 def test_whole_file_failure_with_offered_pieces_bans_no_list_author_as_a_liar() -> None:
     h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
     h.s.peers_found([A])

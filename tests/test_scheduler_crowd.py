@@ -49,6 +49,7 @@ MIRROR_WINDOW_MAX = 64  # pieces per mirror request, as in download.py
 VOID = bytes(32)  # a piece list's entry for a piece that is not offered
 WEB_SEED = ("overdue at peers", "peers busy")  # StartMirror reasons: a peer was too slow
 LIST_CHECK = ("referee", "corroborate the list")
+RELAYS = True  # downloaders pass on pieces taken on others' offers (Downloads.partial)
 
 
 def _digest(tag: str) -> bytes:
@@ -241,10 +242,12 @@ class Crowd:
             node.told[peer] = have
             digests = dict(enumerate(listed.digests))
             node.s.piece_list_received(peer, self.claimed(server, digests), have)
-        else:  # offers: only the pieces it got from the mirror
+        else:  # offers: the pieces it got from the mirror, and relays of others' offers
             offers = {i: d for i, d in sorted(server.disk.items()) if i not in server.provisional}
             if server.liar and server.lie is None:  # where it is hardest to catch
                 server.lie = min((i for i in offers if i not in server.blind), default=None)
+            relayed = frozenset(server.provisional) if RELAYS else frozenset()
+            offers.update((i, server.disk[i]) for i in relayed)
             fetching = range(0)  # as download.py tells it: the piece on its way, and the
             if server.stream is not None:  # next one if the request covers it and it goes on
                 on = server.stream.index
@@ -258,6 +261,7 @@ class Crowd:
                 offers_only=True,
                 fetching=fetching,
                 node=server.node_id,
+                relayed=relayed,
             )
         self.drain(node)
 

@@ -162,8 +162,13 @@ class SwarmDownload:
 
     def offers(self) -> dict[int, bytes]:
         """Pieces on disk that came from the mirror, by digest: what this node may offer to
-        other downloaders before it has a corroborated list (never a piece a peer offered)."""
+        other downloaders before it has a corroborated list, on its own word."""
         return {i: self._accepted_digests[i] for i in self._written if i not in self._provisional}
+
+    def relays(self) -> dict[int, bytes]:
+        """Pieces on disk taken on another downloader's offer, by digest: passed on as relayed,
+        so that downloaders check them against that downloader's offer, not this node's word."""
+        return {i: self._accepted_digests[i] for i in self._written if i in self._provisional}
 
     @property
     def peers_used(self) -> int:
@@ -394,6 +399,7 @@ class SwarmDownload:
                 offers_only=answer.offers_only,
                 fetching=answer.fetching,
                 node=answer.node,
+                relayed=answer.relayed,
             )
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:

@@ -26,6 +26,7 @@ from dhtdeb.swarm.pieces import (
     FETCHING_HEADER,
     LIST_HEADER,
     NODE_HEADER,
+    RELAYED_HEADER,
     PieceList,
     piece_count,
 )
@@ -101,6 +102,7 @@ class ListAnswer:
     offers_only: bool
     fetching: range
     node: bytes = b""  # with offers: the id the peer splits the mirror's pieces by
+    relayed: frozenset[int] = frozenset()  # with offers: held pieces taken on others' offers
 
 
 def parse_node(header: str | None) -> bytes | None:
@@ -110,6 +112,22 @@ def parse_node(header: str | None) -> bytes | None:
     if not 8 <= len(header) <= 64 or len(header) % 2 or _HEX.fullmatch(header) is None:
         return None
     return bytes.fromhex(header)
+
+
+def parse_relayed(
+    header: str | None, pieces: int, have: frozenset[int] | None
+) -> frozenset[int] | None:
+    """`X-Dhtdeb-Relayed: <bitfield>` (pieces among `have`); empty without the header, None
+    when malformed or naming a piece the peer does not say it has."""
+    if header is None:
+        return frozenset()
+    try:
+        relayed = parse_have(header, pieces)
+    except PeerMisbehaved:
+        return None
+    if relayed is None or have is None or not relayed <= have:
+        return None
+    return relayed
 
 
 def parse_fetching(header: str | None, pieces: int) -> range | None:
@@ -153,8 +171,11 @@ class PeerClient:
                 node = parse_node(response.headers.get(NODE_HEADER))
                 if node is None:
                     raise PeerMisbehaved(f"{peer.url()}: malformed {NODE_HEADER}")
+                relayed = parse_relayed(response.headers.get(RELAYED_HEADER), count, have)
+                if relayed is None or (relayed and not offers_only):
+                    raise PeerMisbehaved(f"{peer.url()}: malformed {RELAYED_HEADER}")
                 return ListAnswer(
-                    PieceList.from_bytes(size, body), have, offers_only, fetching, node
+                    PieceList.from_bytes(size, body), have, offers_only, fetching, node, relayed
                 )
 
     async def piece(self, peer: Peer, sha256: str, start: int, end: int) -> bytes:

@@ -43,6 +43,7 @@ from dhtdeb.swarm.pieces import (
     LIST_HEADER,
     NODE_HEADER,
     PIECE_SIZE,
+    RELAYED_HEADER,
     PieceList,
     digest_file,
 )
@@ -54,12 +55,15 @@ SIZE_HEADER = "X-Dhtdeb-Size"
 HAVE_HEADER = "X-Dhtdeb-Have"
 PIECES_SUFFIX = ".pieces"
 # Body bytes handed to the kernel per step (each step one sendfile). Without a cap: large steps,
-# few wakeups. With a cap: about 1/64 s of traffic, at least 64 KiB, so the shared bucket paces
-# every upload smoothly without per-step overhead limiting a high cap. A step that makes no
+# few wakeups. With a cap: about 1/16 s of traffic (STEPS_PER_SECOND), at least 64 KiB, so the
+# shared bucket paces every upload smoothly without per-step overhead limiting a high cap (each
+# step costs the event loop a round of sendfile, pause and resume: in a flash crowd on few cores
+# that CPU is taken from the downloads). A step that makes no
 # progress for `idle_timeout` means the client stopped reading; with 1 MiB steps and the default
 # 30 s that is a client slower than ~35 KB/s, which is no use as a peer anyway.
 STEP_UNCAPPED = 1 << 20
 STEP_CAPPED = 64 * 1024
+STEPS_PER_SECOND = 16
 RETRY_AFTER_SECONDS = 5
 LIST_CACHE_ENTRIES = 64
 DIGESTS_AT_ONCE = 2
@@ -89,6 +93,10 @@ class PartialView(Protocol):
 
     def node(self) -> bytes:
         """The downloading node's id (told with offers; empty: none)."""
+        ...
+
+    def relayed(self) -> frozenset[int]:
+        """Of `have()` with offers: the pieces taken on another downloader's offer."""
         ...
 
     def have(self) -> frozenset[int]:
@@ -421,6 +429,9 @@ class PeerServer:
                 node = view.node()
                 if node:
                     extra[NODE_HEADER] = node.hex()
+                relayed = view.relayed()
+                if relayed:
+                    extra[RELAYED_HEADER] = have_bitfield(relayed, len(pieces))
         body = pieces.to_bytes()
         if request.method == "GET":
             await throttle(self._bucket, len(body))
@@ -494,7 +505,7 @@ class PeerServer:
     ) -> None:
         step = STEP_UNCAPPED
         if self._bucket is not None:
-            step = int(min(STEP_UNCAPPED, max(STEP_CAPPED, self._bucket.rate / 64)))
+            step = int(min(STEP_UNCAPPED, max(STEP_CAPPED, self._bucket.rate / STEPS_PER_SECOND)))
         offset = start
         while offset < end:
             count = min(step, end - offset)

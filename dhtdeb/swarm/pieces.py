@@ -27,6 +27,9 @@ LIST_HEADER = "X-Dhtdeb-List"
 FETCHING_HEADER = "X-Dhtdeb-Fetching"
 # Sent with offers: the downloader's node id (hex), by which downloaders split the mirror's pieces.
 NODE_HEADER = "X-Dhtdeb-Node"
+# Sent with offers: a bitfield like X-Dhtdeb-Have, the held pieces the peer took on another
+# downloader's offer (it passes them on; their digests are that downloader's word, not its own).
+RELAYED_HEADER = "X-Dhtdeb-Relayed"
 
 
 def piece_count(size: int, piece_size: int = PIECE_SIZE) -> int:

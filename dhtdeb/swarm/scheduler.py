@@ -240,6 +240,9 @@ class _PeerState:
     errors: int = 0
     inflight: dict[int, _Request] = field(default_factory=dict)
     offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
+    # Pieces it took on another downloader's offer and passes on: usable only where their
+    # digest is what a downloader that got the piece from the mirror itself told this node.
+    relays: dict[int, bytes] = field(default_factory=dict)
     refresh_at: float | None = None  # when to ask a downloading peer for its offers again
     fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
     node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
@@ -307,6 +310,7 @@ class SwarmScheduler:
         self._deadline_passed = False
 
         self._accepted_flags = [False] * self.piece_count
+        self._all_pieces = frozenset(range(self.piece_count))
         self._low = 0  # lowest index not accepted
         self._held: dict[int, Source] = {}
         self._requests: dict[int, dict[Peer, _Request]] = {}
@@ -361,11 +365,13 @@ class SwarmScheduler:
         offers_only: bool = False,
         fetching: range = range(0),
         node: bytes = b"",
+        relayed: frozenset[int] = frozenset(),
     ) -> None:
         """A peer's piece list. With `offers_only` the peer is itself downloading and only the
-        entries of the pieces in `have` (which it got from the mirror) mean anything; `fetching`
-        are the pieces its mirror stream is fetching now (left to it for a while), `node` the
-        id it splits the mirror's pieces by."""
+        entries of the pieces in `have` mean anything: those it got from the mirror, and the
+        `relayed` ones it took on another downloader's offer; `fetching` are the pieces its
+        mirror stream is fetching now (left to it for a while), `node` the id it splits the
+        mirror's pieces by."""
         state = self._peers.get(peer)
         if self._done() or state is None:
             return
@@ -378,7 +384,7 @@ class SwarmScheduler:
             self._schedule()
             return
         if offers_only and not self._single:
-            self._offers_received(state, pieces, have or frozenset(), fetching)
+            self._offers_received(state, pieces, have or frozenset(), fetching, relayed)
             state.node = node
             self._schedule()
             return
@@ -588,11 +594,20 @@ class SwarmScheduler:
     # ------------------------------------------------------- piece evaluation
 
     def _offers_received(
-        self, state: _PeerState, pieces: PieceList, have: frozenset[int], fetching: range
+        self,
+        state: _PeerState,
+        pieces: PieceList,
+        have: frozenset[int],
+        fetching: range,
+        relayed: frozenset[int],
     ) -> None:
         """Take a downloading peer's offers. An offer may never change, and must agree with
-        the mirror's digests and with a corroborated list; it is a claim about one piece."""
-        offers = {i: pieces.digests[i] for i in sorted(have) if 0 <= i < self.piece_count}
+        the mirror's digests and with a corroborated list; it is a claim about one piece.
+        A relayed piece is no claim of the peer's own: it is used only where its digest is an
+        offer another downloader made to this node (`_refresh_relays`)."""
+        wanted = [i for i in sorted(have) if 0 <= i < self.piece_count]
+        offers = {i: pieces.digests[i] for i in wanted if i not in relayed}
+        relays = {i: pieces.digests[i] for i in wanted if i in relayed}
         known = state.offers or {}
         for index, digest in offers.items():
             truth = self._mirror_digests.get(index)
@@ -603,8 +618,9 @@ class SwarmScheduler:
                 return
         state.list_state = _ListState.RECEIVED
         state.offers = {**known, **offers}
-        state.have = frozenset(state.offers)
+        state.relays = {i: d for i, d in relays.items() if i not in state.offers}
         state.not_held.clear()
+        self._refresh_relays()
         now = self._clock.now()
         state.fetching = {
             i: state.fetching.get(i, now)
@@ -612,6 +628,29 @@ class SwarmScheduler:
             if 0 <= i < self.piece_count and i not in state.offers
         }
         state.refresh_at = now + self._config.offers_refresh
+
+    def _offer_author(self, index: int, digest: bytes) -> Peer | None:
+        """A downloader (still usable) that offered piece `index` with `digest` itself."""
+        for state in self._peers.values():
+            if state.offers is not None and state.offers.get(index) == digest:
+                if self._eligible(state):
+                    return state.peer
+        return None
+
+    def _refresh_relays(self) -> None:
+        """What each downloading peer can serve: its own offers, and the pieces it relays whose
+        digest some usable downloader offered this node itself. A relay that got a different
+        digest (one of the two was lied to, or lies) is simply not used."""
+        offered: dict[int, set[bytes]] = {}
+        for state in self._peers.values():
+            if state.offers is not None and self._eligible(state):
+                for index, digest in state.offers.items():
+                    offered.setdefault(index, set()).add(digest)
+        for state in self._peers.values():
+            if state.offers is None:
+                continue
+            relays = (i for i, d in state.relays.items() if d in offered.get(i, ()))
+            state.have = frozenset(state.offers).union(relays)
 
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
         state = self._peers.get(peer)
@@ -627,6 +666,17 @@ class SwarmScheduler:
             return
         if claim is None:
             offered = (state.offers or {}).get(index)
+            relayed = state.relays.get(index)
+            if offered is None and relayed is not None:
+                # Passed on: the downloader whose offer it matches stands behind it.
+                author = self._offer_author(index, relayed)
+                if relayed != digest:
+                    self._ban(peer, f"piece {index} does not match what it relays", lied=True)
+                elif author is not None:
+                    self._cancel_others(index, keep=peer)
+                    self._provisional[index] = author
+                    self._accept(index, digest=digest, provisional=True)
+                return
             if offered == digest:
                 self._cancel_others(index, keep=peer)
                 self._provisional[index] = peer
@@ -1023,6 +1073,10 @@ class SwarmScheduler:
             ]
             if any(s.have is None and not s.not_held for s in servers):
                 return []  # a complete peer can serve every piece
+        # One pass over the peers, then one over the pieces: this runs on every event.
+        covered = self._fetched_by_peers()
+        for s in servers:
+            covered |= (s.have if s.have is not None else self._all_pieces) - s.not_held
         return [
             index
             for index in range(self._low, self.piece_count)
@@ -1030,18 +1084,19 @@ class SwarmScheduler:
                 self._accepted_flags[index]
                 or index in self._held
                 or index in self._refused
+                or index in covered
                 or self._live_request(index)
-                or any(s.holds(index) for s in servers)
-                or self._fetched_by_peer(index)
             )
         ]
 
-    def _fetched_by_peer(self, index: int) -> bool:
-        """A downloading peer's mirror stream is on this piece (and has not sat on it for
-        longer than fetch_claim_ttl): it will offer it soon, the mirror need not send it twice."""
-        return any(
-            index in self._fresh_claims(s) for s in self._peers.values() if self._eligible(s)
-        )
+    def _fetched_by_peers(self) -> set[int]:
+        """The pieces downloading peers' mirror streams are on (and have not sat on for longer
+        than fetch_claim_ttl): they will offer them soon, the mirror need not send them twice."""
+        fetched: set[int] = set()
+        for state in self._peers.values():
+            if state.fetching and self._eligible(state):
+                fetched.update(self._fresh_claims(state))
+        return fetched
 
     def _referee_indices(self) -> set[int]:
         indices = {i for i in self._disputes if not self._accepted_flags[i]}
@@ -1092,6 +1147,8 @@ class SwarmScheduler:
     def _eligible(self, state: _PeerState) -> bool:
         if state.list_state is _ListState.PENDING:
             return False
+        if not self._disputes and not self._rivals:
+            return True
         peer = state.peer
         if any(peer in disputants for disputants in self._disputes.values()):
             return False
@@ -1138,7 +1195,7 @@ class SwarmScheduler:
             or self._requests
             or any(s.busy_until > self._clock.now() for s in self._peers.values())
             or any(s.offers is not None and self._is_fetching(s) for s in self._peers.values())
-            or any(self._fetched_by_peer(i) for i in range(self._low, self.piece_count))
+            or any(i >= self._low for i in self._fetched_by_peers())
         ):
             return
         if not self._peers_seen and not self._mirror_available:
@@ -1211,6 +1268,8 @@ class SwarmScheduler:
 
     def _remove_peer(self, peer: Peer) -> None:
         state = self._peers.pop(peer, None)
+        if state is not None and state.offers:
+            self._refresh_relays()  # what others relay of its offers is of no use any more
         if state is not None:
             for index in list(state.inflight):
                 by_peer = self._requests.get(index)
