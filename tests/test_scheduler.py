@@ -1176,3 +1176,30 @@ def test_simulation_two_agreeing_complete_peers_cost_no_mirror_traffic() -> None
         assert sim.finished == 1, f"seed {seed}: {sim.s.failed}"
         assert sim.mirror_starts == 0, f"seed {seed}: mirror used with two agreeing peers"
         assert sim.mirror_audits == 0, f"seed {seed}: audit with two agreeing peers"
+
+
+def test_a_blind_mirror_piece_is_given_up_only_to_a_downloader_before_this_one() -> None:
+    """Every node of a flash crowd starts its mirror stream at piece 0 before it knows the
+    others. Of those fetching one piece, only the first in its rendezvous order keeps it."""
+    me = b"\x09" * 20
+    h = Harness(4, node=me, config=SchedulerConfig(max_requests_per_peer=1))
+    h.s.lookup_deadline_passed()
+    assert h.pop() == [StartMirror(0)]  # blind: nobody known yet
+    assert not h.s.mirror_yield(0)
+    ids = {A: b"\x01" * 20, B: b"\x02" * 20}
+    before = [p for p, n in ids.items() if _split_key(n, h.sha, 0) < _split_key(me, h.sha, 0)]
+    after = [p for p in ids if p not in before]
+    assert before and after  # the ids were chosen so: one on each side of this node
+    h.s.peers_found([A, B])
+    h.pop()
+    for peer in after:  # fetching piece 0 too, but after this node in line: keep it
+        h.s.piece_list_received(
+            peer, h.pieces(), frozenset(), offers_only=True, fetching=range(1), node=ids[peer]
+        )
+    assert not h.s.mirror_yield(0)
+    for peer in before:  # one before this node in line: it will offer piece 0
+        h.s.piece_list_received(
+            peer, h.pieces(), frozenset(), offers_only=True, fetching=range(1), node=ids[peer]
+        )
+    assert h.s.mirror_yield(0)
+    assert not h.s.mirror_yield(1)  # nobody else is on piece 1

@@ -124,6 +124,7 @@ class Crowd:
         self.seq = 0
         self.trace: list[str] = []
         self.mirror_pieces: dict[str, int] = {}  # pieces the mirror started to send, by kind
+        self.given_up = 0  # of those, given up to a downloader first in line (less than half sent)
         self.lies_banned: list[tuple[int, BanPeer]] = []  # (by node, ban) of honest peers
 
     def describe(self) -> str:
@@ -152,6 +153,8 @@ class Crowd:
             self.clock.advance(DT)
             while self.events and self.events[0][0] <= self.clock.now() + 1e-9:
                 heapq.heappop(self.events)[2]()
+            for node in self.nodes:
+                self.maybe_yield(node)
             self.move_bytes()
             for node in self.nodes:
                 if node.timer is not None and node.timer <= self.clock.now():
@@ -205,6 +208,17 @@ class Crowd:
             node.requests.discard((server.peer, index))
             digest = self.bad if index == server.lie else server.disk[index]
             node.s.piece_received(server.peer, index, digest)
+        self.drain(node)
+
+    def maybe_yield(self, node: Node) -> None:
+        """As download.py asks while less than half of a mirror piece has come: give it up?"""
+        flow = node.stream
+        if flow is None or flow.left <= PS / 2 or not node.s.mirror_yield(flow.index):
+            return
+        self.flows.remove(flow)
+        self.given_up += 1
+        node.stream, node.mirror_open = None, False
+        node.s.mirror_stopped(None)
         self.drain(node)
 
     def mirror_request(self, node: Node, first: int) -> None:

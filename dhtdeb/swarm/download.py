@@ -58,6 +58,7 @@ BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two asks whether to give it up
 
 
 def _sha256(data: bytes) -> bytes:
@@ -502,6 +503,24 @@ class SwarmDownload:
         finally:
             self._mirror_window_now = range(0)
 
+    async def _mirror_piece(self, response: MirrorResponse, index: int, size: int) -> bytes | None:
+        """The piece's bytes from the stream, or None when the scheduler has it give the piece
+        up (asked while less than half of it has come; the request is then dropped)."""
+        parts: list[bytes] = []
+        got = 0
+        while got < size // 2:
+            if self._scheduler.mirror_yield(index):
+                self._ctx.counters.bytes.from_mirror += got
+                self.bytes_from_mirror += got
+                log.debug(
+                    "%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got
+                )
+                return None
+            parts.append(await response.read_exactly(min(YIELD_STEP, size - got)))
+            got += len(parts[-1])
+        parts.append(await response.read_exactly(size - got))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def _mirror_request(self, first: int, last: int) -> int | None:
         start = first * PIECE_SIZE
         end = min((last + 1) * PIECE_SIZE, self._size)
@@ -521,7 +540,11 @@ class SwarmDownload:
                 going_on = index < last and self._scheduler.mirror_wants(index + 1)
                 self._mirror_window_now = range(index, index + 1 + going_on)
                 piece_start = index * PIECE_SIZE
-                data = await response.read_exactly(min(PIECE_SIZE, self._size - piece_start))
+                data = await self._mirror_piece(
+                    response, index, min(PIECE_SIZE, self._size - piece_start)
+                )
+                if data is None:
+                    return None  # given up to a downloader before this one: it offers it
                 log.debug(
                     "%s: piece %d from the mirror%s",
                     self._sha256[:12],

@@ -463,6 +463,25 @@ class SwarmScheduler:
             return False
         return index == self._mirror_claim or self._mirror_wants(index)
 
+    def mirror_yield(self, index: int) -> bool:
+        """The mirror stream is on piece `index`: give it up, because a downloader before this
+        node in the piece's rendezvous order says its own mirror stream is on it too (it will
+        offer it). Of the downloaders fetching one piece, the first in that order never yields,
+        so somebody always finishes it. What matters: in a flash crowd every node's first
+        request, made before any lookup found the others, is for piece 0."""
+        if self._done() or not self._mirror_active or not self._node:
+            return False
+        mine = self._split_key(self._node, index)
+        return any(
+            state.node
+            and state.node != self._node
+            and self._split_key(state.node, index) < mine
+            and index in self._fresh_claims(state)
+            and self._eligible(state)
+            for state in self._peers.values()
+            if state.offers is not None
+        )
+
     def mirror_stopped(self, error: str | None) -> None:
         if not self._mirror_active:
             return
