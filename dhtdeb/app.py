@@ -38,7 +38,7 @@ from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import PeerPenalties, SwarmContext
 from dhtdeb.swarm.peer_client import PeerClient
-from dhtdeb.swarm.peer_server import PeerServer
+from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS, PeerServer
 from dhtdeb.swarm.pieces import PieceList
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ServeConfig:
     cache_limit: int = 0
     announce: bool = True
     upload_rate: float | None = None  # bytes/s for all uploads to peers together; None: no cap
-    max_uploads: int = 16
+    max_uploads: int = DEFAULT_MAX_UPLOADS
     peer_timeout: float = 10.0  # seconds without a byte before a peer request counts as stalled
 
 

@@ -17,6 +17,7 @@ from dhtdeb import __version__
 from dhtdeb.errors import ConfigError
 from dhtdeb.logsetup import setup_logging
 from dhtdeb.netaddr import parse_cidr, parse_host_port
+from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS
 
 app = typer.Typer(
     add_completion=False,
@@ -73,7 +74,9 @@ def serve(
     upload_rate: Annotated[
         str, typer.Option(help="Cap on upload to peers, bytes/s, e.g. 5M (0: none)")
     ] = "0",
-    max_uploads: Annotated[int, typer.Option(help="Concurrent uploads to peers")] = 16,
+    max_uploads: Annotated[
+        int, typer.Option(help="Concurrent uploads to peers")
+    ] = DEFAULT_MAX_UPLOADS,
     peer_timeout: Annotated[
         float, typer.Option(help="Seconds without a byte before a peer counts as stalled")
     ] = 10.0,
