@@ -58,9 +58,9 @@ PIECES_SUFFIX = ".pieces"
 # few wakeups. With a cap: about 1/16 s of traffic (STEPS_PER_SECOND), at least 64 KiB, so the
 # shared bucket paces every upload smoothly without per-step overhead limiting a high cap (each
 # step costs the event loop a round of sendfile, pause and resume: in a flash crowd on few cores
-# that CPU is taken from the downloads). A step that makes no
-# progress for `idle_timeout` means the client stopped reading; with 1 MiB steps and the default
-# 30 s that is a client slower than ~35 KB/s, which is no use as a peer anyway.
+# that CPU is taken from the downloads). A step that makes no progress for `idle_timeout` means
+# the client stopped reading; with 1 MiB steps and the default 30 s that is a client slower than
+# ~35 KB/s, which is no use as a peer anyway.
 STEP_UNCAPPED = 1 << 20
 STEP_CAPPED = 64 * 1024
 STEPS_PER_SECOND = 16

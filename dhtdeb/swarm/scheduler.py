@@ -473,13 +473,8 @@ class SwarmScheduler:
             return False
         mine = self._split_key(self._node, index)
         return any(
-            state.node
-            and state.node != self._node
-            and self._split_key(state.node, index) < mine
-            and index in self._fresh_claims(state)
-            and self._eligible(state)
-            for state in self._peers.values()
-            if state.offers is not None
+            self._split_key(state.node, index) < mine and index in self._fresh_claims(state)
+            for state in self._split_partners()
         )
 
     def mirror_stopped(self, error: str | None) -> None:
@@ -688,10 +683,9 @@ class SwarmScheduler:
             relayed = state.relays.get(index)
             if offered is None and relayed is not None:
                 # Passed on: the downloader whose offer it matches stands behind it.
-                author = self._offer_author(index, relayed)
                 if relayed != digest:
                     self._ban(peer, f"piece {index} does not match what it relays", lied=True)
-                elif author is not None:
+                elif (author := self._offer_author(index, relayed)) is not None:
                     self._cancel_others(index, keep=peer)
                     self._provisional[index] = author
                     self._accept(index, digest=digest, provisional=True)
@@ -1045,11 +1039,7 @@ class SwarmScheduler:
         """For each index: how many downloading peers (that told their id) come before this
         node in its rendezvous order (0: its share), and whether one of those is fetching
         from the mirror now (it may still get there). Empty when there is nobody to split with."""
-        partners = [
-            (s.node, self._is_fetching(s))
-            for s in self._peers.values()
-            if s.offers is not None and s.node and s.node != self._node and self._eligible(s)
-        ]
+        partners = [(s.node, self._is_fetching(s)) for s in self._split_partners()]
         if not partners or not self._node:
             return {}
         ranks = {}
@@ -1058,6 +1048,15 @@ class SwarmScheduler:
             before = [busy for node, busy in partners if self._split_key(node, index) < mine]
             ranks[index] = (len(before), any(before))
         return ranks
+
+    def _split_partners(self) -> list[_PeerState]:
+        """The usable downloading peers that told their id: those the mirror's pieces are
+        split with."""
+        return [
+            s
+            for s in self._peers.values()
+            if s.offers is not None and s.node and s.node != self._node and self._eligible(s)
+        ]
 
     def _is_fetching(self, state: _PeerState) -> bool:
         """The downloading peer said at its last answer that its mirror request is on a piece."""
@@ -1287,9 +1286,9 @@ class SwarmScheduler:
 
     def _remove_peer(self, peer: Peer) -> None:
         state = self._peers.pop(peer, None)
-        if state is not None and state.offers:
-            self._refresh_relays()  # what others relay of its offers is of no use any more
         if state is not None:
+            if state.offers:
+                self._refresh_relays()  # what others relay of its offers is of no use any more
             for index in list(state.inflight):
                 by_peer = self._requests.get(index)
                 if by_peer is not None:
