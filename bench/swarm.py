@@ -20,7 +20,11 @@ each benchmark, so no round sees another round's announcements.
            through its proxy (`curl -x`), against `curl` straight from A's peer server
            (`/v1/files/<sha>`). Printed: both throughputs and their ratio (target >= 0.5), B's
            sha256, and the mirror's .deb bytes during B's fetch (<= one piece, for list
-           corroboration).
+           corroboration). In the same round, the same curl runs through bench/floor.py, a
+           proxy doing only the work no proxy may skip (receive, hash, store, send): once with
+           dhtdeb's work (two hash passes, store through the page cache) and once with the
+           least (one pass, store with O_DIRECT). Its ratio bounds what any implementation
+           could reach on this machine.
 
     .venv/bin/python bench/swarm.py [--rounds 3] [--quick] [--only offload|crowd|single ...]
         [--nodes 20] [--rate 12000000] [--seed S] [--keep]
@@ -63,6 +67,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import proxy as proxy_bench  # noqa: E402  (bench/proxy.py: the archive recipe)
+from floor import FloorProxy  # noqa: E402  (bench/floor.py: the least work a proxy must do)
 from support.apt import AptClient, AptResult, ProxyMode, RunningApt  # noqa: E402
 from support.archive import (  # noqa: E402
     DebPackage,
@@ -714,6 +719,11 @@ class SingleRound:
     round: int
     via_proxy: float  # seconds, curl -x B
     reference: float  # seconds, curl from A's peer server
+    # seconds, curl through bench/floor.py in front of A's peer server: dhtdeb's work (two
+    # hashes, store through the page cache) and the least work (one hash, store with O_DIRECT)
+    floor_two: float
+    floor_least: float
+    floor_direct: bool  # the least-work floor could use O_DIRECT here
     mirror_deb_bytes: int  # during B's fetch
     sha_ok: bool
     b_status: dict[str, int]
@@ -794,23 +804,52 @@ def run_single(bench: Bench, round_: int) -> SingleRound:
         if not complete:
             raise RuntimeError("B's DHT never found A for the big file")
 
-        def reference() -> float:
-            seconds, size, code, sha = sink.curl([f"{peer_url(a)}/v1/files/{package.sha256}"])
+        file_url = f"{peer_url(a)}/v1/files/{package.sha256}"
+        floors = {
+            "two": FloorProxy(
+                file_url, package.sha256, package.size, bench.workdir, hashes=2, direct=False
+            ),
+            "least": FloorProxy(
+                file_url, package.sha256, package.size, bench.workdir, hashes=1, direct=True
+            ),
+        }
+
+        def timed(url: str, what: str, *proxy: str) -> float:
+            seconds, size, code, sha = sink.curl([*proxy, url])
             if code != 200 or size != package.size or sha != package.sha256:
-                raise RuntimeError(f"A's peer server: HTTP {code}, {size} bytes, sha256 {sha}")
+                raise RuntimeError(f"{what}: HTTP {code}, {size} bytes, sha256 {sha}")
             return seconds
 
-        # Alternate which one goes first: the second runs on a warmer page cache.
-        ref_seconds = reference() if round_ % 2 else 0.0
-        bench.mirror.reset_counters()
-        seconds, size, code, sha = sink.curl(["-x", f"http://{b.proxy}", url])
-        mirror_bytes = bench.mirror.deb_bytes_sent()
-        if not round_ % 2:
-            ref_seconds = reference()
+        def via_b() -> float:
+            nonlocal mirror_bytes, sha_ok
+            bench.mirror.reset_counters()
+            seconds, size, code, sha = sink.curl(["-x", f"http://{b.proxy}", url])
+            mirror_bytes = bench.mirror.deb_bytes_sent()
+            sha_ok = code == 200 and size == package.size and sha == package.sha256
+            if not sha_ok:
+                bench.failures.append(f"round {round_} single: B's file is wrong (HTTP {code})")
+            return seconds
+
+        # Each measurement writes or reads 256 MiB; the order decides who meets a warm page
+        # cache, so it turns with the round.
+        runs: list[tuple[str, Callable[[], float]]] = [
+            ("b", via_b),
+            ("ref", lambda: timed(file_url, "A's peer server")),
+            ("two", lambda: timed(floors["two"].url, "floor proxy, dhtdeb's work")),
+            ("least", lambda: timed(floors["least"].url, "floor proxy, least work")),
+        ]
+        turn = (round_ - 1) % len(runs)
+        mirror_bytes, sha_ok = 0, False
+        try:
+            times = {name: run() for name, run in runs[turn:] + runs[:turn]}
+        finally:
+            errors = [e for f in floors.values() for e in f.errors]
+            for floor in floors.values():
+                floor.close()
+        if errors:
+            raise RuntimeError(f"floor proxy: {errors[0]}")
+        seconds, ref_seconds = times["b"], times["ref"]
         b_status = status_bytes(b)
-        sha_ok = code == 200 and size == package.size and sha == package.sha256
-        if not sha_ok:
-            bench.failures.append(f"round {round_} single: B's file is wrong (HTTP {code})")
     finally:
         sink.remove()
         bench.stop_swarm(swarm)
@@ -818,12 +857,24 @@ def run_single(bench: Bench, round_: int) -> SingleRound:
         # in the page cache, and a later round's B writes its copy into memory the VM has to
         # fault in from the host (~0.5 s more CPU on 2 cores): rounds would differ.
         bench.discard(swarm)
-    result = SingleRound(round_, seconds, ref_seconds, mirror_bytes, sha_ok, b_status)
+    result = SingleRound(
+        round_,
+        seconds,
+        ref_seconds,
+        times["two"],
+        times["least"],
+        floors["least"].direct,
+        mirror_bytes,
+        sha_ok,
+        b_status,
+    )
     print(
         f"  round {round_} single: via B's proxy {package.size / seconds / MB:.0f} MB/s "
         f"({seconds:.2f} s), A's peer server {package.size / ref_seconds / MB:.0f} MB/s "
-        f"({ref_seconds:.2f} s): ratio {ref_seconds / seconds:.2f}; mirror sent "
-        f"{proxy_bench.fmt_bytes(mirror_bytes)} of .deb; sha256 {'ok' if sha_ok else 'WRONG'}",
+        f"({ref_seconds:.2f} s): ratio {ref_seconds / seconds:.2f}; floor proxy "
+        f"{result.floor_two:.2f} s (dhtdeb's work), {result.floor_least:.2f} s (least work); "
+        f"mirror sent {proxy_bench.fmt_bytes(mirror_bytes)} of .deb; "
+        f"sha256 {'ok' if sha_ok else 'WRONG'}",
         flush=True,
     )
     return result
@@ -1040,6 +1091,20 @@ def report_single(rounds: Sequence[SingleRound], data: BenchArchive) -> None:
     print(
         f"  ratio (median of per-round ratios) {ratio:.2f}x {verdict(ratio, TARGET_SINGLE, False)}"
     )
+    # The floor proxy (bench/floor.py) does only what no proxy may skip; its ratio bounds what
+    # any implementation could reach on this machine, and dhtdeb's distance to it is its own.
+    direct = "O_DIRECT" if all(r.floor_direct for r in rounds) else "page cache: no O_DIRECT here"
+    for label, floor_of in (
+        ("dhtdeb's work (2 hashes, page cache)", lambda r: r.floor_two),
+        (f"least work (whole-file hash, {direct})", lambda r: r.floor_least),
+    ):
+        floor = statistics.median(floor_of(r) for r in rounds)
+        best = statistics.median(r.reference / floor_of(r) for r in rounds)
+        behind = statistics.median(r.via_proxy / floor_of(r) for r in rounds)
+        print(
+            f"floor proxy, {label}: median {floor:.2f} s; ratio to A {best:.2f}x, "
+            f"dhtdeb takes {behind:.2f}x its time"
+        )
     most = max(r.mirror_deb_bytes for r in rounds)
     print(
         f"mirror .deb bytes during B's fetch: at most {proxy_bench.fmt_bytes(most)} "
