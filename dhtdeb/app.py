@@ -15,7 +15,6 @@ import os
 import random
 import secrets
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from dhtdeb.archive.chain import TrustChain
 from dhtdeb.archive.index import ArchiveIndex
 from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.clock import MonotonicClock
-from dhtdeb.discovery import NoDiscovery, Peer, PeerDiscovery
+from dhtdeb.discovery import NoDiscovery, PeerDiscovery
 from dhtdeb.downloads import Downloads
 from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.metrics import metrics_renderer
@@ -37,6 +36,7 @@ from dhtdeb.proxy.server import AccessPolicy, ProxyServer, build_server
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import PeerPenalties, SwarmContext
+from dhtdeb.swarm.holders import HaveQueries, HolderHints
 from dhtdeb.swarm.peer_client import PeerClient
 from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS, PeerServer
 from dhtdeb.swarm.pieces import PieceList
@@ -76,6 +76,9 @@ def default_state_dir() -> Path:
 
 
 def load_node_id(state_dir: Path) -> str:
+    """This daemon's node id (40 hex digits), kept in `<state-dir>/node_id`: its identity in the
+    DHT and towards peers. Every host of a fleet listens on the same port, so this id, never an
+    address, is how a node recognises itself in a peer list or at the other end of a request."""
     path = state_dir / "node_id"
     try:
         text = path.read_text().strip()
@@ -84,7 +87,10 @@ def load_node_id(state_dir: Path) -> str:
             return text
     except (FileNotFoundError, ValueError):
         pass
-    node_id = secrets.token_hex(20)
+    from dhtdeb.dht import saved_node_id  # a state dir from before the id had its own file
+
+    saved = saved_node_id(state_dir / "dht")
+    node_id = saved.hex() if saved else secrets.token_hex(20)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(node_id + "\n")
     os.replace(tmp, path)
@@ -100,9 +106,9 @@ def write_addresses(state_dir: Path, addresses: dict[str, object]) -> None:
 
 
 async def _open_peer_side(
-    config: ServeConfig, peer_server: PeerServer
-) -> tuple[PeerDiscovery, HostPort, str | None]:
-    """The peer server on TCP and the DHT on UDP, on the same port number; and the DHT node id.
+    config: ServeConfig, peer_server: PeerServer, node_id: str
+) -> tuple[PeerDiscovery, HostPort]:
+    """The peer server on TCP and the DHT on UDP, on the same port number.
 
     The DHT joins only once both sockets are bound. A node that joined and then moved to another
     port would stay listed at its first address in the routing tables of the nodes it met (the
@@ -113,7 +119,7 @@ async def _open_peer_side(
     sends anything; then both are tried again on another number.
     """
     if not config.dht:
-        return NoDiscovery(), config.peer, None
+        return NoDiscovery(), config.peer
     from dhtdeb.dht import DhtConfig, open_dht
 
     attempts = 5 if config.peer.port == 0 else 1
@@ -131,6 +137,7 @@ async def _open_peer_side(
                     state_dir=config.state_dir / "dht",
                     bootstrap=config.bootstrap,
                     lan=config.lan,
+                    node_id=bytes.fromhex(node_id),
                 )
             )
         except ConfigError:  # the UDP port is taken (nothing was sent from it)
@@ -139,39 +146,22 @@ async def _open_peer_side(
                 raise
             log.debug("DHT: UDP port %d is taken, trying another port", port)
             continue
-        return node, node.address, node.engine.node.id.hex()
+        return node, node.address
     raise AssertionError("unreachable")
 
 
-def _is_self(address: HostPort) -> Callable[[Peer], bool]:
-    """Whether a peer the DHT returned is this node itself."""
-    wildcard = address.host in ("0.0.0.0", "::", "")
-
-    def is_self(peer: Peer) -> bool:
-        if peer.port != address.port:
-            return False
-        if peer.host == address.host or wildcard:
-            return True
-        try:
-            return ipaddress.ip_address(peer.host).is_loopback
-        except ValueError:
-            return False
-
-    return is_self
-
-
-async def _announce_store(discovery: PeerDiscovery, store: ContentStore) -> None:
-    """After a restart, tell the DHT again about every verified file in the store (in the
-    background: apt is served meanwhile)."""
+def _announce_store(discovery: PeerDiscovery, store: ContentStore) -> None:
+    """After a restart, tell the DHT again about every verified file in the store (queued: the
+    DHT announces them in batches while apt is served)."""
     count = 0
     for sha256 in store.hashes():
         try:
-            await discovery.announce(sha256)
+            discovery.announce_later(sha256)
             count += 1
-        except DhtdebError as exc:
-            log.warning("re-announcing %s failed: %s", sha256[:12], exc)
+        except (DhtdebError, ValueError) as exc:
+            log.warning("not re-announcing %s: %s", sha256[:12], exc)
     if count:
-        log.info("re-announced %d stored files", count)
+        log.info("re-announcing %d stored files", count)
 
 
 async def _until_signalled() -> None:
@@ -214,12 +204,15 @@ async def serve(config: ServeConfig) -> None:
     counters = Counters()
     mirror = MirrorClient()
     clock = MonotonicClock()
+    # This daemon's identity (DHT node id, told to peers); never an address: every host of a
+    # fleet listens on the same port.
+    node_id = load_node_id(state_dir)
 
     async def on_stored(stored: StoredFile, pieces: PieceList | None) -> None:
         if pieces is not None:
             await peer_server.adopt_piece_list(stored.sha256, pieces)
         if config.announce and config.dht:
-            await discovery.announce(stored.sha256)
+            discovery.announce_later(stored.sha256)
 
     async def on_started(sha256: str) -> None:
         if config.announce and config.dht:
@@ -233,11 +226,11 @@ async def serve(config: ServeConfig) -> None:
         upload_rate=config.upload_rate,
         max_uploads=config.max_uploads,
         clock=clock,
+        node=bytes.fromhex(node_id),
     )
-    discovery, peer_address, dht_id = await _open_peer_side(config, peer_server)
-    # The DHT's node id when there is a DHT; otherwise one of our own, kept in the state dir.
-    node_id = dht_id or load_node_id(state_dir)
-    peer_client = PeerClient(idle_timeout=config.peer_timeout)
+    discovery, peer_address = await _open_peer_side(config, peer_server, node_id)
+    peer_client = PeerClient(idle_timeout=config.peer_timeout, node=bytes.fromhex(node_id))
+    holders = HaveQueries(HolderHints(), peer_client)
     if config.dht:
         downloads.attach_swarm(
             SwarmContext(
@@ -248,8 +241,8 @@ async def serve(config: ServeConfig) -> None:
                 penalties=PeerPenalties(clock),
                 clock=clock,
                 rng=random.Random(),
-                is_self=_is_self(peer_address),
                 node=bytes.fromhex(node_id),
+                holders=holders,
             )
         )
     chain = TrustChain(keys, index, counters)
@@ -305,18 +298,16 @@ async def serve(config: ServeConfig) -> None:
             node_id[:12],
             store.file_count,
         )
-        async with asyncio.TaskGroup() as background:
-            if config.announce and config.dht:
-                reannounce = background.create_task(_announce_store(discovery, store))
-            await _until_signalled()
-            if config.announce and config.dht:
-                reannounce.cancel()
+        if config.announce and config.dht:
+            _announce_store(discovery, store)
+        await _until_signalled()
     finally:
         with contextlib.suppress(FileNotFoundError):
             (state_dir / "addresses.json").unlink()
         await runner.cleanup()
         await peer_server.close()
         await downloads.close()
+        await holders.close()
         await peer_client.close()
         await mirror.close()
         await discovery.close()

@@ -2,20 +2,29 @@
 
 A key is the SHA256 of a file (hex, from the signed index). The DHT implementation in `dhtdeb.dht`
 truncates it to its own key size; callers never need to know. A `Peer` is where a peer's HTTP server
-listens (the same port number as its DHT UDP socket). Peers are never trusted: whatever they serve
-is verified against the signed index before use.
+listens (the same port number as its DHT UDP socket) and the node id it announced with; a node
+knows itself by that id, never by an address. Peers are never trusted: whatever they serve is
+verified against the signed index before use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Peer:
+    """Where a peer listens, and the node id it announced with (empty when unknown).
+
+    Equality is by address only: the id is a claim of the peer's, used to recognise this node
+    itself (every host of a fleet listens on the same port, so an address says nothing about
+    who is behind it) and never to trust anybody.
+    """
+
     host: str
     port: int
+    node: bytes = field(default=b"", compare=False)
 
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -31,7 +40,11 @@ class DiscoveryStatistics:
 
 class PeerDiscovery(Protocol):
     async def announce(self, sha256: str) -> None:
-        """Tell the network this node holds the verified file with this SHA256 (hex)."""
+        """Tell the network this node holds the verified file with this SHA256 (hex), now."""
+        ...
+
+    def announce_later(self, sha256: str) -> None:
+        """The same, soon, together with the other files stored about now (apt's batches)."""
         ...
 
     async def find_peers(self, sha256: str, deadline: float) -> list[Peer]:
@@ -47,6 +60,9 @@ class NoDiscovery:
     """`--no-dht`: a pure verified caching proxy that never talks to peers."""
 
     async def announce(self, sha256: str) -> None:
+        return None
+
+    def announce_later(self, sha256: str) -> None:
         return None
 
     async def find_peers(self, sha256: str, deadline: float) -> list[Peer]:

@@ -222,6 +222,9 @@ class Downloads:
         started = swarm.clock.now()
         try:
             await download.run()
+            if swarm.holders is not None:
+                for peer in download.delivered_by():
+                    swarm.holders.hints.delivered(peer, swarm.clock.now())
         finally:
             del self._swarming[transfer.sha256]
             if download.bytes_from_peers:

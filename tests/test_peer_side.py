@@ -65,14 +65,16 @@ async def test_dht_joins_only_from_the_port_it_keeps(tmp_path: Path) -> None:
     )
     node: DhtNode | None = None
     try:
-        discovery, address, node_id = await _open_peer_side(config, peers)
+        node_id = "5a" * 20
+        discovery, address = await _open_peer_side(config, peers, node_id)
         assert isinstance(discovery, DhtNode)
         node = discovery
         assert peers.ports == [taken, address.port] and address.port != taken
         _, writer = await asyncio.open_connection("127.0.0.1", address.port)  # TCP, same number
         writer.close()
         await writer.wait_closed()
-        await until_routed(boot, bytes.fromhex(node_id or ""), address)
+        assert discovery.engine.node.id == bytes.fromhex(node_id)  # the daemon's identity
+        await until_routed(boot, bytes.fromhex(node_id), address)
         router = boot.engine.protocol.router
         assert [(c.ip, c.port) for c in router.contacts()] == [("127.0.0.1", address.port)]
     finally:

@@ -34,9 +34,16 @@ __all__ = [
     "dht_key",
     "open_dht",
     "run_bootstrap_node",
+    "saved_node_id",
 ]
 
 log = logging.getLogger("dhtdeb.dht")
+
+# Files stored in a row (apt's batches) are announced together: a key waits at most this long
+# for others, and one batch holds at most ANNOUNCE_BATCH keys (their lookups and announces to one
+# node share datagrams, see protocol.py); the next batch starts when this one is done.
+ANNOUNCE_GATHER = 0.5
+ANNOUNCE_BATCH = 96
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class DhtConfig:
     bootstrap: tuple[HostPort, ...] = ()
     lan: bool = True  # LAN multicast discovery; --no-lan turns it off
     allow_loopback_peers: bool = True  # one-contact-per-IP rule excepts loopback
+    node_id: bytes | None = None  # the daemon's identity; None: the saved one, or a new one
 
 
 class DhtNode:
@@ -56,20 +64,63 @@ class DhtNode:
         self._config = config
         self.address = HostPort(server.address[0], server.address[1])
         self._maintenance: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
+        self._queued: dict[str, None] = {}  # announce_later keys, in order
+        self._queue_changed = asyncio.Event()
+        self._queue_idle = asyncio.Event()
+        self._queue_idle.set()
         self._lan: object | None = None
         self._closed = False
 
     # -- PeerDiscovery ---------------------------------------------------------------------------
     async def announce(self, sha256_hex: str) -> None:
-        """Tell the k nodes nearest the file's key that we hold it; re-announced until close."""
+        """Tell the k nodes nearest the file's key that we hold it, now; re-announced until
+        close. Announces made in one turn of the event loop share datagrams."""
+        self._queued.pop(sha256_hex, None)
         await self._server.announce(sha256_hex)
 
+    def announce_later(self, sha256_hex: str) -> None:
+        """Queue an announce: keys queued within ANNOUNCE_GATHER seconds go out together."""
+        dht_key(sha256_hex)  # a bad key fails here, in the caller, not in the background
+        self._queued[sha256_hex] = None
+        self._queue_idle.clear()
+        self._queue_changed.set()
+
+    async def announces_done(self) -> None:
+        """Wait until every queued announce has been made (tests, shutdown)."""
+        await self._queue_idle.wait()
+
+    async def _announce_queued(self) -> None:
+        while True:
+            await self._queue_changed.wait()
+            await asyncio.sleep(ANNOUNCE_GATHER)  # let a batch of apt's files gather
+            self._queue_changed.clear()
+            await self._announce_batches()
+            if not self._queued:
+                self._queue_idle.set()
+
+    async def _announce_batches(self) -> None:
+        while self._queued:
+            batch = list(self._queued)[:ANNOUNCE_BATCH]
+            for key in batch:
+                del self._queued[key]
+            results = await asyncio.gather(
+                *(self._server.announce(key) for key in batch), return_exceptions=True
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:  # one line: upkeep must go on (the schedule retries the keys)
+                self._server.protocol.quiet.warn(
+                    "announce", "DHT: %d announces failed: %r", len(failed), failed[0]
+                )
+
     async def find_peers(self, sha256_hex: str, deadline: float) -> list[Peer]:
-        """Peers for the file, merged from several nodes; what is known once `deadline` passes."""
+        """Peers for the file, merged from several nodes; what is known once `deadline` passes.
+        This node is left out by its id (it listens on the same port as everyone else, under
+        an address only the others know)."""
         key = dht_key(sha256_hex)
         found = await self._server.find_peers(key, max(0.0, deadline))
-        own = self._server.address
-        return [Peer(host, port) for host, port in found if (host, port) != own]
+        own = self._server.node.id
+        return [Peer(p.host, p.port, p.node_id) for p in found if p.node_id != own]
 
     async def bootstrap(self, addrs: Sequence[HostPort]) -> None:
         await self._server.bootstrap([(a.host, a.port) for a in addrs])
@@ -106,17 +157,20 @@ class DhtNode:
                 self._server.protocol.quiet.warn("maintain", "DHT maintenance failed: %r", exc)
 
     def _start(self, *, maintenance: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._announcer = loop.create_task(self._announce_queued())
         if maintenance:
-            self._maintenance = asyncio.get_running_loop().create_task(self._maintenance_loop())
+            self._maintenance = loop.create_task(self._maintenance_loop())
 
     async def close(self) -> None:
         """Stop, and save the node id and contacts for the next start."""
         if self._closed:
             return
         self._closed = True
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
+        for task in (self._maintenance, self._announcer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._lan is not None:
             from dhtdeb.lan import LanDiscovery
 
@@ -127,6 +181,12 @@ class DhtNode:
         except OSError as exc:
             log.warning("DHT: could not save state to %s: %s", self._config.state_dir, exc)
         await self._server.aclose()
+
+
+def saved_node_id(state_dir: Path) -> bytes | None:
+    """The node id a DHT state directory holds, if any (identity kept across upgrades)."""
+    saved = load_state(state_dir)
+    return saved.node_id if saved else None
 
 
 async def open_dht(
@@ -154,7 +214,7 @@ async def open_dht(
         tuning=tuning,
         clock=clock,
         rng=rng,
-        node_id=saved.node_id if saved else rng.randbytes(20),
+        node_id=config.node_id or (saved.node_id if saved else rng.randbytes(20)),
         family=family,
         allow_loopback=config.allow_loopback_peers,
     )

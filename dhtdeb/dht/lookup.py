@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from kademlia.crawling import SpiderCrawl
 from kademlia.node import Node
 
-from dhtdeb.dht.wire import Address, Reply
+from dhtdeb.dht.wire import Address, Contact, Reply
 
 
 @dataclass
 class LookupResult:
-    peers: list[Address] = field(default_factory=list)
+    peers: list[Contact] = field(default_factory=list)  # with the ids they announced with
     closest: list[tuple[Node, bytes | None]] = field(
         default_factory=list
     )  # responders, nearest first
@@ -142,8 +142,8 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         self._result.answered += 1
         self._answered[node_id] = (event.node, reply.token)
         for peer in reply.peers:
-            if peer not in self._seen_peers:
-                self._seen_peers.add(peer)
+            if (peer.host, peer.port) not in self._seen_peers:
+                self._seen_peers.add((peer.host, peer.port))
                 self._result.peers.append(peer)
         own = self.protocol.source_node.id
         fresh = [

@@ -1,4 +1,5 @@
-"""Peer lists held for other nodes: key -> many (host, port), each entry with its own expiry.
+"""Peer lists held for other nodes: key -> many (host, port), each entry with its own expiry and
+the node id the peer announced with (so that a node finds itself in a list by its id).
 
 Owns: what this node stores on behalf of the network (libtorrent's dht_storage, BEP 5 semantics).
 Trusts: nothing; callers pass the address an announce came *from* (never one claimed in a message)
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from kademlia.storage import IStorage
 
 from dhtdeb.clock import Clock
+from dhtdeb.dht.wire import Contact
 
 Address = tuple[str, int]
 
@@ -43,13 +45,14 @@ class PeerStore(IStorage):  # type: ignore[misc]
         self.max_keys = max_keys
         self.max_peers_per_key = max_peers_per_key
         self.ttl = ttl
-        self._entries: dict[bytes, dict[Address, float]] = {}
+        self._entries: dict[bytes, dict[Address, tuple[float, bytes]]] = {}
         self._last_purge = float("-inf")
         self.dropped = 0
 
     # -- the peer-list interface -------------------------------------------------------------
-    def add(self, key: bytes, peer: Address) -> bool:
-        """Record `peer` for `key`; False when dropped because a cap is reached."""
+    def add(self, key: bytes, peer: Address, node_id: bytes = b"") -> bool:
+        """Record `peer` (announcing as `node_id`) for `key`; False when dropped because a cap
+        is reached."""
         now = self._clock.now()
         peers = self._entries.get(key)
         if peers is None:
@@ -64,16 +67,20 @@ class PeerStore(IStorage):  # type: ignore[misc]
             if len(peers) >= self.max_peers_per_key:
                 self.dropped += 1
                 return False
-        peers[peer] = now + self.ttl
+        peers[peer] = (now + self.ttl, node_id)
         return True
 
     def peers(self, key: bytes, limit: int) -> list[Address]:
         """A random subset of at most `limit` live peers for `key`."""
+        return [(entry.host, entry.port) for entry in self.entries(key, limit)]
+
+    def entries(self, key: bytes, limit: int) -> list[Contact]:
+        """A random subset of at most `limit` live peers for `key`, with their node ids."""
         peers = self._entries.get(key)
         if not peers:
             return []
         self._expire_key(key, peers, self._clock.now())
-        live = list(peers)
+        live = [Contact(node_id, host, port) for (host, port), (_, node_id) in peers.items()]
         if len(live) <= limit:
             self._rng.shuffle(live)
             return live
@@ -91,8 +98,10 @@ class PeerStore(IStorage):  # type: ignore[misc]
     def peer_count(self) -> int:
         return sum(len(p) for p in self._entries.values())
 
-    def _expire_key(self, key: bytes, peers: dict[Address, float], now: float) -> None:
-        for peer in [p for p, expires in peers.items() if expires <= now]:
+    def _expire_key(
+        self, key: bytes, peers: dict[Address, tuple[float, bytes]], now: float
+    ) -> None:
+        for peer in [p for p, (expires, _) in peers.items() if expires <= now]:
             del peers[peer]
         if not peers:
             self._entries.pop(key, None)
@@ -124,6 +133,6 @@ class PeerStore(IStorage):  # type: ignore[misc]
     def __iter__(self) -> Iterator[tuple[bytes, list[Address]]]:
         now = self._clock.now()
         for key, peers in list(self._entries.items()):
-            live = [p for p, expires in peers.items() if expires > now]
+            live = [p for p, (expires, _) in peers.items() if expires > now]
             if live:
                 yield key, live

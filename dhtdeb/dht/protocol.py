@@ -12,6 +12,13 @@ event loop's clock and `os.urandom` directly. Here a datagram is parsed synchron
 counted and dropped when malformed, rate limited per source, and replies are only accepted from the
 address the request went to. Replies to an address that has not proven itself (not a routing
 contact, no valid token) are cut to `amplification` times the request's size.
+
+Batches: apt fetches hundreds of files at once, and each file means a lookup and, once stored, an
+announce; in a fleet of a few machines every one of them reaches the same few nodes. So get_peers
+and announce_peer calls to one address that are made in the same turn of the event loop travel in
+one datagram (up to `MAX_KEYS` keys; see wire.py), once that address gave us a token (before, a
+request must be padded to earn its reply, and one key is asked). The per-source rate limit charges
+a batch by its keys (`Request.cost`), so it still stops floods but no longer a fleet's upgrade.
 """
 
 from __future__ import annotations
@@ -34,17 +41,20 @@ from dhtdeb.dht.guards import QuietLog, SourceLimiter, WriteTokens, source_key
 from dhtdeb.dht.peer_store import PeerStore
 from dhtdeb.dht.routing import DhtRoutingTable
 from dhtdeb.dht.wire import (
+    ID_SIZE,
     MAX_DATAGRAM,
+    MAX_KEYS,
     Address,
     Contact,
+    KeyAnswer,
     Reply,
     Request,
     address_size,
     decode_datagram,
+    encode_answers,
     encode_nodes,
     encode_reply,
     encode_request,
-    pack_address,
 )
 from dhtdeb.errors import RemoteProtocolError
 
@@ -60,18 +70,26 @@ class DhtTuning:
     rpc_timeout: float = 1.0  # a request is dead after this
     slow_after: float = 0.25  # a request this late stops holding a lookup slot
     enough_peers: int = 50  # find_peers stops once this many peers are known
-    max_keys: int = 2000
+    # Keys held for others. In a fleet of n machines every key lands on min(n, k) of them: 50
+    # machines sharing Debian's most installed ~20k packages put ~3k keys on each.
+    max_keys: int = 20_000
     max_peers_per_key: int = 500
     peer_ttl: float = 45 * 60.0
     reannounce_interval: float = 30 * 60.0
     reannounce_jitter: float = 0.2  # re-announce in [interval*(1-j), interval]
-    reannounce_batch: int = 16  # keys re-announced per maintenance tick
+    # Keys re-announced per maintenance tick (a minute): each key every 24-30 min, so a node
+    # can keep up to ~7,000 keys announced (a volunteer seeding part of the archive).
+    reannounce_batch: int = 240
     token_rotation: float = 300.0
     remote_token_max_age: float = 240.0
     amplification: int = 3
     max_reply: int = 1200  # one datagram that crosses any path unfragmented
-    request_rate: float = 25.0  # requests per second per source
-    request_burst: float = 60.0
+    # Requests per second per source, and the burst: a fleet host that just fetched an upgrade
+    # (hundreds of files) looks up and announces them within seconds, in batches (see
+    # `Request.cost`); a flood of single requests from one address still stops at the rate.
+    request_rate: float = 50.0
+    request_burst: float = 250.0
+    peers_per_key: int = 40  # peers in a one-key get_peers reply, before trimming to max_reply
     max_outstanding: int = 512
     max_probes: int = 16  # verification pings of unknown requesters in flight
     bucket_refresh: float = 15 * 60.0
@@ -91,6 +109,16 @@ class DatagramTransport(Protocol):
 class _Pending:
     future: asyncio.Future[Reply]
     address: Address
+
+
+@dataclass
+class _Batch:
+    """get_peers or announce_peer calls to one address waiting for the end of this loop turn."""
+
+    node: Node
+    token: bytes | None
+    keys: list[bytes]
+    waiters: list[asyncio.Future[Reply | None]]
 
 
 class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -128,6 +156,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.counters: Counter[str] = Counter()
         self._remote_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         self._probing: set[Address] = set()
+        self._batches: dict[tuple[str, Address], _Batch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_contact: Callable[[], None] | None = None  # tests wait on routing changes
 
@@ -176,7 +205,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if isinstance(message, Reply):
             self._accept_reply(message, address)
             return
-        if not self.limiter.allow(source_key(address, self.allow_loopback)):
+        if not self.limiter.allow(source_key(address, self.allow_loopback), message.cost):
             self.counters["rate_limited"] += 1
             self.quiet.warn("rate", "DHT: rate limiting requests from %s", address)
             return
@@ -193,37 +222,46 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- serving requests --------------------------------------------------------------------
     def _accept_request(self, request: Request, address: Address, size: int) -> None:
         self.counters[f"requests_{request.method}"] += 1
+        if len(request.keys) > 1:
+            self.counters["batched_keys"] += len(request.keys)
         body: dict[str, Any] = {"id": self.source_node.id}
-        nodes: list[Contact] = []
-        peers: list[bytes] = []
+        sender = Node(request.node_id, address[0], address[1])
+        proven = self._is_proven(address, request)
+        limit = self.tuning.max_reply if proven else self.tuning.amplification * size
         if request.method == "announce_peer":
-            assert request.target is not None
             if self.tokens.check(request.token, address):
-                body["ok"] = self.storage.add(request.target, address)
-                self.counters["announces_stored" if body["ok"] else "announces_dropped"] += 1
+                stored = [self.storage.add(key, address, request.node_id) for key in request.keys]
+                body["ok"] = all(stored)
+                self.counters["announces_stored"] += sum(stored)
+                self.counters["announces_dropped"] += len(stored) - sum(stored)
             else:
                 body["ok"] = False
                 self.counters["bad_tokens"] += 1
+            self._reply(request.msgid, body, [], address, limit)
         elif request.method == "ping":
             body["token"] = self.tokens.issue(address)
-        elif request.method in ("find_node", "get_peers"):
+            self._reply(request.msgid, body, [], address, limit)
+        elif request.method == "find_node":
             assert request.target is not None
-            sender = Node(request.node_id, address[0], address[1])
-            nodes = [
-                Contact(n.id, n.ip, n.port)
-                for n in self.router.find_neighbors(Node(request.target), exclude=sender)
-            ]
             body["token"] = self.tokens.issue(address)
-            if request.method == "get_peers":
-                budget = (self.tuning.max_reply - 120) // (address_size(self.family) + 3)
-                peers = [
-                    pack_address(host, port, self.family)
-                    for host, port in self.storage.peers(request.target, max(budget, 0))
-                ]
-        proven = self._is_proven(address, request)
-        limit = self.tuning.max_reply if proven else self.tuning.amplification * size
-        self._reply(request.msgid, body, nodes, peers, address, limit)
-        self._consider_sender(Node(request.node_id, address[0], address[1]))
+            self._reply(request.msgid, body, self._nearest(request.target, sender), address, limit)
+        elif request.method == "get_peers":
+            body["token"] = self.tokens.issue(address)
+            answers = [
+                KeyAnswer(
+                    tuple(self._nearest(key, sender)),
+                    tuple(self.storage.entries(key, self.tuning.peers_per_key)),
+                )
+                for key in request.keys
+            ]
+            self._reply_peers(request.msgid, body, answers, address, limit)
+        self._consider_sender(sender)
+
+    def _nearest(self, target: bytes, sender: Node) -> list[Contact]:
+        return [
+            Contact(n.id, n.ip, n.port)
+            for n in self.router.find_neighbors(Node(target), exclude=sender)
+        ]
 
     def _is_proven(self, address: Address, request: Request) -> bool:
         if request.method != "announce_peer" and self.tokens.check(request.token, address):
@@ -236,30 +274,61 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         msgid: bytes,
         body: dict[str, Any],
         nodes: list[Contact],
-        peers: list[bytes],
         address: Address,
         limit: int,
     ) -> None:
+        """Send a ping, find_node or announce_peer reply, dropping contacts (then the token)
+        until it fits `limit`."""
         while True:
             if nodes:
                 body["nodes"] = encode_nodes(nodes, self.family)
             else:
                 body.pop("nodes", None)
-            if peers:
-                body["peers"] = peers
+            data = encode_reply(msgid, body)
+            if len(data) <= min(limit, MAX_DATAGRAM):
+                self._send(data, address)
+                return
+            self.counters["replies_trimmed"] += 1
+            if nodes:
+                nodes = nodes[:-1]
+            elif "token" in body:
+                del body["token"]
             else:
-                body.pop("peers", None)
+                self.counters["replies_refused"] += 1
+                return
+
+    def _reply_peers(
+        self,
+        msgid: bytes,
+        body: dict[str, Any],
+        answers: list[KeyAnswer],
+        address: Address,
+        limit: int,
+    ) -> None:
+        """Send a get_peers reply that fits `limit`: the keys asked last are left unanswered
+        first (the asker asks again), then the one key left loses contacts (a node holding
+        peers answers with peers first, BEP 5), then peers, then the token."""
+        while True:
+            contacts = list(dict.fromkeys(c for answer in answers for c in answer.nodes))
+            nodes, sections = encode_answers(contacts, answers, self.family)
+            body["nodes"] = nodes
+            body["keys"] = sections
             data = encode_reply(msgid, body)
             excess = len(data) - min(limit, MAX_DATAGRAM)
             if excess <= 0:
                 self._send(data, address)
                 return
             self.counters["replies_trimmed"] += 1
-            if nodes:
-                nodes = nodes[:-1]  # a node holding peers answers with peers first (BEP 5)
-            elif peers:
-                per_peer = len(peers[0]) + 1
-                peers = peers[: max(0, len(peers) - math.ceil(excess / per_peer))]
+            if len(answers) > 1:
+                answers = answers[:-1]
+                continue
+            answer = answers[0]
+            if answer.nodes:
+                answers = [KeyAnswer(answer.nodes[:-1], answer.peers)]
+            elif answer.peers:
+                per_peer = ID_SIZE + address_size(self.family) + 2
+                keep = max(0, len(answer.peers) - math.ceil(excess / per_peer))
+                answers = [KeyAnswer((), answer.peers[:keep])]
             elif "token" in body:
                 del body["token"]
             else:
@@ -318,6 +387,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for pending in self._outstanding.values():
             pending.future.cancel()
+        for batch in self._batches.values():
+            for waiter in batch.waiters:
+                waiter.cancel()
+        self._batches.clear()
 
     # -- calling others ----------------------------------------------------------------------
     async def request(
@@ -406,17 +479,87 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         return self._settle(node, reply)
 
     async def call_get_peers(self, node: Node, key: bytes) -> Reply | None:
+        """A get_peers call for one key; calls to one address in one loop turn share a datagram
+        once the address gave us a token."""
+        address = (node.ip, node.port)
+        if self._remote_token(address) is not None:
+            return await self._batched("get_peers", node, key, None)
         # Without a token, pay for a reply of k contacts and a few peers; the token in that reply
         # earns the full peer list (up to max_reply) on the next request.
         full = self.tuning.ksize * (22 + address_size(self.family)) + 160
-        reply = await self.request((node.ip, node.port), "get_peers", key, expect_reply=full)
-        return self._settle(node, reply)
+        reply = await self.request(address, "get_peers", key, expect_reply=full)
+        settled = self._settle(node, reply)
+        return None if settled is None else settled.for_key(0)
 
     async def call_announce(self, node: Node, key: bytes, token: bytes) -> bool:
-        reply = self._settle(
-            node, await self.request((node.ip, node.port), "announce_peer", key, token)
-        )
+        reply = await self._batched("announce_peer", node, key, token)
         return reply is not None and reply.ok
+
+    async def _batched(
+        self, method: str, node: Node, key: bytes, token: bytes | None
+    ) -> Reply | None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply | None] = loop.create_future()
+        self._enqueue(method, node, key, token, waiter)
+        return await waiter
+
+    def _enqueue(
+        self,
+        method: str,
+        node: Node,
+        key: bytes,
+        token: bytes | None,
+        waiter: asyncio.Future[Reply | None],
+    ) -> None:
+        slot = (method, (node.ip, node.port))
+        batch = self._batches.get(slot)
+        if batch is None or key in batch.keys:
+            if batch is not None:  # the same key twice: the first batch goes now
+                self._flush(slot)
+            batch = self._batches[slot] = _Batch(node, token, [], [])
+            asyncio.get_running_loop().call_soon(self._flush, slot, batch)
+        batch.keys.append(key)
+        batch.waiters.append(waiter)
+        if token is not None:
+            batch.token = token
+        if len(batch.keys) >= MAX_KEYS:
+            self._flush(slot)
+
+    def _flush(self, slot: tuple[str, Address], batch: _Batch | None = None) -> None:
+        current = self._batches.get(slot)
+        if current is None or (batch is not None and current is not batch):
+            return  # already sent
+        del self._batches[slot]
+        self._spawn(self._send_batch(slot[0], current))
+
+    async def _send_batch(self, method: str, batch: _Batch) -> None:
+        address = (batch.node.ip, batch.node.port)
+        token = batch.token if method == "announce_peer" else None
+        try:
+            reply = self._settle(
+                batch.node, await self.request(address, method, b"".join(batch.keys), token)
+            )
+        except BaseException:
+            for waiter in batch.waiters:
+                waiter.cancel()
+            raise
+        if len(batch.keys) > 1:
+            self.counters["batched_requests"] += 1
+        if reply is None or method == "announce_peer":
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(reply)
+            return
+        answered = len(reply.answers)
+        for index, (key, waiter) in enumerate(zip(batch.keys, batch.waiters, strict=True)):
+            if waiter.done():
+                continue
+            if index < answered:
+                waiter.set_result(reply.for_key(index))
+            elif answered:  # the reply was full: ask again for the rest
+                self._enqueue(method, batch.node, key, None, waiter)
+            else:
+                waiter.set_result(None)
 
     async def call_store(self, node: Node, key: bytes, value: object) -> bool:
         raise NotImplementedError("dhtdeb stores peer lists through announce_peer")

@@ -29,13 +29,14 @@ from dhtdeb.dht.peer_store import PeerStore
 from dhtdeb.dht.protocol import DatagramTransport, DhtProtocol, DhtTuning
 from dhtdeb.dht.schedule import AnnounceSchedule
 from dhtdeb.dht.transport import DatagramNetwork
-from dhtdeb.dht.wire import Address
+from dhtdeb.dht.wire import Address, Contact
 from dhtdeb.errors import DhtdebError
 
 log = logging.getLogger("dhtdeb.dht")
 
 _PING_CONCURRENCY = 32
-_REANNOUNCE_CONCURRENCY = 4
+# Re-announces run this many at a time: their lookups and announces to one node share datagrams.
+_REANNOUNCE_CONCURRENCY = 96
 _REFRESH_PER_TICK = 4
 
 
@@ -174,12 +175,17 @@ class DhtServer(Server):  # type: ignore[misc]
         result: LookupResult = await crawl.find(deadline)
         return result
 
-    async def find_peers(self, key: bytes, deadline: float) -> list[Address]:
-        local = self.storage.peers(key, self.tuning.enough_peers)
+    async def find_peers(self, key: bytes, deadline: float) -> list[Contact]:
+        """Peers for `key` (with the ids they announced with, this node's own among them if it
+        announced), merged from the lookup and this node's own store."""
+        local = self.storage.entries(key, self.tuning.enough_peers)
         result = await self.lookup(
             key, get_peers=True, enough_peers=self.tuning.enough_peers, deadline=deadline
         )
-        return list(dict.fromkeys([*result.peers, *local]))
+        merged: dict[Address, Contact] = {}
+        for peer in [*result.peers, *local]:
+            merged.setdefault((peer.host, peer.port), peer)
+        return list(merged.values())
 
     async def announce_key(self, key: bytes) -> int:
         """Announce this node for `key` to the k nearest nodes; how many accepted."""

@@ -7,8 +7,16 @@ returns a `Request` or a `Reply` whose every field has the expected type and siz
 The framing is rpcudp's (kademlia's transport): one byte kind (0 request, 1 reply), a 20-byte
 message id, then a msgpack body. A request body is `[method, [args...]]`; a reply body is a map
 with short string keys. Contacts travel compactly, BEP 5 style: node = id(20) + address(4 or 16) +
-port(2), peer = address(4 or 16) + port(2); the address family is the one of the socket that
-receives them, so an IPv4 node can never be handed an IPv6 contact (or the reverse).
+port(2); the address family is the one of the socket that receives them, so an IPv4 node can never
+be handed an IPv6 contact (or the reverse). A peer travels in the same form as a node: the id is
+the one it announced with, so that a node recognises itself in a peer list whatever address the
+list shows it under (every host of a fleet listens on the same port).
+
+`get_peers` and `announce_peer` carry up to `MAX_KEYS` keys at once (concatenated), because apt
+works in batches: a node that fetched 300 files announces 300 keys, and a fleet of a few machines
+would otherwise send each of its neighbours one request per key. A `get_peers` reply lists the
+contacts once (`nodes`) and, per key it answered (a prefix of those asked, as many as fit in one
+datagram), the indices of the contacts nearest that key and the peers held for it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ REQUEST = b"\x00"
 REPLY = b"\x01"
 
 METHODS = ("ping", "find_node", "get_peers", "announce_peer")
+MAX_KEYS = 48  # keys in one get_peers / announce_peer request (48 * 20 bytes fit any path)
 
 Address = tuple[str, int]
 
@@ -50,18 +59,41 @@ class Request:
     msgid: bytes
     method: str
     node_id: bytes
-    target: bytes | None = None  # find_node target / get_peers and announce_peer key
+    target: bytes | None = None  # find_node target / the first key of get_peers, announce_peer
     token: bytes | None = None
+    keys: tuple[bytes, ...] = ()  # get_peers, announce_peer: every key asked about
+
+    @property
+    def cost(self) -> float:
+        """What the request costs its sender's rate budget: a key beyond the first costs a
+        quarter of a request (the work per key is a table lookup; the datagram is shared)."""
+        return 1.0 + 0.25 * max(0, len(self.keys) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAnswer:
+    """What a get_peers reply says about one key: the contacts nearest it and its peers."""
+
+    nodes: tuple[Contact, ...] = ()
+    peers: tuple[Contact, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     msgid: bytes
     node_id: bytes
-    nodes: tuple[Contact, ...] = ()
-    peers: tuple[Address, ...] = ()
+    nodes: tuple[Contact, ...] = ()  # find_node: the nearest contacts; get_peers: all mentioned
+    peers: tuple[Contact, ...] = ()  # a one-key view of a get_peers reply (see `for_key`)
     token: bytes | None = None
     ok: bool = False
+    answers: tuple[KeyAnswer, ...] = ()  # get_peers: per key asked, in order (maybe a prefix)
+
+    def for_key(self, index: int) -> Reply | None:
+        """The reply as if only the index-th key had been asked (None: not answered)."""
+        if index >= len(self.answers):
+            return None
+        answer = self.answers[index]
+        return Reply(self.msgid, self.node_id, answer.nodes, answer.peers, self.token, self.ok)
 
 
 def address_size(family: socket.AddressFamily) -> int:
@@ -92,6 +124,19 @@ def encode_nodes(contacts: list[Contact], family: socket.AddressFamily) -> bytes
     return b"".join(c.node_id + pack_address(c.host, c.port, family) for c in contacts)
 
 
+def encode_answers(
+    contacts: list[Contact], answers: list[KeyAnswer], family: socket.AddressFamily
+) -> tuple[bytes, list[list[bytes]]]:
+    """The `nodes` and `keys` fields of a get_peers reply: contacts once, then per key the
+    indices of its nearest contacts and its peers (compact, with their ids)."""
+    position = {contact: i for i, contact in enumerate(contacts)}
+    sections = [
+        [bytes(position[c] for c in answer.nodes), encode_nodes(list(answer.peers), family)]
+        for answer in answers
+    ]
+    return encode_nodes(contacts, family), sections
+
+
 def encode_request(
     msgid: bytes,
     method: str,
@@ -100,6 +145,7 @@ def encode_request(
     token: bytes | None = None,
     padding: int = 0,
 ) -> bytes:
+    """`target`: the find_node target, or the keys of get_peers / announce_peer (concatenated)."""
     args: list[Any] = [node_id]
     if method != "ping":
         args += [target, token, b"\x00" * padding]
@@ -162,48 +208,63 @@ def _decode_request(msgid: bytes, body: object) -> Request:
         return Request(msgid, method, node_id)
     if not 2 <= len(args) <= 4:
         raise RemoteProtocolError("request: wrong number of args")
-    target = _bytes(args[1], "target", size=ID_SIZE)
     token = _optional_token(args[2]) if len(args) > 2 else None
     if len(args) > 3:
         _bytes(args[3], "padding", max_size=PADDING_MAX)
     if method == "announce_peer" and token is None:
         raise RemoteProtocolError("announce_peer without token")
-    return Request(msgid, method, node_id, target, token)
+    if method == "find_node":
+        return Request(msgid, method, node_id, _bytes(args[1], "target", size=ID_SIZE), token)
+    raw = _bytes(args[1], "keys", max_size=MAX_KEYS * ID_SIZE)
+    if not raw or len(raw) % ID_SIZE:
+        raise RemoteProtocolError("keys: not a whole number of 20-byte keys")
+    keys = tuple(raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE))
+    if len(set(keys)) != len(keys):
+        raise RemoteProtocolError("keys: a key asked twice")
+    return Request(msgid, method, node_id, keys[0], token, keys)
+
+
+def _decode_contacts(value: object, what: str, family: socket.AddressFamily) -> list[Contact]:
+    raw = _bytes(value, what, max_size=MAX_DATAGRAM)
+    step = ID_SIZE + address_size(family) + 2
+    if len(raw) % step:
+        raise RemoteProtocolError(f"{what}: length is not a multiple of the entry size")
+    found = []
+    for offset in range(0, len(raw), step):
+        host, port = unpack_address(raw[offset + ID_SIZE : offset + step], family)
+        if port == 0:
+            raise RemoteProtocolError(f"{what}: port 0")
+        found.append(Contact(raw[offset : offset + ID_SIZE], host, port))
+    return found
+
+
+def _decode_answers(
+    value: object, contacts: list[Contact], family: socket.AddressFamily
+) -> tuple[KeyAnswer, ...]:
+    if not isinstance(value, list) or len(value) > MAX_KEYS:
+        raise RemoteProtocolError("keys: expected a list of at most MAX_KEYS answers")
+    answers = []
+    for section in value:
+        if not isinstance(section, list) or len(section) != 2:
+            raise RemoteProtocolError("keys: an answer is [nearest, peers]")
+        nearest = _bytes(section[0], "nearest", max_size=len(contacts))
+        if any(i >= len(contacts) for i in nearest):
+            raise RemoteProtocolError("nearest: index past the contacts")
+        peers = _decode_contacts(section[1], "peers", family)
+        answers.append(KeyAnswer(tuple(contacts[i] for i in nearest), tuple(peers)))
+    return tuple(answers)
 
 
 def _decode_reply(msgid: bytes, body: object, family: socket.AddressFamily) -> Reply:
     if not isinstance(body, dict):
         raise RemoteProtocolError("reply: expected a map")
     node_id = _bytes(body.get("id"), "reply id", size=ID_SIZE)
-    nodes: tuple[Contact, ...] = ()
-    peers: tuple[Address, ...] = ()
     raw_nodes = body.get("nodes")
-    if raw_nodes is not None:
-        raw = _bytes(raw_nodes, "nodes", max_size=MAX_DATAGRAM)
-        step = ID_SIZE + address_size(family) + 2
-        if len(raw) % step:
-            raise RemoteProtocolError("nodes: length is not a multiple of the entry size")
-        found = []
-        for offset in range(0, len(raw), step):
-            host, port = unpack_address(raw[offset + ID_SIZE : offset + step], family)
-            if port == 0:
-                raise RemoteProtocolError("nodes: port 0")
-            found.append(Contact(raw[offset : offset + ID_SIZE], host, port))
-        nodes = tuple(found)
-    raw_peers = body.get("peers")
-    if raw_peers is not None:
-        if not isinstance(raw_peers, list):
-            raise RemoteProtocolError("peers: expected a list")
-        size = address_size(family) + 2
-        found_peers = []
-        for item in raw_peers:
-            host, port = unpack_address(_bytes(item, "peer", size=size), family)
-            if port == 0:
-                raise RemoteProtocolError("peers: port 0")
-            found_peers.append((host, port))
-        peers = tuple(found_peers)
+    nodes = [] if raw_nodes is None else _decode_contacts(raw_nodes, "nodes", family)
+    raw_answers = body.get("keys")
+    answers = () if raw_answers is None else _decode_answers(raw_answers, nodes, family)
     token = _optional_token(body.get("token"))
     ok = body.get("ok", False)
     if not isinstance(ok, bool):
         raise RemoteProtocolError("ok: expected a boolean")
-    return Reply(msgid, node_id, nodes, peers, token, ok)
+    return Reply(msgid, node_id, tuple(nodes), (), token, ok, answers)

@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,14 @@ from dhtdeb.discovery import Peer, PeerDiscovery
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.stats import Counters
-from dhtdeb.swarm.peer_client import PeerBusy, PeerClient, PeerMisbehaved, PeerUnavailable
+from dhtdeb.swarm.holders import HaveQueries
+from dhtdeb.swarm.peer_client import (
+    PeerBusy,
+    PeerClient,
+    PeerIsSelf,
+    PeerMisbehaved,
+    PeerUnavailable,
+)
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -102,8 +109,14 @@ class SwarmContext:
     penalties: PeerPenalties
     clock: Clock
     rng: random.Random
-    is_self: Callable[[Peer], bool] = lambda peer: False
     node: bytes = b""  # this node's id: told with offers, splits the mirror's pieces
+    holders: HaveQueries | None = None  # peers that served us lately, asked before the DHT
+    # Addresses that answered with this node's own id (it listens on 0.0.0.0 and may find
+    # itself under an address only the others know).
+    own_addresses: set[Peer] = field(default_factory=set)
+
+    def is_self(self, peer: Peer) -> bool:
+        return bool(self.node and peer.node == self.node) or peer in self.own_addresses
 
 
 class SwarmDownload:
@@ -364,15 +377,42 @@ class SwarmDownload:
     # -- I/O tasks ----------------------------------------------------------------------------
 
     async def _lookup(self) -> None:
-        """Race the DHT against the lookup deadline, then look again every LOOKUP_INTERVAL:
+        """Ask the peers that served this node lately (one LAN round trip, batched with the
+        other files apt is fetching), then race the DHT against the lookup deadline — unless a
+        hinted holder has this file of one piece —, then look again every LOOKUP_INTERVAL:
         peers that start the same download later (a flash crowd) announce themselves too."""
-        await self._find_peers()
+        hinted = await self._ask_holders()
+        if not hinted or self._piece_count > 1:
+            await self._find_peers()
         self._scheduler.lookup_deadline_passed()
         self._wake.set()
         for pause in itertools.chain(EARLY_LOOKUPS, itertools.repeat(LOOKUP_INTERVAL)):
             await asyncio.sleep(pause)
             await self._find_peers()
             self._wake.set()
+
+    async def _ask_holders(self) -> list[Peer]:
+        holders = self._ctx.holders
+        if holders is None:
+            return []
+        found = await holders.holders_of(self._sha256, self._ctx.clock.now())
+        usable = [p for p in found if not self._ctx.is_self(p) and self._ctx.penalties.allowed(p)]
+        if usable:
+            log.debug("%s: %d hinted holders", self._sha256[:12], len(usable))
+            self._scheduler.peers_found(usable)
+        return usable
+
+    def _unavailable(self, peer: Peer, exc: PeerUnavailable) -> None:
+        """Bookkeeping for a peer that cannot help with this file."""
+        if isinstance(exc, PeerIsSelf):
+            self._ctx.own_addresses.add(peer)
+        if self._ctx.holders is not None and not isinstance(exc, PeerBusy):
+            self._ctx.holders.hints.failed(peer)
+
+    def delivered_by(self) -> list[Peer]:
+        """The peers whose bytes went into this (finished, verified) file and who were not
+        caught lying: likely holders of the next files apt asks for."""
+        return [p for p in self._peers_used if self._ctx.penalties.allowed(p)]
 
     async def _find_peers(self) -> None:
         try:
@@ -389,6 +429,7 @@ class SwarmDownload:
         try:
             answer = await self._ctx.peers.piece_list(peer, self._sha256, self._size)
         except PeerUnavailable as exc:
+            self._unavailable(peer, exc)
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False)
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
@@ -412,6 +453,7 @@ class SwarmDownload:
             self._scheduler.piece_busy(peer, index)
             return
         except PeerUnavailable as exc:
+            self._unavailable(peer, exc)
             self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False)
             return
         except (PeerMisbehaved, DhtdebError) as exc:

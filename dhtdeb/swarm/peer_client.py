@@ -24,10 +24,13 @@ from dhtdeb.http_session import LazySession
 from dhtdeb.swarm.pieces import (
     DIGEST_SIZE,
     FETCHING_HEADER,
+    HAVE_PATH,
     LIST_HEADER,
     NODE_HEADER,
     RELAYED_HEADER,
     PieceList,
+    decode_have_answer,
+    encode_have_query,
     piece_count,
 )
 
@@ -40,6 +43,11 @@ class PeerUnavailable(DhtdebError):
 
 class PeerBusy(PeerUnavailable):
     """The peer holds the bytes but is at its upload limit (503): ask it again shortly."""
+
+
+class PeerIsSelf(PeerUnavailable):
+    """The address answered with this node's own id: it is this node (every host of a fleet
+    listens on the same port, and a node may find itself under any of its addresses)."""
 
 
 class PeerMisbehaved(RemoteProtocolError):
@@ -143,17 +151,51 @@ def parse_fetching(header: str | None, pieces: int) -> range | None:
 
 
 class PeerClient:
-    def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0, node: bytes = b""
+    ) -> None:
+        """`node`: this node's id; an answer that carries it comes from this node itself."""
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=idle_timeout
         )
         self._session = LazySession(timeout, limit=256, limit_per_host=8)
+        self._node = node
+
+    def _answering_node(self, peer: Peer, response: aiohttp.ClientResponse) -> bytes:
+        """The id the peer's answer carries (b"" without one); PeerIsSelf when it is ours."""
+        node = parse_node(response.headers.get(NODE_HEADER))
+        if node is None:
+            raise PeerMisbehaved(f"{peer.url()}: malformed {NODE_HEADER}")
+        if self._node and node == self._node:
+            raise PeerIsSelf(f"{peer.url()} is this node")
+        return node
+
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]:
+        """Ask the peer which of these files it holds whole (one round trip); unverified."""
+        body = encode_have_query(sha256s)
+        with _translated(peer, "its have answer"):
+            async with self._session.get().post(
+                f"{peer.url()}{HAVE_PATH}",
+                data=body,
+                headers={"Content-Type": "application/octet-stream"},
+            ) as response:
+                self._answering_node(peer, response)
+                if response.status in (404, 405, 503):
+                    raise PeerUnavailable(f"{peer.url()}: no have queries ({response.status})")
+                if response.status != 200:
+                    raise PeerMisbehaved(f"{peer.url()}: have query answered {response.status}")
+                answer = await _exact_body(peer, response, -(-len(sha256s) // 8))
+                try:
+                    return decode_have_answer(answer, len(sha256s))
+                except RemoteProtocolError as exc:
+                    raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
 
     async def piece_list(self, peer: Peer, sha256: str, size: int) -> ListAnswer:
         """The peer's piece list and what it holds; unverified."""
         count = piece_count(size)
         with _translated(peer, "its piece list"):
             async with self._session.get().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
+                node = self._answering_node(peer, response)
                 if response.status in (404, 503):
                     raise PeerUnavailable(f"{peer.url()}: has no {sha256[:12]} ({response.status})")
                 if response.status != 200:
@@ -168,9 +210,6 @@ class PeerClient:
                 fetching = parse_fetching(response.headers.get(FETCHING_HEADER), count)
                 if fetching is None:
                     raise PeerMisbehaved(f"{peer.url()}: malformed {FETCHING_HEADER}")
-                node = parse_node(response.headers.get(NODE_HEADER))
-                if node is None:
-                    raise PeerMisbehaved(f"{peer.url()}: malformed {NODE_HEADER}")
                 relayed = parse_relayed(response.headers.get(RELAYED_HEADER), count, have)
                 if relayed is None or (relayed and not offers_only):
                     raise PeerMisbehaved(f"{peer.url()}: malformed {RELAYED_HEADER}")
@@ -185,6 +224,7 @@ class PeerClient:
             async with self._session.get().get(
                 f"{peer.url()}/v1/files/{sha256}", headers=headers
             ) as response:
+                self._answering_node(peer, response)
                 if response.status == 503:
                     raise PeerBusy(f"{peer.url()}: busy, bytes {start}-{end - 1} not sent")
                 if response.status in (404, 416):

@@ -39,13 +39,18 @@ from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.pieces import (
+    DIGEST_SIZE,
     FETCHING_HEADER,
+    HAVE_PATH,
     LIST_HEADER,
+    MAX_HAVE_QUERY,
     NODE_HEADER,
     PIECE_SIZE,
     RELAYED_HEADER,
     PieceList,
+    decode_have_query,
     digest_file,
+    encode_have_answer,
 )
 from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
 
@@ -125,6 +130,7 @@ class PeerServerStats:
     busy: int = 0  # answered 503: too many uploads
     stalled: int = 0  # uploads cut because the client stopped reading
     piece_lists_computed: int = 0  # store files hashed to build a piece list
+    have_queries: int = 0  # "which of these do you hold?" answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +191,14 @@ class PeerServer:
         max_uploads: int = DEFAULT_MAX_UPLOADS,
         idle_timeout: float = 30.0,
         clock: Clock | None = None,
+        node: bytes = b"",
     ) -> None:
+        """`node`: this node's id, told with every answer (NODE_HEADER)."""
         if max_uploads < 1 or idle_timeout <= 0:
             raise ValueError("max_uploads must be >= 1 and idle_timeout > 0")
         self._store = store
         self._counters = counters
+        self._node_header = {NODE_HEADER: node.hex()} if node else {}
         self._partials = partials
         self._clock = clock or MonotonicClock()
         self._bucket: TokenBucket | None = bucket_for(upload_rate, self._clock)
@@ -374,12 +383,13 @@ class PeerServer:
         """A request no honest peer sends."""
         self._count_bad_request()
         log.debug("peer request refused: %d %s", status, reason)
-        return web.Response(status=status, text=f"dhtdeb: {reason}\n", headers=headers)
+        return web.Response(
+            status=status, text=f"dhtdeb: {reason}\n", headers={**self._node_header, **headers}
+        )
 
-    @staticmethod
-    def _not_held() -> web.Response:
+    def _not_held(self) -> web.Response:
         """Asking for a file this node lacks is normal (the DHT is eventually consistent)."""
-        return web.Response(status=404, text="dhtdeb: not held\n")
+        return web.Response(status=404, text="dhtdeb: not held\n", headers=self._node_header)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.stats.requests += 1
@@ -394,6 +404,8 @@ class PeerServer:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         # The raw target, undecoded: `%2e%2e` stays literal and can never match a hash.
+        if request.raw_path == HAVE_PATH:
+            return await self._have_response(request)
         route = _ROUTE.fullmatch(request.raw_path.partition("?")[0])
         if route is None:
             return self._refuse(404, "no such resource")
@@ -405,6 +417,26 @@ class PeerServer:
         if kind == "pieces":
             return await self._piece_list_response(request, sha256)
         return await self._file_response(request, sha256)
+
+    async def _have_response(self, request: web.BaseRequest) -> web.StreamResponse:
+        """`POST /v1/have`: which of the asked files this node holds whole (one bit each)."""
+        if request.method != "POST":
+            return self._refuse(405, "method not allowed", Allow="POST")
+        length = request.content_length
+        if length is None or not 0 < length <= MAX_HAVE_QUERY * DIGEST_SIZE:
+            return self._refuse(413 if length else 411, "have query of 1 to 256 digests")
+        try:
+            body = await request.content.readexactly(length)
+            asked = decode_have_query(body)
+        except (asyncio.IncompleteReadError, RemoteProtocolError) as exc:
+            return self._refuse(400, f"bad have query: {exc}")
+        self.stats.have_queries += 1
+        held = [self._store.lookup(sha256) is not None for sha256 in asked]
+        return web.Response(
+            body=encode_have_answer(held),
+            content_type="application/octet-stream",
+            headers=self._node_header,
+        )
 
     def _partial(self, sha256: str) -> PartialView | None:
         if self._partials is None:
@@ -445,7 +477,12 @@ class PeerServer:
         return web.Response(
             body=body,
             content_type="application/octet-stream",
-            headers={SIZE_HEADER: str(pieces.size), HAVE_HEADER: have, **extra},
+            headers={
+                SIZE_HEADER: str(pieces.size),
+                HAVE_HEADER: have,
+                **self._node_header,
+                **extra,
+            },
         )
 
     def _source(self, sha256: str) -> _Source | None:
@@ -461,7 +498,7 @@ class PeerServer:
         source = self._source(sha256)
         if source is None:
             return self._not_held()
-        unheld = {"Content-Range": f"bytes */{source.size}"}
+        unheld = {"Content-Range": f"bytes */{source.size}", **self._node_header}
         try:
             wanted = parse_range(request.headers.get("Range"), source.size)
         except Unsatisfiable:
@@ -474,6 +511,7 @@ class PeerServer:
         response.content_length = end - start
         response.headers["Accept-Ranges"] = "bytes"
         response.headers[SIZE_HEADER] = str(source.size)
+        response.headers.update(self._node_header)
         if wanted is not None:
             response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{source.size}"
         if request.method == "HEAD":
@@ -481,7 +519,9 @@ class PeerServer:
         if len(self._uploads) >= self._max_uploads:
             self.stats.busy += 1
             return web.Response(
-                status=503, text="dhtdeb: busy\n", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+                status=503,
+                text="dhtdeb: busy\n",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS), **self._node_header},
             )
         try:
             # Opened before answering, so a file evicted meanwhile is a clean 404.

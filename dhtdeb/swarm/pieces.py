@@ -13,6 +13,7 @@ SHA256 is the piece hash.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,9 @@ DIGEST_SIZE = 32
 LIST_HEADER = "X-Dhtdeb-List"
 # Sent with offers: "a-b", the pieces the peer's mirror request is fetching right now.
 FETCHING_HEADER = "X-Dhtdeb-Fetching"
-# Sent with offers: the downloader's node id (hex), by which downloaders split the mirror's pieces.
+# The answering node's id (hex), on every answer of the peer server: a node that reached itself
+# (every host of a fleet listens on the same port) knows it by this. With offers it is also the
+# id by which downloaders split the mirror's pieces.
 NODE_HEADER = "X-Dhtdeb-Node"
 # Sent with offers: a bitfield like X-Dhtdeb-Have, the held pieces the peer took on another
 # downloader's offer (it passes them on; their digests are that downloader's word, not its own).
@@ -83,3 +86,40 @@ def digest_file(path: Path, size: int, piece_size: int = PIECE_SIZE) -> PieceLis
         for _ in range(piece_count(size, piece_size)):
             digests.append(hashlib.sha256(handle.read(piece_size)).digest())
     return PieceList(size, tuple(digests), piece_size)
+
+
+# `POST /v1/have`: "which of these files do you hold?" The body is the raw SHA256 digests (32
+# bytes each, at most MAX_HAVE_QUERY); the answer is a bitfield, bit i (MSB first) set when the
+# node holds the i-th file whole and verified. One round trip answers for a batch of apt's files.
+HAVE_PATH = "/v1/have"
+MAX_HAVE_QUERY = 256
+
+
+def encode_have_query(sha256s: Sequence[str]) -> bytes:
+    if not 0 < len(sha256s) <= MAX_HAVE_QUERY:
+        raise ValueError(f"a have query asks about 1 to {MAX_HAVE_QUERY} files")
+    return b"".join(bytes.fromhex(sha) for sha in sha256s)
+
+
+def decode_have_query(body: bytes) -> list[str]:
+    """The SHA256s (lowercase hex) a have query asks about. Raises RemoteProtocolError."""
+    if not body or len(body) % DIGEST_SIZE or len(body) > MAX_HAVE_QUERY * DIGEST_SIZE:
+        raise RemoteProtocolError("have query: not 1 to MAX_HAVE_QUERY 32-byte digests")
+    return [body[i : i + DIGEST_SIZE].hex() for i in range(0, len(body), DIGEST_SIZE)]
+
+
+def encode_have_answer(held: Sequence[bool]) -> bytes:
+    field = bytearray(-(-len(held) // 8))
+    for index, holds in enumerate(held):
+        if holds:
+            field[index // 8] |= 0x80 >> (index % 8)
+    return bytes(field)
+
+
+def decode_have_answer(data: bytes, count: int) -> list[bool]:
+    """Which of `count` asked files the answer says are held. Raises RemoteProtocolError."""
+    if len(data) != -(-count // 8):
+        raise RemoteProtocolError(f"have answer of {len(data)} bytes for {count} files")
+    if count % 8 and data[-1] & (0xFF >> (count % 8)):
+        raise RemoteProtocolError("have answer: bits set past the files asked")
+    return [bool(data[i // 8] & (0x80 >> (i % 8))) for i in range(count)]

@@ -1,0 +1,183 @@
+"""apt's batches at fleet scale: many keys per datagram, and a node that knows itself by its id.
+
+A fleet is a handful of machines, each on its own address and the same port (9978): every lookup
+and announce reaches the same few nodes. These tests run such fleets in memory (one address per
+node, so the one-identity-per-IP rules apply as on a real network) and check that a node
+announcing and another finding hundreds of files at once stay inside the per-source limits, while
+a flood from one address does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from dhtdeb.clock import Clock, ManualClock
+from dhtdeb.dht import DhtConfig, DhtNode, DhtTuning, MemoryNetwork, dht_key, open_dht
+from dhtdeb.dht.wire import (
+    MAX_KEYS,
+    Contact,
+    KeyAnswer,
+    Reply,
+    Request,
+    decode_datagram,
+    encode_answers,
+    encode_reply,
+    encode_request,
+)
+from dhtdeb.errors import RemoteProtocolError
+from dhtdeb.netaddr import HostPort
+
+from .swarm import GUARD, sha
+
+PORT = 9978  # every host of a fleet on the default port
+
+
+async def _fleet(
+    tmp: Path, size: int, network: MemoryNetwork, seed: int, clock: Clock | None = None
+) -> list[DhtNode]:
+    """`size` nodes at 10.9.0.1 … on port 9978, each bootstrapped from the first."""
+    rng = random.Random(seed)
+    nodes: list[DhtNode] = []
+    for i in range(size):
+        nodes.append(
+            await open_dht(
+                DhtConfig(
+                    HostPort(f"10.9.0.{i + 1}", PORT),
+                    tmp / f"host{i + 1}",
+                    bootstrap=(HostPort("10.9.0.1", PORT),) if i else (),
+                    lan=False,
+                    allow_loopback_peers=False,
+                ),
+                rng=random.Random(rng.getrandbits(64)),
+                clock=clock,
+                network=network,
+                maintenance=False,
+            )
+        )
+    await asyncio.gather(*(n.engine.lookup(n.engine.node.id, get_peers=False) for n in nodes))
+    return nodes
+
+
+def _counter(nodes: list[DhtNode], name: str) -> int:
+    return sum(n.counters().get(name, 0) for n in nodes)
+
+
+def test_several_keys_travel_in_one_request_and_reply() -> None:
+    keys = [bytes([i]) * 20 for i in range(3)]
+    data = encode_request(b"m" * 20, "get_peers", b"n" * 20, b"".join(keys), b"t" * 8)
+    request = decode_datagram(data, socket.AF_INET)
+    assert isinstance(request, Request)
+    assert request.keys == tuple(keys) and request.target == keys[0] and request.cost == 1.5
+
+    a, b = Contact(b"a" * 20, "10.0.0.1", 9978), Contact(b"b" * 20, "10.0.0.2", 9978)
+    peer = Contact(b"p" * 20, "10.0.0.3", 9978)
+    answers = [KeyAnswer((a, b), (peer,)), KeyAnswer((b,), ())]
+    nodes, sections = encode_answers([a, b], answers, socket.AF_INET)
+    reply = decode_datagram(
+        encode_reply(b"m" * 20, {"id": b"r" * 20, "nodes": nodes, "keys": sections}),
+        socket.AF_INET,
+    )
+    assert isinstance(reply, Reply) and reply.answers == tuple(answers)
+    view = reply.for_key(0)
+    assert view is not None and view.peers == (peer,) and view.nodes == (a, b)
+    assert reply.for_key(2) is None  # asked, not answered: the asker asks again
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [b"", b"k" * 19, b"k" * 41, b"k" * 40, b"k" * 20 * (MAX_KEYS + 1)],
+    ids=["none", "short", "ragged", "twice", "too-many"],
+)
+def test_malformed_key_lists_are_protocol_errors(keys: bytes) -> None:
+    data = encode_request(b"m" * 20, "get_peers", b"n" * 20, keys, b"t" * 8)
+    with pytest.raises(RemoteProtocolError):
+        decode_datagram(data, socket.AF_INET)
+
+
+def test_reply_indices_past_the_contacts_are_protocol_errors() -> None:
+    body = {"id": b"r" * 20, "nodes": b"", "keys": [[b"\x00", b""]]}
+    with pytest.raises(RemoteProtocolError):
+        decode_datagram(encode_reply(b"m" * 20, body), socket.AF_INET)
+
+
+async def test_a_node_finds_itself_in_peer_lists_by_its_id(tmp_path: Path, seed: int) -> None:
+    """Listening on the wildcard address, a node does not know the address others see it
+    under; it must still leave itself out of what it finds, and others must see its id."""
+    nodes = []
+    try:
+        for name in ("a", "b", "c"):
+            bootstrap = (HostPort("127.0.0.1", nodes[0].address.port),) if nodes else ()
+            nodes.append(
+                await open_dht(
+                    DhtConfig(
+                        HostPort("0.0.0.0", 0), tmp_path / name, bootstrap=bootstrap, lan=False
+                    ),
+                    rng=random.Random(seed + len(nodes)),
+                    maintenance=False,
+                )
+            )
+        a, b, c = nodes
+        assert a.address.host == "0.0.0.0"
+        await a.announce(sha("file"))
+        await b.announce(sha("file"))
+        found = await a.find_peers(sha("file"), GUARD)
+        assert [(p.port, p.node) for p in found] == [(b.address.port, b.engine.node.id)]
+        by_c = await c.find_peers(sha("file"), GUARD)
+        assert {(p.port, p.node) for p in by_c} == {
+            (a.address.port, a.engine.node.id),
+            (b.address.port, b.engine.node.id),
+        }
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_an_upgrades_worth_of_keys_stays_within_the_rate_limits(
+    tmp_path: Path, seed: int
+) -> None:
+    """Five hosts: one announces the 300 files it just fetched, another finds all 300 at once
+    (an upgrade: apt asks for hundreds of files). No request is rate limited, the keys share
+    datagrams, and every file is found."""
+    network = MemoryNetwork()
+    nodes = await _fleet(tmp_path, 5, network, seed)
+    try:
+        first, second = nodes[1], nodes[2]
+        files = [sha(f"package-{i}") for i in range(300)]
+        for sha256 in files:
+            first.announce_later(sha256)
+        async with asyncio.timeout(GUARD):
+            await first.announces_done()
+        assert first.statistics().announced == len(files)
+        found = await asyncio.gather(*(second.find_peers(f, GUARD) for f in files))
+        assert all([p.node for p in peers] == [first.engine.node.id] for peers in found)
+        assert _counter(nodes, "rate_limited") == 0
+        # 300 keys to up to 4 nodes each, twice (announce: lookup + announce; find: lookup)
+        requests = _counter(nodes, "requests_get_peers") + _counter(nodes, "requests_announce_peer")
+        assert requests < 300 * 3, f"{requests} requests: keys did not share datagrams"
+        assert _counter(nodes, "batched_keys") > 0
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_a_flood_from_one_address_is_still_limited(tmp_path: Path, seed: int) -> None:
+    network = MemoryNetwork()
+    clock = ManualClock()  # no refill while the flood arrives
+    nodes = await _fleet(tmp_path, 2, network, seed, clock)
+    target = nodes[0]
+    try:
+        # 2000 single-key requests in one burst from one address (a flood, not a fleet host)
+        flooder = ("10.9.0.66", PORT)
+        rng = random.Random(seed)
+        for _ in range(2000):
+            datagram = encode_request(
+                rng.randbytes(20), "get_peers", rng.randbytes(20), dht_key(sha("x")), None
+            )
+            target.engine.protocol.datagram_received(datagram, flooder)
+        limited = target.counters().get("rate_limited", 0)
+        assert limited >= 2000 - DhtTuning().request_burst
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))

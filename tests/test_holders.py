@@ -1,0 +1,199 @@
+"""Holder hints and "which of these do you hold?": apt's next files asked of the peers that just
+served this node, in one round trip; and a node that reaches itself knows it by its id.
+
+Real PeerServer and PeerClient over 127.0.0.1; the hint table is a core with `now` passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from dhtdeb.discovery import Peer
+from dhtdeb.errors import RemoteProtocolError
+from dhtdeb.stats import Counters
+from dhtdeb.store import ContentStore
+from dhtdeb.swarm.holders import HaveQueries, HolderHints
+from dhtdeb.swarm.peer_client import PeerClient, PeerIsSelf, PeerMisbehaved, PeerUnavailable
+from dhtdeb.swarm.peer_server import PeerServer
+from dhtdeb.swarm.pieces import (
+    HAVE_PATH,
+    MAX_HAVE_QUERY,
+    NODE_HEADER,
+    decode_have_answer,
+    decode_have_query,
+    encode_have_answer,
+)
+
+NODE_A = bytes(range(1, 21))
+NODE_B = bytes(range(21, 41))
+GUARD = 10.0
+
+
+def _put(store: ContentStore, data: bytes) -> str:
+    sha256 = hashlib.sha256(data).hexdigest()
+    partial = store.begin(sha256, len(data))
+    partial.write(data)
+    store.commit(partial)
+    return sha256
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[PeerServer, Peer, list[str]]]:
+    """A peer server (node A) holding three files."""
+    store = ContentStore(tmp_path / "store")
+    rng = random.Random(7)
+    held = [_put(store, rng.randbytes(1000 + i)) for i in range(3)]
+    server = PeerServer(store, Counters(), node=NODE_A)
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        yield server, Peer(host, port), held
+    finally:
+        await server.close()
+
+
+async def test_one_request_says_which_files_a_peer_holds(
+    served: tuple[PeerServer, Peer, list[str]],
+) -> None:
+    server, peer, held = served
+    missing = [hashlib.sha256(f"missing {i}".encode()).hexdigest() for i in range(9)]
+    asked = [missing[0], held[0], *missing[1:5], held[2], *missing[5:], held[1]]
+    client = PeerClient(node=NODE_B)
+    try:
+        answer = await client.which_hold(peer, asked)
+    finally:
+        await client.close()
+    assert answer == [sha in held for sha in asked]
+    assert server.stats.have_queries == 1
+
+
+async def test_a_node_that_reaches_itself_knows_it_by_its_id(
+    served: tuple[PeerServer, Peer, list[str]],
+) -> None:
+    """Every host of a fleet listens on port 9978: the address a peer list shows may be this
+    node's own. Its answers carry its id, and its own client refuses them."""
+    _, peer, held = served
+    itself = PeerClient(node=NODE_A)
+    other = PeerClient(node=NODE_B)
+    try:
+        with pytest.raises(PeerIsSelf):
+            await itself.piece_list(peer, held[0], 1000)
+        with pytest.raises(PeerIsSelf):
+            await itself.piece(peer, held[0], 0, 1000)
+        with pytest.raises(PeerIsSelf):
+            await itself.which_hold(peer, held)
+        answer = await other.piece_list(peer, held[0], 1000)
+        assert answer.have is None
+        assert len(await other.piece(peer, held[0], 0, 1000)) == 1000
+        with pytest.raises(PeerUnavailable) as not_held:  # a 404 tells the id too
+            await itself.piece(peer, "ab" * 32, 0, 10)
+        assert isinstance(not_held.value, PeerIsSelf)
+    finally:
+        await itself.close()
+        await other.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status"),
+    [
+        ("GET", b"", 405),
+        ("POST", b"", 411),
+        ("POST", b"x" * 31, 400),
+        ("POST", b"x" * 32 * (MAX_HAVE_QUERY + 1), 413),
+    ],
+    ids=["get", "empty", "ragged", "too-many"],
+)
+async def test_bad_have_queries_are_refused_and_counted(
+    served: tuple[PeerServer, Peer, list[str]], method: str, body: bytes, status: int
+) -> None:
+    server, peer, _ = served
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{peer.url()}{HAVE_PATH}", data=body) as response,
+    ):
+        assert response.status == status
+        assert response.headers[NODE_HEADER] == NODE_A.hex()
+    assert server.stats.bad_requests == 1 and server.stats.have_queries == 0
+
+
+def test_have_query_and_answer_are_parsed_strictly() -> None:
+    assert decode_have_query(bytes(64)) == ["00" * 32, "00" * 32]
+    for bad in (b"", bytes(33), bytes(32 * (MAX_HAVE_QUERY + 1))):
+        with pytest.raises(RemoteProtocolError):
+            decode_have_query(bad)
+    bits = [True, False, True] + [False] * 6 + [True]
+    assert decode_have_answer(encode_have_answer(bits), 10) == bits
+    with pytest.raises(RemoteProtocolError):
+        decode_have_answer(b"\xff\xff", 10)  # bits past the files asked
+    with pytest.raises(RemoteProtocolError):
+        decode_have_answer(b"\xff", 10)  # too short
+
+
+def test_hints_keep_the_recent_holders_first_and_forget_the_silent() -> None:
+    hints = HolderHints(ttl=100.0, size=3)
+    a, b, c, d = (Peer(f"10.0.0.{i}", 9978) for i in range(1, 5))
+    for at, peer in enumerate((a, b, c, d)):
+        hints.delivered(peer, float(at))
+    assert hints.candidates(5.0, limit=5) == [d, c, b]  # a fell out (size 3)
+    hints.delivered(b, 6.0)
+    assert hints.candidates(6.0, limit=2) == [b, d]
+    hints.failed(d)
+    assert hints.candidates(6.0) == [b, c]
+    assert hints.candidates(104.0) == [b]  # c not heard of for over ttl
+
+
+class _CountingClient:
+    """Stands in for PeerClient.which_hold: counts requests, answers from a table."""
+
+    def __init__(self, holds: dict[Peer, set[str]], silent: set[Peer]) -> None:
+        self.holds = holds
+        self.silent = silent
+        self.requests: list[tuple[Peer, int]] = []
+
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]:
+        self.requests.append((peer, len(sha256s)))
+        if peer in self.silent:
+            raise PeerMisbehaved("no answer")
+        return [sha in self.holds.get(peer, set()) for sha in sha256s]
+
+
+async def test_questions_asked_together_share_one_request_per_peer() -> None:
+    a, b = Peer("10.0.0.1", 9978), Peer("10.0.0.2", 9978)
+    files = [hashlib.sha256(bytes([i])).hexdigest() for i in range(10)]
+    client = _CountingClient({a: set(files[:5]), b: set(files[3:])}, silent=set())
+    hints = HolderHints()
+    hints.delivered(a, 0.0)
+    hints.delivered(b, 1.0)
+    queries = HaveQueries(hints, client)
+    try:
+        async with asyncio.timeout(GUARD):
+            found = await asyncio.gather(
+                *(queries.holders_of(f, 2.0, deadline=GUARD) for f in files)
+            )
+    finally:
+        await queries.close()
+    assert [set(peers) for peers in found] == [
+        {p for p, held in ((a, files[:5]), (b, files[3:])) if f in held} for f in files
+    ]
+    assert sorted(client.requests) == [(a, 10), (b, 10)]
+
+
+async def test_a_holder_that_fails_to_answer_is_forgotten() -> None:
+    a, b = Peer("10.0.0.1", 9978), Peer("10.0.0.2", 9978)
+    sha = hashlib.sha256(b"x").hexdigest()
+    client = _CountingClient({b: {sha}}, silent={a})
+    hints = HolderHints()
+    hints.delivered(a, 0.0)
+    hints.delivered(b, 0.0)
+    queries = HaveQueries(hints, client)
+    try:
+        assert await queries.holders_of(sha, 1.0, deadline=GUARD) == [b]
+    finally:
+        await queries.close()
+    assert hints.candidates(1.0) == [b]
