@@ -20,6 +20,7 @@ class RequestCounters:
     from_mirror: int = 0
     passed_through: int = 0
     refused: int = 0
+    read_ahead: int = 0  # downloads started for requests apt pipelined behind another
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 from datetime import UTC, datetime, timedelta
@@ -76,7 +77,14 @@ def test_health_status_and_metrics(dhtdeb_daemon: DaemonFactory) -> None:
     assert isinstance(status["version"], str) and len(status["node_id"]) == 40
     groups = {
         "bytes": {"from_peers", "from_mirror", "to_apt", "to_peers"},
-        "requests": {"cache_hits", "from_peers", "from_mirror", "passed_through", "refused"},
+        "requests": {
+            "cache_hits",
+            "from_peers",
+            "from_mirror",
+            "passed_through",
+            "refused",
+            "read_ahead",
+        },
         "verify_failures": {"signature", "index", "peer", "mirror"},
         "dht": {"routing_table", "stored_keys", "announced"},
         "cache": {"files", "bytes", "limit_bytes"},
@@ -160,6 +168,31 @@ def test_ten_pipelined_requests_on_one_connection(
     assert [a.status for a in answers] == [200] * 10
     for package, answer in zip(targets, answers, strict=True):
         assert answer.body == signed_archive.path(package.filename).read_bytes()
+
+
+def test_pipelined_pool_files_start_before_the_one_ahead_of_them_is_sent(
+    signed_archive: SignedArchive, mirror: Mirror, learned: DaemonProcess
+) -> None:
+    """apt pipelines an upgrade 10 requests at a time; the proxy answers them in order, but
+    starts every download at once: with the first file stalled at the mirror, the mirror still
+    sees the requests for all the others."""
+    first, *rest = signed_archive.small_packages[:6]
+    mirror.stall(first.filename, after_bytes=100)
+    host = mirror.host_port
+    wire = b"".join(
+        f"GET {mirror.url}/{p.filename} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        for p in (first, *rest)
+    )
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(rawhttp.exchange, learned.proxy, wire, 1 + len(rest))
+        mirror.wait_for(lambda: all(mirror.requests_for(p.filename) for p in rest))
+        assert not answers.done()  # the first answer is still waiting for its bytes
+        mirror.release(first.filename)
+        result = answers.result()
+    assert [a.status for a in result] == [200] * (1 + len(rest))
+    for package, answer in zip((first, *rest), result, strict=True):
+        assert answer.body == signed_archive.path(package.filename).read_bytes()
+    assert learned.status()["requests"]["read_ahead"] == len(rest)
 
 
 def test_expired_release_is_not_believed(

@@ -9,6 +9,7 @@ bytes complete a response. Everything from the client and the mirror is untruste
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import ipaddress
 import json
@@ -299,8 +300,32 @@ class ProxyServer:
                 },
             )
         transfer = self._downloads.fetch(location.url, expected, announce=True)
+        self._read_ahead(request)
         await transfer.wait_started()
         return await self._serve_transfer(request, location, transfer)
+
+    def _read_ahead(self, request: web.BaseRequest) -> None:
+        """Start the downloads of the pool files apt has already asked for behind this one.
+
+        apt pipelines up to 10 requests on its connection; they are answered in order, one at a
+        time, so without this each file would start only once the previous one was sent, and
+        apt's batch would cost a round trip (and a lookup) per file. A download runs to its end
+        even if apt hangs up, so starting it early loses nothing."""
+        for target in pipelined_targets(request):
+            try:
+                parsed = parse_target(target)
+            except BadTarget:
+                continue
+            if not isinstance(parsed, UpstreamTarget):
+                continue
+            location = locate(parsed.url)
+            if location.kind is not FileKind.POOL:
+                continue
+            expected = self._chain.pool_file(location.url)
+            if expected is None or self._store.lookup(expected.sha256) is not None:
+                continue
+            self._downloads.fetch(location.url, expected, announce=True)
+            self._counters.requests.read_ahead += 1
 
     # -- responses ----------------------------------------------------------------------------
 
@@ -429,6 +454,24 @@ class ProxyServer:
             f"<table>{rows}</table>"
         )
         return web.Response(text=html, content_type="text/html")
+
+
+def pipelined_targets(request: web.BaseRequest) -> list[str]:
+    """The targets of the GET requests the client has sent behind `request` on its connection,
+    as the HTTP server has already parsed them (it answers them one at a time).
+
+    aiohttp keeps them in a private deque of its connection handler; if that ever changes,
+    nothing is read ahead and nothing else changes."""
+    queued = getattr(request.protocol, "_messages", None)
+    if not isinstance(queued, collections.deque):
+        return []
+    targets = []
+    for item in list(queued):
+        message = item[0] if isinstance(item, tuple) and item else None
+        method, path = getattr(message, "method", None), getattr(message, "path", None)
+        if method == "GET" and isinstance(path, str):
+            targets.append(path)
+    return targets
 
 
 async def _send_file_span(

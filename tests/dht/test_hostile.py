@@ -46,7 +46,12 @@ datagrams = st.one_of(
         st.just(b"\x00"),
         st.tuples(
             st.sampled_from(["ping", "find_node", "get_peers", "announce_peer", "store"]),
-            st.lists(st.binary(min_size=18, max_size=22) | msgpack_values, max_size=5),
+            st.lists(
+                st.binary(min_size=18, max_size=22)
+                | st.binary(min_size=38, max_size=62)
+                | msgpack_values,
+                max_size=5,
+            ),
         ).map(list),
     ),
     st.builds(
@@ -57,6 +62,12 @@ datagrams = st.one_of(
             optional={
                 "nodes": st.binary(max_size=100) | msgpack_values,
                 "peers": st.lists(st.binary(max_size=20)) | msgpack_values,
+                "keys": st.lists(
+                    st.tuples(st.binary(max_size=10), st.binary(max_size=60)).map(list)
+                    | msgpack_values,
+                    max_size=4,
+                )
+                | msgpack_values,
                 "token": st.binary(max_size=40) | msgpack_values,
                 "ok": msgpack_values,
             },
