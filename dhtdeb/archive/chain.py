@@ -76,9 +76,9 @@ class TrustChain:
             return False
         self._index.learn_release(location.suite_url, location.root, release, payload.fingerprint)
         log.info(
-            "%s: verified (key %s), %d index files listed",
+            "%s: verified (good signatures by %s), %d index files listed",
             location.url,
-            payload.fingerprint,
+            ", ".join(payload.fingerprints),
             len(release.files),
         )
         return True
