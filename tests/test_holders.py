@@ -103,7 +103,7 @@ async def test_a_node_that_reaches_itself_knows_it_by_its_id(
     ("method", "body", "status"),
     [
         ("GET", b"", 405),
-        ("POST", b"", 411),
+        ("POST", b"", 400),
         ("POST", b"x" * 31, 400),
         ("POST", b"x" * 32 * (MAX_HAVE_QUERY + 1), 413),
     ],
@@ -197,3 +197,45 @@ async def test_a_holder_that_fails_to_answer_is_forgotten() -> None:
     finally:
         await queries.close()
     assert hints.candidates(1.0) == [b]
+
+
+class _SilentClient:
+    """A holder that never answers (a machine gone from the LAN)."""
+
+    def __init__(self) -> None:
+        self.never = asyncio.Event()
+
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]:
+        await self.never.wait()
+        return [False] * len(sha256s)
+
+
+async def test_a_holder_too_slow_for_the_deadline_costs_one_wait_not_one_per_file() -> None:
+    a = Peer("10.0.0.1", 9978)
+    hints = HolderHints()
+    hints.delivered(a, 0.0)
+    queries = HaveQueries(hints, _SilentClient())
+    try:
+        sha = hashlib.sha256(b"y").hexdigest()
+        assert await queries.holders_of(sha, 1.0, deadline=0.01) == []
+        assert hints.candidates(1.0) == []  # the next file is not kept waiting
+        assert await queries.holders_of(sha, 1.0, deadline=GUARD) == []
+    finally:
+        await queries.close()
+
+
+async def test_a_have_query_does_not_count_as_a_use_of_the_file(tmp_path: Path) -> None:
+    """The cache evicts what apt used least recently; a peer asking must not pin files."""
+    store = ContentStore(tmp_path / "store", limit_bytes=2500)
+    rng = random.Random(3)
+    oldest, newer = _put(store, rng.randbytes(1000)), _put(store, rng.randbytes(1000))
+    server = PeerServer(store, Counters(), node=NODE_A)
+    host, port = await server.start("127.0.0.1", 0)
+    client = PeerClient(node=NODE_B)
+    try:
+        assert await client.which_hold(Peer(host, port), [oldest]) == [True]
+    finally:
+        await client.close()
+        await server.close()
+    _put(store, rng.randbytes(1000))
+    assert oldest not in store and newer in store

@@ -105,6 +105,16 @@ class SourceLimiter:
             self._buckets.popitem(last=False)
         return allowed
 
+    def charge(self, source: str, cost: float) -> None:
+        """Debit work found out after the request was allowed (a batch's extra keys); the
+        balance may go down to -burst, so the source waits longer before its next request."""
+        now = self._clock.now()
+        tokens, stamp = self._buckets.pop(source, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - stamp) * self._rate)
+        self._buckets[source] = (max(-self._burst, tokens - cost), now)
+        while len(self._buckets) > self._max_sources:
+            self._buckets.popitem(last=False)
+
     def __len__(self) -> int:
         return len(self._buckets)
 

@@ -141,11 +141,15 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
             return
         self._result.answered += 1
         self._answered[node_id] = (event.node, reply.token)
+        own = self.protocol.source_node.id
         for peer in reply.peers:
+            # Our own entries go before the de-duplication by address: an entry that names
+            # another node's address with our id must not hide that node's own entry.
+            if peer.node_id == own:
+                continue
             if (peer.host, peer.port) not in self._seen_peers:
                 self._seen_peers.add((peer.host, peer.port))
                 self._result.peers.append(peer)
-        own = self.protocol.source_node.id
         fresh = [
             Node(c.node_id, c.host, c.port)
             for c in reply.nodes

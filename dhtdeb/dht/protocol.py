@@ -17,8 +17,11 @@ Batches: apt fetches hundreds of files at once, and each file means a lookup and
 announce; in a fleet of a few machines every one of them reaches the same few nodes. So get_peers
 and announce_peer calls to one address that are made in the same turn of the event loop travel in
 one datagram (up to `MAX_KEYS` keys; see wire.py), once that address gave us a token (before, a
-request must be padded to earn its reply, and one key is asked). The per-source rate limit charges
-a batch by its keys (`Request.cost`), so it still stops floods but no longer a fleet's upgrade.
+request must be padded to earn its reply, and one key is asked). A get_peers reply answers the
+keys in order, each worked out only while the reply has room for it (each costs a scan of the
+routing table); the asker sends the keys left unanswered again, in requests of as many keys as
+the reply answered. The per-source rate limit charges a datagram 1 and each key answered beyond
+the first a quarter more, so it still stops floods but no longer a fleet's upgrade.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import random
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from kademlia.node import Node
@@ -52,6 +55,7 @@ from dhtdeb.dht.wire import (
     address_size,
     decode_datagram,
     encode_answers,
+    encode_bits,
     encode_nodes,
     encode_reply,
     encode_request,
@@ -59,6 +63,8 @@ from dhtdeb.dht.wire import (
 from dhtdeb.errors import RemoteProtocolError
 
 log = logging.getLogger("dhtdeb.dht")
+
+EXTRA_KEY_COST = 0.25  # of a request, for each key a get_peers reply answers beyond the first
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class DhtTuning:
     request_rate: float = 50.0
     request_burst: float = 250.0
     peers_per_key: int = 40  # peers in a one-key get_peers reply, before trimming to max_reply
+    peers_per_batched_key: int = 8  # in a reply to several keys: a random few for each
     max_outstanding: int = 512
     max_probes: int = 16  # verification pings of unknown requesters in flight
     bucket_refresh: float = 15 * 60.0
@@ -158,6 +165,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._probing: set[Address] = set()
         self._batches: dict[tuple[str, Address], _Batch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.on_contact: Callable[[], None] | None = None  # tests wait on routing changes
 
     def __getattr__(self, name: str) -> Any:
@@ -205,7 +213,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if isinstance(message, Reply):
             self._accept_reply(message, address)
             return
-        if not self.limiter.allow(source_key(address, self.allow_loopback), message.cost):
+        if not self.limiter.allow(source_key(address, self.allow_loopback)):
             self.counters["rate_limited"] += 1
             self.quiet.warn("rate", "DHT: rate limiting requests from %s", address)
             return
@@ -232,6 +240,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             if self.tokens.check(request.token, address):
                 stored = [self.storage.add(key, address, request.node_id) for key in request.keys]
                 body["ok"] = all(stored)
+                if len(stored) > 1:
+                    body["stored"] = encode_bits(stored)
                 self.counters["announces_stored"] += sum(stored)
                 self.counters["announces_dropped"] += len(stored) - sum(stored)
             else:
@@ -247,15 +257,49 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             self._reply(request.msgid, body, self._nearest(request.target, sender), address, limit)
         elif request.method == "get_peers":
             body["token"] = self.tokens.issue(address)
-            answers = [
-                KeyAnswer(
-                    tuple(self._nearest(key, sender)),
-                    tuple(self.storage.entries(key, self.tuning.peers_per_key)),
+            # An unproven requester gets one key answered: its reply is small anyway.
+            keys = request.keys if proven else request.keys[:1]
+            answers = self._answers(keys, sender, min(limit, MAX_DATAGRAM))
+            if len(answers) > 1:
+                self.limiter.charge(
+                    source_key(address, self.allow_loopback),
+                    EXTRA_KEY_COST * (len(answers) - 1),
                 )
-                for key in request.keys
-            ]
             self._reply_peers(request.msgid, body, answers, address, limit)
         self._consider_sender(sender)
+
+    def _answers(self, keys: tuple[bytes, ...], sender: Node, limit: int) -> list[KeyAnswer]:
+        """Answers to the first keys of a get_peers request, as many as fit in `limit` bytes
+        (at least one): each costs a scan of the routing table, so none is worked out that
+        would not be sent."""
+        entry = ID_SIZE + address_size(self.family) + 2
+        budget = limit - 96  # framing, message id, our id, the token
+        peers_each = (
+            self.tuning.peers_per_key if len(keys) == 1 else self.tuning.peers_per_batched_key
+        )
+        contacts: set[Contact] = set()
+        answers: list[KeyAnswer] = []
+        used = 0
+        for key in keys:
+            nearest = self._nearest(key, sender)
+            if len(keys) == 1:
+                # One key: a node holding peers answers with peers first (BEP 5), contacts in
+                # the room left (a lookup gets contacts from the nodes that hold no peers).
+                peers = self.storage.entries(key, max(1, min(peers_each, (budget - 8) // entry)))
+                room = max(0, (budget - 8 - len(peers) * entry) // (entry + 1))
+                return [KeyAnswer(tuple(nearest[:room]), tuple(peers))]
+            # Several keys: each key's contacts first (the lookups of the other keys go on
+            # through them), then a few of its peers in the room left.
+            fresh = [c for c in nearest if c not in contacts]
+            room = (budget - used - 8 - len(nearest) - len(fresh) * entry) // entry
+            peers = self.storage.entries(key, max(1, min(peers_each, room)))
+            size = 8 + len(nearest) + (len(fresh) + len(peers)) * entry
+            if answers and (used + size > budget or len(contacts) + len(fresh) > 256):
+                break
+            used += size
+            contacts.update(fresh)
+            answers.append(KeyAnswer(tuple(nearest), tuple(peers)))
+        return answers
 
     def _nearest(self, target: bytes, sender: Node) -> list[Contact]:
         return [
@@ -320,7 +364,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 return
             self.counters["replies_trimmed"] += 1
             if len(answers) > 1:
-                answers = answers[:-1]
+                answers = answers[: max(1, len(answers) // 2)]
                 continue
             answer = answers[0]
             if answer.nodes:
@@ -377,11 +421,15 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._spawn(self._probe(contact, address, moved_to))
 
     def _spawn(self, coro: Any) -> None:
+        if self._closing:
+            coro.close()
+            return
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -484,9 +532,9 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         address = (node.ip, node.port)
         if self._remote_token(address) is not None:
             return await self._batched("get_peers", node, key, None)
-        # Without a token, pay for a reply of k contacts and a few peers; the token in that reply
-        # earns the full peer list (up to max_reply) on the next request.
-        full = self.tuning.ksize * (22 + address_size(self.family)) + 160
+        # Without a token, pay for a reply of k contacts or 24 peers (a node holding peers
+        # answers with peers first); the token in that reply earns a full reply next time.
+        full = (self.tuning.ksize + 16) * (22 + address_size(self.family))
         reply = await self.request(address, "get_peers", key, expect_reply=full)
         settled = self._settle(node, reply)
         return None if settled is None else settled.for_key(0)
@@ -511,6 +559,9 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         token: bytes | None,
         waiter: asyncio.Future[Reply | None],
     ) -> None:
+        if self._closing:
+            waiter.set_result(None)
+            return
         slot = (method, (node.ip, node.port))
         batch = self._batches.get(slot)
         if batch is None or key in batch.keys:
@@ -530,7 +581,15 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if current is None or (batch is not None and current is not batch):
             return  # already sent
         del self._batches[slot]
-        self._spawn(self._send_batch(slot[0], current))
+        self._start_batch(slot[0], current)
+
+    def _start_batch(self, method: str, batch: _Batch) -> None:
+        if self._closing:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        self._spawn(self._send_batch(method, batch))
 
     async def _send_batch(self, method: str, batch: _Batch) -> None:
         address = (batch.node.ip, batch.node.port)
@@ -545,21 +604,33 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             raise
         if len(batch.keys) > 1:
             self.counters["batched_requests"] += 1
-        if reply is None or method == "announce_peer":
+        if reply is None:
             for waiter in batch.waiters:
                 if not waiter.done():
-                    waiter.set_result(reply)
+                    waiter.set_result(None)
+            return
+        if method == "announce_peer":
+            for index, waiter in enumerate(batch.waiters):
+                if not waiter.done():
+                    waiter.set_result(replace(reply, ok=reply.stored_key(index)))
             return
         answered = len(reply.answers)
+        rest: list[tuple[bytes, asyncio.Future[Reply | None]]] = []
         for index, (key, waiter) in enumerate(zip(batch.keys, batch.waiters, strict=True)):
             if waiter.done():
                 continue
             if index < answered:
                 waiter.set_result(reply.for_key(index))
             elif answered:  # the reply was full: ask again for the rest
-                self._enqueue(method, batch.node, key, None, waiter)
+                rest.append((key, waiter))
             else:
                 waiter.set_result(None)
+        # The rest goes in requests of as many keys as this reply had room for, side by side.
+        for start in range(0, len(rest), answered or 1):
+            chunk = rest[start : start + answered]
+            self._start_batch(
+                method, _Batch(batch.node, None, [k for k, _ in chunk], [w for _, w in chunk])
+            )
 
     async def call_store(self, node: Node, key: bytes, value: object) -> bool:
         raise NotImplementedError("dhtdeb stores peer lists through announce_peer")

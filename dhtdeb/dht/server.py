@@ -176,15 +176,16 @@ class DhtServer(Server):  # type: ignore[misc]
         return result
 
     async def find_peers(self, key: bytes, deadline: float) -> list[Contact]:
-        """Peers for `key` (with the ids they announced with, this node's own among them if it
-        announced), merged from the lookup and this node's own store."""
+        """Peers for `key` (with the ids they announced with; this node's own entries left out),
+        merged from the lookup and this node's own store."""
         local = self.storage.entries(key, self.tuning.enough_peers)
         result = await self.lookup(
             key, get_peers=True, enough_peers=self.tuning.enough_peers, deadline=deadline
         )
         merged: dict[Address, Contact] = {}
         for peer in [*result.peers, *local]:
-            merged.setdefault((peer.host, peer.port), peer)
+            if peer.node_id != self.node.id:  # ours go first: see Lookup._handle
+                merged.setdefault((peer.host, peer.port), peer)
         return list(merged.values())
 
     async def announce_key(self, key: bytes) -> int:

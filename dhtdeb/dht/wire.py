@@ -63,12 +63,6 @@ class Request:
     token: bytes | None = None
     keys: tuple[bytes, ...] = ()  # get_peers, announce_peer: every key asked about
 
-    @property
-    def cost(self) -> float:
-        """What the request costs its sender's rate budget: a key beyond the first costs a
-        quarter of a request (the work per key is a table lookup; the datagram is shared)."""
-        return 1.0 + 0.25 * max(0, len(self.keys) - 1)
-
 
 @dataclass(frozen=True, slots=True)
 class KeyAnswer:
@@ -87,6 +81,14 @@ class Reply:
     token: bytes | None = None
     ok: bool = False
     answers: tuple[KeyAnswer, ...] = ()  # get_peers: per key asked, in order (maybe a prefix)
+    stored: bytes = b""  # announce_peer of several keys: bit i (MSB first) set if key i was kept
+
+    def stored_key(self, index: int) -> bool:
+        """Whether an announce kept the index-th key (a one-key reply says it with `ok`)."""
+        if not self.stored:
+            return self.ok
+        byte = index // 8
+        return byte < len(self.stored) and bool(self.stored[byte] & (0x80 >> (index % 8)))
 
     def for_key(self, index: int) -> Reply | None:
         """The reply as if only the index-th key had been asked (None: not answered)."""
@@ -124,11 +126,21 @@ def encode_nodes(contacts: list[Contact], family: socket.AddressFamily) -> bytes
     return b"".join(c.node_id + pack_address(c.host, c.port, family) for c in contacts)
 
 
+def encode_bits(bits: list[bool]) -> bytes:
+    field = bytearray(-(-len(bits) // 8))
+    for index, bit in enumerate(bits):
+        if bit:
+            field[index // 8] |= 0x80 >> (index % 8)
+    return bytes(field)
+
+
 def encode_answers(
     contacts: list[Contact], answers: list[KeyAnswer], family: socket.AddressFamily
 ) -> tuple[bytes, list[list[bytes]]]:
     """The `nodes` and `keys` fields of a get_peers reply: contacts once, then per key the
     indices of its nearest contacts and its peers (compact, with their ids)."""
+    if len(contacts) > 256:
+        raise ValueError("a get_peers reply indexes at most 256 contacts")
     position = {contact: i for i, contact in enumerate(contacts)}
     sections = [
         [bytes(position[c] for c in answer.nodes), encode_nodes(list(answer.peers), family)]
@@ -267,4 +279,6 @@ def _decode_reply(msgid: bytes, body: object, family: socket.AddressFamily) -> R
     ok = body.get("ok", False)
     if not isinstance(ok, bool):
         raise RemoteProtocolError("ok: expected a boolean")
-    return Reply(msgid, node_id, tuple(nodes), (), token, ok, answers)
+    raw_stored = body.get("stored")
+    stored = b"" if raw_stored is None else _bytes(raw_stored, "stored", max_size=MAX_KEYS // 8)
+    return Reply(msgid, node_id, tuple(nodes), (), token, ok, answers, stored)

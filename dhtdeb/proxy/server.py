@@ -322,7 +322,11 @@ class ProxyServer:
             if location.kind is not FileKind.POOL:
                 continue
             expected = self._chain.pool_file(location.url)
-            if expected is None or self._store.lookup(expected.sha256) is not None:
+            if (
+                expected is None
+                or expected.sha256 in self._store
+                or self._downloads.running(expected.sha256) is not None
+            ):
                 continue
             self._downloads.fetch(location.url, expected, announce=True)
             self._counters.requests.read_ahead += 1

@@ -290,6 +290,8 @@ class SwarmDownload:
 
     def _ban(self, peer: Peer, reason: str, lied: bool) -> None:
         self._ctx.penalties.ban(peer, BAN_SECONDS if lied else MISBEHAVIOUR_BAN_SECONDS)
+        if self._ctx.holders is not None:
+            self._ctx.holders.hints.failed(peer)
         if lied:
             self._ctx.counters.verify_failures.peer += 1
             log.warning("peer %s lied about %s: %s; banned", peer.url(), self._sha256[:12], reason)

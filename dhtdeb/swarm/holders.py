@@ -3,14 +3,16 @@
 Owns: a small table of peers that recently delivered verified files to this node (`HolderHints`,
 a synchronous core that takes `now`), and the batched "which of these do you hold?" questions
 to them (`HaveQueries`, its thin asyncio driver). Trusts: nothing a peer answers — a "yes" only
-makes the swarm ask that peer for the file, whose bytes are verified like any other's; a peer
-that said yes and then does not deliver loses its place in the table.
+makes the swarm ask that peer for the file, whose bytes are verified like any other's. A peer
+loses its place in the table when it does not answer in time, fails to deliver a file it said it
+held, or is banned by a download.
 
 Why: apt fetches an upgrade as hundreds of files in a row. In a fleet, the machine that served
 this node one of them most likely holds the rest (it ran the same upgrade earlier). One round trip
 on the LAN to it answers for a whole batch of files, where a DHT lookup per file costs several
-round trips to the same few nodes and trips their per-source rate limits. The DHT is asked only
-for files no hinted holder has.
+round trips to the same few nodes and trips their per-source rate limits. The DHT is still asked
+for every file of several pieces (more holders to split it among) and for every one-piece file
+no hinted holder has.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class HaveQueries:
         self._client = client
         self._rounds: dict[Peer, _Round] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.asked = 0
         self.answered_yes = 0
 
@@ -112,11 +115,17 @@ class HaveQueries:
             if future.done() and not future.cancelled() and future.result():
                 found.append(peer)
             elif not future.done():
+                # Too slow for a hint (the point is a LAN round trip): forgotten until it
+                # delivers a file again, so a dead holder costs one deadline, not one per file.
                 future.cancel()
+                self.hints.failed(peer)
         self.answered_yes += bool(found)
         return found
 
     def _ask(self, peer: Peer, question: _Question) -> None:
+        if self._closed:
+            question.answer.set_result(False)
+            return
         self.asked += 1
         round_ = self._rounds.get(peer)
         if round_ is None:
@@ -129,6 +138,11 @@ class HaveQueries:
     def _send(self, peer: Peer) -> None:
         round_ = self._rounds.pop(peer, None)
         if round_ is None:
+            return
+        if self._closed:
+            for question in round_.questions:
+                if not question.answer.done():
+                    question.answer.set_result(False)
             return
         task = asyncio.get_running_loop().create_task(self._query(peer, round_.questions))
         self._tasks.add(task)
@@ -146,6 +160,7 @@ class HaveQueries:
                 question.answer.set_result(holds)
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):

@@ -423,15 +423,19 @@ class PeerServer:
         if request.method != "POST":
             return self._refuse(405, "method not allowed", Allow="POST")
         length = request.content_length
-        if length is None or not 0 < length <= MAX_HAVE_QUERY * DIGEST_SIZE:
-            return self._refuse(413 if length else 411, "have query of 1 to 256 digests")
+        if length is None:
+            return self._refuse(411, "a have query needs a Content-Length")
+        if not 0 < length <= MAX_HAVE_QUERY * DIGEST_SIZE:
+            return self._refuse(413 if length else 400, "have query of 1 to 256 digests")
         try:
             body = await request.content.readexactly(length)
             asked = decode_have_query(body)
         except (asyncio.IncompleteReadError, RemoteProtocolError) as exc:
             return self._refuse(400, f"bad have query: {exc}")
         self.stats.have_queries += 1
-        held = [self._store.lookup(sha256) is not None for sha256 in asked]
+        # `in`, not `lookup`: a question must not count as a use of the file (the cache's
+        # least-recently-used order is apt's, and a peer must not be able to pin files in it).
+        held = [sha256 in self._store for sha256 in asked]
         return web.Response(
             body=encode_have_answer(held),
             content_type="application/octet-stream",

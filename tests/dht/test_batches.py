@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from kademlia.node import Node
 
 from dhtdeb.clock import Clock, ManualClock
 from dhtdeb.dht import DhtConfig, DhtNode, DhtTuning, MemoryNetwork, dht_key, open_dht
@@ -72,7 +73,7 @@ def test_several_keys_travel_in_one_request_and_reply() -> None:
     data = encode_request(b"m" * 20, "get_peers", b"n" * 20, b"".join(keys), b"t" * 8)
     request = decode_datagram(data, socket.AF_INET)
     assert isinstance(request, Request)
-    assert request.keys == tuple(keys) and request.target == keys[0] and request.cost == 1.5
+    assert request.keys == tuple(keys) and request.target == keys[0]
 
     a, b = Contact(b"a" * 20, "10.0.0.1", 9978), Contact(b"b" * 20, "10.0.0.2", 9978)
     peer = Contact(b"p" * 20, "10.0.0.3", 9978)
@@ -181,3 +182,118 @@ async def test_a_flood_from_one_address_is_still_limited(tmp_path: Path, seed: i
         assert limited >= 2000 - DhtTuning().request_burst
     finally:
         await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def _two(tmp: Path, seed: int, tuning: DhtTuning | None = None) -> list[DhtNode]:
+    network = MemoryNetwork()
+    rng = random.Random(seed)
+    nodes = []
+    for i in (1, 2):
+        nodes.append(
+            await open_dht(
+                DhtConfig(
+                    HostPort(f"10.9.0.{i}", PORT),
+                    tmp / f"host{i}",
+                    bootstrap=(HostPort("10.9.0.1", PORT),) if i == 2 else (),
+                    lan=False,
+                    allow_loopback_peers=False,
+                ),
+                rng=random.Random(rng.getrandbits(64)),
+                tuning=tuning if i == 1 else None,
+                network=network,
+                maintenance=False,
+            )
+        )
+    return nodes
+
+
+async def test_keys_with_many_peers_are_all_answered_without_tripping_the_limit(
+    tmp_path: Path, seed: int
+) -> None:
+    """A fleet of 40 that all ran the same upgrade: every key has 40 peers, so a reply holds
+    few keys; the asker sends the rest again, and no key is lost, no request limited."""
+    responder, asker = await _two(tmp_path, seed)
+    try:
+        keys = [dht_key(sha(f"pkg{i}")) for i in range(MAX_KEYS)]
+        for key in keys:
+            for host in range(40):
+                responder.engine.storage.add(key, (f"10.8.0.{host}", PORT), bytes([host]) * 20)
+        contact = next(iter(asker.engine.protocol.router.contacts()))
+        replies = await asyncio.gather(
+            *(asker.engine.protocol.call_get_peers(contact, key) for key in keys)
+        )
+        assert all(r is not None and len(r.peers) >= 8 for r in replies)
+        assert responder.counters().get("rate_limited", 0) == 0
+        assert responder.counters()["requests_get_peers"] < len(keys)  # keys shared datagrams
+        assert asker.engine.protocol.router.find(responder.engine.node.id) is not None
+    finally:
+        await asyncio.gather(*(n.close() for n in (responder, asker)))
+
+
+async def test_a_batch_reply_fits_one_datagram_whatever_the_routing_table_holds(
+    tmp_path: Path, seed: int
+) -> None:
+    """A responder with 600 contacts asked about 48 keys at once answers the keys that fit in
+    one datagram (each key worked out only if it fits), never more than 256 contacts."""
+    responder, asker = await _two(tmp_path, seed)
+    try:
+        rng = random.Random(seed)
+        router = responder.engine.protocol.router
+        for i in range(600):
+            router.add_contact(Node(rng.randbytes(20), f"10.{i // 250}.{i % 250}.1", PORT))
+        assert len(router) > 256
+        token = responder.engine.protocol.tokens.issue(("10.9.0.2", PORT))
+        keys = b"".join(rng.randbytes(20) for _ in range(MAX_KEYS))
+        sent: list[bytes] = []
+        network_send = responder.engine.protocol._send
+        responder.engine.protocol._send = lambda data, address: sent.append(data)
+        try:
+            datagram = encode_request(b"m" * 20, "get_peers", b"q" * 20, keys, token)
+            responder.engine.protocol.datagram_received(datagram, ("10.9.0.2", PORT))
+        finally:
+            responder.engine.protocol._send = network_send
+        [reply_bytes] = [d for d in sent if d[1:21] == b"m" * 20]
+        reply = decode_datagram(reply_bytes, socket.AF_INET)
+        assert isinstance(reply, Reply) and 1 <= len(reply.answers) < MAX_KEYS
+        assert len(reply_bytes) <= DhtTuning().max_reply
+        assert responder.counters().get("internal_errors", 0) == 0
+    finally:
+        await asyncio.gather(*(n.close() for n in (responder, asker)))
+
+
+async def test_a_forged_entry_with_our_id_does_not_hide_an_honest_peer(
+    tmp_path: Path, seed: int
+) -> None:
+    """A hostile node lists an honest peer's address under our id (ours is public): we must
+    still find the honest peer through the others, not drop it as ourselves."""
+    network = MemoryNetwork()
+    nodes = await _fleet(tmp_path, 5, network, seed)
+    try:
+        asker, honest = nodes[0], nodes[1]
+        await honest.announce(sha("file"))
+        key = dht_key(sha("file"))
+        honest_address = (honest.address.host, honest.address.port)
+        for liar in nodes[2:]:
+            liar.engine.storage.add(key, honest_address, asker.engine.node.id)
+        # the honest entry survives at one node only; the others now lie about it
+        nodes[2].engine.storage.add(key, honest_address, honest.engine.node.id)
+        found = await asker.find_peers(sha("file"), GUARD)
+        assert [(p.host, p.node) for p in found] == [(honest.address.host, honest.engine.node.id)]
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_an_announce_batch_reports_each_key(tmp_path: Path, seed: int) -> None:
+    """A node whose store is full keeps some keys of a batch and not others: each announce
+    learns its own outcome (a refused key is retried soon, a kept one in half an hour)."""
+    responder, asker = await _two(tmp_path, seed, DhtTuning(max_keys=3))
+    try:
+        protocol = asker.engine.protocol
+        contact = next(iter(protocol.router.contacts()))
+        token = protocol._remote_token((contact.ip, contact.port))
+        assert token is not None
+        keys = [dht_key(sha(f"k{i}")) for i in range(5)]
+        results = await asyncio.gather(*(protocol.call_announce(contact, k, token) for k in keys))
+        assert results == [True, True, True, False, False]
+    finally:
+        await asyncio.gather(*(n.close() for n in (responder, asker)))
