@@ -42,7 +42,7 @@ log = logging.getLogger("dhtdeb.dht")
 # Files stored in a row (apt's batches) are announced together: a key waits at most this long
 # for others, and one batch holds at most ANNOUNCE_BATCH keys (their lookups and announces to one
 # node share datagrams, see protocol.py); the next batch starts when this one is done.
-ANNOUNCE_GATHER = 0.5
+ANNOUNCE_GATHER = 0.1
 ANNOUNCE_BATCH = 96
 
 

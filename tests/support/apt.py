@@ -111,7 +111,9 @@ class AptClient:
     """apt-get with its own configuration under `workdir`.
 
     `mirror_url` is the archive base URL as the mirror serves it (http://127.0.0.1:PORT/debian);
-    `proxy` is "HOST:PORT" of the proxy for the two proxy modes."""
+    `proxy` is "HOST:PORT" of the proxy for the two proxy modes; `command_prefix` goes in front
+    of every apt-get command line (the fleet harness runs apt in a network namespace with
+    `("ip", "netns", "exec", NS)`)."""
 
     def __init__(
         self,
@@ -125,6 +127,7 @@ class AptClient:
         mode: ProxyMode = ProxyMode.DIRECT,
         proxy: str | None = None,
         options: dict[str, str] | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         if mode is not ProxyMode.DIRECT and not proxy:
             raise ValueError(f"{mode.value} needs a proxy HOST:PORT")
@@ -139,6 +142,7 @@ class AptClient:
         self.mode = mode
         self.proxy = proxy
         self.config_path = workdir / "apt.conf"
+        self.command_prefix = tuple(command_prefix)
         self._extra_options = dict(options or {})
         self._write_config()
 
@@ -221,7 +225,8 @@ class AptClient:
 
     def start(self, args: Sequence[str], *, cwd: Path | None = None) -> RunningApt:
         """Start `apt-get ARGS` in the background (e.g. to act while a download is under way)."""
-        return RunningApt(("apt-get", *args), cwd=cwd or self.workdir, env=self.env())
+        argv = (*self.command_prefix, "apt-get", *args)
+        return RunningApt(argv, cwd=cwd or self.workdir, env=self.env())
 
     def run(
         self,

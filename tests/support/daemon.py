@@ -43,7 +43,11 @@ class DaemonProcess:
     """`python -m dhtdeb serve --state-dir D --proxy 127.0.0.1:0 --peer 127.0.0.1:0 --no-dht
     --keyring K… EXTRA…`, started with `start()` or as a context manager.
 
-    `command` replaces `python -m dhtdeb` (the harness self-test runs a stand-in with it)."""
+    `command` replaces `python -m dhtdeb` (the harness self-test runs a stand-in with it).
+    `default_addresses` leaves out `--proxy`/`--peer` (the daemon then listens where it does when
+    deployed: 127.0.0.1:9977 and 0.0.0.0:9978; only sensible in a network namespace of its own);
+    `command_prefix` goes in front of the command line (the fleet harness passes
+    `("ip", "netns", "exec", NS)`; that command execs the daemon, so signals reach it)."""
 
     def __init__(
         self,
@@ -54,6 +58,8 @@ class DaemonProcess:
         no_dht: bool = True,
         command: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
+        default_addresses: bool = False,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.state_dir = state_dir
         self.keyrings = tuple(keyrings)
@@ -61,6 +67,8 @@ class DaemonProcess:
         self.no_dht = no_dht
         self.command = tuple(command) if command else (sys.executable, "-m", "dhtdeb")
         self._env_overrides = dict(env or {})
+        self.default_addresses = default_addresses
+        self.command_prefix = tuple(command_prefix)
         self._process: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
         self._addresses: DaemonAddresses | None = None
@@ -77,8 +85,9 @@ class DaemonProcess:
 
     @property
     def argv(self) -> tuple[str, ...]:
-        argv = [*self.command, "serve", "--state-dir", str(self.state_dir)]
-        argv += ["--proxy", "127.0.0.1:0", "--peer", "127.0.0.1:0"]
+        argv = [*self.command_prefix, *self.command, "serve", "--state-dir", str(self.state_dir)]
+        if not self.default_addresses:
+            argv += ["--proxy", "127.0.0.1:0", "--peer", "127.0.0.1:0"]
         if self.no_dht:
             argv.append("--no-dht")
         for keyring in self.keyrings:
@@ -238,7 +247,7 @@ class BootstrapProcess(DaemonProcess):
 
     @property
     def argv(self) -> tuple[str, ...]:
-        argv = [*self.command, "bootstrap", "--listen", "127.0.0.1:0"]
+        argv = [*self.command_prefix, *self.command, "bootstrap", "--listen", "127.0.0.1:0"]
         argv += ["--state-dir", str(self.state_dir), "--no-lan"]
         return (*argv, *self.extra_args)
 

@@ -130,10 +130,13 @@ class Mirror:
         prefix: str = "debian",
         port: int = 0,
         total_rate: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """`port` 0 picks a free port; `total_rate` (bytes/s, None: none) caps the sum of all
-        body bytes sent, whatever the number of connections (see `set_total_rate`)."""
+        body bytes sent, whatever the number of connections (see `set_total_rate`); `host` is
+        the address to listen on (the fleet harness serves 0.0.0.0 inside a network namespace)."""
         self.root = root.resolve()
+        self.host = host
         self.prefix = "/" + prefix.strip("/") + "/"
         self._cond = threading.Condition()
         self._bytes: defaultdict[str, int] = defaultdict(int)
@@ -196,7 +199,7 @@ class Mirror:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._wanted_port)
+        site = web.TCPSite(self._runner, self.host, self._wanted_port)
         await site.start()
         address = self._runner.addresses[0]
         self._port = int(address[1])
@@ -231,8 +234,9 @@ class Mirror:
 
     @property
     def host_port(self) -> str:
-        """The mirror's "127.0.0.1:PORT", as it appears in URL-prefix proxy paths."""
-        return f"127.0.0.1:{self._port}"
+        """The mirror's "HOST:PORT" ("127.0.0.1:PORT" by default), as it appears in URL-prefix
+        proxy paths."""
+        return f"{self.host}:{self._port}"
 
     @property
     def url(self) -> str:
