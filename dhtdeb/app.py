@@ -231,6 +231,7 @@ async def serve(config: ServeConfig) -> None:
     discovery, peer_address = await _open_peer_side(config, peer_server, node_id)
     peer_client = PeerClient(idle_timeout=config.peer_timeout, node=bytes.fromhex(node_id))
     holders = HaveQueries(HolderHints(), peer_client)
+    discovery.on_neighbour(lambda peer: holders.hints.met(peer, clock.now()))
     if config.dht:
         downloads.attach_swarm(
             SwarmContext(

@@ -9,6 +9,7 @@ verified against the signed index before use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,6 +54,11 @@ class PeerDiscovery(Protocol):
 
     def statistics(self) -> DiscoveryStatistics: ...
 
+    def on_neighbour(self, callback: Callable[[Peer], None]) -> None:
+        """Call `callback` with every peer found on this LAN (they are asked first, see
+        swarm/holders.py)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -70,6 +76,9 @@ class NoDiscovery:
 
     def statistics(self) -> DiscoveryStatistics:
         return DiscoveryStatistics()
+
+    def on_neighbour(self, callback: Callable[[Peer], None]) -> None:
+        return None
 
     async def close(self) -> None:
         return None

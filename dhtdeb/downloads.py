@@ -20,7 +20,14 @@ from dhtdeb.mirror import MirrorClient
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
-from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
+from dhtdeb.swarm.pieces import (
+    DIGEST_SIZE,
+    HAVE_FETCHING,
+    HAVE_NONE,
+    HAVE_STARTING,
+    PieceList,
+    piece_count,
+)
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,14 @@ class Downloads:
             frozenset(offers).union(relays),
             frozenset(relays),
         )
+
+    def fetch_state(self, sha256: str) -> int:
+        """For other nodes' have queries: whether this file is being downloaded here, and
+        whether its bytes are coming (HAVE_FETCHING) or not yet (HAVE_STARTING)."""
+        download = self._swarming.get(sha256)
+        if download is not None:
+            return HAVE_FETCHING if download.fetching_now() else HAVE_STARTING
+        return HAVE_FETCHING if sha256 in self._running else HAVE_NONE
 
     def fetch(self, url: str, expected: Expected, *, announce: bool) -> Transfer:
         """The transfer of `expected.sha256`, started from `url` unless one is already running.

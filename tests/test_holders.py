@@ -19,11 +19,31 @@ from dhtdeb.discovery import Peer
 from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore
-from dhtdeb.swarm.holders import HaveQueries, HolderHints
-from dhtdeb.swarm.peer_client import PeerClient, PeerIsSelf, PeerMisbehaved, PeerUnavailable
+from dhtdeb.swarm.holders import (
+    QUIET,
+    WAIT_FETCHING,
+    WAIT_STARTING,
+    HaveQueries,
+    HolderHints,
+    Sighting,
+    keep_waiting,
+    rank,
+    worth_waiting_for,
+)
+from dhtdeb.swarm.peer_client import (
+    HaveAnswer,
+    PeerClient,
+    PeerIsSelf,
+    PeerMisbehaved,
+    PeerUnavailable,
+)
 from dhtdeb.swarm.peer_server import PeerServer
 from dhtdeb.swarm.pieces import (
+    HAVE_FETCHING,
+    HAVE_HELD,
+    HAVE_NONE,
     HAVE_PATH,
+    HAVE_STARTING,
     MAX_HAVE_QUERY,
     NODE_HEADER,
     decode_have_answer,
@@ -69,7 +89,8 @@ async def test_one_request_says_which_files_a_peer_holds(
         answer = await client.which_hold(peer, asked)
     finally:
         await client.close()
-    assert answer == [sha in held for sha in asked]
+    assert answer.node == NODE_A
+    assert answer.states == [HAVE_HELD if sha in held else HAVE_NONE for sha in asked]
     assert server.stats.have_queries == 1
 
 
@@ -127,12 +148,12 @@ def test_have_query_and_answer_are_parsed_strictly() -> None:
     for bad in (b"", bytes(33), bytes(32 * (MAX_HAVE_QUERY + 1))):
         with pytest.raises(RemoteProtocolError):
             decode_have_query(bad)
-    bits = [True, False, True] + [False] * 6 + [True]
-    assert decode_have_answer(encode_have_answer(bits), 10) == bits
+    states = [HAVE_HELD, HAVE_NONE, HAVE_STARTING, HAVE_FETCHING]
+    assert decode_have_answer(encode_have_answer(states), 4) == states
     with pytest.raises(RemoteProtocolError):
-        decode_have_answer(b"\xff\xff", 10)  # bits past the files asked
+        decode_have_answer(b"\x04", 1)  # no such state
     with pytest.raises(RemoteProtocolError):
-        decode_have_answer(b"\xff", 10)  # too short
+        decode_have_answer(b"\x03", 2)  # too short
 
 
 def test_hints_keep_the_recent_holders_first_and_forget_the_silent() -> None:
@@ -156,11 +177,12 @@ class _CountingClient:
         self.silent = silent
         self.requests: list[tuple[Peer, int]] = []
 
-    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]:
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> HaveAnswer:
         self.requests.append((peer, len(sha256s)))
         if peer in self.silent:
             raise PeerMisbehaved("no answer")
-        return [sha in self.holds.get(peer, set()) for sha in sha256s]
+        held = self.holds.get(peer, set())
+        return HaveAnswer(b"", [HAVE_HELD if sha in held else HAVE_NONE for sha in sha256s])
 
 
 async def test_questions_asked_together_share_one_request_per_peer() -> None:
@@ -205,9 +227,9 @@ class _SilentClient:
     def __init__(self) -> None:
         self.never = asyncio.Event()
 
-    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]:
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> HaveAnswer:
         await self.never.wait()
-        return [False] * len(sha256s)
+        return HaveAnswer(b"", [HAVE_NONE] * len(sha256s))
 
 
 async def test_a_holder_too_slow_for_the_deadline_costs_one_wait_not_one_per_file() -> None:
@@ -220,6 +242,7 @@ async def test_a_holder_too_slow_for_the_deadline_costs_one_wait_not_one_per_fil
         assert await queries.holders_of(sha, 1.0, deadline=0.01) == []
         assert hints.candidates(1.0) == []  # the next file is not kept waiting
         assert await queries.holders_of(sha, 1.0, deadline=GUARD) == []
+        assert hints.candidates(1.0 + QUIET) == [a]  # asked again later
     finally:
         await queries.close()
 
@@ -233,9 +256,70 @@ async def test_a_have_query_does_not_count_as_a_use_of_the_file(tmp_path: Path) 
     host, port = await server.start("127.0.0.1", 0)
     client = PeerClient(node=NODE_B)
     try:
-        assert await client.which_hold(Peer(host, port), [oldest]) == [True]
+        assert (await client.which_hold(Peer(host, port), [oldest])).states == [HAVE_HELD]
     finally:
         await client.close()
         await server.close()
     _put(store, rng.randbytes(1000))
     assert oldest not in store and newer in store
+
+
+def test_a_node_waits_only_for_a_peer_with_bytes_coming_or_before_it_in_the_order() -> None:
+    """A classroom: every machine asks for the same small file at once. Each waits for a peer
+    already fetching it, or for one still starting that comes first in the file's rendezvous
+    order; so exactly one of two machines starting together fetches, and none waits on a node
+    that waits on it."""
+    sha = hashlib.sha256(b"small.deb").hexdigest()
+    a, b = Peer("10.0.0.1", 9978), Peer("10.0.0.2", 9978)
+    first, second = sorted((NODE_A, NODE_B), key=lambda node: rank(node, sha))
+    peer_of = {NODE_A: a, NODE_B: b}
+    # both starting: the second in the order waits for the first, never the reverse
+    assert worth_waiting_for([Sighting(peer_of[first], first, HAVE_STARTING)], second, sha)
+    assert not worth_waiting_for([Sighting(peer_of[second], second, HAVE_STARTING)], first, sha)
+    # bytes coming: anyone waits, whatever the order
+    fetching = Sighting(peer_of[second], second, HAVE_FETCHING)
+    assert worth_waiting_for([fetching], first, sha) == [fetching]
+    # a peer that did not say who it is is not waited for while it only starts
+    assert not worth_waiting_for([Sighting(a, b"", HAVE_STARTING)], NODE_B, sha)
+
+
+def test_a_wait_is_bounded() -> None:
+    starting = [Sighting(Peer("10.0.0.1", 9978), NODE_A, HAVE_STARTING)]
+    fetching = [Sighting(Peer("10.0.0.1", 9978), NODE_A, HAVE_FETCHING)]
+    assert keep_waiting(starting, 0.0) and not keep_waiting(starting, WAIT_STARTING)
+    assert keep_waiting(fetching, WAIT_STARTING) and not keep_waiting(fetching, WAIT_FETCHING)
+    assert not keep_waiting([], 0.0)
+
+
+async def test_the_peer_server_tells_which_files_it_is_fetching(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "store")
+    coming, starting, absent = (hashlib.sha256(bytes([i])).hexdigest() for i in range(3))
+
+    class Downloads:
+        def partial(self, sha256: str) -> None:
+            return None
+
+        def fetch_state(self, sha256: str) -> int:
+            return {coming: HAVE_FETCHING, starting: HAVE_STARTING}.get(sha256, HAVE_NONE)
+
+    server = PeerServer(store, Counters(), partials=Downloads(), node=NODE_A)
+    host, port = await server.start("127.0.0.1", 0)
+    client = PeerClient(node=NODE_B)
+    try:
+        answer = await client.which_hold(Peer(host, port), [coming, starting, absent])
+    finally:
+        await client.close()
+        await server.close()
+    assert answer.states == [HAVE_FETCHING, HAVE_STARTING, HAVE_NONE]
+
+
+def test_lan_neighbours_are_asked_after_the_peers_that_delivered() -> None:
+    hints = HolderHints(ttl=100.0, size=3)
+    a, b, c, d = (Peer(f"10.0.0.{i}", 9978) for i in range(1, 5))
+    hints.delivered(a, 0.0)
+    hints.met(b, 1.0)
+    hints.met(a, 2.0)  # already known as a deliverer: stays first
+    assert hints.candidates(2.0) == [a, b]
+    hints.delivered(c, 3.0)
+    hints.met(d, 4.0)  # the table is full: a neighbour does not push a deliverer out
+    assert hints.candidates(4.0) == [c, a, b]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,7 @@ class DhtNode:
         self._queue_idle = asyncio.Event()
         self._queue_idle.set()
         self._lan: object | None = None
+        self._neighbour_callbacks: list[Callable[[Peer], None]] = []
         self._closed = False
 
     # -- PeerDiscovery ---------------------------------------------------------------------------
@@ -124,6 +125,20 @@ class DhtNode:
 
     async def bootstrap(self, addrs: Sequence[HostPort]) -> None:
         await self._server.bootstrap([(a.host, a.port) for a in addrs])
+
+    def on_neighbour(self, callback: Callable[[Peer], None]) -> None:
+        """Call `callback` with every dhtdeb node found on this LAN (by multicast) once it
+        answered a ping."""
+        self._neighbour_callbacks.append(callback)
+
+    async def _lan_found(self, addrs: Sequence[HostPort]) -> None:
+        await self.bootstrap(addrs)
+        answered = {(c.ip, c.port): c.id for c in self._server.protocol.router.contacts()}
+        for where in addrs:
+            node_id = answered.get((where.host, where.port))
+            if node_id is not None:
+                for callback in self._neighbour_callbacks:
+                    callback(Peer(where.host, where.port, node_id))
 
     def statistics(self) -> DiscoveryStatistics:
         return DiscoveryStatistics(
@@ -227,7 +242,7 @@ async def open_dht(
         if config.lan and network is None:
             from dhtdeb.lan import LanDiscovery
 
-            lan = LanDiscovery(server.node.id, server.address[1], on_found=node.bootstrap)
+            lan = LanDiscovery(server.node.id, server.address[1], on_found=node._lan_found)
             await lan.start()
             node._lan = lan
         node._start(maintenance=maintenance)

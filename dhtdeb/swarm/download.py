@@ -27,7 +27,13 @@ from dhtdeb.discovery import Peer, PeerDiscovery
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.stats import Counters
-from dhtdeb.swarm.holders import HaveQueries
+from dhtdeb.swarm.holders import (
+    WAIT_POLL,
+    HaveQueries,
+    Sighting,
+    keep_waiting,
+    worth_waiting_for,
+)
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
     PeerClient,
@@ -35,7 +41,7 @@ from dhtdeb.swarm.peer_client import (
     PeerMisbehaved,
     PeerUnavailable,
 )
-from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
+from dhtdeb.swarm.pieces import HAVE_HELD, PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
     AcceptPiece,
@@ -165,6 +171,14 @@ class SwarmDownload:
 
     def have(self) -> frozenset[int]:
         return frozenset(self._written)
+
+    def fetching_now(self) -> bool:
+        """Bytes of this file are on their way: a mirror request or a piece request runs."""
+        return any(
+            key == "mirror" or (isinstance(key, tuple) and key[0] == "piece")
+            for key, task in self._tasks.items()
+            if not task.done()
+        )
 
     def fetching(self) -> range:
         """The pieces the mirror request in flight is fetching (told to other downloaders)."""
@@ -394,15 +408,45 @@ class SwarmDownload:
             self._wake.set()
 
     async def _ask_holders(self) -> list[Peer]:
+        """The hinted peers that hold this file. For a one-piece file nobody holds, when a hinted
+        peer is fetching it now (a classroom: every machine asks for the same file at once),
+        wait for that peer instead of fetching the file from the mirror too (holders.py)."""
         holders = self._ctx.holders
         if holders is None:
             return []
-        found = await holders.holders_of(self._sha256, self._ctx.clock.now())
-        usable = [p for p in found if not self._ctx.is_self(p) and self._ctx.penalties.allowed(p)]
-        if usable:
-            log.debug("%s: %d hinted holders", self._sha256[:12], len(usable))
-            self._scheduler.peers_found(usable)
-        return usable
+        ctx = self._ctx
+        sightings = self._usable(await holders.ask(self._sha256, ctx.clock.now()))
+        found = [s.peer for s in sightings if s.state == HAVE_HELD]
+        if not found and self._piece_count == 1:
+            waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
+            started = ctx.clock.now()
+            if waiting:
+                holders.waits += 1
+            while waiting and not found:
+                if not keep_waiting(waiting, ctx.clock.now() - started):
+                    log.debug("%s: gave up waiting for %d peers", self._sha256[:12], len(waiting))
+                    break
+                await asyncio.sleep(WAIT_POLL)  # the peer's download is not ours to await
+                sightings = self._usable(
+                    await holders.ask(
+                        self._sha256, ctx.clock.now(), peers=[s.peer for s in waiting]
+                    )
+                )
+                found = [s.peer for s in sightings if s.state == HAVE_HELD]
+                waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
+        if found:
+            log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
+            self._scheduler.peers_found(found)
+        return found
+
+    def _usable(self, sightings: list[Sighting]) -> list[Sighting]:
+        return [
+            s
+            for s in sightings
+            if not self._ctx.is_self(s.peer)
+            and not (self._ctx.node and s.node == self._ctx.node)
+            and self._ctx.penalties.allowed(s.peer)
+        ]
 
     def _unavailable(self, peer: Peer, exc: PeerUnavailable) -> None:
         """Bookkeeping for a peer that cannot help with this file."""

@@ -1,11 +1,12 @@
 """Holder hints: ask the peers that just served this node whether they hold its next files too.
 
 Owns: a small table of peers that recently delivered verified files to this node (`HolderHints`,
-a synchronous core that takes `now`), and the batched "which of these do you hold?" questions
-to them (`HaveQueries`, its thin asyncio driver). Trusts: nothing a peer answers — a "yes" only
-makes the swarm ask that peer for the file, whose bytes are verified like any other's. A peer
-loses its place in the table when it does not answer in time, fails to deliver a file it said it
-held, or is banned by a download.
+a synchronous core that takes `now`), the rule for waiting on another node that is fetching a
+file right now (`worth_waiting_for`), and the batched "which of these do you hold?" questions
+(`HaveQueries`, a thin asyncio driver). Trusts: nothing a peer answers — a "held" only makes the
+swarm ask that peer for the file, whose bytes are verified like any other's, and a "fetching"
+only makes a download wait a bounded time. A peer loses its place in the table when it does not
+answer in time, fails to deliver a file it said it held, or is banned by a download.
 
 Why: apt fetches an upgrade as hundreds of files in a row. In a fleet, the machine that served
 this node one of them most likely holds the rest (it ran the same upgrade earlier). One round trip
@@ -13,27 +14,50 @@ on the LAN to it answers for a whole batch of files, where a DHT lookup per file
 round trips to the same few nodes and trips their per-source rate limits. The DHT is still asked
 for every file of several pieces (more holders to split it among) and for every one-piece file
 no hinted holder has.
+
+A classroom (every machine starts the same upgrade at once) asks the other question: the
+machines in lockstep each fetch the same small file from the mirror at the same moment, unless
+one waits for another. A one-piece file is fetched from the mirror by one machine and from it by
+the others when a hinted peer says it is fetching the file: wait for a peer whose bytes are
+already coming, and for a peer still starting only if it comes first in the file's rendezvous
+order (`rank`). A node never waits on a node that waits on it: a node waits only on one with
+bytes coming (which waits on nobody) or on one strictly before it in a total order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError
-from dhtdeb.swarm.pieces import MAX_HAVE_QUERY
+from dhtdeb.swarm.peer_client import HaveAnswer
+from dhtdeb.swarm.pieces import (
+    HAVE_FETCHING,
+    HAVE_HELD,
+    HAVE_NONE,
+    HAVE_STARTING,
+    MAX_HAVE_QUERY,
+)
 
 log = logging.getLogger(__name__)
 
 HINT_TTL = 30 * 60.0  # a holder not heard of for this long is forgotten
-MAX_HINTS = 8  # holders remembered
-ASK_AT_ONCE = 3  # holders asked about one file (the most recent first)
-HAVE_DEADLINE = 0.05  # seconds a file waits for the holders' answers (a LAN round trip is < 1 ms)
+MAX_HINTS = 8  # holders remembered, and asked about each file
+# Seconds a file waits for the holders' answers. A LAN round trip is under a millisecond, but a
+# busy daemon (a classroom: every machine fetching at once) may take a while to answer; a peer
+# that misses the deadline is not asked again for QUIET seconds, so a dead one costs one wait.
+HAVE_DEADLINE = 0.2
+QUIET = 10.0
+WAIT_POLL = 0.05  # seconds between questions to a peer this download waits for
+WAIT_STARTING = 1.0  # longest wait on peers that are only starting
+WAIT_FETCHING = 20.0  # longest wait on a peer whose bytes are coming
 
 
 class HolderHints:
@@ -43,31 +67,88 @@ class HolderHints:
         self._ttl = ttl
         self._size = size
         self._seen: OrderedDict[Peer, float] = OrderedDict()
+        self._quiet_until: dict[Peer, float] = {}
 
     def delivered(self, peer: Peer, now: float) -> None:
         """`peer` delivered verified bytes of a file to this node."""
         self._seen.pop(peer, None)
+        self._quiet_until.pop(peer, None)
         self._seen[peer] = now
         while len(self._seen) > self._size:
             self._seen.popitem(last=False)
 
-    def failed(self, peer: Peer) -> None:
-        """`peer` did not answer, or said it held a file it then did not deliver."""
-        self._seen.pop(peer, None)
+    def met(self, peer: Peer, now: float) -> None:
+        """`peer` is a dhtdeb node on this LAN (found by multicast): worth asking, after the
+        peers that delivered (it goes to the old end of the table unless already in it)."""
+        if peer in self._seen or len(self._seen) >= self._size:
+            return
+        self._seen[peer] = now
+        self._seen.move_to_end(peer, last=False)
 
-    def candidates(self, now: float, limit: int = ASK_AT_ONCE) -> list[Peer]:
+    def failed(self, peer: Peer) -> None:
+        """`peer` could not be asked, or said it held a file it then did not deliver."""
+        self._seen.pop(peer, None)
+        self._quiet_until.pop(peer, None)
+
+    def slow(self, peer: Peer, now: float) -> None:
+        """`peer` did not answer in time: not asked for a while."""
+        if peer in self._seen:
+            self._quiet_until[peer] = now + QUIET
+
+    def candidates(self, now: float, limit: int = MAX_HINTS) -> list[Peer]:
         for peer in [p for p, at in self._seen.items() if now - at > self._ttl]:
-            del self._seen[peer]
-        return list(reversed(self._seen))[:limit]
+            self.failed(peer)
+        return [p for p in reversed(self._seen) if self._quiet_until.get(p, now) <= now][:limit]
 
     def __len__(self) -> int:
         return len(self._seen)
 
 
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A peer's answer about one file: the id it answered with and the file's state there."""
+
+    peer: Peer
+    node: bytes
+    state: int
+
+
+def rank(node: bytes, sha256: str) -> bytes:
+    """A node's place in a file's rendezvous order: the lowest starts first."""
+    return hashlib.sha256(node + bytes.fromhex(sha256)).digest()
+
+
+def worth_waiting_for(sightings: Sequence[Sighting], me: bytes, sha256: str) -> list[Sighting]:
+    """The peers fetching `sha256` that this node (`me`) should wait for rather than fetch the
+    file from the mirror too: any whose bytes are coming, and those still starting that come
+    before this node in the file's rendezvous order."""
+    mine = rank(me, sha256)
+    return [
+        s
+        for s in sightings
+        if s.state == HAVE_FETCHING
+        or (s.state == HAVE_STARTING and s.node and rank(s.node, sha256) < mine)
+    ]
+
+
+def keep_waiting(waiting: Sequence[Sighting], elapsed: float) -> bool:
+    """Whether a download that has waited `elapsed` seconds for these peers waits on: at most
+    WAIT_STARTING for peers whose bytes are not coming yet, WAIT_FETCHING in all."""
+    if not waiting or elapsed >= WAIT_FETCHING:
+        return False
+    return elapsed < WAIT_STARTING or any(s.state == HAVE_FETCHING for s in waiting)
+
+
+class HaveClient(Protocol):
+    """What HaveQueries needs of the peer client (PeerClient.which_hold)."""
+
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> HaveAnswer: ...
+
+
 @dataclass
 class _Question:
     sha256: str
-    answer: asyncio.Future[bool]
+    answer: asyncio.Future[Sighting]
 
 
 @dataclass
@@ -75,12 +156,6 @@ class _Round:
     """Questions to one peer gathered in one turn of the event loop."""
 
     questions: list[_Question] = field(default_factory=list)
-
-
-class HaveClient(Protocol):
-    """What HaveQueries needs of the peer client (PeerClient.which_hold)."""
-
-    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]: ...
 
 
 class HaveQueries:
@@ -93,38 +168,51 @@ class HaveQueries:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.asked = 0
-        self.answered_yes = 0
+        self.waits = 0  # downloads that waited for another node fetching the same file
 
-    async def holders_of(
-        self, sha256: str, now: float, deadline: float = HAVE_DEADLINE
-    ) -> list[Peer]:
-        """The hinted holders that say they hold `sha256`, as known when `deadline` passes or
-        every one asked has answered."""
-        candidates = self.hints.candidates(now)
-        if not candidates:
+    async def ask(
+        self,
+        sha256: str,
+        now: float,
+        *,
+        peers: Sequence[Peer] | None = None,
+        deadline: float = HAVE_DEADLINE,
+    ) -> list[Sighting]:
+        """What the hinted peers (or `peers`) say of `sha256`, as known when `deadline` passes
+        or every one asked has answered; peers that do not have it are left out."""
+        asked = list(peers) if peers is not None else self.hints.candidates(now)
+        if not asked:
             return []
         loop = asyncio.get_running_loop()
-        answers: dict[Peer, asyncio.Future[bool]] = {}
-        for peer in candidates:
-            future: asyncio.Future[bool] = loop.create_future()
+        answers: dict[Peer, asyncio.Future[Sighting]] = {}
+        for peer in asked:
+            future: asyncio.Future[Sighting] = loop.create_future()
             answers[peer] = future
             self._ask(peer, _Question(sha256, future))
         await asyncio.wait(answers.values(), timeout=deadline)
         found = []
         for peer, future in answers.items():
-            if future.done() and not future.cancelled() and future.result():
-                found.append(peer)
-            elif not future.done():
-                # Too slow for a hint (the point is a LAN round trip): forgotten until it
-                # delivers a file again, so a dead holder costs one deadline, not one per file.
+            if future.done() and not future.cancelled():
+                if future.result().state != HAVE_NONE:
+                    found.append(future.result())
+            else:
+                # Too slow this time: not asked for a while, so a dead holder costs one
+                # deadline, not one per file.
                 future.cancel()
-                self.hints.failed(peer)
-        self.answered_yes += bool(found)
+                self.hints.slow(peer, now)
         return found
+
+    async def holders_of(
+        self, sha256: str, now: float, deadline: float = HAVE_DEADLINE
+    ) -> list[Peer]:
+        """The hinted peers that hold `sha256` whole."""
+        return [
+            s.peer for s in await self.ask(sha256, now, deadline=deadline) if s.state == HAVE_HELD
+        ]
 
     def _ask(self, peer: Peer, question: _Question) -> None:
         if self._closed:
-            question.answer.set_result(False)
+            question.answer.set_result(Sighting(peer, b"", HAVE_NONE))
             return
         self.asked += 1
         round_ = self._rounds.get(peer)
@@ -142,7 +230,7 @@ class HaveQueries:
         if self._closed:
             for question in round_.questions:
                 if not question.answer.done():
-                    question.answer.set_result(False)
+                    question.answer.set_result(Sighting(peer, b"", HAVE_NONE))
             return
         task = asyncio.get_running_loop().create_task(self._query(peer, round_.questions))
         self._tasks.add(task)
@@ -150,14 +238,15 @@ class HaveQueries:
 
     async def _query(self, peer: Peer, questions: list[_Question]) -> None:
         try:
-            held = await self._client.which_hold(peer, [q.sha256 for q in questions])
+            answer = await self._client.which_hold(peer, [q.sha256 for q in questions])
+            node, states = answer.node, answer.states
         except DhtdebError as exc:
             log.debug("have query to %s failed: %s", peer.url(), exc)
             self.hints.failed(peer)
-            held = [False] * len(questions)
-        for question, holds in zip(questions, held, strict=True):
+            node, states = b"", [HAVE_NONE] * len(questions)
+        for question, state in zip(questions, states, strict=True):
             if not question.answer.done():
-                question.answer.set_result(holds)
+                question.answer.set_result(Sighting(peer, node, state))
 
     async def close(self) -> None:
         self._closed = True

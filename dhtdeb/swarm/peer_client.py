@@ -113,6 +113,14 @@ class ListAnswer:
     relayed: frozenset[int] = frozenset()  # with offers: held pieces taken on others' offers
 
 
+@dataclass(frozen=True, slots=True)
+class HaveAnswer:
+    """A peer's answer to a have query: its node id and the state (HAVE_*) of each file."""
+
+    node: bytes
+    states: list[int]
+
+
 def parse_node(header: str | None) -> bytes | None:
     """`X-Dhtdeb-Node: <hex>` (4 to 32 bytes); empty without the header, None when malformed."""
     if header is None:
@@ -170,8 +178,9 @@ class PeerClient:
             raise PeerIsSelf(f"{peer.url()} is this node")
         return node
 
-    async def which_hold(self, peer: Peer, sha256s: list[str]) -> list[bool]:
-        """Ask the peer which of these files it holds whole (one round trip); unverified."""
+    async def which_hold(self, peer: Peer, sha256s: list[str]) -> HaveAnswer:
+        """Ask the peer which of these files it holds whole or is fetching (one round trip);
+        unverified."""
         body = encode_have_query(sha256s)
         with _translated(peer, "its have answer"):
             async with self._session.get().post(
@@ -179,14 +188,14 @@ class PeerClient:
                 data=body,
                 headers={"Content-Type": "application/octet-stream"},
             ) as response:
-                self._answering_node(peer, response)
+                node = self._answering_node(peer, response)
                 if response.status in (404, 405, 503):
                     raise PeerUnavailable(f"{peer.url()}: no have queries ({response.status})")
                 if response.status != 200:
                     raise PeerMisbehaved(f"{peer.url()}: have query answered {response.status}")
-                answer = await _exact_body(peer, response, -(-len(sha256s) // 8))
+                answer = await _exact_body(peer, response, len(sha256s))
                 try:
-                    return decode_have_answer(answer, len(sha256s))
+                    return HaveAnswer(node, decode_have_answer(answer, len(sha256s)))
                 except RemoteProtocolError as exc:
                     raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
 

@@ -41,6 +41,8 @@ from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.pieces import (
     DIGEST_SIZE,
     FETCHING_HEADER,
+    HAVE_HELD,
+    HAVE_NONE,
     HAVE_PATH,
     LIST_HEADER,
     MAX_HAVE_QUERY,
@@ -120,6 +122,11 @@ class PartialView(Protocol):
 class PartialSource(Protocol):
     def partial(self, sha256: str) -> PartialView | None:
         """The download of `sha256` if one is running and has a piece list, else None."""
+        ...
+
+    def fetch_state(self, sha256: str) -> int:
+        """HAVE_NONE, HAVE_STARTING or HAVE_FETCHING: whether a download of `sha256` runs, and
+        whether its bytes are coming."""
         ...
 
 
@@ -419,7 +426,7 @@ class PeerServer:
         return await self._file_response(request, sha256)
 
     async def _have_response(self, request: web.BaseRequest) -> web.StreamResponse:
-        """`POST /v1/have`: which of the asked files this node holds whole (one bit each)."""
+        """`POST /v1/have`: which of the asked files this node holds, or is fetching now."""
         if request.method != "POST":
             return self._refuse(405, "method not allowed", Allow="POST")
         length = request.content_length
@@ -435,9 +442,14 @@ class PeerServer:
         self.stats.have_queries += 1
         # `in`, not `lookup`: a question must not count as a use of the file (the cache's
         # least-recently-used order is apt's, and a peer must not be able to pin files in it).
-        held = [sha256 in self._store for sha256 in asked]
+        states = [
+            HAVE_HELD
+            if sha256 in self._store
+            else (self._partials.fetch_state(sha256) if self._partials else HAVE_NONE)
+            for sha256 in asked
+        ]
         return web.Response(
-            body=encode_have_answer(held),
+            body=encode_have_answer(states),
             content_type="application/octet-stream",
             headers=self._node_header,
         )

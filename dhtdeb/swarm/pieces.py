@@ -88,11 +88,16 @@ def digest_file(path: Path, size: int, piece_size: int = PIECE_SIZE) -> PieceLis
     return PieceList(size, tuple(digests), piece_size)
 
 
-# `POST /v1/have`: "which of these files do you hold?" The body is the raw SHA256 digests (32
-# bytes each, at most MAX_HAVE_QUERY); the answer is a bitfield, bit i (MSB first) set when the
-# node holds the i-th file whole and verified. One round trip answers for a batch of apt's files.
+# `POST /v1/have`: "which of these files do you hold, or are fetching now?" The body is the raw
+# SHA256 digests (32 bytes each, at most MAX_HAVE_QUERY); the answer is one byte per file, in the
+# order asked: HAVE_NONE, HAVE_STARTING (a download runs but no bytes are coming yet: it is still
+# looking for holders, or waiting for another node that is fetching it), HAVE_FETCHING (bytes are
+# coming, from the mirror or from peers) or HAVE_HELD (whole and verified). One round trip answers
+# for a batch of apt's files; the middle states let a classroom that starts an upgrade together
+# fetch each small file from the mirror once (see swarm/holders.py).
 HAVE_PATH = "/v1/have"
 MAX_HAVE_QUERY = 256
+HAVE_NONE, HAVE_STARTING, HAVE_FETCHING, HAVE_HELD = 0, 1, 2, 3
 
 
 def encode_have_query(sha256s: Sequence[str]) -> bytes:
@@ -108,18 +113,14 @@ def decode_have_query(body: bytes) -> list[str]:
     return [body[i : i + DIGEST_SIZE].hex() for i in range(0, len(body), DIGEST_SIZE)]
 
 
-def encode_have_answer(held: Sequence[bool]) -> bytes:
-    field = bytearray(-(-len(held) // 8))
-    for index, holds in enumerate(held):
-        if holds:
-            field[index // 8] |= 0x80 >> (index % 8)
-    return bytes(field)
+def encode_have_answer(states: Sequence[int]) -> bytes:
+    return bytes(states)
 
 
-def decode_have_answer(data: bytes, count: int) -> list[bool]:
-    """Which of `count` asked files the answer says are held. Raises RemoteProtocolError."""
-    if len(data) != -(-count // 8):
+def decode_have_answer(data: bytes, count: int) -> list[int]:
+    """The state (HAVE_*) of each of `count` asked files. Raises RemoteProtocolError."""
+    if len(data) != count:
         raise RemoteProtocolError(f"have answer of {len(data)} bytes for {count} files")
-    if count % 8 and data[-1] & (0xFF >> (count % 8)):
-        raise RemoteProtocolError("have answer: bits set past the files asked")
-    return [bool(data[i // 8] & (0x80 >> (i % 8))) for i in range(count)]
+    if any(state > HAVE_HELD for state in data):
+        raise RemoteProtocolError("have answer: unknown state")
+    return list(data)
