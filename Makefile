@@ -1,11 +1,15 @@
 # The two commands a newcomer runs: `make run` and `make test`.
 # Both set everything up: the Debian tools dhtdeb needs (when root), a venv in .venv, the package.
+# `make check-real` (CI runs it after `make test`) does the same, with what it needs on top.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := gpgv gpg apt-utils dpkg-dev xz-utils
+# iproute2: the fleet tests run hosts in network namespaces (ip netns, tc).
+DEB_PACKAGES := gpgv gpg apt-utils dpkg-dev xz-utils iproute2
+# check-real: the fleet hosts' NAT uplink (nftables), debootstrap, and Debian's archive keys.
+REAL_DEB_PACKAGES := nftables debootstrap debian-archive-keyring
 ARGS ?=
 
-.PHONY: run test setup debian-packages lint bench clean
+.PHONY: run test check-real setup debian-packages lint bench clean
 
 setup: debian-packages $(VENV)/.installed
 
@@ -35,6 +39,12 @@ test: setup
 	$(VENV)/bin/ruff check dhtdeb tests bench
 	$(VENV)/bin/ruff format --check dhtdeb tests bench
 	$(PY) -m pytest $(ARGS)
+
+# Against the Debian mirror of this machine's apt sources (needs root and the internet):
+# tests/real/test_real_archive.py. Prints a report at the end.
+check-real: DEB_PACKAGES += $(REAL_DEB_PACKAGES)
+check-real: setup
+	$(PY) -m pytest -m real -s tests/real $(ARGS)
 
 lint: setup
 	$(VENV)/bin/mypy dhtdeb
