@@ -286,9 +286,11 @@ def test_a_node_waits_only_for_a_peer_with_bytes_coming_or_before_it_in_the_orde
 def test_a_wait_is_bounded() -> None:
     starting = [Sighting(Peer("10.0.0.1", 9978), NODE_A, HAVE_STARTING)]
     fetching = [Sighting(Peer("10.0.0.1", 9978), NODE_A, HAVE_FETCHING)]
-    assert keep_waiting(starting, 0.0) and not keep_waiting(starting, WAIT_STARTING)
-    assert keep_waiting(fetching, WAIT_STARTING) and not keep_waiting(fetching, WAIT_FETCHING)
-    assert not keep_waiting([], 0.0)
+    assert keep_waiting(starting, 0.0, 1000) and not keep_waiting(starting, WAIT_STARTING, 1000)
+    assert keep_waiting(fetching, WAIT_STARTING, 0)
+    assert not keep_waiting(fetching, WAIT_FETCHING, 0)
+    assert keep_waiting(fetching, WAIT_FETCHING, 8 << 20)  # a bigger file takes longer
+    assert not keep_waiting([], 0.0, 0)
 
 
 async def test_the_peer_server_tells_which_files_it_is_fetching(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.stats import Counters
 from dhtdeb.swarm.holders import (
+    WAIT_MAX_PIECES,
     WAIT_POLL,
     HaveQueries,
     Sighting,
@@ -41,7 +42,7 @@ from dhtdeb.swarm.peer_client import (
     PeerMisbehaved,
     PeerUnavailable,
 )
-from dhtdeb.swarm.pieces import HAVE_HELD, PIECE_SIZE, PieceList, piece_count
+from dhtdeb.swarm.pieces import HAVE_FETCHING, HAVE_HELD, PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
     AcceptPiece,
@@ -153,6 +154,7 @@ class SwarmDownload:
         self._next_to_hash = 0
         self._mirror_status: int | None = None
         self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
+        self._awaiting_bytes = False  # waiting for a peer that is fetching this file
         self.bytes_from_peers = 0
         self._peers_used: set[Peer] = set()
         self.bytes_from_mirror = 0
@@ -173,8 +175,10 @@ class SwarmDownload:
         return frozenset(self._written)
 
     def fetching_now(self) -> bool:
-        """Bytes of this file are on their way: a mirror request or a piece request runs."""
-        return any(
+        """Bytes of this file are on their way: a mirror request or a piece request runs, or
+        this download waits for a peer whose bytes are coming (so that others wait too, and a
+        chain of waiting nodes ends at the one that fetches)."""
+        return self._awaiting_bytes or any(
             key == "mirror" or (isinstance(key, tuple) and key[0] == "piece")
             for key, task in self._tasks.items()
             if not task.done()
@@ -408,22 +412,24 @@ class SwarmDownload:
             self._wake.set()
 
     async def _ask_holders(self) -> list[Peer]:
-        """The hinted peers that hold this file. For a one-piece file nobody holds, when a hinted
-        peer is fetching it now (a classroom: every machine asks for the same file at once),
-        wait for that peer instead of fetching the file from the mirror too (holders.py)."""
+        """The hinted peers that hold this file. For a file of a few pieces nobody holds, when a
+        hinted peer is fetching it now (a classroom: every machine asks for the same file at
+        once), wait for that peer instead of fetching the file from the mirror too
+        (holders.py)."""
         holders = self._ctx.holders
         if holders is None:
             return []
         ctx = self._ctx
         sightings = self._usable(await holders.ask(self._sha256, ctx.clock.now()))
         found = [s.peer for s in sightings if s.state == HAVE_HELD]
-        if not found and self._piece_count == 1:
+        if not found and self._piece_count <= WAIT_MAX_PIECES:
             waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
             started = ctx.clock.now()
             if waiting:
                 holders.waits += 1
             while waiting and not found:
-                if not keep_waiting(waiting, ctx.clock.now() - started):
+                self._awaiting_bytes = any(s.state == HAVE_FETCHING for s in waiting)
+                if not keep_waiting(waiting, ctx.clock.now() - started, self._size):
                     log.debug("%s: gave up waiting for %d peers", self._sha256[:12], len(waiting))
                     break
                 await asyncio.sleep(WAIT_POLL)  # the peer's download is not ours to await
@@ -434,6 +440,7 @@ class SwarmDownload:
                 )
                 found = [s.peer for s in sightings if s.state == HAVE_HELD]
                 waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
+            self._awaiting_bytes = False
         if found:
             log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
             self._scheduler.peers_found(found)

@@ -17,11 +17,14 @@ no hinted holder has.
 
 A classroom (every machine starts the same upgrade at once) asks the other question: the
 machines in lockstep each fetch the same small file from the mirror at the same moment, unless
-one waits for another. A one-piece file is fetched from the mirror by one machine and from it by
-the others when a hinted peer says it is fetching the file: wait for a peer whose bytes are
-already coming, and for a peer still starting only if it comes first in the file's rendezvous
-order (`rank`). A node never waits on a node that waits on it: a node waits only on one with
-bytes coming (which waits on nobody) or on one strictly before it in a total order.
+one waits for another. A file of up to WAIT_MAX_PIECES pieces is fetched from the mirror by one
+machine and from it by the others when a hinted peer says it is fetching the file: wait for a
+peer whose bytes are already coming, and for a peer still starting only if it comes first in the
+file's rendezvous order (`rank`). A node waiting for a peer whose bytes are coming says it is
+fetching too, so a chain of waiting nodes ends at the one that fetches. No two nodes wait on each
+other: a node chooses whom it waits for once, when its download starts (later questions go only
+to those), and then waits for a peer only if that peer is fetching, or waiting for one fetching
+(both decided before), or still starting and strictly before it in a total order.
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ HAVE_DEADLINE = 0.2
 QUIET = 10.0
 WAIT_POLL = 0.05  # seconds between questions to a peer this download waits for
 WAIT_STARTING = 1.0  # longest wait on peers that are only starting
-WAIT_FETCHING = 20.0  # longest wait on a peer whose bytes are coming
+# Longest wait on a peer whose bytes are coming: WAIT_FETCHING, plus the file's size at
+# WAIT_RATE (a classroom of 8 sharing a 100 Mbit/s mirror link, 10 files each at a time, gets
+# about 150 KB/s per file).
+WAIT_FETCHING = 20.0
+WAIT_RATE = 100_000.0
+# Files of up to this many pieces wait for a fetching peer; bigger ones join it as a flash crowd
+# (offers, the split of the mirror's pieces: docs/swarm.md), which pays off only with many pieces.
+WAIT_MAX_PIECES = 8
 
 
 class HolderHints:
@@ -131,10 +141,11 @@ def worth_waiting_for(sightings: Sequence[Sighting], me: bytes, sha256: str) -> 
     ]
 
 
-def keep_waiting(waiting: Sequence[Sighting], elapsed: float) -> bool:
-    """Whether a download that has waited `elapsed` seconds for these peers waits on: at most
-    WAIT_STARTING for peers whose bytes are not coming yet, WAIT_FETCHING in all."""
-    if not waiting or elapsed >= WAIT_FETCHING:
+def keep_waiting(waiting: Sequence[Sighting], elapsed: float, size: int) -> bool:
+    """Whether a download of `size` bytes that has waited `elapsed` seconds for these peers
+    waits on: at most WAIT_STARTING for peers whose bytes are not coming yet, and in all
+    WAIT_FETCHING plus the time the file takes at WAIT_RATE."""
+    if not waiting or elapsed >= WAIT_FETCHING + size / WAIT_RATE:
         return False
     return elapsed < WAIT_STARTING or any(s.state == HAVE_FETCHING for s in waiting)
 
