@@ -199,6 +199,22 @@ class MirrorHost:
             totals[classify(path)] += count
         return MirrorBytes(**totals)
 
+    def bytes_by_client(self) -> dict[str, dict[str, int]]:
+        """Body bytes sent per client address, then per archive-relative path: each fleet host
+        reaches the mirror from its own address (its daemon and a direct apt alike)."""
+        data = self._command("bytes_by_client")["clients"]
+        return {str(c): {str(p): int(n) for p, n in paths.items()} for c, paths in data.items()}
+
+    def bytes_by_kind_and_client(self) -> dict[str, MirrorBytes]:
+        """`bytes_by_kind` for each client address."""
+        result = {}
+        for client, paths in self.bytes_by_client().items():
+            totals = {"deb": 0, "index": 0, "other": 0}
+            for path, count in paths.items():
+                totals[classify(path)] += count
+            result[client] = MirrorBytes(**totals)
+        return result
+
     def deb_bytes(self) -> int:
         return self.bytes_by_kind().deb
 

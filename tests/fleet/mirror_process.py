@@ -8,6 +8,7 @@ up, and the command loop. Trusts: its parent (the only writer of stdin).
 Protocol: the process prints {"ready": true, "port": P} once it listens, then answers each line
 {"op": OP, ...} on stdin with one line {"ok": true, ...} or {"ok": false, "error": "..."}:
   bytes                  {"bytes": {path: body bytes sent}}
+  bytes_by_client        {"clients": {client address: {path: body bytes sent}}}
   requests  [since: N]   {"requests": [record, ...], "total": N'}  (records N.. of the log)
   responses [since: N]   {"responses": [record, ...], "total": N'}
   reset                  counters and logs cleared
@@ -20,14 +21,51 @@ Protocol: the process prints {"ready": true, "port": P} once it listens, then an
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import json
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from support.mirror import Mirror, RequestRecord, ResponseRecord
+
+# The client address of the request being served: every request is handled in its own task, so
+# the body bytes `_count` sees belong to the address set at the start of its `_handle`.
+_client: contextvars.ContextVar[str] = contextvars.ContextVar("mirror_client", default="")
+
+
+class AttributingMirror(Mirror):
+    """A Mirror that also counts body bytes per client address: each fleet host has its own
+    address, so a test can tell how much of the mirror's traffic went to which machine."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._by_client: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        token = _client.set(str(peer[0]) if peer else "")
+        try:
+            return await super()._handle(request)
+        finally:
+            _client.reset(token)
+
+    def _count(self, relative: str, n: int) -> None:
+        super()._count(relative, n)
+        with self._cond:
+            self._by_client[_client.get()][relative] += n
+
+    def reset_counters(self) -> None:
+        super().reset_counters()
+        with self._cond:
+            self._by_client.clear()
+
+    def bytes_by_client(self) -> dict[str, dict[str, int]]:
+        with self._cond:
+            return {client: dict(paths) for client, paths in self._by_client.items()}
 
 
 class MirrorService:
@@ -39,13 +77,16 @@ class MirrorService:
         self.port = port
         self.prefix = prefix
         self._past_bytes: Counter[str] = Counter()
+        self._past_by_client: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._past_requests: list[RequestRecord] = []
         self._past_responses: list[ResponseRecord] = []
-        self._mirror: Mirror | None = None
+        self._mirror: AttributingMirror | None = None
 
     def up(self) -> None:
         if self._mirror is None:
-            mirror = Mirror(self.root, prefix=self.prefix, port=self.port, host=self.host)
+            mirror = AttributingMirror(
+                self.root, prefix=self.prefix, port=self.port, host=self.host
+            )
             self._mirror = mirror.start()
             self.port = mirror.port
 
@@ -53,6 +94,8 @@ class MirrorService:
         if self._mirror is not None:
             self._mirror.stop()
             self._past_bytes.update(self._mirror.bytes_by_path())
+            for client, paths in self._mirror.bytes_by_client().items():
+                self._past_by_client[client].update(paths)
             self._past_requests += self._mirror.requests
             self._past_responses += self._mirror.responses
             self._mirror = None
@@ -62,6 +105,15 @@ class MirrorService:
         if self._mirror is not None:
             total.update(self._mirror.bytes_by_path())
         return dict(total)
+
+    def bytes_by_client(self) -> dict[str, dict[str, int]]:
+        total: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for client, paths in self._past_by_client.items():
+            total[client].update(paths)
+        if self._mirror is not None:
+            for client, paths in self._mirror.bytes_by_client().items():
+                total[client].update(paths)
+        return {client: dict(paths) for client, paths in total.items()}
 
     def requests(self) -> list[RequestRecord]:
         live = self._mirror.requests if self._mirror is not None else []
@@ -73,6 +125,7 @@ class MirrorService:
 
     def reset(self) -> None:
         self._past_bytes.clear()
+        self._past_by_client.clear()
         self._past_requests.clear()
         self._past_responses.clear()
         if self._mirror is not None:
@@ -83,6 +136,8 @@ class MirrorService:
         since = int(command.get("since", 0))
         if op == "bytes":
             return {"bytes": self.bytes_by_path()}
+        if op == "bytes_by_client":
+            return {"clients": self.bytes_by_client()}
         if op == "requests":
             records = self.requests()
             return {"requests": [_record(r) for r in records[since:]], "total": len(records)}

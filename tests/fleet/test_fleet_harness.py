@@ -158,6 +158,14 @@ def test_hosts_reach_the_mirror_and_each_other_at_their_own_addresses(
         assert (status, body) == (200, release.read_bytes())
     # The mirror sees each host at its own address: no NAT, no loopback.
     assert [r.peer[0] for r in fleet.mirror.requests()] == [h.address for h in fleet.hosts]
+    # ... and counts the bytes it sent to each one.
+    size = len(release.read_bytes())
+    assert fleet.mirror.bytes_by_client() == {
+        h.address: {"dists/bookworm/Release": size} for h in fleet.hosts
+    }
+    assert {c: b.index for c, b in fleet.mirror.bytes_by_kind_and_client().items()} == {
+        h.address: size for h in fleet.hosts
+    }
     h1, h2, h3 = fleet.hosts
     # TCP and UDP on dhtdeb's port in every direction between h1 and h2, with h3 looking on.
     for server, client in ((h1, h2), (h2, h1)):
