@@ -258,6 +258,8 @@ async def serve(config: ServeConfig) -> None:
                 "routing_table": dht.routing_table,
                 "stored_keys": dht.stored_keys,
                 "announced": dht.announced,
+                "unannounced": dht.unannounced,
+                "rate_limited": dht.rate_limited,
             },
             "cache": {
                 "files": store.file_count,

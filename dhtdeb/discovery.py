@@ -36,7 +36,9 @@ class Peer:
 class DiscoveryStatistics:
     routing_table: int = 0
     stored_keys: int = 0
-    announced: int = 0
+    announced: int = 0  # files whose last announce some node accepted
+    unannounced: int = 0  # files queued, or whose last announce no node accepted
+    rate_limited: int = 0  # requests from others this node dropped (per-source limit)
 
 
 class PeerDiscovery(Protocol):

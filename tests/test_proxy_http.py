@@ -86,7 +86,7 @@ def test_health_status_and_metrics(dhtdeb_daemon: DaemonFactory) -> None:
             "read_ahead",
         },
         "verify_failures": {"signature", "index", "peer", "mirror"},
-        "dht": {"routing_table", "stored_keys", "announced"},
+        "dht": {"routing_table", "stored_keys", "announced", "unannounced", "rate_limited"},
         "cache": {"files", "bytes", "limit_bytes"},
     }
     for group, keys in groups.items():

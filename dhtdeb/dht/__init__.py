@@ -141,11 +141,22 @@ class DhtNode:
                     callback(Peer(where.host, where.port, node_id))
 
     def statistics(self) -> DiscoveryStatistics:
+        schedule = self._server.schedule
+        reached = schedule.reached()
         return DiscoveryStatistics(
             routing_table=len(self._server.protocol.router),
             stored_keys=self._server.storage.key_count(),
-            announced=len(self._server.schedule),
+            announced=reached,
+            unannounced=len(schedule) - reached + len(self._queued),
+            rate_limited=self._server.protocol.counters.get("rate_limited", 0),
         )
+
+    def _joined(self) -> None:
+        """The routing table got its first contact: what no node could take while this one was
+        alone (a fleet whose machines start one after another) is announced now, not at the
+        next retry a minute or two later."""
+        for key in self._server.schedule.unreached():
+            self.announce_later(key)
 
     def counters(self) -> dict[str, int]:
         """Datagram counters: malformed, rate_limited, bad_tokens, timeouts, bytes_sent, ..."""
@@ -235,6 +246,7 @@ async def open_dht(
     )
     await server.listen_on(network or UdpNetwork(), config.listen.host, config.listen.port)
     node = DhtNode(server, config)
+    server.protocol.on_joined = node._joined
     try:
         join = [*(saved.contacts if saved else ()), *((b.host, b.port) for b in config.bootstrap)]
         if join:

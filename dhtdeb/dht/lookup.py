@@ -110,8 +110,8 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
                 return
             self.nearest.mark_contacted(node)
             address = (node.ip, node.port)
-            if address in self._asked_addresses:
-                self.nearest.remove([node.id])  # one question per address
+            if address in self._asked_addresses or self.protocol.recently_silent(address):
+                self.nearest.remove([node.id])  # one question per address; not the dead again
                 continue
             self._asked_addresses.add(address)
             self._result.queried += 1

@@ -65,6 +65,7 @@ from dhtdeb.errors import RemoteProtocolError
 log = logging.getLogger("dhtdeb.dht")
 
 EXTRA_KEY_COST = 0.25  # of a request, for each key a get_peers reply answers beyond the first
+SILENT_FOR = 60.0  # seconds a lookup skips an address that let a request time out
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,12 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.on_contact: Callable[[], None] | None = None  # tests wait on routing changes
+        # Called when the routing table gains its first contact (the node was alone).
+        self.on_joined: Callable[[], None] | None = None
+        self._alone = True
+        # Addresses that let a request of ours time out lately: lookups skip them for a while
+        # (a dead node stays in the tables of nodes that never ask it, which keep handing it out).
+        self._silent: OrderedDict[Address, float] = OrderedDict()
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; a typo must stay a typo
@@ -198,6 +205,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.counters["datagrams_received"] += 1
         try:
             address: Address = (str(addr[0]), int(addr[1]))
+            if self._silent:
+                self._silent.pop(address, None)
             self._handle_datagram(data, address)
         except Exception as exc:  # a bug must not take the socket down, nor log per packet
             self.counters["internal_errors"] += 1
@@ -472,6 +481,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 reply = await future
         except TimeoutError:
             self.counters["timeouts"] += 1
+            self._silent.pop(address, None)
+            self._silent[address] = self.clock.now()
+            while len(self._silent) > 1024:
+                self._silent.popitem(last=False)
             log.debug("DHT: %s to %s:%d timed out", method, *address)
             return None
         finally:
@@ -479,6 +492,12 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if reply.token is not None:
             self._remember_token(address, reply.token)
         return reply
+
+    def recently_silent(self, address: Address) -> bool:
+        """A request of ours to `address` timed out within SILENT_FOR and nothing came from
+        it since: a lookup does not wait on it again."""
+        since = self._silent.get(address)
+        return since is not None and self.clock.now() - since < SILENT_FOR
 
     def _remote_token(self, address: Address) -> bytes | None:
         held = self._remote_tokens.get(address)
@@ -500,22 +519,28 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         """Routing consequences of a call: responders are added, the silent are evicted."""
         if reply is None:
             self.router.remove_contact(node)
+            self._alone = not len(self.router)
             return None
         if reply.node_id != node.id:
             # another node now lives at that address (a restart without state)
             self.router.remove_contact(node)
-        self.router.add_contact(Node(reply.node_id, node.ip, node.port))
+        self._add_contact(Node(reply.node_id, node.ip, node.port))
+        return reply
+
+    def _add_contact(self, node: Node) -> None:
+        self.router.add_contact(node)
         if self.on_contact is not None:
             self.on_contact()
-        return reply
+        if self._alone and len(self.router):
+            self._alone = False
+            if self.on_joined is not None:
+                self.on_joined()
 
     async def ping_address(self, address: Address) -> Reply | None:
         """Ping an address whose node id is unknown (bootstrap, LAN, saved contacts)."""
         reply = await self.request(address, "ping")
         if reply is not None:
-            self.router.add_contact(Node(reply.node_id, address[0], address[1]))
-            if self.on_contact is not None:
-                self.on_contact()
+            self._add_contact(Node(reply.node_id, address[0], address[1]))
         return reply
 
     async def call_ping(self, node: Node) -> Reply | None:

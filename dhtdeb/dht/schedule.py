@@ -25,6 +25,7 @@ class AnnounceSchedule:
         self._jitter = jitter
         self._due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self._reached: set[str] = set()  # keys whose last announce some node accepted
 
     def _set(self, key: str, at: float) -> None:
         self._due[key] = at
@@ -34,12 +35,21 @@ class AnnounceSchedule:
         """Record an announce attempt; a failed one is retried soon (with jitter)."""
         now = self._clock.now()
         if ok:
+            self._reached.add(key)
             self._set(key, now + self._interval * (1.0 - self._jitter * self._rng.random()))
         else:
+            self._reached.discard(key)
             self._set(key, now + RETRY_AFTER * (1.0 + self._rng.random()))
 
     def forget(self, key: str) -> None:
         self._due.pop(key, None)
+
+    def unreached(self) -> list[str]:
+        """Keys whose last announce no node accepted (a node alone in the network)."""
+        return [key for key in self._due if key not in self._reached]
+
+    def reached(self) -> int:
+        return sum(1 for key in self._due if key in self._reached)
 
     def due(self, limit: int) -> list[str]:
         """Up to `limit` keys whose time has come, earliest first; they leave the schedule until

@@ -398,15 +398,17 @@ class SwarmDownload:
 
     async def _lookup(self) -> None:
         """Ask the peers that served this node lately (one LAN round trip, batched with the
-        other files apt is fetching), then race the DHT against the lookup deadline — unless a
-        hinted holder has this file of one piece —, then look again every LOOKUP_INTERVAL:
-        peers that start the same download later (a flash crowd) announce themselves too."""
+        other files apt is fetching), then, unless one of them holds the file, race the DHT
+        against the lookup deadline; then look again every LOOKUP_INTERVAL: peers that start
+        the same download later (a flash crowd) announce themselves too."""
         hinted = await self._ask_holders()
-        if not hinted or self._piece_count > 1:
+        if not hinted:
             await self._find_peers()
         self._scheduler.lookup_deadline_passed()
         self._wake.set()
-        for pause in itertools.chain(EARLY_LOOKUPS, itertools.repeat(LOOKUP_INTERVAL)):
+        # With holders at hand there is no crowd to find in a hurry: later lookups only.
+        early = () if hinted else EARLY_LOOKUPS
+        for pause in itertools.chain(early, itertools.repeat(LOOKUP_INTERVAL)):
             await asyncio.sleep(pause)
             await self._find_peers()
             self._wake.set()

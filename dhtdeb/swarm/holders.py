@@ -11,9 +11,8 @@ answer in time, fails to deliver a file it said it held, or is banned by a downl
 Why: apt fetches an upgrade as hundreds of files in a row. In a fleet, the machine that served
 this node one of them most likely holds the rest (it ran the same upgrade earlier). One round trip
 on the LAN to it answers for a whole batch of files, where a DHT lookup per file costs several
-round trips to the same few nodes and trips their per-source rate limits. The DHT is still asked
-for every file of several pieces (more holders to split it among) and for every one-piece file
-no hinted holder has.
+round trips to the same few nodes and trips their per-source rate limits. The DHT is asked only
+for files no hinted holder has (and, while a download runs, every LOOKUP_INTERVAL).
 
 A classroom (every machine starts the same upgrade at once) asks the other question: the
 machines in lockstep each fetch the same small file from the mirror at the same moment, unless

@@ -33,7 +33,7 @@ from dhtdeb.dht.wire import (
 from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.netaddr import HostPort
 
-from .swarm import GUARD, sha
+from .swarm import GUARD, sha, until_routed
 
 PORT = 9978  # every host of a fleet on the default port
 
@@ -297,3 +297,67 @@ async def test_an_announce_batch_reports_each_key(tmp_path: Path, seed: int) -> 
         assert results == [True, True, True, False, False]
     finally:
         await asyncio.gather(*(n.close() for n in (responder, asker)))
+
+
+async def test_what_a_node_announced_alone_is_announced_when_its_first_neighbour_comes(
+    tmp_path: Path, seed: int
+) -> None:
+    """Machines of a fleet switched on one after another: the first fetches files while it is
+    alone in the DHT. Once another node joins, the first announces them at once (not a minute
+    or two later), and a third finds them."""
+    network = MemoryNetwork()
+    rng = random.Random(seed)
+
+    async def host(i: int, bootstrap: tuple[HostPort, ...]) -> DhtNode:
+        return await open_dht(
+            DhtConfig(
+                HostPort(f"10.9.0.{i}", PORT),
+                tmp_path / f"host{i}",
+                bootstrap=bootstrap,
+                lan=False,
+                allow_loopback_peers=False,
+            ),
+            rng=random.Random(rng.getrandbits(64)),
+            network=network,
+            maintenance=False,
+        )
+
+    first = await host(1, ())
+    nodes = [first]
+    try:
+        first.announce_later(sha("alone"))
+        await first.announces_done()
+        assert first.statistics().announced == 0 and first.statistics().unannounced == 1
+        second = await host(2, (first.address,))
+        nodes.append(second)
+        await until_routed(first, second.engine.node.id, second.address)
+        async with asyncio.timeout(GUARD):
+            await first.announces_done()
+        assert first.statistics().announced == 1
+        third = await host(3, (second.address,))
+        nodes.append(third)
+        found = await third.find_peers(sha("alone"), GUARD)
+        assert [p.node for p in found] == [first.engine.node.id]
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_a_lookup_does_not_wait_again_on_a_node_that_let_it_time_out(
+    tmp_path: Path, seed: int
+) -> None:
+    """A dead machine stays in the tables of nodes that never ask it, and they keep handing it
+    out; a node whose request to it timed out does not ask it again for a while."""
+    network = MemoryNetwork()
+    nodes = await _fleet(tmp_path, 5, network, seed)
+    try:
+        asker, dead = nodes[1], nodes[4]
+        await dead.close()
+        nodes.remove(dead)
+        await asker.find_peers(sha("one"), GUARD)
+        timeouts = asker.counters().get("timeouts", 0)
+        assert timeouts >= 1  # it asked the dead node once
+        await asker.find_peers(sha("two"), GUARD)
+        await asker.find_peers(sha("three"), GUARD)
+        assert asker.counters().get("timeouts", 0) == timeouts
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
