@@ -1,7 +1,9 @@
 """LAN discovery: DHT nodes on one network segment find each other by UDP multicast.
 
-Owns: one multicast socket (asyncio-dgram), a beacon sent at start and then every few minutes with
-jitter, TTL 1 so that it never leaves the segment. Trusts: nothing in a beacon beyond its shape; a
+Owns: one multicast socket (asyncio-dgram), a beacon sent at start, again when a newcomer's beacon
+arrives (at most every ANSWER_EVERY seconds, so that machines switched on one after another all
+learn of each other at once) and every few minutes with jitter, TTL 1 so that it never leaves the
+segment. Trusts: nothing in a beacon beyond its shape; a
 beacon only causes the DHT to *ping* the sender's address (so a forged beacon costs one ping, and
 each address is acted on at most once per `REPEAT` seconds, from a bounded table).
 
@@ -32,6 +34,7 @@ GROUP = "239.192.77.98"  # organisation-local scope (RFC 2365)
 PORT = 9979
 INTERVAL = 300.0
 REPEAT = 600.0
+ANSWER_EVERY = 2.0
 _MAX_KNOWN = 1024
 _BEACON = re.compile(rb"dhtdeb-lan/1 ([0-9a-f]{40}) ([0-9]{1,5})\n?")
 
@@ -77,6 +80,7 @@ class LanDiscovery:
         self._clock = clock or MonotonicClock()
         self._rng = rng or random.Random()
         self._known: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._last_answer = float("-inf")
         self._stream: asyncio_dgram.aio.DatagramServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
@@ -161,9 +165,17 @@ class LanDiscovery:
         self._known[address] = now
         while len(self._known) > _MAX_KNOWN:
             self._known.popitem(last=False)
-        task = asyncio.get_running_loop().create_task(self._found(HostPort(*address)))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._found(HostPort(*address)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        # A newcomer has not heard our beacon (sent when we started): tell the segment again,
+        # at most every ANSWER_EVERY seconds (to the group, never to a claimed address).
+        if now - self._last_answer >= ANSWER_EVERY:
+            self._last_answer = now
+            answer = loop.create_task(self.beacon())
+            self._pending.add(answer)
+            answer.add_done_callback(self._pending.discard)
 
     async def _found(self, where: HostPort) -> None:
         try:

@@ -65,7 +65,11 @@ from dhtdeb.errors import RemoteProtocolError
 log = logging.getLogger("dhtdeb.dht")
 
 EXTRA_KEY_COST = 0.25  # of a request, for each key a get_peers reply answers beyond the first
-SILENT_FOR = 60.0  # seconds a lookup skips an address that let a request time out
+# A lookup skips for SILENT_FOR seconds an address that let SILENT_AFTER requests in a row time
+# out with nothing heard from it since (one timeout may be a busy node: a classroom's machines
+# are all busy at once).
+SILENT_FOR = 60.0
+SILENT_AFTER = 2
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._alone = True
         # Addresses that let a request of ours time out lately: lookups skip them for a while
         # (a dead node stays in the tables of nodes that never ask it, which keep handing it out).
-        self._silent: OrderedDict[Address, float] = OrderedDict()
+        self._silent: OrderedDict[Address, tuple[int, float]] = OrderedDict()
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; a typo must stay a typo
@@ -481,8 +485,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 reply = await future
         except TimeoutError:
             self.counters["timeouts"] += 1
-            self._silent.pop(address, None)
-            self._silent[address] = self.clock.now()
+            count, _ = self._silent.pop(address, (0, 0.0))
+            self._silent[address] = (count + 1, self.clock.now())
             while len(self._silent) > 1024:
                 self._silent.popitem(last=False)
             log.debug("DHT: %s to %s:%d timed out", method, *address)
@@ -494,10 +498,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         return reply
 
     def recently_silent(self, address: Address) -> bool:
-        """A request of ours to `address` timed out within SILENT_FOR and nothing came from
-        it since: a lookup does not wait on it again."""
-        since = self._silent.get(address)
-        return since is not None and self.clock.now() - since < SILENT_FOR
+        """SILENT_AFTER requests of ours to `address` in a row timed out, the last within
+        SILENT_FOR, and nothing came from it since: a lookup does not wait on it again."""
+        count, since = self._silent.get(address, (0, 0.0))
+        return count >= SILENT_AFTER and self.clock.now() - since < SILENT_FOR
 
     def _remote_token(self, address: Address) -> bytes | None:
         held = self._remote_tokens.get(address)

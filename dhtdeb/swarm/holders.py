@@ -55,7 +55,7 @@ MAX_HINTS = 8  # holders remembered, and asked about each file
 # Seconds a file waits for the holders' answers. A LAN round trip is under a millisecond, but a
 # busy daemon (a classroom: every machine fetching at once) may take a while to answer; a peer
 # that misses the deadline is not asked again for QUIET seconds, so a dead one costs one wait.
-HAVE_DEADLINE = 0.2
+HAVE_DEADLINE = 0.5
 QUIET = 10.0
 WAIT_POLL = 0.05  # seconds between questions to a peer this download waits for
 WAIT_STARTING = 1.0  # longest wait on peers that are only starting
@@ -65,8 +65,11 @@ WAIT_STARTING = 1.0  # longest wait on peers that are only starting
 WAIT_FETCHING = 20.0
 WAIT_RATE = 100_000.0
 # Files of up to this many pieces wait for a fetching peer; bigger ones join it as a flash crowd
-# (offers, the split of the mirror's pieces: docs/swarm.md), which pays off only with many pieces.
-WAIT_MAX_PIECES = 8
+# (offers, the split of the mirror's pieces: docs/swarm.md). Measured in an 8-machine classroom
+# (bench/fleet.py): waiting on files of up to 8 pieces took 2.3-3.8 times a lone machine's time,
+# since a file fetched by one machine at its share of the mirror link arrives slowly; a crowd
+# splits its pieces among the machines instead.
+WAIT_MAX_PIECES = 1
 
 
 class HolderHints:

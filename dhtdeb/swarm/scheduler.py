@@ -1220,8 +1220,25 @@ class SwarmScheduler:
             self._fail("no peer has the file and no mirror is available")
         elif self._mirror_available and not self._mirror_usable():
             self._fail(f"no usable peer left and the mirror failed: {self._mirror_last_error}")
+        elif (target := self._last_resort_piece()) is not None:
+            # Nothing moves, yet the mirror works: the split of the mirror's pieces left this
+            # node waiting on a downloader that will not fetch them (seen in an 8-machine
+            # classroom). The mirror rather than a failed response to apt.
+            self._mirror_active = True
+            self._mirror_claim = target
+            self._emit(StartMirror(target, "nothing else moves"))
         else:
             self._fail("no source left for the missing pieces")
+
+    def _last_resort_piece(self) -> int | None:
+        """The lowest missing piece the mirror has not already sent wrong, if the mirror is
+        usable."""
+        if not self._mirror_usable():
+            return None
+        for index in range(self._low, self.piece_count):
+            if not (self._accepted_flags[index] or index in self._held or index in self._refused):
+                return index
+        return None
 
     # ---------------------------------------------------------------- helpers
 
