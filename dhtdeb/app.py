@@ -261,6 +261,7 @@ async def serve(config: ServeConfig) -> None:
                 "unannounced": dht.unannounced,
                 "rate_limited": dht.rate_limited,
             },
+            "dht_datagrams": dht.datagrams,
             "cache": {
                 "files": store.file_count,
                 "bytes": store.total_bytes,

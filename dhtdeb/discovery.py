@@ -39,6 +39,8 @@ class DiscoveryStatistics:
     announced: int = 0  # files whose last announce some node accepted
     unannounced: int = 0  # files queued, or whose last announce no node accepted
     rate_limited: int = 0  # requests from others this node dropped (per-source limit)
+    # The DHT's datagram counters (sent, received, timeouts, malformed, requests by method ...).
+    datagrams: dict[str, int] = field(default_factory=dict)
 
 
 class PeerDiscovery(Protocol):
