@@ -118,6 +118,9 @@ class SizeProfile:
 # few (toolchains, firmware, data) weigh tens of MB. 200 packages come to roughly 150-250 MB.
 FULL_PROFILE = SizeProfile(120 * KB, 1.5, 2 * KB, 6 * MB, 5, 10 * MB, 30 * MB)
 QUICK_PROFILE = SizeProfile(20 * KB, 1.2, 2 * KB, 1 * MB, 1, 3 * MB, 5 * MB)
+# Issue 12's everyday batch: small packages only, 4-400 KiB around Debian's median of ~60 KiB.
+SMALL_PROFILE = SizeProfile(60 * KB, 1.0, 4 * KB, 400 * KB, 0, 0, 0)
+PROFILES = {"full": FULL_PROFILE, "small": SMALL_PROFILE, "quick": QUICK_PROFILE}
 
 
 def package_specs(seed: int, count: int, profile: SizeProfile) -> list[PackageSpec]:
@@ -262,11 +265,12 @@ def load_archive(directory: Path) -> SignedArchive:
     )
 
 
-def cached_archive(seed: int, count: int, quick: bool) -> tuple[SignedArchive, Path, bool]:
+def cached_archive(seed: int, count: int, profile_name: str) -> tuple[SignedArchive, Path, bool]:
     """The archive for (seed, count, profile) from bench/out/, built first when missing.
     Returns (archive, its directory, whether it was built now)."""
-    profile = QUICK_PROFILE if quick else FULL_PROFILE
-    name = f"proxy-archive-v{ARCHIVE_FORMAT}-seed{seed}-n{count}{'-quick' if quick else ''}"
+    profile = PROFILES[profile_name]
+    suffix = "" if profile_name == "full" else f"-{profile_name}"
+    name = f"proxy-archive-v{ARCHIVE_FORMAT}-seed{seed}-n{count}{suffix}"
     directory = OUT / name
     if (directory / "manifest.json").is_file():
         return load_archive(directory), directory, False
@@ -846,6 +850,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--quick", action="store_true", help="a small archive for a smoke run")
     parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="package sizes: full (default; 2 KB-6 MB plus 5 of 10-30 MB), small (4-400 KiB "
+        "only, issue 12's everyday batch), quick (as --quick)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=CONTENDERS,
@@ -887,7 +897,8 @@ def main() -> int:
     # aiohttp logs a traceback for each. The cut responses are counted per run instead.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     started = time.monotonic()
-    archive, directory, built = cached_archive(args.seed, count, args.quick)
+    profile_name = args.profile or ("quick" if args.quick else "full")
+    archive, directory, built = cached_archive(args.seed, count, profile_name)
     sizes = sorted(p.size for p in archive.packages)
     load = os.getloadavg()[0]
     print(

@@ -16,11 +16,9 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 
 from dhtdeb.archive.chain import TrustChain
 from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
@@ -59,6 +57,7 @@ FORWARDED_RESPONSE_HEADERS = (
     "Expires",
     "Date",
 )
+READ_AHEAD_MEMORY = 512  # pipelined targets remembered as looked at
 CONDITIONAL = ("If-Modified-Since", "If-None-Match", "If-Range", "Range")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -86,24 +85,29 @@ def _http_date(timestamp: float) -> str:
     return email.utils.formatdate(timestamp, usegmt=True)
 
 
+def _not_modified(request: web.BaseRequest, etag: str, last_modified: str | None) -> bool:
+    """Whether a conditional GET/HEAD may be answered 304 (RFC 9110 13.1.2, 13.1.3)."""
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or etag in tags
+    if_modified_since = request.headers.get("If-Modified-Since")
+    if if_modified_since is None or last_modified is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(if_modified_since)
+        modified = email.utils.parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    if since.tzinfo is None or modified.tzinfo is None:
+        return False
+    return modified <= since
+
+
 def _content_type(location: ArchiveLocation) -> str:
     if location.relative.endswith(".deb") or location.relative.endswith(".udeb"):
         return "application/vnd.debian.binary-package"
     return "application/octet-stream"
-
-
-class _CountedFileResponse(web.FileResponse):
-    """aiohttp's file response (sendfile, Range, If-Range, HEAD) that counts bytes sent to apt."""
-
-    def __init__(self, path: Path, counters: Counters) -> None:
-        super().__init__(path, chunk_size=256 * 1024)
-        self._counters = counters
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        writer = await super().prepare(request)
-        if request.method != "HEAD" and self.content_length is not None:
-            self._counters.bytes.to_apt += self.content_length
-        return writer
 
 
 class ProxyServer:
@@ -130,6 +134,9 @@ class ProxyServer:
         self._find_peers = find_peers
         self._metrics = metrics
         self._unverifiable_logged: set[str] = set()
+        # Targets already looked at for read-ahead: apt's queue of up to 10 requests is seen
+        # again behind each request answered, and one look per target is enough.
+        self._read_ahead_seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- entry --------------------------------------------------------------------------------
 
@@ -311,7 +318,13 @@ class ProxyServer:
         time, so without this each file would start only once the previous one was sent, and
         apt's batch would cost a round trip (and a lookup) per file. A download runs to its end
         even if apt hangs up, so starting it early loses nothing."""
+        seen = self._read_ahead_seen
         for target in pipelined_targets(request):
+            if target in seen:
+                continue
+            seen[target] = None
+            if len(seen) > READ_AHEAD_MEMORY:
+                seen.popitem(last=False)
             try:
                 parsed = parse_target(target)
             except BadTarget:
@@ -336,53 +349,98 @@ class ProxyServer:
     async def _serve_stored(
         self, request: web.BaseRequest, location: ArchiveLocation, stored: StoredFile
     ) -> web.StreamResponse:
-        response = _CountedFileResponse(stored.path, self._counters)
-        response.headers[VERIFIED] = "yes"
-        response.headers["Content-Type"] = _content_type(location)
-        response.headers["ETag"] = f'"{stored.sha256}"'
-        response.headers["Cache-Control"] = (
-            "max-age=0" if location.kind is FileKind.INDEX else "max-age=86400"
+        try:
+            # Opening a local file costs microseconds; a thread hand-off would cost more.
+            handle = open(stored.path, "rb")  # noqa: ASYNC230 - closed by _send_verified
+        except FileNotFoundError:
+            # Evicted since the lookup: the next request downloads it again.
+            return web.Response(status=503, headers={"Retry-After": "1", VERIFIED: "no"})
+        return await self._send_verified(
+            request,
+            location,
+            handle,
+            size=stored.size,
+            sha256=stored.sha256,
+            last_modified=_http_date(stored.mtime),
+            spans=None,
         )
-        return response
 
     async def _serve_transfer(
         self, request: web.BaseRequest, location: ArchiveLocation, transfer: Transfer
     ) -> web.StreamResponse:
-        size = transfer.size
-        last_modified = transfer.last_modified
-        etag = f'"{transfer.sha256}"'
-        byte_range = None
-        if_range = request.headers.get("If-Range")
-        if if_range is None or if_range in (last_modified, etag):
+        return await self._send_verified(
+            request,
+            location,
+            transfer.open(self._store),
+            size=transfer.size,
+            sha256=transfer.sha256,
+            last_modified=transfer.last_modified,
+            spans=transfer,
+        )
+
+    async def _send_verified(
+        self,
+        request: web.BaseRequest,
+        location: ArchiveLocation,
+        handle: BinaryIO,
+        *,
+        size: int,
+        sha256: str,
+        last_modified: str | None,
+        spans: Transfer | None,
+    ) -> web.StreamResponse:
+        """Answer with the file's bytes from `handle` (closed here): a stored file (`spans` None:
+        every byte is verified) or a running transfer, whose bytes are sent as they become
+        servable. HEAD, conditional requests, Range and If-Range as apt uses them; the body goes
+        out by sendfile from the event loop, without a thread hand-off per file."""
+        with handle:
+            etag = f'"{sha256}"'
+            headers = {
+                "Accept-Ranges": "bytes",
+                "Content-Type": _content_type(location),
+                "ETag": etag,
+                "Cache-Control": (
+                    "max-age=0" if location.kind is FileKind.INDEX else "max-age=86400"
+                ),
+                VERIFIED: "yes",
+            }
+            if last_modified:
+                headers["Last-Modified"] = last_modified
+            if _not_modified(request, etag, last_modified):
+                return web.Response(status=304, headers=headers)
+            byte_range = None
+            if_range = request.headers.get("If-Range")
+            if if_range is None or if_range in (last_modified, etag):
+                try:
+                    byte_range = parse_range(request.headers.get("Range"), size)
+                except Unsatisfiable:
+                    return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+            start, end = (byte_range.start, byte_range.end) if byte_range else (0, size)
+            response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+            response.content_length = end - start
+            if byte_range:
+                response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            await response.prepare(request)
+            if request.method == "HEAD":
+                await response.write_eof()
+                return response
             try:
-                byte_range = parse_range(request.headers.get("Range"), size)
-            except Unsatisfiable:
-                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
-        start, end = (byte_range.start, byte_range.end) if byte_range else (0, size)
-        response = web.StreamResponse(status=206 if byte_range else 200)
-        response.content_length = end - start
-        if byte_range:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        response.headers["Accept-Ranges"] = "bytes"
-        response.headers["Content-Type"] = _content_type(location)
-        response.headers["ETag"] = etag
-        if last_modified:
-            response.headers["Last-Modified"] = last_modified
-        response.headers[VERIFIED] = "yes"
-        await response.prepare(request)
-        try:
-            with transfer.open(self._store) as handle:
-                async for offset, length in transfer.spans(start, end):
-                    await _send_file_span(request, handle, offset, length)
-                    self._counters.bytes.to_apt += length
-        except (DhtdebError, OSError) as exc:
-            # Never complete a response whose bytes were not verified: cut the connection.
-            log.error("aborting response for %s: %s", location.url, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            raise web.HTTPServiceUnavailable() from None
-        await response.write_eof()
-        return response
+                if spans is None:
+                    if end > start:
+                        await _send_file_span(request, handle, start, end - start)
+                    self._counters.bytes.to_apt += end - start
+                else:
+                    async for offset, length in spans.spans(start, end):
+                        await _send_file_span(request, handle, offset, length)
+                        self._counters.bytes.to_apt += length
+            except (DhtdebError, OSError) as exc:
+                # Never complete a response whose bytes were not verified: cut the connection.
+                log.error("aborting response for %s: %s", location.url, exc)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable() from None
+            await response.write_eof()
+            return response
 
     async def _pass_through(
         self, request: web.BaseRequest, location: ArchiveLocation
