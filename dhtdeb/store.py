@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dhtdeb.errors import VerificationError
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 READBACK_SIZE = 1 << 20  # bytes read back per step when hashing pieces written out of order
+# Files up to this size stay in memory until committed (one swarm piece: a file the peer server
+# never serves before it is whole). Debian's median package is about 60 KiB.
+IN_MEMORY_MAX = 1 << 20
 
 
 def check_sha256(sha256: str) -> str:
@@ -41,12 +45,17 @@ class StoredFile:
 
 
 class PartialFile:
-    """A file being written into `incoming/`.
+    """A file being downloaded, bound for `incoming/` and then the store.
 
     Bytes arrive either in order (`write`, a mirror stream) or at any offset (`write_at`, pieces
     from peers). Either way the whole-file SHA256 runs over the verified prefix in order: `write`
     hashes as it appends, `hash_through` hashes what `write_at` put down once the caller has
     accepted it. `commit` compares that hash with the expected one.
+
+    A file of at most `IN_MEMORY_MAX` bytes (most of apt's packages) is held in memory until the
+    store commits it, on a worker thread: the event loop never creates, writes or reads a file
+    for it, and readers take its bytes with `read`. Larger files are written to `path` as they
+    come, where readers (and the peer server) open them.
     """
 
     def __init__(self, path: Path, sha256: str, size: int) -> None:
@@ -55,14 +64,26 @@ class PartialFile:
         self.size = size
         self.written = 0  # length of the prefix that has been hashed
         self._hash = hashlib.sha256()
-        self._file = open(path, "w+b")  # closed by commit/discard
+        self._memory: bytearray | None = None
+        self._file: BinaryIO | None = None
+        if size <= IN_MEMORY_MAX:
+            self._memory = bytearray(size)
+        else:
+            self._file = open(path, "w+b", buffering=0)  # closed by commit/discard
         self._readback: bytearray | None = None  # for hash_through, made on first use
+
+    @property
+    def in_memory(self) -> bool:
+        return self._memory is not None
 
     def write(self, data: bytes) -> None:
         if self.written + len(data) > self.size:
             raise VerificationError(f"{self.sha256}: more bytes than the expected {self.size}")
-        self._file.seek(self.written)
-        self._file.write(data)
+        if self._memory is not None:
+            self._memory[self.written : self.written + len(data)] = data
+        else:
+            assert self._file is not None
+            os.pwrite(self._file.fileno(), data, self.written)
         self._hash.update(data)
         self.written += len(data)
 
@@ -70,16 +91,24 @@ class PartialFile:
         """Put bytes down at `offset` without hashing them (a piece, not yet accepted)."""
         if offset < 0 or offset + len(data) > self.size:
             raise VerificationError(f"{self.sha256}: bytes {offset}+{len(data)} outside the file")
-        os.pwrite(self._file.fileno(), data, offset)
+        if self._memory is not None:
+            self._memory[offset : offset + len(data)] = data
+        else:
+            assert self._file is not None
+            os.pwrite(self._file.fileno(), data, offset)
 
     def hash_through(self, end: int, first: bytes | None = None) -> None:
         """Extend the hashed prefix to `end`; `first` may hold the bytes right after the prefix."""
-        self._file.flush()
         if first is not None and self.written + len(first) <= end:
             self._hash.update(first)
             self.written += len(first)
         if self.written >= end:
             return
+        if self._memory is not None:
+            self._hash.update(memoryview(self._memory)[self.written : end])
+            self.written = end
+            return
+        assert self._file is not None
         if self._readback is None:
             self._readback = bytearray(READBACK_SIZE)
         buffer = memoryview(self._readback)
@@ -92,16 +121,35 @@ class PartialFile:
             self._hash.update(view[:got])
             self.written += got
 
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of an in-memory file (the caller knows they are servable)."""
+        if self._memory is None:
+            raise ValueError(f"{self.sha256}: not held in memory; open {self.path}")
+        return bytes(memoryview(self._memory)[offset : offset + length])
+
     def flush(self) -> None:
-        """Make written bytes visible to readers that opened the same path."""
-        self._file.flush()
+        """Nothing to do: bytes are written with pwrite, visible to readers of the same path."""
 
     def matches(self) -> bool:
         return self.written == self.size and self._hash.hexdigest() == self.sha256
 
+    def write_out(self) -> None:
+        """Put the whole file on disk at `path` and fsync it (the store's commit, on a worker
+        thread)."""
+        if self._memory is not None:
+            with open(self.path, "wb") as out:
+                out.write(self._memory)
+                out.flush()
+                os.fsync(out.fileno())
+            return
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        self._file.close()
+
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -165,9 +213,7 @@ class ContentStore:
     def commit(self, partial: PartialFile, *, mtime: float | None = None) -> StoredFile:
         """fsync, check the hash, rename into place. Raises VerificationError on mismatch."""
         try:
-            partial._file.flush()
-            os.fsync(partial._file.fileno())
-            partial._file.close()
+            partial.write_out()
         except OSError:
             partial.discard()
             raise

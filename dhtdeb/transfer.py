@@ -108,13 +108,20 @@ class Transfer:
             if not future.done():
                 future.set_result(None)
 
-    def open(self, store: ContentStore) -> BinaryIO:
-        """The file the bytes are read from, for `spans`; the caller closes it."""
+    def open(self, store: ContentStore) -> BinaryIO | None:
+        """The file the bytes are read from, for `spans`; the caller closes it. None for a file
+        held in memory: its bytes come from `read`."""
+        if self.partial.in_memory:
+            return None
         try:
             return open(self.partial.path, "rb")
         except FileNotFoundError:
             # Committed (renamed into the store) between our check and the open.
             return open(store.path_of(self.sha256), "rb")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Servable bytes of a file held in memory (see `open`)."""
+        return self.partial.read(offset, length)
 
     async def spans(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]:
         """Tile [start, end) with (offset, length) spans, each yielded once it is servable: as

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dhtdeb.errors import VerificationError
-from dhtdeb.store import ContentStore
+from dhtdeb.store import IN_MEMORY_MAX, ContentStore
 
 
 def _digest(data: bytes) -> str:
@@ -51,12 +51,24 @@ def test_short_and_long_bodies_are_refused(tmp_path: Path) -> None:
         store.commit(short)
 
 
+def test_small_files_stay_in_memory_until_committed(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    data = bytes(range(256)) * 200
+    partial = store.begin(_digest(data), len(data))
+    partial.write_at(1000, data[1000:])
+    partial.write(data[:1000])
+    partial.hash_through(len(data))
+    assert partial.in_memory and partial.read(10, 5) == data[10:15]
+    assert list(store.incoming.iterdir()) == []  # nothing on disk before the commit
+    assert store.commit(partial).path.read_bytes() == data
+
+
 def test_partial_files_from_a_crash_are_removed(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
-    data = b"x" * 10
-    partial = store.begin(_digest(data), 10)
+    size = IN_MEMORY_MAX + 10  # written to incoming/ as it comes
+    data = b"x" * size
+    partial = store.begin(_digest(data), size)
     partial.write(b"x" * 5)  # never committed: the process "dies" here
-    partial.flush()
     assert list(store.incoming.iterdir())
     reopened = ContentStore(tmp_path)
     assert list(reopened.incoming.iterdir()) == []

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS learned_indices(
 );
 """
 
+POOL_CACHE_SIZE = 8192  # pool_file answers kept in memory
 PACKAGES_NAMES = frozenset({"Packages", "Packages.gz", "Packages.xz", "Packages.bz2"})
 
 
@@ -72,6 +73,9 @@ class ArchiveIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # apt's batch asks for each pool file several times (read-ahead, then the request):
+        # answers of pool_file, dropped whenever anything is learned.
+        self._pool_cache: dict[str, tuple[str, int, float | None] | None] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -88,6 +92,7 @@ class ArchiveIndex:
 
     def learn_release(self, suite_url: str, root: str, release: Release, fingerprint: str) -> None:
         with self._lock:
+            self._pool_cache.clear()
             self._db.execute("BEGIN")
             try:
                 self._db.execute(
@@ -132,6 +137,7 @@ class ArchiveIndex:
         `entries` yields (Filename, sha256, size); it may be a lazy parser, consumed in this call.
         """
         with self._lock:
+            self._pool_cache.clear()
             self._db.execute("BEGIN")
             try:
                 self._db.execute("DELETE FROM pool_files WHERE source=?", (source,))
@@ -190,12 +196,18 @@ class ArchiveIndex:
 
     def pool_file(self, url: str) -> Expected | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT p.sha256, p.size, r.valid_until FROM pool_files p "
-                "JOIN releases r ON r.suite_url = p.suite_url WHERE p.url=? "
-                "ORDER BY p.rowid DESC LIMIT 1",
-                (url,),
-            ).fetchone()
+            try:
+                row = self._pool_cache[url]
+            except KeyError:
+                row = self._db.execute(
+                    "SELECT p.sha256, p.size, r.valid_until FROM pool_files p "
+                    "JOIN releases r ON r.suite_url = p.suite_url WHERE p.url=? "
+                    "ORDER BY p.rowid DESC LIMIT 1",
+                    (url,),
+                ).fetchone()
+                if len(self._pool_cache) >= POOL_CACHE_SIZE:
+                    self._pool_cache.clear()
+                self._pool_cache[url] = row
         if row is None or not self._valid(row[2]):
             return None
         return Expected(row[0], row[1])

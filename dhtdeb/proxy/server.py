@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import ipaddress
 import json
@@ -382,7 +383,7 @@ class ProxyServer:
         self,
         request: web.BaseRequest,
         location: ArchiveLocation,
-        handle: BinaryIO,
+        handle: BinaryIO | None,
         *,
         size: int,
         sha256: str,
@@ -391,9 +392,10 @@ class ProxyServer:
     ) -> web.StreamResponse:
         """Answer with the file's bytes from `handle` (closed here): a stored file (`spans` None:
         every byte is verified) or a running transfer, whose bytes are sent as they become
-        servable. HEAD, conditional requests, Range and If-Range as apt uses them; the body goes
-        out by sendfile from the event loop, without a thread hand-off per file."""
-        with handle:
+        servable (from memory when `handle` is None). HEAD, conditional requests, Range and
+        If-Range as apt uses them; a file's body goes out by sendfile from the event loop,
+        without a thread hand-off per file."""
+        with handle if handle is not None else contextlib.nullcontext():
             etag = f'"{sha256}"'
             headers = {
                 "Accept-Ranges": "bytes",
@@ -426,12 +428,16 @@ class ProxyServer:
                 return response
             try:
                 if spans is None:
+                    assert handle is not None
                     if end > start:
                         await _send_file_span(request, handle, start, end - start)
                     self._counters.bytes.to_apt += end - start
                 else:
                     async for offset, length in spans.spans(start, end):
-                        await _send_file_span(request, handle, offset, length)
+                        if handle is None:
+                            await response.write(spans.read(offset, length))
+                        else:
+                            await _send_file_span(request, handle, offset, length)
                         self._counters.bytes.to_apt += length
             except (DhtdebError, OSError) as exc:
                 # Never complete a response whose bytes were not verified: cut the connection.

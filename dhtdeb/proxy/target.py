@@ -18,6 +18,9 @@ MAX_TARGET = 4096
 LOCAL_PATHS = frozenset({"/", "/health", "/status.json", "/metrics"})
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_SLASHES = re.compile(r"/{2,}")
 
 
 class BadTarget(DhtdebError):
@@ -61,15 +64,14 @@ def _authority(text: str) -> str:
 def _clean_path(raw: str) -> str:
     if "\\" in raw or "%2f" in raw.lower() or "%5c" in raw.lower():
         raise BadTarget(400, "encoded or backward slash in path")
-    path = urllib.parse.unquote(raw, errors="strict")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    path = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
+    if _CONTROL.search(path):
         raise BadTarget(400, "control character in path")
-    segments = path.split("/")
-    if any(segment in (".", "..") for segment in segments):
+    if _DOT_SEGMENT.search(path):
         raise BadTarget(400, "dot segment in path")
     if not path.startswith("/"):
         path = "/" + path
-    return re.sub(r"/{2,}", "/", path)
+    return _SLASHES.sub("/", path)
 
 
 def parse_target(raw: str) -> LocalTarget | UpstreamTarget:
