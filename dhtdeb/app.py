@@ -266,6 +266,8 @@ async def serve(config: ServeConfig) -> None:
                 "files": store.file_count,
                 "bytes": store.total_bytes,
                 "limit_bytes": store.limit_bytes,
+                "unsynced": store.unsynced,
+                "rechecked_after_crash": store.rechecked,
             },
         }
 

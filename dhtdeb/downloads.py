@@ -32,6 +32,8 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
+SYNC_GATHER = 0.5  # seconds between the first commit of a burst and its group fsync
+
 # Called after a pool file is committed, with its piece list when the download assembled one.
 OnStored = Callable[[StoredFile, PieceList | None], Awaitable[None]]
 # Called when a swarm download of a file of several pieces starts: announce it, so that others
@@ -95,6 +97,8 @@ class Downloads:
         self._running: dict[str, Transfer] = {}
         self._swarming: dict[str, SwarmDownload] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._committed = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
 
     def running(self, sha256: str) -> Transfer | None:
         return self._running.get(sha256)
@@ -191,6 +195,7 @@ class Downloads:
             return
         finally:
             self._running.pop(transfer.sha256, None)
+        self._note_committed()
         transfer.finished(stored)
         if not announce:
             return
@@ -256,6 +261,23 @@ class Downloads:
             )
         return download.last_modified, download.assembled_piece_list()
 
+    def _note_committed(self) -> None:
+        self._committed.set()
+        if self._syncer is None:
+            self._syncer = asyncio.create_task(self._sync_store(), name="store sync")
+
+    async def _sync_store(self) -> None:
+        """Group commit: what the store committed lately becomes durable together, a moment
+        after a burst began (store.py), not with two fsyncs per file."""
+        while True:
+            await self._committed.wait()
+            await asyncio.sleep(SYNC_GATHER)
+            self._committed.clear()
+            try:
+                await asyncio.to_thread(self._store.sync)
+            except OSError as exc:
+                log.error("cannot make the store durable: %s", exc)
+
     @staticmethod
     async def _announce_start(on_started: OnStarted, sha256: str) -> None:
         try:
@@ -267,3 +289,10 @@ class Downloads:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._syncer is not None:
+            self._syncer.cancel()
+            await asyncio.gather(self._syncer, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self._store.sync)
+        except OSError as exc:
+            log.error("cannot make the store durable: %s", exc)

@@ -8,7 +8,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support import rawhttp
+from support import rawhttp, wait_until
 from support.apt import AptClientFactory, ProxyMode
 from support.archive import SignedArchive, reindex
 from support.daemon import DaemonFactory, DaemonProcess
@@ -212,3 +212,25 @@ def test_expired_release_is_not_believed(
     )
     assert packages.headers["X-Dhtdeb-Verified"] == "no"
     assert daemon.status()["cache"]["files"] == 0
+
+
+def test_conditional_requests_for_a_stored_file(
+    signed_archive: SignedArchive, mirror: Mirror, learned: DaemonProcess
+) -> None:
+    package = signed_archive.small_packages[0]
+    url = f"{mirror.url}/{package.filename}"
+    first = rawhttp.request(learned.proxy, "GET", url)
+    assert first.status == 200 and hashlib.sha256(first.body).hexdigest() == package.sha256
+    wait_until(lambda: learned.status()["cache"]["files"] >= 1, 30, "the file stored")
+    etag, last_modified = first.headers["Etag"], first.headers["Last-Modified"]
+    assert etag == f'"{package.sha256}"'
+    for headers in ({"If-None-Match": etag}, {"If-Modified-Since": last_modified}):
+        again = rawhttp.request(learned.proxy, "GET", url, headers)
+        assert again.status == 304 and again.body == b"", headers
+    older = rawhttp.request(
+        learned.proxy, "GET", url, {"If-Modified-Since": "Thu, 01 Jan 1998 00:00:00 GMT"}
+    )
+    assert older.status == 200 and older.body == first.body
+    other = rawhttp.request(learned.proxy, "GET", url, {"If-None-Match": '"0000"'})
+    assert other.status == 200 and other.body == first.body
+    assert mirror.deb_bytes_sent() == package.size
