@@ -64,6 +64,11 @@ log = logging.getLogger(__name__)
 # for late replies until its deadline (one dead node in the path is enough), and every miss would
 # pay that; peers found by the later lookups still take over the pieces the mirror has not sent.
 LOOKUP_DEADLINE = 0.3
+# Seconds the mirror waits for the DHT before it starts anyway: the race. A lookup that comes
+# back later still brings peers for the pieces the mirror has not sent; for a file of one piece
+# (most of apt's) it costs apt nothing. The holders asked first (swarm/holders.py) are not raced:
+# they answer within a LAN round trip, and a classroom's machines wait for each other there.
+MIRROR_RACE = 0.02
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
 # The first repeats come sooner: in a flash crowd every node's first lookup runs before the
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
@@ -403,7 +408,14 @@ class SwarmDownload:
         the same download later (a flash crowd) announce themselves too."""
         hinted = await self._ask_holders()
         if not hinted:
-            await self._find_peers()
+            first = asyncio.ensure_future(self._find_peers())
+            try:
+                await asyncio.wait({first}, timeout=MIRROR_RACE)
+                self._scheduler.lookup_deadline_passed()
+                self._wake.set()
+                await first
+            finally:
+                first.cancel()
         self._scheduler.lookup_deadline_passed()
         self._wake.set()
         # With holders at hand there is no crowd to find in a hurry: later lookups only.
