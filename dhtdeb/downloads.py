@@ -187,7 +187,10 @@ class Downloads:
             if isinstance(exc, SwarmVerificationError):
                 log.error("swarm assembled a bad file for %s: %s", url, exc)
             elif isinstance(exc, VerificationError):
-                self._counters.verify_failures.mirror += 1
+                if announce:
+                    self._counters.verify_failures.mirror += 1
+                else:  # an index file: it does not match the signed Release
+                    self._counters.verify_failures.index += 1
                 log.error("mirror sent a bad file for %s: %s", url, exc)
             else:
                 log.warning("download of %s failed: %s", url, exc)

@@ -12,8 +12,9 @@ import asyncio
 import logging
 import posixpath
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from dhtdeb.archive.index import PACKAGES_NAMES, ArchiveIndex, Expected
 from dhtdeb.archive.locations import ArchiveLocation, FileKind
@@ -33,12 +34,30 @@ class IndexExpectation:
     listed_path: str  # the Release's name for it (tells Packages.xz from Translation-en …)
 
 
+@dataclass(eq=False)
+class _Learning:
+    """A Packages file whose pool files are being learned."""
+
+    root: str  # its archive root URL
+    component: str  # the first segment of its path in the Release ("main"), or ""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def may_list(self, url: str) -> bool:
+        if not url.startswith(self.root):
+            return False
+        if not self.component:
+            return True
+        # pool/main/..., and pool/updates/main/... in the security archive
+        return f"/{self.component}/" in "/" + "/".join(url[len(self.root) :].split("/")[:4])
+
+
 class TrustChain:
     def __init__(self, keys: TrustedKeys, index: ArchiveIndex, counters: Counters) -> None:
         self._keys = keys
         self._index = index
         self._counters = counters
-        self._learning: dict[str, asyncio.Future[None]] = {}
+        self._learning: dict[str, _Learning] = {}
 
     async def accept_in_release(self, location: ArchiveLocation, document: bytes) -> bool:
         return await self._accept(location, lambda: self._keys.verify_clearsigned(document))
@@ -96,34 +115,82 @@ class TrustChain:
             return None if expected is None else IndexExpectation(expected, location.relative)
         return None
 
-    async def learn_index_file(
-        self, location: ArchiveLocation, expectation: IndexExpectation, stored: StoredFile
+    def learn_index_file(
+        self,
+        location: ArchiveLocation,
+        expectation: IndexExpectation,
+        stored: Coroutine[Any, Any, StoredFile],
     ) -> None:
-        """If the verified file is a Packages file, learn its pool files (once per content)."""
+        """If the file is a Packages file, learn its pool files (once per content) once `stored`
+        gives the verified file, in the background: apt gets the file meanwhile, and a pool
+        file asked for before the learning ends waits for it (`settled_pool_file`)."""
         name = posixpath.basename(expectation.listed_path)
+        sha256 = expectation.expected.sha256
         if name not in PACKAGES_NAMES or location.suite_url is None:
+            stored.close()
             return
         directory = posixpath.dirname(expectation.listed_path)
         source = location.suite_url + (directory + "/" if directory else "")
-        if self._index.packages_learned(source, stored.sha256):
+        if source in self._learning or self._index.packages_learned(source, sha256):
+            stored.close()
             return
-        pending = self._learning.get(source)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._learning[source] = future
+        component = expectation.listed_path.split("/", 1)[0] if directory else ""
+        learning = _Learning(location.root, component)
+        self._learning[source] = learning
+        learning.task = asyncio.create_task(
+            self._learn(learning, location.suite_url, source, location.root, stored, name),
+            name=f"learn {source}{name}",
+        )
+
+    async def _learn(
+        self,
+        learning: _Learning,
+        suite_url: str,
+        source: str,
+        root: str,
+        stored: Coroutine[Any, Any, StoredFile],
+        name: str,
+    ) -> None:
         try:
+            verified = await stored
+            started = time.monotonic()
             count = await asyncio.to_thread(
-                self._learn_packages, location.suite_url, source, location.root, stored, name
+                self._learn_packages, suite_url, source, root, verified, name
             )
-            log.info("%s%s: learned %d pool files", source, name, count)
+            log.info(
+                "%s%s: learned %d pool files in %.2f s",
+                source,
+                name,
+                count,
+                time.monotonic() - started,
+            )
         except IndexFormatError as exc:
             self._counters.verify_failures.index += 1
             log.error("%s%s: signed but unreadable: %s", source, name, exc)
+        except (DhtdebError, OSError) as exc:
+            # The download failed (apt was told so), or the stored file went away.
+            log.info("%s%s: not learned: %s", source, name, exc)
         finally:
-            future.set_result(None)
             del self._learning[source]
+            learning.done.set()
+
+    async def settled_pool_file(self, url: str) -> Expected | None:
+        """`pool_file`, after the Packages files still being learned that may list `url`: those
+        of its archive and component (`pool/main/...` waits for main's, not for contrib's)."""
+        expected = self._index.pool_file(url)
+        if expected is not None:
+            return expected
+        pending = [learning for learning in self._learning.values() if learning.may_list(url)]
+        if not pending:
+            return None
+        for learning in pending:
+            await learning.done.wait()
+        return self._index.pool_file(url)
+
+    @property
+    def learning(self) -> int:
+        """Packages files being learned now."""
+        return len(self._learning)
 
     def _learn_packages(
         self, suite_url: str, source: str, root: str, stored: StoredFile, name: str

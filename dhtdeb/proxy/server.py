@@ -266,30 +266,32 @@ class ProxyServer:
         if expectation is None:
             return await self._pass_through(request, location)
         stored = self._store.lookup(expectation.expected.sha256)
-        if stored is None:
-            transfer = self._downloads.fetch(location.url, expectation.expected, announce=False)
-            try:
-                stored = await transfer.wait_stored()
-            except UpstreamRefused:
-                raise
-            except (DhtdebError, OSError) as exc:
-                self._counters.verify_failures.index += 1
-                return web.Response(
-                    status=502,
-                    text=f"dhtdeb: {location.url} does not match the signed Release: {exc}\n",
-                    headers={VERIFIED: "no"},
-                )
-        else:
+        if stored is not None:
             self._counters.requests.cache_hits += 1
-        await self._chain.learn_index_file(location, expectation, stored)
-        return await self._serve_stored(request, location, stored)
+            self._chain.learn_index_file(location, expectation, _ready(stored))
+            return await self._serve_stored(request, location, stored)
+        # Streamed to apt as it comes (all but the held-back tail before the hash matched);
+        # its pool files are learned once it is stored, while apt reads it.
+        transfer = self._downloads.fetch(location.url, expectation.expected, announce=False)
+        self._chain.learn_index_file(location, expectation, transfer.wait_stored())
+        try:
+            await transfer.wait_started()
+        except UpstreamRefused:
+            raise
+        except (DhtdebError, OSError) as exc:
+            return web.Response(
+                status=502,
+                text=f"dhtdeb: {location.url} does not match the signed Release: {exc}\n",
+                headers={VERIFIED: "no"},
+            )
+        return await self._serve_transfer(request, location, transfer)
 
     # -- pool files (.deb) --------------------------------------------------------------------
 
     async def _pool_file(
         self, request: web.BaseRequest, location: ArchiveLocation
     ) -> web.StreamResponse:
-        expected = self._chain.pool_file(location.url)
+        expected = await self._chain.settled_pool_file(location.url)
         if expected is None:
             self._log_unverifiable(location.root, "not listed in any verified Packages file")
             return await self._pass_through(request, location)
@@ -522,6 +524,10 @@ class ProxyServer:
             f"<table>{rows}</table>"
         )
         return web.Response(text=html, content_type="text/html")
+
+
+async def _ready(stored: StoredFile) -> StoredFile:
+    return stored
 
 
 def pipelined_targets(request: web.BaseRequest) -> list[str]:

@@ -1,0 +1,92 @@
+"""The trust chain learns a Packages file's pool files off apt's path, and a pool file asked for
+meanwhile waits for exactly the learnings that may list it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from support.archive import SignedArchive
+
+from dhtdeb.archive.chain import TrustChain
+from dhtdeb.archive.index import ArchiveIndex
+from dhtdeb.archive.locations import locate
+from dhtdeb.archive.signature import TrustedKeys
+from dhtdeb.stats import Counters
+from dhtdeb.store import ContentStore, StoredFile
+
+ROOT = "http://mirror.test/debian/"
+
+
+def _store_file(store: ContentStore, data: bytes, sha256: str) -> StoredFile:
+    partial = store.begin(sha256, len(data))
+    partial.write(data)
+    return store.commit(partial)
+
+
+async def test_a_pool_file_asked_for_while_its_index_is_learned_waits_for_it(
+    signed_archive: SignedArchive, tmp_path: Path
+) -> None:
+    keys = TrustedKeys.load([signed_archive.keyring], tmp_path / "keys")
+    chain = TrustChain(keys, ArchiveIndex(tmp_path / "index.sqlite"), Counters())
+    suite_url = f"{ROOT}dists/{signed_archive.suite}/"
+    in_release = (signed_archive.dist_dir / "InRelease").read_bytes()
+    assert await chain.accept_in_release(locate(suite_url + "InRelease"), in_release)
+    listed = f"{signed_archive.component}/binary-{signed_archive.arch}/Packages"
+    location = locate(suite_url + listed)
+    expectation = chain.expected_index(location)
+    assert expectation is not None
+    data = (signed_archive.dist_dir / listed).read_bytes()
+    stored = _store_file(ContentStore(tmp_path / "store"), data, expectation.expected.sha256)
+
+    released = asyncio.Event()
+
+    async def stored_later() -> StoredFile:  # the download of the index, still running
+        await released.wait()
+        return stored
+
+    package = signed_archive.small_packages[0]
+    url = ROOT + package.filename
+    chain.learn_index_file(location, expectation, stored_later())
+    assert chain.learning == 1 and chain.pool_file(url) is None
+    waiting = asyncio.create_task(chain.settled_pool_file(url))
+    # Another archive, and another component of this one, do not wait for this index.
+    assert await chain.settled_pool_file("http://other.test/debian/pool/main/a/a/a.deb") is None
+    assert await chain.settled_pool_file(f"{ROOT}pool/contrib/a/a/a_1_all.deb") is None
+    for _ in range(20):  # let the loop run: the learning cannot end before the index is stored
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    released.set()
+    expected = await waiting
+    assert expected is not None and (expected.sha256, expected.size) == (
+        package.sha256,
+        package.size,
+    )
+    assert chain.learning == 0
+
+
+async def test_a_failed_index_download_ends_the_wait(
+    signed_archive: SignedArchive, tmp_path: Path
+) -> None:
+    keys = TrustedKeys.load([signed_archive.keyring], tmp_path / "keys")
+    chain = TrustChain(keys, ArchiveIndex(tmp_path / "index.sqlite"), Counters())
+    suite_url = f"{ROOT}dists/{signed_archive.suite}/"
+    in_release = (signed_archive.dist_dir / "InRelease").read_bytes()
+    assert await chain.accept_in_release(locate(suite_url + "InRelease"), in_release)
+    listed = f"{signed_archive.component}/binary-{signed_archive.arch}/Packages"
+    location = locate(suite_url + listed)
+    expectation = chain.expected_index(location)
+    assert expectation is not None
+    failed = asyncio.Event()
+
+    async def download_fails() -> StoredFile:
+        await failed.wait()
+        raise OSError("mirror went away")
+
+    chain.learn_index_file(location, expectation, download_fails())
+    waiting = asyncio.create_task(
+        chain.settled_pool_file(ROOT + signed_archive.small_packages[0].filename)
+    )
+    failed.set()
+    assert await waiting is None  # not listed anywhere known: passed through unverified
+    assert chain.learning == 0
