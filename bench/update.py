@@ -77,7 +77,7 @@ COLD, WARM, AGAIN = "cold", "warm", "again"
 _FETCHED = re.compile(r"^Fetched ([\d.,]+) ([kMGT]?)B in ", re.MULTILINE)
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _VERIFIED = re.compile(r" INFO [\w.]+: (\S+): verified \(good signatures by ")
-_LEARNED = re.compile(r" INFO [\w.]+: \S+: learned (\d+) pool files$")
+_LEARNED = re.compile(r" INFO [\w.]+: \S+: learned (\d+) pool files( in [\d.]+ s)?$")
 # Lines of the daemon's log that mean it did not vouch for what it gave apt.
 _DISTRUST = ("not verified", "signed but", "unverifiable", "does not match")
 # apt-cacher-ng's transfer log: "<time>|I|<bytes>|<client>|<path>" for bytes it got upstream
@@ -218,6 +218,18 @@ def daemon_command(tree: Path | None) -> tuple[list[str] | None, dict[str, str]]
     return [sys.executable, "-P", "-m", "dhtdeb"], {"PYTHONPATH": str(tree)}
 
 
+def wait_learned(daemon: DaemonProcess, timeout: float = 120.0) -> float:
+    """Seconds until the daemon says no Packages file is being learned any more."""
+    started = time.monotonic()
+    while True:
+        index = daemon.status().get("index", {})
+        if not isinstance(index, dict) or not index.get("learning"):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"the daemon was still learning after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def find_counts(status: Any, words: Iterable[str], prefix: str = "") -> dict[str, int]:
     """Integer fields of /status.json whose dotted name contains one of `words`."""
     found: dict[str, int] = {}
@@ -344,7 +356,12 @@ class Bench:
                 log = read_from(daemon.log_file, mark)
                 note = self.check_daemon(round_, phase, log, deltas)
                 if phase == COLD:
+                    # Pool files are learned off apt's path: wait for the learning to end.
+                    tail = wait_learned(daemon)
+                    log = read_from(daemon.log_file, mark)
+                    after = daemon.status()
                     rss, hwm = memory_mib(daemon.pid)
+                    note += f"; learning ended {tail:.2f} s after apt"
                     learned = sum(
                         int(m[1]) for line in log.splitlines() if (m := _LEARNED.search(line))
                     )

@@ -262,6 +262,10 @@ async def serve(config: ServeConfig) -> None:
                 "rate_limited": dht.rate_limited,
             },
             "dht_datagrams": dht.datagrams,
+            "index": {
+                "learning": chain.learning,
+                "pool_files": index.pool_file_count(),
+            },
             "cache": {
                 "files": store.file_count,
                 "bytes": store.total_bytes,

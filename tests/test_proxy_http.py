@@ -87,7 +87,8 @@ def test_health_status_and_metrics(dhtdeb_daemon: DaemonFactory) -> None:
         },
         "verify_failures": {"signature", "index", "peer", "mirror"},
         "dht": {"routing_table", "stored_keys", "announced", "unannounced", "rate_limited"},
-        "cache": {"files", "bytes", "limit_bytes"},
+        "cache": {"files", "bytes", "limit_bytes", "unsynced", "rechecked_after_crash"},
+        "index": {"learning", "pool_files"},
     }
     for group, keys in groups.items():
         assert keys <= set(status[group]), group

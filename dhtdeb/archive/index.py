@@ -194,6 +194,12 @@ class ArchiveIndex:
             return None
         return row[0], Expected(sha256, row[1])
 
+    def pool_file_count(self) -> int:
+        """Pool files known (an estimate: the largest row id, no table scan)."""
+        with self._lock:
+            row = self._db.execute("SELECT max(rowid) FROM pool_files").fetchone()
+        return int(row[0] or 0)
+
     def pool_file(self, url: str) -> Expected | None:
         with self._lock:
             try:
