@@ -14,6 +14,10 @@ tests/fleet/scenarios.py, which the tests assert on; here they are timed and com
              (target <= 0.8), the first host's / direct (target <= 1.10).
   classroom  N hosts start the same upgrade at the same moment. Printed: mirror .deb bytes /
              unique (target <= 1.3), time until all are done / direct (target <= 2.0).
+  first-host every daemon up, only host 1 upgrades: nobody to find, so this is what the DHT
+             (lookups raced by the mirror, announces) costs a lone host. Issue 12's third row:
+             `--only first-host --hosts 3 --mirror-rate 0 --packages 200` (mirror uncapped).
+             Printed: host 1 / direct (target <= 1.10) and the added seconds per file.
 
     .venv/bin/python bench/fleet.py [--rounds 3] [--hosts 8] [--packages 300]
         [--only staggered|classroom ...] [--seed S] [--mirror-rate 12500000] [--keep]
@@ -49,7 +53,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 import proxy as proxy_bench  # noqa: E402  (bench/proxy.py: fmt_bytes, source_state, round_orders)
 from fleet import ArchiveSpec, Fleet, FleetArchive, build_archive  # noqa: E402
 from fleet.archive import KEY_NAMES  # noqa: E402
-from fleet.scenarios import ScenarioResult, classroom, direct, staggered  # noqa: E402
+from fleet.scenarios import (  # noqa: E402
+    ScenarioResult,
+    classroom,
+    direct,
+    first_host,
+    staggered,
+)
 
 DEFAULT_SEED = 20260601
 DEFAULT_ROUNDS = 3
@@ -65,8 +75,9 @@ TARGET_CLASSROOM_TIME = 2.0
 # Two hosts with an older keyring (one of the three signing keys missing), as in a real fleet.
 HOST_KEYS = {2: (KEY_NAMES[0], KEY_NAMES[1]), 5: (KEY_NAMES[0], KEY_NAMES[2])}
 
-DIRECT, STAGGERED, CLASSROOM = "direct", "staggered", "classroom"
-SCENARIOS = (STAGGERED, CLASSROOM)
+DIRECT, STAGGERED, CLASSROOM, FIRST = "direct", "staggered", "classroom", "first-host"
+SCENARIOS = (STAGGERED, CLASSROOM, FIRST)
+DEFAULT_SCENARIOS = (STAGGERED, CLASSROOM)
 fmt_bytes = proxy_bench.fmt_bytes
 
 
@@ -96,12 +107,17 @@ class Bench:
         keys = {n: k for n, k in HOST_KEYS.items() if n <= count}
         started = time.monotonic()
         with Fleet(
-            self.archive, workdir, hosts=count, mirror_rate=self.mirror_rate, host_keys=keys
+            self.archive,
+            workdir,
+            hosts=count,
+            mirror_rate=self.mirror_rate or None,
+            host_keys=keys,
         ) as fleet:
             play: Callable[..., ScenarioResult] = {
                 DIRECT: direct,
                 STAGGERED: staggered,
                 CLASSROOM: classroom,
+                FIRST: first_host,
             }[name]
             result = play(fleet, seed=self.seed, apt_timeout=APT_TIMEOUT)
         wrong = [h.name for h in result.hosts if not h.correct]
@@ -283,6 +299,28 @@ def report_classroom(rounds: Sequence[Round]) -> None:
     report_findings(results)
 
 
+def report_first_host(rounds: Sequence[Round]) -> None:
+    results = [r.results[FIRST] for r in rounds]
+    direct_times = [r.direct_seconds for r in rounds]
+    first = results[0]
+    print(
+        f"\n== first host: {len(rounds[0].results[FIRST].hosts)} of the fleet's daemons "
+        f"upgrading, nobody holds anything, {first.packages} packages "
+        f"({fmt_bytes(first.unique_deb)})"
+    )
+    ratios = [r.hosts[0].seconds / d for r, d in zip(results, direct_times, strict=True)]
+    extra = [
+        (r.hosts[0].seconds - d) / r.packages * 1000
+        for r, d in zip(results, direct_times, strict=True)
+    ]
+    print(
+        f"host 1 / direct: median {median(ratios):.3f} {verdict(median(ratios), TARGET_FIRST_HOST)}"
+        f" (rounds: {spread(ratios)}); {median([r.hosts[0].seconds for r in results]):.2f} s vs "
+        f"direct {median(direct_times):.2f} s; added per file: median {median(extra):.1f} ms"
+    )
+    report_findings(results)
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -298,7 +336,16 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument(
-        "--mirror-rate", type=int, default=DEFAULT_MIRROR_RATE, help="bytes/s of the mirror link"
+        "--max-size",
+        type=int,
+        default=ArchiveSpec.max_size,
+        help="bytes: no .deb larger (e.g. 1048576 for small packages only)",
+    )
+    parser.add_argument(
+        "--mirror-rate",
+        type=int,
+        default=DEFAULT_MIRROR_RATE,
+        help="bytes/s of the mirror link (0: uncapped)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep every fleet's directory (daemon logs)"
@@ -306,11 +353,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.hosts < 2:
         parser.error("--hosts must be at least 2")
-    chosen = [s for s in SCENARIOS if not args.only or s in args.only]
+    chosen = [s for s in SCENARIOS if (s in args.only if args.only else s in DEFAULT_SCENARIOS)]
     signal.signal(signal.SIGTERM, _terminate)
 
     started = time.monotonic()
-    spec = ArchiveSpec(packages=args.packages, seed=args.seed)
+    spec = ArchiveSpec(packages=args.packages, seed=args.seed, max_size=args.max_size)
     archive = build_archive(OUT / "fleet-archives", spec)
     sizes = sorted(p.size for p in archive.packages)
     print(
@@ -325,8 +372,9 @@ def main() -> int:
     )
     print(
         f"daemons: `python -m dhtdeb serve` from {ROOT} ({proxy_bench.source_state(ROOT)}), "
-        f"default settings; fleet: {args.hosts} hosts, mirror {args.mirror_rate / 1e6:.1f} MB/s "
-        f"(tbf), LAN uncapped; hosts {sorted(HOST_KEYS)} trust two of the three keys"
+        f"default settings; fleet: {args.hosts} hosts, mirror "
+        + (f"{args.mirror_rate / 1e6:.1f} MB/s (tbf)" if args.mirror_rate else "uncapped")
+        + f", LAN uncapped; hosts {sorted(HOST_KEYS)} trust two of the three keys"
     )
     print(f"rounds: {args.rounds}, scenarios: direct + {', '.join(chosen)}\n", flush=True)
 
@@ -353,6 +401,8 @@ def main() -> int:
             report_staggered(rounds)
         if CLASSROOM in chosen:
             report_classroom(rounds)
+        if FIRST in chosen:
+            report_first_host(rounds)
     print("\ncorrectness")
     if bench.failures:
         for failure in bench.failures:

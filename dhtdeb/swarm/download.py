@@ -69,6 +69,7 @@ LOOKUP_DEADLINE = 0.3
 # (most of apt's) it costs apt nothing. The holders asked first (swarm/holders.py) are not raced:
 # they answer within a LAN round trip, and a classroom's machines wait for each other there.
 MIRROR_RACE = 0.02
+ALONE_AFTER = 8  # downloads in a row that found nobody before the mirror stops waiting (LoneStreak)
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
 # The first repeats come sooner: in a flash crowd every node's first lookup runs before the
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
@@ -77,11 +78,20 @@ BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
 YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two asks whether to give it up
 
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+async def _piece_digest(data: bytes) -> bytes:
+    """A piece's SHA256: on a worker thread for a large piece, right here for a small one
+    (a thread hand-off costs more than hashing a few hundred KiB)."""
+    if len(data) <= INLINE_HASH_MAX:
+        return _sha256(data)
+    return await asyncio.to_thread(_sha256, data)
 
 
 class SwarmFailed(DhtdebError):
@@ -110,6 +120,23 @@ class PeerPenalties:
         return until is None or until <= self.clock.now()
 
 
+@dataclass
+class LoneStreak:
+    """How many downloads in a row found nobody at all: no hinted holder holding, fetching or
+    starting the file, no peer in the DHT. After `ALONE_AFTER` of them this node is taken to be
+    the first of its fleet to fetch this batch (or alone), and the mirror no longer waits for
+    the lookups; the first download that finds someone ends the streak."""
+
+    count: int = 0
+
+    def report(self, found_someone: bool) -> None:
+        self.count = 0 if found_someone else self.count + 1
+
+    @property
+    def alone(self) -> bool:
+        return self.count >= ALONE_AFTER
+
+
 @dataclass(frozen=True)
 class SwarmContext:
     """What every swarm download of this node shares."""
@@ -126,6 +153,7 @@ class SwarmContext:
     # Addresses that answered with this node's own id (it listens on 0.0.0.0 and may find
     # itself under an address only the others know).
     own_addresses: set[Peer] = field(default_factory=set)
+    streak: LoneStreak = field(default_factory=LoneStreak)
 
     def is_self(self, peer: Peer) -> bool:
         return bool(self.node and peer.node == self.node) or peer in self.own_addresses
@@ -162,6 +190,7 @@ class SwarmDownload:
         self._awaiting_bytes = False  # waiting for a peer that is fetching this file
         self.bytes_from_peers = 0
         self._peers_used: set[Peer] = set()
+        self._sighted = False  # a hinted peer said it holds, fetches or starts this file
         self.bytes_from_mirror = 0
         self.last_modified: str | None = None
 
@@ -337,7 +366,16 @@ class SwarmDownload:
         # Writing and hashing run on one writer thread, in acceptance order, so the event loop
         # keeps moving bytes; a piece counts as held (for apt and peers) once it is on disk.
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._writer, self._write_piece, index, data)
+        if self._partial.in_memory:
+            # A file held in memory (store.py): putting the piece down is a memory copy and its
+            # hash at most a megabyte of SHA256, cheaper than a hand-off to the writer thread.
+            job: asyncio.Future[int] = loop.create_future()
+            try:
+                job.set_result(self._write_piece(index, data))
+            except (DhtdebError, OSError) as exc:
+                job.set_exception(exc)
+        else:
+            job = loop.run_in_executor(self._writer, self._write_piece, index, data)
         self._writes.append(job)
         job.add_done_callback(functools.partial(self._written_cb, index=index, size=len(data)))
 
@@ -406,16 +444,23 @@ class SwarmDownload:
         other files apt is fetching), then, unless one of them holds the file, race the DHT
         against the lookup deadline; then look again every LOOKUP_INTERVAL: peers that start
         the same download later (a flash crowd) announce themselves too."""
-        hinted = await self._ask_holders()
+        alone = self._ctx.streak.alone
+        if alone:
+            # Nobody had any of the last files: the mirror starts now, the lookups run beside.
+            self._scheduler.lookup_deadline_passed()
+            self._wake.set()
+        hinted = await self._ask_holders(wait=not alone)
+        found = bool(hinted) or self._sighted
         if not hinted:
             first = asyncio.ensure_future(self._find_peers())
             try:
                 await asyncio.wait({first}, timeout=MIRROR_RACE)
                 self._scheduler.lookup_deadline_passed()
                 self._wake.set()
-                await first
+                found = await first or found
             finally:
                 first.cancel()
+        self._ctx.streak.report(found)
         self._scheduler.lookup_deadline_passed()
         self._wake.set()
         # With holders at hand there is no crowd to find in a hurry: later lookups only.
@@ -425,18 +470,19 @@ class SwarmDownload:
             await self._find_peers()
             self._wake.set()
 
-    async def _ask_holders(self) -> list[Peer]:
+    async def _ask_holders(self, *, wait: bool = True) -> list[Peer]:
         """The hinted peers that hold this file. For a file of a few pieces nobody holds, when a
         hinted peer is fetching it now (a classroom: every machine asks for the same file at
         once), wait for that peer instead of fetching the file from the mirror too
-        (holders.py)."""
+        (holders.py), unless not `wait`."""
         holders = self._ctx.holders
         if holders is None:
             return []
         ctx = self._ctx
         sightings = self._usable(await holders.ask(self._sha256, ctx.clock.now()))
+        self._sighted = bool(sightings)
         found = [s.peer for s in sightings if s.state == HAVE_HELD]
-        if not found and self._piece_count <= WAIT_MAX_PIECES:
+        if wait and not found and self._piece_count <= WAIT_MAX_PIECES:
             waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
             started = ctx.clock.now()
             if waiting:
@@ -481,7 +527,8 @@ class SwarmDownload:
         caught lying: likely holders of the next files apt asks for."""
         return [p for p in self._peers_used if self._ctx.penalties.allowed(p)]
 
-    async def _find_peers(self) -> None:
+    async def _find_peers(self) -> bool:
+        """One DHT lookup; whether it found usable peers."""
         try:
             found = await self._ctx.discovery.find_peers(self._sha256, LOOKUP_DEADLINE)
         except DhtdebError as exc:
@@ -491,6 +538,7 @@ class SwarmDownload:
         log.debug("DHT: %d peers for %s, %d usable", len(found), self._sha256[:12], len(usable))
         if usable:
             self._scheduler.peers_found(usable)
+        return bool(usable)
 
     async def _fetch_list(self, peer: Peer) -> None:
         try:
@@ -529,7 +577,7 @@ class SwarmDownload:
         self._ctx.counters.bytes.from_peers += len(data)
         self.bytes_from_peers += len(data)
         self._peers_used.add(peer)
-        digest = await asyncio.to_thread(_sha256, data)
+        digest = await _piece_digest(data)
         await self._room_for(len(data))
         if not self._hold(index, data, digest):
             self._scheduler.piece_failed(peer, index, "no room to hold the piece", misbehaved=False)
@@ -662,7 +710,7 @@ class SwarmDownload:
                 )
                 self._ctx.counters.bytes.from_mirror += len(data)
                 self.bytes_from_mirror += len(data)
-                digest = await asyncio.to_thread(_sha256, data)
+                digest = await _piece_digest(data)
                 await self._room_for(len(data))
                 if not self._hold(index, data, digest):
                     raise SwarmFailed("no room to hold the piece")

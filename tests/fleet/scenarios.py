@@ -621,6 +621,21 @@ def mirror_down(
     return run.result(hosts, mirror_deb_after_down=after, requests_after_down=requests_after)
 
 
+def first_host(
+    fleet: Fleet, *, join: Join = Join.BOOTSTRAP, seed: int = 0, apt_timeout: float = APT_TIMEOUT
+) -> ScenarioResult:
+    """Every daemon up on default settings, only host 1 upgrades: nobody holds any file, so
+    every lookup finds nothing and the mirror serves it all (what the DHT costs a lone host)."""
+    hosts = fleet.hosts
+    run = _Run(fleet, "first-host", join, seed)
+    run.begin()
+    start_daemons(run, hosts, join)
+    first = hosts[0]
+    if run.update(first, apt_timeout):
+        run.upgrade(first, apt_timeout)
+    return run.result([first])
+
+
 def direct(
     fleet: Fleet, *, host: int = 1, seed: int = 0, apt_timeout: float = APT_TIMEOUT
 ) -> ScenarioResult:
@@ -640,6 +655,7 @@ SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
     "killed": killed,
     "mirror-down": mirror_down,
     "direct": direct,
+    "first-host": first_host,
 }
 
 
