@@ -31,6 +31,7 @@ failed. bench/README.md has the details.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import signal
@@ -338,8 +339,7 @@ def main() -> int:
     parser.add_argument(
         "--max-size",
         type=int,
-        default=ArchiveSpec.max_size,
-        help="bytes: no .deb larger (e.g. 1048576 for small packages only)",
+        help="bytes: no .deb larger (default: the harness's, 32 MiB; 1048576: small packages only)",
     )
     parser.add_argument(
         "--mirror-rate",
@@ -357,7 +357,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
 
     started = time.monotonic()
-    spec = ArchiveSpec(packages=args.packages, seed=args.seed, max_size=args.max_size)
+    spec = ArchiveSpec(packages=args.packages, seed=args.seed)
+    if args.max_size:
+        spec = dataclasses.replace(spec, max_size=args.max_size)
     archive = build_archive(OUT / "fleet-archives", spec)
     sizes = sorted(p.size for p in archive.packages)
     print(
