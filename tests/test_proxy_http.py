@@ -235,3 +235,31 @@ def test_conditional_requests_for_a_stored_file(
     other = rawhttp.request(learned.proxy, "GET", url, {"If-None-Match": '"0000"'})
     assert other.status == 200 and other.body == first.body
     assert mirror.deb_bytes_sent() == package.size
+
+
+def test_apt_patching_by_pdiff_still_gets_new_packages_verified(
+    archive_copy: SignedArchive, serve_archive: MirrorFactory, dhtdeb_daemon: DaemonFactory
+) -> None:
+    """apt that updates by pdiff fetches Packages.diff/Index and patches, never the new
+    Packages file: the daemon fetches that file itself, so the new packages are verified."""
+    diff_index = archive_copy.binary_dir / "Packages.diff" / "Index"
+    diff_index.parent.mkdir()
+    diff_index.write_text("SHA256-Current: " + "0" * 64 + " 1\n")
+    archive = reindex(archive_copy)
+    listed = f"{archive.component}/binary-{archive.arch}/Packages.diff/Index"
+    assert listed in (archive.dist_dir / "InRelease").read_text()
+    mirror = serve_archive(archive.root)
+    daemon = dhtdeb_daemon()
+    suite = f"{mirror.url}/dists/{archive.suite}"
+    in_release = rawhttp.request(daemon.proxy, "GET", f"{suite}/InRelease")
+    assert in_release.headers["X-Dhtdeb-Verified"] == "yes"
+    index = rawhttp.request(daemon.proxy, "GET", f"{suite}/{listed}")
+    assert index.status == 200 and index.headers["X-Dhtdeb-Verified"] == "yes"
+    assert index.body == diff_index.read_bytes()
+    package = archive.small_packages[0]
+    deb = rawhttp.request(daemon.proxy, "GET", f"{mirror.url}/{package.filename}")
+    assert deb.status == 200 and deb.headers["X-Dhtdeb-Verified"] == "yes"
+    assert hashlib.sha256(deb.body).hexdigest() == package.sha256
+    fetched = [r.path for r in mirror.requests if "/binary-" in r.path]
+    assert any(path.rsplit("/", 1)[-1].startswith("Packages.") for path in fetched), fetched
+    assert daemon.status()["requests"]["passed_through"] == 0

@@ -115,6 +115,34 @@ class TrustChain:
             return None if expected is None else IndexExpectation(expected, location.relative)
         return None
 
+    def packages_beside_pdiff(
+        self, location: ArchiveLocation, expectation: IndexExpectation
+    ) -> tuple[str, IndexExpectation] | None:
+        """For a `<dir>/Packages.diff/Index` apt fetched (it will patch its old Packages file
+        and never ask for the new one): the URL and expectation of the full Packages file of
+        `<dir>` that the verified Release lists, if its pool files are not learned yet. Without
+        it the packages new in this Release could not be verified."""
+        parent = posixpath.dirname(expectation.listed_path)
+        if (
+            posixpath.basename(expectation.listed_path) != "Index"
+            or posixpath.basename(parent) != "Packages.diff"
+            or location.suite_url is None
+        ):
+            return None
+        directory = posixpath.dirname(parent)
+        prefix = directory + "/" if directory else ""
+        source = location.suite_url + prefix
+        if source in self._learning:
+            return None
+        for name in ("Packages.xz", "Packages.gz", "Packages.bz2", "Packages"):
+            expected = self._index.index_file(location.suite_url, prefix + name)
+            if expected is None:
+                continue
+            if self._index.packages_learned(source, expected.sha256):
+                return None
+            return source + name, IndexExpectation(expected, prefix + name)
+        return None
+
     def learn_index_file(
         self,
         location: ArchiveLocation,

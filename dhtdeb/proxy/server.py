@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import email.utils
 import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from aiohttp import web
 
-from dhtdeb.archive.chain import TrustChain
+from dhtdeb.archive.chain import IndexExpectation, TrustChain
 from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
 from dhtdeb.downloads import Downloads
 from dhtdeb.errors import DhtdebError, MirrorError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
-from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
+from dhtdeb.proxy.files import VERIFIED, content_type, send_verified
 from dhtdeb.proxy.target import BadTarget, LocalTarget, UpstreamTarget, parse_target
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
@@ -34,7 +32,6 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-VERIFIED = "X-Dhtdeb-Verified"
 MAX_RELEASE_BYTES = 64 * 1024 * 1024
 # Headers apt sends that the mirror should see on pass-through and revalidation.
 FORWARDED_REQUEST_HEADERS = (
@@ -84,31 +81,6 @@ class AccessPolicy:
 
 def _http_date(timestamp: float) -> str:
     return email.utils.formatdate(timestamp, usegmt=True)
-
-
-def _not_modified(request: web.BaseRequest, etag: str, last_modified: str | None) -> bool:
-    """Whether a conditional GET/HEAD may be answered 304 (RFC 9110 13.1.2, 13.1.3)."""
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None:
-        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return "*" in tags or etag in tags
-    if_modified_since = request.headers.get("If-Modified-Since")
-    if if_modified_since is None or last_modified is None:
-        return False
-    try:
-        since = email.utils.parsedate_to_datetime(if_modified_since)
-        modified = email.utils.parsedate_to_datetime(last_modified)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return False
-    if since.tzinfo is None or modified.tzinfo is None:
-        return False
-    return modified <= since
-
-
-def _content_type(location: ArchiveLocation) -> str:
-    if location.relative.endswith(".deb") or location.relative.endswith(".udeb"):
-        return "application/vnd.debian.binary-package"
-    return "application/octet-stream"
 
 
 class ProxyServer:
@@ -265,6 +237,7 @@ class ProxyServer:
         expectation = self._chain.expected_index(location)
         if expectation is None:
             return await self._pass_through(request, location)
+        self._learn_beside_pdiff(location, expectation)
         stored = self._store.lookup(expectation.expected.sha256)
         if stored is not None:
             self._counters.requests.cache_hits += 1
@@ -286,6 +259,17 @@ class ProxyServer:
             )
         return await self._serve_transfer(request, location, transfer)
 
+    def _learn_beside_pdiff(self, location: ArchiveLocation, expectation: IndexExpectation) -> None:
+        """apt updating by pdiff never asks for the new Packages file; fetch it (verified) and
+        learn its pool files, so that the new packages are served verified too."""
+        full = self._chain.packages_beside_pdiff(location, expectation)
+        if full is None:
+            return
+        url, packages = full
+        log.info("%s: apt patches its Packages file; fetching %s to learn it", location.url, url)
+        transfer = self._downloads.fetch(url, packages.expected, announce=False)
+        self._chain.learn_index_file(locate(url), packages, transfer.wait_stored())
+
     # -- pool files (.deb) --------------------------------------------------------------------
 
     async def _pool_file(
@@ -304,7 +288,7 @@ class ProxyServer:
                 status=200,
                 headers={
                     "Content-Length": str(expected.size),
-                    "Content-Type": _content_type(location),
+                    "Content-Type": content_type(location),
                     "Accept-Ranges": "bytes",
                     VERIFIED: "yes",
                 },
@@ -354,14 +338,15 @@ class ProxyServer:
     ) -> web.StreamResponse:
         try:
             # Opening a local file costs microseconds; a thread hand-off would cost more.
-            handle = open(stored.path, "rb")  # noqa: ASYNC230 - closed by _send_verified
+            handle = open(stored.path, "rb")  # noqa: ASYNC230 - closed by send_verified
         except FileNotFoundError:
             # Evicted since the lookup: the next request downloads it again.
             return web.Response(status=503, headers={"Retry-After": "1", VERIFIED: "no"})
-        return await self._send_verified(
+        return await send_verified(
             request,
             location,
             handle,
+            self._counters,
             size=stored.size,
             sha256=stored.sha256,
             last_modified=_http_date(stored.mtime),
@@ -371,84 +356,16 @@ class ProxyServer:
     async def _serve_transfer(
         self, request: web.BaseRequest, location: ArchiveLocation, transfer: Transfer
     ) -> web.StreamResponse:
-        return await self._send_verified(
+        return await send_verified(
             request,
             location,
             transfer.open(self._store),
+            self._counters,
             size=transfer.size,
             sha256=transfer.sha256,
             last_modified=transfer.last_modified,
             spans=transfer,
         )
-
-    async def _send_verified(
-        self,
-        request: web.BaseRequest,
-        location: ArchiveLocation,
-        handle: BinaryIO | None,
-        *,
-        size: int,
-        sha256: str,
-        last_modified: str | None,
-        spans: Transfer | None,
-    ) -> web.StreamResponse:
-        """Answer with the file's bytes from `handle` (closed here): a stored file (`spans` None:
-        every byte is verified) or a running transfer, whose bytes are sent as they become
-        servable (from memory when `handle` is None). HEAD, conditional requests, Range and
-        If-Range as apt uses them; a file's body goes out by sendfile from the event loop,
-        without a thread hand-off per file."""
-        with handle if handle is not None else contextlib.nullcontext():
-            etag = f'"{sha256}"'
-            headers = {
-                "Accept-Ranges": "bytes",
-                "Content-Type": _content_type(location),
-                "ETag": etag,
-                "Cache-Control": (
-                    "max-age=0" if location.kind is FileKind.INDEX else "max-age=86400"
-                ),
-                VERIFIED: "yes",
-            }
-            if last_modified:
-                headers["Last-Modified"] = last_modified
-            if _not_modified(request, etag, last_modified):
-                return web.Response(status=304, headers=headers)
-            byte_range = None
-            if_range = request.headers.get("If-Range")
-            if if_range is None or if_range in (last_modified, etag):
-                try:
-                    byte_range = parse_range(request.headers.get("Range"), size)
-                except Unsatisfiable:
-                    return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
-            start, end = (byte_range.start, byte_range.end) if byte_range else (0, size)
-            response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
-            response.content_length = end - start
-            if byte_range:
-                response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-            await response.prepare(request)
-            if request.method == "HEAD":
-                await response.write_eof()
-                return response
-            try:
-                if spans is None:
-                    assert handle is not None
-                    if end > start:
-                        await _send_file_span(request, handle, start, end - start)
-                    self._counters.bytes.to_apt += end - start
-                else:
-                    async for offset, length in spans.spans(start, end):
-                        if handle is None:
-                            await response.write(spans.read(offset, length))
-                        else:
-                            await _send_file_span(request, handle, offset, length)
-                        self._counters.bytes.to_apt += length
-            except (DhtdebError, OSError) as exc:
-                # Never complete a response whose bytes were not verified: cut the connection.
-                log.error("aborting response for %s: %s", location.url, exc)
-                if request.transport is not None:
-                    request.transport.abort()
-                raise web.HTTPServiceUnavailable() from None
-            await response.write_eof()
-            return response
 
     async def _pass_through(
         self, request: web.BaseRequest, location: ArchiveLocation
@@ -546,24 +463,6 @@ def pipelined_targets(request: web.BaseRequest) -> list[str]:
         if method == "GET" and isinstance(path, str):
             targets.append(path)
     return targets
-
-
-async def _send_file_span(
-    request: web.BaseRequest, handle: BinaryIO, offset: int, length: int
-) -> None:
-    """Send bytes [offset, offset + length) of `handle` as body bytes of a prepared response.
-
-    sendfile: the kernel copies from the page cache to the socket, one copy per byte fewer than
-    read + write and no Python step per chunk, on the event loop the download feeding this
-    file shares. The response has no compression or chunking, so its body is exactly these
-    bytes. asyncio falls back to reads and writes by itself where sendfile is not available.
-    """
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("client went away")
-    sent = await asyncio.get_running_loop().sendfile(transport, handle, offset, length)
-    if sent != length:
-        raise OSError(f"{handle.name} ends before byte {offset + length}")
 
 
 def build_server(proxy: ProxyServer) -> web.Server:
