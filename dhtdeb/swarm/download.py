@@ -64,10 +64,12 @@ log = logging.getLogger(__name__)
 # for late replies until its deadline (one dead node in the path is enough), and every miss would
 # pay that; peers found by the later lookups still take over the pieces the mirror has not sent.
 LOOKUP_DEADLINE = 0.3
-# Seconds the mirror waits for the DHT before it starts anyway: the race. A lookup that comes
-# back later still brings peers for the pieces the mirror has not sent; for a file of one piece
-# (most of apt's) it costs apt nothing. The holders asked first (swarm/holders.py) are not raced:
-# they answer within a LAN round trip, and a classroom's machines wait for each other there.
+# Seconds the mirror waits for the DHT before it starts anyway, for a file of one piece (most of
+# apt's): the race. A lookup that comes back later costs apt nothing. A file of several pieces
+# waits for its lookup (LOOKUP_DEADLINE at most): a classroom's machines must find each other
+# before they split the mirror's pieces (racing them cost 1.73x the mirror bytes, not 1.44x).
+# The holders asked first (swarm/holders.py) are not raced: they answer within a LAN round trip,
+# and a classroom's machines wait for each other there.
 MIRROR_RACE = 0.02
 ALONE_AFTER = 8  # downloads in a row that found nobody before the mirror stops waiting (LoneStreak)
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
@@ -444,7 +446,10 @@ class SwarmDownload:
         other files apt is fetching), then, unless one of them holds the file, race the DHT
         against the lookup deadline; then look again every LOOKUP_INTERVAL: peers that start
         the same download later (a flash crowd) announce themselves too."""
-        alone = self._ctx.streak.alone
+        # Races are for files of one piece: a file of several is where a crowd splits the
+        # mirror's pieces, and its members must find each other before the mirror starts.
+        small = self._piece_count == 1
+        alone = small and self._ctx.streak.alone
         if alone:
             # Nobody had any of the last files: the mirror starts now, the lookups run beside.
             self._scheduler.lookup_deadline_passed()
@@ -454,7 +459,7 @@ class SwarmDownload:
         if not hinted:
             first = asyncio.ensure_future(self._find_peers())
             try:
-                await asyncio.wait({first}, timeout=MIRROR_RACE)
+                await asyncio.wait({first}, timeout=MIRROR_RACE if small else None)
                 self._scheduler.lookup_deadline_passed()
                 self._wake.set()
                 found = await first or found
