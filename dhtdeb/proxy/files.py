@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import os
 from typing import BinaryIO
 
 from aiohttp import web
@@ -25,6 +26,9 @@ from dhtdeb.transfer import Transfer
 log = logging.getLogger(__name__)
 
 VERIFIED = "X-Dhtdeb-Verified"
+# Answers up to this size go out as one write of headers and body (read from the page cache or
+# memory) instead of a header write and a sendfile.
+ONE_WRITE_MAX = 256 * 1024
 
 
 def content_type(location: ArchiveLocation) -> str:
@@ -89,10 +93,25 @@ async def send_verified(
             except Unsatisfiable:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
         start, end = (byte_range.start, byte_range.end) if byte_range else (0, size)
-        response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
-        response.content_length = end - start
+        status = 206 if byte_range else 200
         if byte_range:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if request.method != "HEAD" and end - start <= ONE_WRITE_MAX:
+            # Most packages: the whole answer, headers and body, in one write once verified
+            # (a small file is held back whole until its hash matched anyway).
+            try:
+                body = await _read_whole(handle, spans, start, end)
+            except (DhtdebError, OSError) as exc:
+                log.warning("%s: not served: %s", location.url, exc)
+                return web.Response(
+                    status=503,
+                    headers={"Retry-After": "1", VERIFIED: "no"},
+                    text=f"dhtdeb: {exc}\n",
+                )
+            counters.bytes.to_apt += len(body)
+            return web.Response(status=status, headers=headers, body=body)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
         await response.prepare(request)
         if request.method == "HEAD":
             await response.write_eof()
@@ -118,6 +137,28 @@ async def send_verified(
             raise web.HTTPServiceUnavailable() from None
         await response.write_eof()
         return response
+
+
+async def _read_whole(
+    handle: BinaryIO | None, spans: Transfer | None, start: int, end: int
+) -> bytes:
+    """Bytes [start, end) of a stored file, or of a transfer once they are servable."""
+    if spans is None:
+        assert handle is not None
+        data = os.pread(handle.fileno(), end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"{handle.name} ends before byte {end}")
+        return data
+    parts = []
+    async for offset, length in spans.spans(start, end):
+        if handle is None:
+            parts.append(spans.read(offset, length))
+        else:
+            data = os.pread(handle.fileno(), length, offset)
+            if len(data) != length:
+                raise OSError(f"{handle.name} ends before byte {offset + length}")
+            parts.append(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def _send_file_span(
