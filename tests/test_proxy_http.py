@@ -263,3 +263,15 @@ def test_apt_patching_by_pdiff_still_gets_new_packages_verified(
     fetched = [r.path for r in mirror.requests if "/binary-" in r.path]
     assert any(path.rsplit("/", 1)[-1].startswith("Packages.") for path in fetched), fetched
     assert daemon.status()["requests"]["passed_through"] == 0
+
+
+def test_upstream_connections_are_kept_alive(
+    signed_archive: SignedArchive, mirror: Mirror, learned: DaemonProcess
+) -> None:
+    """apt's files one after another cost the mirror one connection, not one each."""
+    packages = signed_archive.small_packages[:5]
+    for package in packages:
+        answer = rawhttp.request(learned.proxy, "GET", f"{mirror.url}/{package.filename}")
+        assert answer.status == 200 and answer.headers["X-Dhtdeb-Verified"] == "yes"
+    connections = {r.peer for p in packages for r in mirror.requests_for(p.filename)}
+    assert len(connections) == 1, connections
