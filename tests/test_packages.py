@@ -1,22 +1,29 @@
 """The Packages hot-path parser: right entries, one error type for every malformed input.
 
-Covers dhtdeb.archive.packages: realistic stanzas, every compression, the format choices its module
-docstring documents, one error per malformed case (with where it is), block and chunk boundaries,
-agreement with python-debian's deb822 on a generated file, and a fuzz test of
-the invariant "any bytes, compressed or not, parse or raise IndexFormatError".
+Covers dhtdeb.archive.packages and its decompression (dhtdeb.archive.decompress): realistic
+stanzas, every compression, the format choices its module docstring documents, one error per
+malformed case (with where it is), block and chunk boundaries, the .xz decoding thread (stopped
+when the generator is abandoned or fails, errors raised where the sequential decoder raises them,
+the same results without liblzma), agreement with python-debian's deb822 on a generated file, and
+a fuzz test of the invariant "any bytes, compressed or not, parse or raise IndexFormatError".
+No test may leave a decoding thread behind (checked after each one).
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import errno
+import functools
 import gzip
 import hashlib
 import io
 import lzma
 import random
 import re
-from collections.abc import Callable
+import threading
+import zlib
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import pytest
@@ -24,7 +31,7 @@ from debian import deb822
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dhtdeb.archive import packages
+from dhtdeb.archive import decompress, packages
 from dhtdeb.archive.packages import PackageFile, iter_package_files, open_index_stream
 from dhtdeb.errors import IndexFormatError
 
@@ -91,6 +98,22 @@ EXPECTED = [
     PackageFile("pool/main/h/hello/hello_2.10-3_amd64.deb", H2, 55036),
     PackageFile("pool/main/z/zzz/zzz_1_all.deb", H3, 0),
 ]
+
+
+def decoding_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dhtdeb-xz-decoder"]
+
+
+@pytest.fixture(autouse=True)
+def no_decoding_thread_is_left_behind() -> Iterator[None]:
+    assert decoding_threads() == []
+    yield
+    assert decoding_threads() == []
+
+
+def without_liblzma() -> contextlib.AbstractContextManager[object]:
+    """Decode .xz in the caller's thread with the standard library, as where liblzma is missing."""
+    return mock.patch.object(decompress, "_liblzma", lambda: None)
 
 
 def many(copies: int) -> bytes:
@@ -360,6 +383,225 @@ def test_an_error_of_the_callers_stream_passes_through_unchanged(suffix: str) ->
     with pytest.raises(OSError, match="Input/output error") as caught:
         list(iter_package_files(stream))
     assert not isinstance(caught.value, IndexFormatError)
+
+
+# --- the .xz decoding thread ----------------------------------------------------------------------
+
+
+@functools.cache
+def big_xz(count: int = 3000) -> tuple[bytes, list[PackageFile]]:
+    """An .xz of a few MB of text: several of the decoding thread's blocks."""
+    text, entries = generated_packages(count, random.Random(SEED))
+    return lzma.compress(text.encode(), preset=1), entries
+
+
+def entries_and_error(
+    data: bytes | io.RawIOBase, name: str = "Packages.xz"
+) -> tuple[list[PackageFile], BaseException | None]:
+    raw = io.BytesIO(data) if isinstance(data, bytes) else data
+    got: list[PackageFile] = []
+    try:
+        for entry in iter_package_files(open_index_stream(raw, name)):  # type: ignore[arg-type]
+            got.append(entry)
+    except Exception as exc:
+        return got, exc
+    return got, None
+
+
+def test_an_xz_index_is_decoded_in_a_thread_that_ends_with_the_generator() -> None:
+    data, entries = big_xz()
+    generator = iter_package_files(open_index_stream(io.BytesIO(data), "Packages.xz"))
+    assert decoding_threads() == []  # nothing starts before the first entry is asked for
+    assert next(generator) == entries[0]
+    assert len(decoding_threads()) == 1
+    assert [entries[0], *generator] == entries
+    assert decoding_threads() == []
+
+
+def test_closing_an_abandoned_generator_stops_and_joins_its_thread() -> None:
+    data, entries = big_xz()
+    generator = iter_package_files(open_index_stream(io.BytesIO(data), "Packages.xz"))
+    assert next(generator) == entries[0]  # the thread now decodes ahead, until its outputs are full
+    [thread] = decoding_threads()
+    generator.close()
+    assert not thread.is_alive()
+
+
+def test_dropping_an_abandoned_generator_stops_and_joins_its_thread() -> None:
+    data, entries = big_xz()
+    generator = iter_package_files(open_index_stream(io.BytesIO(data), "Packages.xz"))
+    assert next(generator) == entries[0]
+    [thread] = decoding_threads()
+    del generator  # the last reference: CPython closes the generator here
+    assert not thread.is_alive()
+
+
+def test_a_parse_error_stops_the_thread_before_it_is_raised() -> None:
+    text, _ = generated_packages(3000, random.Random(SEED))
+    bad = text.replace("\nSection: misc\n", "\nnot a field\n", 1)
+    with pytest.raises(IndexFormatError, match=r"stanza 1 \(line \d+\): not a field"):
+        parse(lzma.compress(bad.encode(), preset=1), "Packages.xz")
+    # the autouse fixture checks that no thread is left
+
+
+def test_a_corrupt_xz_stream_in_the_middle_raises_after_the_entries_before_it() -> None:
+    text, entries = generated_packages(3000, random.Random(SEED))
+    half = text.index("\n\nPackage: pkg1500-") + 2
+    second = bytearray(lzma.compress(text[half:].encode(), preset=1))
+    second[8] ^= 0x55  # its stream header's CRC32 no longer matches
+    first = text[:half].encode()
+    got, error = entries_and_error(lzma.compress(first, preset=1) + bytes(second))
+    assert got == entries[:1500]
+    assert isinstance(error, IndexFormatError)
+    assert str(error) == f"Packages.xz: cannot decompress after {len(first)} bytes: " + (
+        "compressed data is corrupt"
+    )
+
+
+def test_a_flipped_byte_in_the_middle_of_an_xz_raises_index_format_error() -> None:
+    data, entries = big_xz()
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0x55
+    got, error = entries_and_error(bytes(damaged))
+    assert isinstance(error, IndexFormatError), error
+    assert 0 < len(got) < len(entries)
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9])
+def test_truncated_xz_fails_at_the_same_place_with_and_without_the_thread(cut: float) -> None:
+    data, entries = big_xz()
+    damaged = data[: int(len(data) * cut)]
+    threaded = entries_and_error(damaged)
+    with without_liblzma():
+        sequential = entries_and_error(damaged)
+    assert threaded[0] == sequential[0] == entries[: len(threaded[0])]
+    assert len(threaded[0]) > 0
+    assert isinstance(threaded[1], IndexFormatError)
+    assert str(threaded[1]) == str(sequential[1])
+    assert re.match(
+        r"Packages\.xz: cannot decompress after [1-9]\d* bytes: .*ends before", str(threaded[1])
+    )
+
+
+class BrokenAfter(io.RawIOBase):
+    """A stream that delivers `data` in short reads, then raises `error` (the same object)."""
+
+    def __init__(self, data: bytes, error: Exception) -> None:
+        self._data = data
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._data:
+            raise self.error
+        n = 4096 if size < 0 else min(size, 4096)
+        out, self._data = self._data[:n], self._data[n:]
+        return out
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.3, 0.999, 1.0])
+def test_the_callers_stream_error_is_raised_unchanged_after_the_text_before_it(cut: float) -> None:
+    data, entries = big_xz()
+    data = data[: int(len(data) * cut)]
+    disk = BrokenAfter(data, OSError(errno.EIO, "Input/output error"))
+    got, error = entries_and_error(disk)
+    assert error is disk.error
+    with without_liblzma():
+        expected, sequential_error = entries_and_error(BrokenAfter(data, OSError(errno.EIO, "x")))
+    assert isinstance(sequential_error, OSError) and not isinstance(
+        sequential_error, IndexFormatError
+    )
+    assert got == expected == entries[: len(got)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda x: x + x, id="two-streams"),
+        pytest.param(lambda x: x + b"\0" * 4 + x + b"\0" * 8, id="padding-of-fours"),
+        pytest.param(lambda x: x + b"\0" * (1 << 20), id="a-mib-of-padding"),
+        pytest.param(lambda x: x + b"\0" * 3, id="padding-of-three"),
+        pytest.param(lambda x: x + b"\0" * 2 + x, id="padding-of-two-between"),
+        pytest.param(lambda x: b"\0" * 4 + x, id="leading-padding"),
+        pytest.param(lambda x: x + b"garbage!", id="trailing-garbage"),
+        pytest.param(lambda x: x[:-1], id="last-byte-missing"),
+        pytest.param(lambda x: b"", id="empty"),
+        pytest.param(lambda x: b"\0" * 8, id="only-padding"),
+        pytest.param(lambda x: lzma.compress(b"", format=lzma.FORMAT_ALONE), id="lzma-alone"),
+        pytest.param(
+            lambda x: lzma.compress(stanza().encode(), check=lzma.CHECK_SHA256), id="sha256-check"
+        ),
+    ],
+)
+def test_liblzma_and_the_standard_library_accept_the_same_xz_files(
+    make: Callable[[bytes], bytes],
+) -> None:
+    data = make(lzma.compress(stanza().encode()))
+    threaded = entries_and_error(data)
+    with without_liblzma():
+        sequential = entries_and_error(data)
+    assert threaded[0] == sequential[0]
+    assert type(threaded[1]) is type(sequential[1])
+    if threaded[1] is not None:
+        assert isinstance(threaded[1], IndexFormatError)
+        prefix = str(threaded[1]).partition(" bytes: ")[0]
+        assert prefix == str(sequential[1]).partition(" bytes: ")[0]  # "... after N"
+
+
+def with_dictionary_of_256_mib(xz: bytes) -> bytes:
+    """`xz` (one stream, one block) with the block header asking for a 256 MiB LZMA2 dictionary."""
+    header_size = (xz[12] + 1) * 4
+    header = bytearray(xz[12 : 12 + header_size])
+    assert header[1:4] == b"\x00\x21\x01"  # one filter, no sizes; LZMA2 with 1 byte of properties
+    header[4] = 32  # dictionary size code: 2 ** (32 // 2 + 12) bytes
+    header[-4:] = zlib.crc32(header[:-4]).to_bytes(4, "little")
+    return xz[:12] + bytes(header) + xz[12 + header_size :]
+
+
+def test_decoder_memory_is_capped_in_the_thread_too() -> None:
+    data = with_dictionary_of_256_mib(lzma.compress(stanza().encode()))
+    with pytest.raises(IndexFormatError, match="cannot decompress after 0 bytes: needs more"):
+        parse(data, "Packages.xz")
+    with without_liblzma(), pytest.raises(IndexFormatError, match="cannot decompress after 0"):
+        parse(data, "Packages.xz")
+
+
+def _decoder_bug(thread: object) -> None:
+    raise ZeroDivisionError("a bug in the decoding thread")
+
+
+@pytest.mark.parametrize(
+    ("decode", "raised", "message"),
+    [
+        pytest.param(_decoder_bug, ZeroDivisionError, "a bug", id="raises"),
+        pytest.param(lambda thread: None, RuntimeError, "without a result", id="returns-nothing"),
+    ],
+)
+def test_a_failing_decoding_thread_raises_in_the_consumer_instead_of_hanging_it(
+    decode: Callable[[object], None], raised: type[Exception], message: str
+) -> None:
+    with (
+        mock.patch.object(decompress._XzDecodingThread, "_decode", decode),
+        pytest.raises(raised, match=message),
+    ):
+        parse(lzma.compress(REALISTIC.encode()), "Packages.xz")
+
+
+def test_a_stream_already_read_from_is_decoded_in_the_callers_thread() -> None:
+    data, entries = big_xz(200)
+    stream = open_index_stream(io.BytesIO(data), "Packages.xz")
+    assert stream.peek(1)
+    seen_threads = [decoding_threads() for _ in iter_package_files(stream)]
+    assert seen_threads == [[]] * len(entries)
+
+
+def test_a_stream_handed_to_the_thread_cannot_be_read_directly_afterwards() -> None:
+    stream = open_index_stream(io.BytesIO(lzma.compress(REALISTIC.encode())), "Packages.xz")
+    assert list(iter_package_files(stream)) == EXPECTED
+    with pytest.raises(ValueError, match="handed to a decoding thread"):
+        stream.read()
 
 
 # --- streaming: block boundaries ------------------------------------------------------------------

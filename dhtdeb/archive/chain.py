@@ -9,6 +9,7 @@ known is refused (rollback), and a failed signature leaves what was learned befo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import posixpath
 import time
@@ -223,9 +224,12 @@ class TrustChain:
     def _learn_packages(
         self, suite_url: str, source: str, root: str, stored: StoredFile, name: str
     ) -> int:
-        with open(stored.path, "rb") as raw:
-            stream = open_index_stream(raw, name)
-            entries = ((p.filename, p.sha256, p.size) for p in iter_package_files(stream))
+        with (
+            open(stored.path, "rb") as raw,
+            # Closed whatever happens: it stops the decoding thread (archive/decompress.py).
+            contextlib.closing(iter_package_files(open_index_stream(raw, name))) as files,
+        ):
+            entries = ((p.filename, p.sha256, p.size) for p in files)
             return self._index.learn_packages(suite_url, source, root, stored.sha256, entries)
 
     def pool_file(self, url: str) -> Expected | None:

@@ -1,7 +1,9 @@
 """Packages indices: from a (compressed) Packages file to `(Filename, SHA256, Size)` per package.
 
-Owns the hot path of `apt-get update` through dhtdeb: decompression chosen by the index's name and
-a streaming parser that pulls exactly three fields out of each stanza. Trusts nothing in the bytes:
+Owns the hot path of `apt-get update` through dhtdeb: a streaming parser that pulls exactly three
+fields out of each stanza, fed by the decompression of `dhtdeb.archive.decompress` (chosen by the
+index's name; for .xz in a thread of its own, so that decoding and parsing overlap; its
+`open_index_stream` is part of this module's interface). Trusts nothing in the bytes:
 the caller checked the compressed file against the GPG-verified Release before believing it, but
 the parser still treats it as untrusted input. Malformed input either yields `PackageFile` values or
 raises `IndexFormatError` (decompression errors included); only an exception raised by the caller's
@@ -32,28 +34,24 @@ Format rules (deb822, Debian Policy 5.1) and the choices made where the format l
 - The same Filename in two stanzas is yielded twice, in file order: consumers keep the last (the
   index does). Refusing it here would cost memory proportional to the file, and both stanzas are
   vouched for by the same signature.
-- Memory is bounded by two `READ_SIZE` blocks plus `max_stanza_bytes`: a stanza (so any line)
-  longer than `max_stanza_bytes` (1 MiB; the largest in bookworm main is 76 kB) is an error, not
-  an allocation.
+- Memory is bounded by two `READ_SIZE` blocks plus `max_stanza_bytes` (for .xz, plus three
+  1 MiB blocks decoded ahead, 3 MiB of compressed input and the decoder's state, which
+  `decompress.LZMA_MEMLIMIT` caps; 9 MiB for bookworm main): a stanza (so any line) longer than
+  `max_stanza_bytes` (1 MiB; the largest in bookworm main is 76 kB) is an error, not an allocation.
+- `iter_package_files` returns a generator; a caller may stop half way. Closing it (or dropping
+  it) stops and joins the decoding thread; so does any exception it raises.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
 import itertools
-import lzma
 import re
-import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO
 
+from dhtdeb.archive.decompress import decompressed_blocks, open_index_stream
 from dhtdeb.errors import IndexFormatError
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 __all__ = [
     "MAX_STANZA_BYTES",
@@ -69,9 +67,6 @@ READ_SIZE = 1 << 20
 MAX_STANZA_BYTES = 1 << 20
 """Default limit on one stanza (and so on one line) of a Packages file."""
 
-LZMA_MEMLIMIT = 128 << 20
-"""Decoder memory an .xz/.lzma header may ask for (xz -9 needs 65 MiB, bookworm main 9 MiB)."""
-
 
 @dataclass(frozen=True, slots=True)
 class PackageFile:
@@ -82,161 +77,6 @@ class PackageFile:
     sha256: str
     """Lowercase hex, 64 characters."""
     size: int
-
-
-# --- decompression --------------------------------------------------------------------------------
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-class _RawStreamError(Exception):
-    """Carries an exception of the caller's stream through a decoder, to be re-raised as is."""
-
-    def __init__(self, original: Exception) -> None:
-        super().__init__(original)
-        self.original = original
-
-
-class _RawShim:
-    """The caller's stream as a decoder sees it: its errors are marked as not the data's fault."""
-
-    def __init__(self, raw: _Readable) -> None:
-        self._raw = raw
-
-    def read(self, size: int = -1, /) -> bytes:
-        try:
-            return self._raw.read(size)
-        except Exception as exc:
-            raise _RawStreamError(exc) from exc
-
-    def seekable(self) -> bool:
-        return False
-
-    def seek(self, offset: int, /) -> int:
-        raise io.UnsupportedOperation("an index stream is read once, front to back")
-
-
-_COMPRESSED_READ = 1 << 18  # so that one decoder call yields about READ_SIZE
-
-
-class _LzmaDecoder:
-    """.xz or .lzma with a cap on decoder memory (`lzma.LZMAFile` takes none).
-
-    Concatenated streams are decoded in turn, as xz does; after the last one only zero padding may
-    follow.
-    """
-
-    def __init__(self, raw: _RawShim, fmt: int) -> None:
-        self._raw = raw
-        self._format = fmt
-        self._decoder = lzma.LZMADecompressor(fmt, memlimit=LZMA_MEMLIMIT)
-        self._done = False
-
-    def read(self, size: int = -1, /) -> bytes:
-        while not self._done:
-            if self._decoder.eof:
-                rest = self._decoder.unused_data or self._raw.read(_COMPRESSED_READ)
-                while rest and not rest.strip(b"\0"):
-                    rest = self._raw.read(_COMPRESSED_READ)
-                if not rest:
-                    self._done = True
-                    break
-                self._decoder = lzma.LZMADecompressor(self._format, memlimit=LZMA_MEMLIMIT)
-                data = self._decoder.decompress(rest.lstrip(b"\0"), size)
-            elif self._decoder.needs_input:
-                block = self._raw.read(_COMPRESSED_READ)
-                if not block:
-                    raise EOFError("compressed data ends before its end-of-stream marker")
-                data = self._decoder.decompress(block, size)
-            else:
-                data = self._decoder.decompress(b"", size)
-            if data:
-                return data
-        return b""
-
-    def close(self) -> None:
-        self._done = True
-
-
-class _DecompressedIndex(io.RawIOBase):
-    """A decompressing reader whose data errors become `IndexFormatError`."""
-
-    def __init__(self, decoder: _Readable, name: str) -> None:
-        super().__init__()
-        self._decoder = decoder
-        self._name = name
-        self._produced = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data = self._decoder.read(len(view))
-        except _RawStreamError as exc:
-            raise exc.original from None
-        except (lzma.LZMAError, zlib.error, EOFError, OSError, ValueError) as exc:
-            raise IndexFormatError(
-                f"{self._name}: cannot decompress after {self._produced} bytes: {exc}"
-            ) from exc
-        n = len(data)
-        view[:n] = data
-        self._produced += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            close = getattr(self._decoder, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # closing a broken decoder must not hide the error that broke it
-                    pass
-        super().close()
-
-
-def _xz(raw: _RawShim) -> _Readable:
-    return _LzmaDecoder(raw, lzma.FORMAT_XZ)
-
-
-def _lzma_alone(raw: _RawShim) -> _Readable:
-    return _LzmaDecoder(raw, lzma.FORMAT_ALONE)
-
-
-def _gzip(raw: _RawShim) -> _Readable:
-    return gzip.GzipFile(fileobj=raw, mode="rb")
-
-
-def _bz2(raw: _RawShim) -> _Readable:
-    return bz2.BZ2File(raw)
-
-
-_DECODERS: dict[str, Callable[[_RawShim], _Readable]] = {
-    "xz": _xz,
-    "lzma": _lzma_alone,
-    "gz": _gzip,
-    "bz2": _bz2,
-}
-
-
-def open_index_stream(raw: BinaryIO, name: str) -> BinaryIO:
-    """Decompress `raw` according to the suffix of `name` (`.xz`, `.lzma`, `.gz`, `.bz2`, or none).
-
-    `name` is the index's name in the Release file (e.g. `main/binary-amd64/Packages.xz`), not a
-    by-hash URL. Decompression is streaming; corrupt or truncated data raises `IndexFormatError`
-    when read, as does an unknown suffix (`.zst`, ...) here. Closing the result leaves `raw` open.
-    """
-    base = name.rpartition("/")[2]
-    _, dot, suffix = base.rpartition(".")
-    if not dot:
-        return raw
-    decoder = _DECODERS.get(suffix.lower())
-    if decoder is None:
-        raise IndexFormatError(f"{name}: unsupported compression suffix .{suffix}")
-    return io.BufferedReader(_DecompressedIndex(decoder(_RawShim(raw)), name), READ_SIZE)
 
 
 # --- parsing --------------------------------------------------------------------------------------
@@ -288,27 +128,26 @@ def iter_package_files(
     *,
     name: str = "Packages",
     max_stanza_bytes: int = MAX_STANZA_BYTES,
-) -> Iterator[PackageFile]:
+) -> Generator[PackageFile, None, None]:
     """Yield one `PackageFile` per stanza of a decompressed Packages file that has a Filename.
 
     Streaming: reads `READ_SIZE` bytes at a time and holds at most one unfinished stanza besides.
     Raises `IndexFormatError` naming `name`, the stanza number and the line on malformed input;
     an exception of `stream` itself passes through.
     """
-    return _parse(_read(stream), name, max_stanza_bytes)
-
-
-# No read-ahead thread: CPython's lzma re-takes the GIL each time its output buffer grows, so a
-# decoder thread beside the parser overlapped almost nothing (measured: 0.89 s for decoding plus
-# parsing side by side on two free cores, 0.99 s one after the other).
-
-
-def _read(stream: BinaryIO) -> Iterator[bytes]:
-    while chunk := stream.read(READ_SIZE):
-        yield chunk
+    return _parse(decompressed_blocks(stream, READ_SIZE), name, max_stanza_bytes)
 
 
 def _parse(
+    chunks: Generator[bytes, None, None], name: str, max_stanza_bytes: int
+) -> Generator[PackageFile, None, None]:
+    try:
+        yield from _parse_blocks(chunks, name, max_stanza_bytes)
+    finally:
+        chunks.close()  # stops a decoding thread now, not when the generator is collected
+
+
+def _parse_blocks(
     chunks: Iterator[bytes], name: str, max_stanza_bytes: int
 ) -> Generator[PackageFile, None, None]:
     buf = b"\n\n"
