@@ -8,9 +8,9 @@ from pathlib import Path
 
 from support.archive import SignedArchive
 
-from dhtdeb.archive.chain import TrustChain
+from dhtdeb.archive.chain import IndexExpectation, TrustChain
 from dhtdeb.archive.index import ArchiveIndex
-from dhtdeb.archive.locations import locate
+from dhtdeb.archive.locations import ArchiveLocation, locate
 from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
@@ -24,9 +24,11 @@ def _store_file(store: ContentStore, data: bytes, sha256: str) -> StoredFile:
     return store.commit(partial)
 
 
-async def test_a_pool_file_asked_for_while_its_index_is_learned_waits_for_it(
+async def _chain_with_release(
     signed_archive: SignedArchive, tmp_path: Path
-) -> None:
+) -> tuple[TrustChain, ArchiveLocation, IndexExpectation]:
+    """A chain that believes the archive's InRelease, and its Packages file's location and
+    expectation."""
     keys = TrustedKeys.load([signed_archive.keyring], tmp_path / "keys")
     chain = TrustChain(keys, ArchiveIndex(tmp_path / "index.sqlite"), Counters())
     suite_url = f"{ROOT}dists/{signed_archive.suite}/"
@@ -36,7 +38,14 @@ async def test_a_pool_file_asked_for_while_its_index_is_learned_waits_for_it(
     location = locate(suite_url + listed)
     expectation = chain.expected_index(location)
     assert expectation is not None
-    data = (signed_archive.dist_dir / listed).read_bytes()
+    return chain, location, expectation
+
+
+async def test_a_pool_file_asked_for_while_its_index_is_learned_waits_for_it(
+    signed_archive: SignedArchive, tmp_path: Path
+) -> None:
+    chain, location, expectation = await _chain_with_release(signed_archive, tmp_path)
+    data = (signed_archive.dist_dir / expectation.listed_path).read_bytes()
     stored = _store_file(ContentStore(tmp_path / "store"), data, expectation.expected.sha256)
 
     released = asyncio.Event()
@@ -68,15 +77,7 @@ async def test_a_pool_file_asked_for_while_its_index_is_learned_waits_for_it(
 async def test_a_failed_index_download_ends_the_wait(
     signed_archive: SignedArchive, tmp_path: Path
 ) -> None:
-    keys = TrustedKeys.load([signed_archive.keyring], tmp_path / "keys")
-    chain = TrustChain(keys, ArchiveIndex(tmp_path / "index.sqlite"), Counters())
-    suite_url = f"{ROOT}dists/{signed_archive.suite}/"
-    in_release = (signed_archive.dist_dir / "InRelease").read_bytes()
-    assert await chain.accept_in_release(locate(suite_url + "InRelease"), in_release)
-    listed = f"{signed_archive.component}/binary-{signed_archive.arch}/Packages"
-    location = locate(suite_url + listed)
-    expectation = chain.expected_index(location)
-    assert expectation is not None
+    chain, location, expectation = await _chain_with_release(signed_archive, tmp_path)
     failed = asyncio.Event()
 
     async def download_fails() -> StoredFile:
