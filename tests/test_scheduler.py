@@ -25,11 +25,14 @@ from dhtdeb.swarm.scheduler import (
     AuditPiece,
     BanPeer,
     CancelPiece,
+    CheckPiece,
+    ConfirmPiece,
     Failed,
     Finished,
     MirrorSource,
     RequestPiece,
     RequestPieceList,
+    RetractPiece,
     SchedulerConfig,
     StartMirror,
     SwarmScheduler,
@@ -561,11 +564,20 @@ def test_offer_that_changes_or_contradicts_the_mirror_is_a_lie() -> None:
     h.s.piece_received(MIRROR, 1, h.true[1])
     h.s.piece_received(MIRROR, 3, h.true[3])
     assert h.s.finished
+    h.pop()
     h.s.whole_file_failed()
-    assert h.pop()[-2:] == [
-        BanPeer(B, "whole-file hash mismatch after its offered pieces", False),
-        Failed("whole-file hash mismatch"),
+    # The mirror checks B's word: a block of piece 2 (here the whole 1000-byte piece).
+    (check,) = h.pop()
+    assert isinstance(check, CheckPiece)
+    assert check == CheckPiece(2, 2 * PS, 3 * PS) and not h.s.finished
+    h.s.check_result(check, matched=False)
+    assert h.pop() == [
+        BanPeer(B, "piece 2 it offered contradicted by the mirror", True),
+        RetractPiece(2),
     ]
+    assert h.s.mirror_continue(2)  # the mirror stream of pieces 0, 1 and 3 goes on into it
+    assert h.deliver(MIRROR, 2) == [AcceptPiece(2), Finished()]
+    assert h.s.failed is None
 
 
 def test_a_relayed_piece_is_taken_on_its_authors_offer_and_blames_the_author() -> None:
@@ -591,8 +603,12 @@ def test_a_relayed_piece_is_taken_on_its_authors_offer_and_blames_the_author() -
     h.pop()
     assert h.s.finished
     h.s.whole_file_failed()
+    (check,) = h.pop()
+    assert isinstance(check, CheckPiece)
+    assert check.index == 2
+    h.s.check_result(check, matched=False)
     bans = [a for a in h.pop() if isinstance(a, BanPeer)]
-    assert [(b.peer, b.lied) for b in bans] == [(A, False)]  # B only passed A's word on
+    assert [(b.peer, b.lied) for b in bans] == [(A, True)]  # B only passed A's word on
 
 
 def test_a_relay_whose_digest_nobody_offered_is_not_used_and_lying_bytes_ban_it() -> None:
@@ -646,10 +662,110 @@ def test_whole_file_failure_with_offered_pieces_bans_no_list_author_as_a_liar() 
     h.pop()
     assert h.s.finished
     h.s.whole_file_failed()
-    bans = [a for a in h.pop() if isinstance(a, BanPeer)]
-    # Which of A's offer and B's list was wrong only the mirror could tell: no one is banned
-    # as a proven liar (an hour), both are kept away for a while.
-    assert {(b.peer, b.lied) for b in bans} == {(A, False), (B, False)}
+    # Which of A's offer and B's list was wrong the mirror tells, for a block of A's piece:
+    # A lied, B's list stands, and piece 2 comes from B.
+    (check,) = h.pop()
+    assert isinstance(check, CheckPiece)
+    assert check.index == 2
+    h.s.check_result(check, matched=False)
+    assert h.pop() == [
+        BanPeer(A, "piece 2 it offered contradicted by the mirror", True),
+        RetractPiece(2),
+        RequestPiece(B, 2),
+    ]
+    assert h.deliver(B, 2) == [AcceptPiece(2), Finished()]
+
+
+def _crowd_of_offers(h: Harness, lies: dict[Peer, dict[int, bytes]]) -> None:
+    """A and B downloading: A offers pieces 0-2, B pieces 3-5, each with its `lies`; this node
+    takes all six on their word and finishes."""
+    h.s.peers_found([A, B])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    for peer, have in ((A, range(0, 3)), (B, range(3, 6))):
+        told = h.pieces(lies.get(peer))
+        h.s.piece_list_received(peer, told, frozenset(have), offers_only=True)
+    h.pop()
+    for peer, have in ((A, range(0, 3)), (B, range(3, 6))):
+        for index in have:
+            h.s.piece_received(peer, index, h.pieces(lies.get(peer)).digests[index])
+    actions = h.pop()
+    assert sum(isinstance(a, AcceptPiece) and a.provisional for a in actions) == 6
+    assert h.s.finished
+
+
+def test_an_inquiry_samples_every_author_before_whole_pieces() -> None:
+    """B changed one byte somewhere in piece 4: every sampled block agrees, so whole pieces
+    follow, two at a time, each confirmed or convicting; B's conviction retracts all of B's
+    pieces and ends the round (A's pieces not yet checked stay as they are)."""
+    h = Harness(6, seed=3, config=SchedulerConfig(max_requests_per_peer=3, check_block=100))
+    _crowd_of_offers(h, {B: {4: BAD}})
+    h.s.whole_file_failed()
+    samples = [c for c in h.pop() if isinstance(c, CheckPiece)]
+    assert samples and not any(c.whole for c in samples)
+    assert {c.index // 3 for c in samples} == {0, 1}  # both authors, 100-byte blocks
+    assert all(c.end - c.start == 100 and c.index * PS <= c.start for c in samples)
+    for check in samples[:-1]:
+        h.s.check_result(check, matched=True)
+        assert h.pop() == []
+    h.s.check_result(samples[-1], matched=True)
+    wholes = [c for c in h.pop() if isinstance(c, CheckPiece)]
+    assert len(wholes) == 2 and all(c.whole for c in wholes)
+    checked: list[int] = []
+    while True:
+        check = wholes.pop(0)
+        checked.append(check.index)
+        h.s.check_result(check, matched=check.index != 4)
+        actions = h.pop()
+        if check.index == 4:
+            break
+        assert actions[0] == ConfirmPiece(check.index)
+        wholes += [c for c in actions[1:] if isinstance(c, CheckPiece)]
+    assert BanPeer(B, "piece 4 it offered contradicted by the mirror", True) in actions
+    retracted = [a.index for a in actions if isinstance(a, RetractPiece)]
+    assert retracted == [i for i in (3, 4, 5) if i not in checked or i == 4]
+    assert not any(isinstance(a, CheckPiece) for a in actions)  # the round is over
+    # Whole checks still on their way prove nothing more: the inquiry ignores them now.
+    for check in wholes:
+        h.s.check_result(check, matched=True)
+    assert not any(isinstance(a, (BanPeer, Failed)) for a in h.pop())
+    assert h.s.failed is None and not h.s.finished
+
+
+def test_an_inquiry_that_finds_nobody_fails_the_download_once() -> None:
+    """Every piece taken on an offer matches the mirror, yet the file does not: the pieces are
+    confirmed, the file goes to the whole-file check once more, and then the download fails."""
+    h = Harness(6, config=SchedulerConfig(max_requests_per_peer=3, check_samples=1))
+    _crowd_of_offers(h, {})
+    h.s.whole_file_failed()
+    pending = h.pop()
+    confirmed: list[int] = []
+    while pending:
+        check = pending.pop(0)
+        if isinstance(check, CheckPiece):
+            h.s.check_result(check, matched=True)
+            actions = h.pop()
+            confirmed += [a.index for a in actions if isinstance(a, ConfirmPiece)]
+            pending += actions
+    assert sorted(confirmed) == list(range(6))
+    assert h.s.finished
+    h.s.whole_file_failed()
+    assert h.pop()[-1] == Failed("whole-file hash mismatch")
+
+
+def test_an_inquiry_without_a_mirror_fails_as_before() -> None:
+    h = Harness(6, config=SchedulerConfig(max_requests_per_peer=3, max_mirror_restarts=0))
+    _crowd_of_offers(h, {A: {1: BAD}})
+    h.s.whole_file_failed()
+    check = h.pop()[0]
+    assert isinstance(check, CheckPiece)
+    h.s.check_failed(check, "mirror answered HTTP 503")
+    actions = h.pop()
+    assert actions[-1] == Failed("whole-file hash mismatch")
+    assert {(a.peer, a.lied) for a in actions if isinstance(a, BanPeer)} == {
+        (A, False),
+        (B, False),
+    }
 
 
 def test_a_peer_piece_that_does_not_match_its_own_offer_bans_it() -> None:

@@ -33,10 +33,14 @@ from dhtdeb.swarm.scheduler import (
     AuditPiece,
     BanPeer,
     CancelPiece,
+    CheckPiece,
+    ConfirmPiece,
     Failed,
     Finished,
     RequestPiece,
     RequestPieceList,
+    RetractPiece,
+    SchedulerConfig,
     StartMirror,
     SwarmScheduler,
 )
@@ -50,6 +54,8 @@ VOID = bytes(32)  # a piece list's entry for a piece that is not offered
 WEB_SEED = ("overdue at peers", "peers busy")  # StartMirror reasons: a peer was too slow
 LIST_CHECK = ("referee", "corroborate the list")
 RELAYS = True  # downloaders pass on pieces taken on others' offers (Downloads.partial)
+# A block checked after a whole-file mismatch, as a share of a piece: 16 KiB of 1 MiB.
+CONFIG = SchedulerConfig(check_block=PS // 64)
 
 
 def _digest(tag: str) -> bytes:
@@ -66,6 +72,7 @@ class Flow:
     left: float
     source: int | None
     audit: AuditPiece | None = None
+    check: CheckPiece | None = None
 
 
 @dataclass(eq=False)
@@ -115,7 +122,13 @@ class Crowd:
             node_id = node_id if ids else b""
             rng_k = random.Random(seed * 100 + k)
             s = SwarmScheduler(
-                sha, self.size, clock=self.clock, rng=rng_k, piece_size=PS, node=node_id
+                sha,
+                self.size,
+                clock=self.clock,
+                rng=rng_k,
+                config=CONFIG,
+                piece_size=PS,
+                node=node_id,
             )
             self.nodes.append(Node(k, Peer(f"10.7.0.{k + 1}", 9978), node_id, s, liar=k == liar_k))
         self.by_peer = {node.peer: node for node in self.nodes}
@@ -124,6 +137,7 @@ class Crowd:
         self.seq = 0
         self.trace: list[str] = []
         self.mirror_pieces: dict[str, int] = {}  # pieces the mirror started to send, by kind
+        self.check_bytes = 0  # asked of the mirror by inquiries after whole-file mismatches
         self.given_up = 0  # of those, given up to a downloader first in line (less than half sent)
         self.lies_banned: list[tuple[int, BanPeer]] = []  # (by node, ban) of honest peers
 
@@ -189,6 +203,9 @@ class Crowd:
         node, index = self.nodes[flow.to], flow.index
         if flow.audit is not None:
             node.s.audit_result(index, flow.audit.digest == self.true[index])
+        elif flow.check is not None:  # a liar's bytes differ from the mirror's in every block
+            held = node.disk.get(index)
+            node.s.check_result(flow.check, None if held is None else held == self.true[index])
         elif flow.source is None:  # a mirror piece: ask before the next one, as the driver does
             node.stream = None
             if node.kind == "blind":
@@ -206,8 +223,13 @@ class Crowd:
         else:
             server = self.nodes[flow.source]
             node.requests.discard((server.peer, index))
-            digest = self.bad if index == server.lie else server.disk[index]
-            node.s.piece_received(server.peer, index, digest)
+            if index != server.lie and index not in server.disk:
+                # Retracted by the server while on its way (its author was convicted): the
+                # server's answer ends short, which the driver reports as a failed piece.
+                node.s.piece_failed(server.peer, index, "cut short", misbehaved=False)
+            else:
+                digest = self.bad if index == server.lie else server.disk[index]
+                node.s.piece_received(server.peer, index, digest)
         self.drain(node)
 
     def maybe_yield(self, node: Node) -> None:
@@ -320,6 +342,15 @@ class Crowd:
         elif isinstance(action, AuditPiece):
             self.mirror_pieces["list check"] = self.mirror_pieces.get("list check", 0) + 1
             self.flows.append(Flow(node.k, action.index, action.end - action.start, None, action))
+        elif isinstance(action, CheckPiece):
+            self.check_bytes += action.end - action.start
+            flow = Flow(node.k, action.index, action.end - action.start, None, check=action)
+            self.flows.append(flow)
+        elif isinstance(action, RetractPiece):
+            del node.disk[action.index]
+            node.provisional.discard(action.index)
+        elif isinstance(action, ConfirmPiece):
+            node.provisional.discard(action.index)
         elif isinstance(action, CancelPiece):
             node.requests.discard((action.peer, action.index))
             server = self.by_peer[action.peer].k
@@ -342,10 +373,9 @@ class Crowd:
             if all(node.disk[i] == self.true[i] for i in range(self.p)):
                 node.outcome, node.done_at = "finished", self.clock.now()
                 self.drop_flows(node, lambda f: True)
-            else:  # the whole-file SHA256 does not match: the driver tells the core
-                node.s.whole_file_failed()
+            else:  # the whole-file SHA256 does not match: the driver tells the core, whose
+                node.s.whole_file_failed()  # inquiry checks the pieces taken on offers
                 self.drain(node)
-                assert node.outcome, f"node {node.k}: no Failed after whole_file_failed()"
         else:
             assert isinstance(action, Failed)
             node.outcome, node.done_at = action.reason, self.clock.now()
@@ -421,36 +451,57 @@ def test_an_honest_crowd_finishes_from_offers(seed: int, ids: bool) -> None:
 
 @pytest.mark.parametrize("ids", [True, False], ids=["ids", "no-ids"])
 @pytest.mark.parametrize("seed", LIAR_SEEDS)
-def test_a_liar_in_the_crowd_costs_whole_file_checks_never_a_wrong_file(
+def test_a_liar_in_the_crowd_is_found_and_every_honest_downloader_finishes(
     seed: int, ids: bool
 ) -> None:
     """One downloader lies about one piece, where it is hardest to catch (its first mirror
     piece fetched after the others answered, so usually its own share), in its offers and
     later in its complete list, and serves wrong bytes that match its digest. An honest
-    downloader finishes with the true file, or it took the liar's bytes and the whole-file
-    check fails; the core then fails the download and keeps the liar away (banned as a liar,
-    or for a while as one of the peers whose offers were used). Nothing else may go wrong."""
+    downloader that took the liar's piece fails its whole-file check, and its inquiry
+    (swarm/inquiry.py) asks the mirror until the liar is convicted; the liar's pieces are
+    retracted and fetched again. Every honest downloader finishes with the true file."""
     crowd = _run(seed, ids=ids, liar=True)
     where = f"{crowd.describe()} ids={ids}: {crowd.outcomes()}"
     liar = next(node for node in crowd.nodes if node.liar)
     assert liar.lie is not None, f"{where}: the liar never lied"
     for node in (n for n in crowd.nodes if not n.liar):
-        wrong = {i: d for i, d in node.disk.items() if d != crowd.true[i]}
-        assert all(d == crowd.bad and i == liar.lie for i, d in wrong.items()), where
-        if node.outcome == "finished":
-            assert not wrong and node.done_at <= crowd.time_bound(), where
-        else:
-            assert node.outcome == "whole-file hash mismatch" and wrong, where
-            assert liar.peer in node.banned, f"{where}: node {node.k} did not ban the liar"
-    # Not checked, because the core does not hold it today: that no honest peer is banned as a
+        assert node.outcome == "finished", where
+        assert all(node.disk[i] == crowd.true[i] for i in range(crowd.p)), where
+        retracted = any(f" {node.k} RetractPiece" in line for line in crowd.trace)
+        if retracted:
+            assert node.banned.get(liar.peer) is True, f"{where}: {node.k} kept the liar"
+    # Not checked, because the core does not hold it yet: that no honest peer is banned as a
     # liar (crowd.lies_banned). The liar's complete list counts as corroborated once it matches
     # a mirror piece at any other index; honest downloaders then hand it on as their
-    # corroborated list, are banned as its authors when the whole file fails (seeds 103 and 118
-    # with ids), and honest offers or lists that disagree with it at the lie are banned as lies
-    # ("piece list contradicts the corroborated list" in seed 105 without ids; "offer for piece
-    # N contradicts" in other seeds). (A whole-file failure with offered pieces in the file no
-    # longer bans the true list's authors as liars: test_scheduler.py covers that.)
+    # corroborated list, and honest offers or lists that disagree with it at the lie are banned
+    # ("piece list contradicts the corroborated list", "offer for piece N contradicts").
     print(f"{crowd.describe()} ids={ids}: honest peers banned as liars: {crowd.lies_banned}")
+
+
+COST_SEEDS = range(100, 140)
+
+
+def test_a_liar_costs_the_crowd_little_mirror_traffic() -> None:
+    """The same crowds with and without the liar (seeds 100-139, with node ids): the mirror's
+    pieces (streams and checks) with the liar over those without. The liar here lies about one
+    piece only, the costliest case for the inquiry (samples miss it; whole pieces find it).
+    Measured: median 1.32, at most 2.98, one honest download failed in 40 crowds (over seeds
+    100-199 with and without ids: median 1.27, 90th percentile 2.1, 3 crowds of 200 with a
+    failure). A failure left: the liar's piece accepted on its corroborated list rather than on
+    an offer, which the inquiry does not reach."""
+    ratios: list[float] = []
+    failed = 0
+    for seed in COST_SEEDS:
+        honest, lied = _run(seed), _run(seed, liar=True)
+        checks = lied.check_bytes / PS
+        ratios.append((lied.mirror_total() + checks) / honest.mirror_total())
+        failed += sum(n.outcome != "finished" for n in lied.nodes if not n.liar)
+    median = statistics.median(ratios)
+    print(
+        f"liar / honest mirror pieces: median {median:.2f}, max {max(ratios):.2f}; failed {failed}"
+    )
+    assert median <= 1.4, ratios
+    assert failed <= 2, failed
 
 
 def test_rendezvous_ids_split_the_mirror_pieces() -> None:

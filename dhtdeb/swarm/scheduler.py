@@ -69,6 +69,7 @@ from typing import TypeAlias
 
 from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer
+from dhtdeb.swarm.inquiry import Check, Inquiry
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
 
 __all__ = [
@@ -79,11 +80,14 @@ __all__ = [
     "AuditPiece",
     "BanPeer",
     "CancelPiece",
+    "CheckPiece",
+    "ConfirmPiece",
     "Failed",
     "Finished",
     "MirrorSource",
     "RequestPiece",
     "RequestPieceList",
+    "RetractPiece",
     "SchedulerConfig",
     "Source",
     "StartMirror",
@@ -129,6 +133,11 @@ class SchedulerConfig:
     # Seconds of "busy" answers before the mirror takes the piece. Long: in a crowd every holder
     # is busy by design, and the mirror is what the crowd shares.
     busy_overdue: float = 8.0
+    # After a whole-file mismatch with pieces taken on offers in the file (inquiry.py): bytes
+    # per sampled block, blocks per author, whole pieces checked at once.
+    check_block: int = AUDIT_BLOCK
+    check_samples: int = 3
+    check_parallel: int = 2
 
     def __post_init__(self) -> None:
         if self.max_requests_per_peer < 1 or self.piece_lists_wanted < 1 or self.max_peers < 1:
@@ -167,6 +176,34 @@ class AuditPiece:
     start: int
     end: int
     digest: bytes = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPiece:
+    """After a whole-file mismatch: fetch bytes [start, end) of the file from the mirror and
+    compare them with the accepted copy of piece `index`; report with `check_result` (or
+    `check_failed`), passing this action back."""
+
+    index: int
+    start: int
+    end: int
+    whole: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RetractPiece:
+    """The provisional copy of piece `index` was taken on the word of a peer now convicted of a
+    lie: it is missing again. The driver forgets it (never serves it, nor lets apt read it) and
+    hashes the whole file again once it is complete."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmPiece:
+    """A provisional piece matched the mirror in full: it is on nobody's word any more."""
+
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +246,9 @@ Action: TypeAlias = (
     | RequestPiece
     | StartMirror
     | CancelPiece
+    | CheckPiece
+    | RetractPiece
+    | ConfirmPiece
     | AcceptPiece
     | BanPeer
     | Finished
@@ -325,6 +365,9 @@ class SwarmScheduler:
         self._busy_late: set[int] = set()  # of those, busy for busy_overdue (seen by tick)
         self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
         self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
+        self._inquiry: Inquiry | None = None  # who lied, after a whole-file mismatch
+        self._provisional_digests: dict[int, bytes] = {}
+        self._contradicted: dict[int, bytes] = {}  # a digest the mirror proved wrong, by piece
 
         self._single = self.piece_count == 1
         self._in_use: _Claim | None = None
@@ -519,8 +562,76 @@ class SwarmScheduler:
         self._schedule()
 
     def whole_file_failed(self) -> None:
+        """The whole file, every piece accepted, does not match its SHA256. With pieces taken
+        on offers in it and a usable mirror, an inquiry finds the author of the wrong piece
+        (inquiry.py): `finished` is false again, CheckPiece actions follow, and the download
+        goes on after the liar's pieces are retracted. Otherwise the download fails."""
         if self.failed is not None:
             return
+        if self._provisional and self._mirror_usable():
+            if self._inquiry is None:
+                config = self._config
+                self._inquiry = Inquiry(
+                    self._rng,
+                    lambda index: piece_span(index, self._size, self._piece_size),
+                    block=config.check_block,
+                    samples=config.check_samples,
+                    parallel=config.check_parallel,
+                )
+            if self._inquiry.open(self._provisional):
+                self.finished = False
+                self._schedule()
+                return
+        self._whole_file_lost()
+
+    def check_result(self, check: CheckPiece, matched: bool | None) -> None:
+        """The mirror's bytes for `check` equal the accepted copy's, or not (None: the copy was
+        retracted meanwhile, which proves nothing)."""
+        inquiry = self._inquiry
+        if self.failed is not None or inquiry is None:
+            return
+        verdict = inquiry.result(Check(check.index, check.start, check.end, check.whole), matched)
+        if verdict.liar is not None:
+            liar = verdict.liar
+            wrong = self._provisional_digests.get(check.index)
+            if wrong is not None:
+                self._contradicted[check.index] = wrong
+            reason = f"piece {check.index} it offered contradicted by the mirror"
+            self._ban(liar, reason, lied=True)
+            for index, author in sorted(self._provisional.items()):
+                if author == liar or index in verdict.retract:
+                    self._retract(index)
+            claim = self._in_use
+            if (
+                claim is not None
+                and wrong is not None
+                and claim.pieces.digests[check.index] == wrong
+            ):
+                self._abandon_list()
+        if verdict.confirmed is not None and verdict.confirmed in self._provisional:
+            del self._provisional[verdict.confirmed]
+            self._emit(ConfirmPiece(verdict.confirmed))
+        if not inquiry.busy and self.accepted == self.piece_count and not self.finished:
+            # Nothing was retracted and nothing is left to ask: the file as it is goes to the
+            # whole-file check again (which fails it for good when nothing changed).
+            self.finished = True
+            self._emit(Finished())
+            return
+        self._schedule()
+
+    def check_failed(self, check: CheckPiece, error: str) -> None:
+        """The mirror could not answer `check`; it is asked again while the mirror is usable."""
+        if self.failed is not None or self._inquiry is None:
+            return
+        self._inquiry.failed(Check(check.index, check.start, check.end, check.whole))
+        self._mirror_errors += 1
+        self._mirror_last_error = error
+        if not self._mirror_usable():
+            self._whole_file_lost()
+            return
+        self._schedule()
+
+    def _whole_file_lost(self) -> None:
         claim = self._in_use
         offerers = sorted(set(self._provisional.values()))
         if claim is not None:
@@ -627,7 +738,11 @@ class SwarmScheduler:
             truth = self._mirror_digests.get(index)
             if self._final and self._in_use is not None:
                 truth = self._in_use.pieces.digests[index]
-            if known.get(index, digest) != digest or (truth is not None and truth != digest):
+            if (
+                known.get(index, digest) != digest
+                or (truth is not None and truth != digest)
+                or self._contradicted.get(index) == digest
+            ):
                 self._ban(state.peer, f"offer for piece {index} contradicts", lied=True)
                 return
         state.list_state = _ListState.RECEIVED
@@ -767,6 +882,9 @@ class SwarmScheduler:
             if pieces.digests[index] != digest:
                 self._ban(peer, f"piece list contradicted by the mirror at {index}", lied=True)
                 return
+        if any(pieces.digests[i] == d for i, d in self._contradicted.items()):
+            self._set_aside(peer)  # it may hand on a list it was fooled into taking
+            return
         for claim in self._claims():
             claim.vouchers.discard(peer)
         for claim in self._claims():
@@ -907,10 +1025,66 @@ class SwarmScheduler:
         self._last_resort()
         if self._done():
             return
+        self._start_checks()
         self._start_audit()
         self._start_mirror()
         self._assign_peers()
         self._check_stuck()
+
+    def _start_checks(self) -> None:
+        if self._inquiry is None:
+            return
+        for check in self._inquiry.take(self._doubt):
+            self._emit(CheckPiece(check.index, check.start, check.end, check.whole))
+
+    def _doubt(self, index: int) -> tuple[int, int]:
+        """How suspect a piece taken on an offer is (inquiry.py): (0, 0) when a usable
+        downloader offers it with another digest, (2, 0) when one other than its author offers
+        the same, else (1, how many downloaders come before this node to check it)."""
+        mine = self._provisional_digests.get(index)
+        author = self._provisional.get(index)
+        vouched = False
+        for state in self._peers.values():
+            offered = None if state.offers is None else state.offers.get(index)
+            if offered is None or state.peer == author or not self._eligible(state):
+                continue
+            if offered != mine:
+                return (0, 0)
+            vouched = True
+        if vouched:
+            return (2, 0)
+        if not self._node:
+            return (1, 0)
+        mine_key = self._split_key(self._node + b"check", index)
+        before = sum(
+            1
+            for state in self._split_partners()
+            if state.peer != author and self._split_key(state.node + b"check", index) < mine_key
+        )
+        return (1, before)
+
+    def _abandon_list(self) -> None:
+        """The list in use says what the mirror contradicted, so it goes, with its rivals; a
+        plain download goes on. Its authors are not banned for it: a downloader hands on a list
+        it took as corroborated (the liar's, matching the liar's piece), and a piece that does
+        not match such a list may have been true."""
+        self._in_use = None
+        self._rivals = []
+        self._final = False
+        self._disputes.clear()
+        self._refused.clear()
+        self._drop_held()
+
+    def _retract(self, index: int) -> None:
+        if not self._accepted_flags[index]:
+            return
+        self._accepted_flags[index] = False
+        self.accepted -= 1
+        self.finished = False
+        self._low = min(self._low, index)
+        self._provisional.pop(index, None)
+        self._provisional_digests.pop(index, None)
+        self._emit(RetractPiece(index))
 
     def _start_audit(self) -> None:
         """Check a lone list cheaply: a random block of a random held peer piece (which matches
@@ -1211,6 +1385,7 @@ class SwarmScheduler:
             or self._audit is not None
             or self._lists_pending()
             or self._requests
+            or (self._inquiry is not None and self._inquiry.busy)
             or any(s.busy_until > self._clock.now() for s in self._peers.values())
             or any(s.offers is not None and self._is_fetching(s) for s in self._peers.values())
             or any(i >= self._low for i in self._fetched_by_peers())
@@ -1294,6 +1469,8 @@ class SwarmScheduler:
             digest = (
                 claim.pieces.digests[index] if claim is not None else self._mirror_digests[index]
             )
+        if provisional:
+            self._provisional_digests[index] = digest
         self._emit(AcceptPiece(index, digest, provisional))
         while self._low < self.piece_count and self._accepted_flags[self._low]:
             self._low += 1
