@@ -150,6 +150,22 @@ class PartialFile:
             self._hash.update(view[:got])
             self.written += got
 
+    def rehash(self) -> None:
+        """Hash the whole file again from its first byte (pieces were replaced after the hashed
+        prefix had passed them)."""
+        self._hash = hashlib.sha256()
+        self.written = 0
+        self.hash_through(self.size)
+
+    def peek(self, offset: int, length: int) -> bytes:
+        """Bytes as they are now, held in memory or on disk (whatever their state)."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"{self.sha256}: bytes {offset}+{length} outside the file")
+        if self._memory is not None:
+            return bytes(memoryview(self._memory)[offset : offset + length])
+        assert self._file is not None
+        return os.pread(self._file.fileno(), length, offset)
+
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of an in-memory file (the caller knows they are servable)."""
         if self._memory is None:

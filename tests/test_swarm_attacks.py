@@ -196,6 +196,55 @@ def test_honest_peer_whose_piece_list_arrives_in_two_segments_is_used(
     assert b.status()["bytes"]["from_peers"] == big.size
 
 
+@pytest.mark.parametrize(
+    ("lie", "bound_pieces"),
+    [
+        # Every offered piece forged: a sampled block convicts it; then the mirror sends the
+        # liar's pieces once (the file once in all, plus the sampled blocks).
+        pytest.param(Lie.OFFERED_FORGERY, 0, id="offered-forgery"),
+        # 16 bytes of one piece: samples miss it, whole pieces are checked (each at most once)
+        # until the lie is found, then the liar's pieces come again.
+        pytest.param(Lie.OFFERED_FLIP, 21, id="offered-flip"),
+    ],
+)
+def test_a_downloader_whose_offers_lie_is_convicted_and_apt_never_fails(
+    lie: Lie,
+    bound_pieces: int,
+    signed_archive: SignedArchive,
+    mirror: Mirror,
+    apt_client: AptClientFactory,
+    swarm_node: SwarmNode,
+    evil_peer: EvilFactory,
+    tmp_path: Path,
+) -> None:
+    """A peer that poses as a downloader offers pieces it "got from its mirror" with forged
+    bytes: B takes them on its word, and the whole-file hash fails. B's inquiry asks the
+    mirror which offer was wrong, bans the liar, retracts its pieces and fetches them again;
+    apt's one request never fails (B never let apt read a piece taken on an offer)."""
+    big = signed_archive.big
+    evil = evil_peer(lie, piece=LIE_AT, names=(signed_archive.big_package,))
+    b = swarm_node()
+    apt = apt_client(signed_archive, mirror, mode=ProxyMode.URL_PREFIX, proxy=b.proxy)
+    apt.update().check()
+    wait_until_found(b, [], big.sha256, urls=(evil.url,))
+    mirror.reset_counters()
+
+    _download(apt, big.name, tmp_path / "b", signed_archive)
+    status = b.status()
+    log = b.log_file.read_text(errors="replace")
+    assert "the mirror checks the pieces taken on offers" in log, b.log_tail()
+    assert "swarm assembled a bad file" not in log, b.log_tail()  # no failed response
+    assert status["bytes"]["from_peers"] >= PIECE, status  # the liar's pieces were taken
+    assert status["verify_failures"]["peer"] == 1, status
+    assert status["verify_failures"]["mirror"] == 0, status
+    assert _log_bans(b, evil), b.log_tail()
+    mirror_big = mirror.bytes_sent(big.filename)
+    bound = big.size + 3 * AUDIT_BLOCK + bound_pieces * PIECE
+    print(f"{lie.value}: mirror sent {mirror_big / big.size:.3f} x the file")
+    assert mirror_big <= bound, (mirror_big, bound, mirror.bytes_by_path())
+    assert len(mirror.requests_for(big.filename)) >= 2  # the stream and the checks
+
+
 def test_liar_on_a_one_piece_file_is_banned_for_the_next_file(
     signed_archive: SignedArchive,
     mirror: Mirror,

@@ -49,10 +49,13 @@ from dhtdeb.swarm.scheduler import (
     AuditPiece,
     BanPeer,
     CancelPiece,
+    CheckPiece,
+    ConfirmPiece,
     Failed,
     Finished,
     RequestPiece,
     RequestPieceList,
+    RetractPiece,
     StartMirror,
     SwarmScheduler,
 )
@@ -82,6 +85,10 @@ HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory pe
 MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
 INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
 YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two asks whether to give it up
+# Seconds apt may be kept waiting at a piece taken on a downloading peer's word before the bytes
+# after it flow anyway (a wrong one then cuts apt's response, and apt retries): well inside apt's
+# own timeout for a silent connection, for a big file in a crowd behind a slow mirror.
+PROVISIONAL_HOLD_MAX = 30.0
 
 
 def _sha256(data: bytes) -> bytes:
@@ -187,6 +194,11 @@ class SwarmDownload:
         self._on_disk: set[int] = set()  # touched by the writer thread only
         self._written: set[int] = set()  # on disk and hashed; what peers may be served
         self._next_to_hash = 0
+        self._trusted = 0  # pieces below are on disk and on nobody's word: apt may read them
+        self._rehash = False  # a piece was retracted after the whole file was hashed
+        self._held_since: float | None = None  # apt waits at a provisional piece since then
+        self._released = 0  # bytes apt may have read
+        self._apt_read_a_lie = False  # a retracted piece was among them: apt's response is cut
         self._mirror_status: int | None = None
         self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
         self._awaiting_bytes = False  # waiting for a peer that is fetching this file
@@ -262,13 +274,30 @@ class SwarmDownload:
                 self._wake.clear()
                 for action in self._scheduler.poll_actions():
                     self._apply(action)
+                if self._apt_read_a_lie:
+                    # Released after PROVISIONAL_HOLD_MAX: apt has bytes of the liar's piece,
+                    # so its response must end in an error (apt retries), never be mended.
+                    raise SwarmVerificationError(
+                        f"{self._sha256}: apt already read a piece taken on a liar's word"
+                    )
                 if isinstance(self._scheduler.failed, str):
                     raise self._failure(self._scheduler.failed)
                 if self._scheduler.finished:
                     await self._drain_writes()
+                    if self._rehash:
+                        self._rehash = False
+                        loop = asyncio.get_running_loop()
+                        await loop.run_in_executor(self._writer, self._partial.rehash)
                     if self._partial.matches():
                         return
                     self._scheduler.whole_file_failed()
+                    if self._scheduler.failed is None and not self._scheduler.finished:
+                        log.warning(
+                            "%s: whole file does not match; the mirror checks the pieces taken"
+                            " on offers",
+                            self._sha256[:12],
+                        )
+                        continue  # an inquiry: CheckPiece actions follow
                     for action in self._scheduler.poll_actions():
                         self._apply(action)
                     raise SwarmVerificationError(
@@ -315,6 +344,13 @@ class SwarmDownload:
             self._spawn("mirror", self._mirror_stream(action.first))
         elif isinstance(action, AuditPiece):
             self._spawn("audit", self._audit(action))
+        elif isinstance(action, CheckPiece):
+            self._spawn(("check", action.index, action.start), self._check(action))
+        elif isinstance(action, RetractPiece):
+            self._retract(action.index)
+        elif isinstance(action, ConfirmPiece):
+            self._provisional.discard(action.index)
+            self._advance_trusted()
         elif isinstance(action, CancelPiece):
             task = self._tasks.pop(("piece", action.peer, action.index), None)
             if task is not None:
@@ -381,6 +417,38 @@ class SwarmDownload:
         self._writes.append(job)
         job.add_done_callback(functools.partial(self._written_cb, index=index, size=len(data)))
 
+    def _retract(self, index: int) -> None:
+        """Forget a provisional piece whose author lied: not served, not readable by apt (it
+        never was: provisional pieces are beyond `_trusted`), hashed again once replaced."""
+        self._accepted.discard(index)
+        self._accepted_digests.pop(index, None)
+        self._provisional.discard(index)
+        self._written.discard(index)
+        self._on_disk.discard(index)
+        self._rehash = True
+        if index * PIECE_SIZE < self._released:
+            self._apt_read_a_lie = True
+
+    def _advance_trusted(self) -> None:
+        while self._trusted in self._written and self._trusted not in self._provisional:
+            self._trusted += 1
+
+    def _servable(self, hashed: int) -> int:
+        """What apt may read: the hashed prefix, up to the first piece that is missing or was
+        taken on a downloading peer's word (a liar's piece must be repairable, so apt does not
+        see it before the whole-file SHA256 has matched), unless apt has waited there for
+        PROVISIONAL_HOLD_MAX."""
+        bound = self._trusted * PIECE_SIZE
+        if hashed <= bound or self._rehash:
+            self._held_since = None
+            return min(hashed, bound)
+        now = self._ctx.clock.now()
+        if self._held_since is None:
+            self._held_since = now
+        if now - self._held_since < PROVISIONAL_HOLD_MAX:
+            return bound
+        return hashed
+
     def _write_piece(self, index: int, data: bytes) -> int:
         """On the writer thread: put the piece down, extend the in-order hash; bytes hashed."""
         self._partial.write_at(index * PIECE_SIZE, data)
@@ -412,9 +480,13 @@ class SwarmDownload:
         else:
             self._written.add(index)
             # Every piece on disk was verified against a digest (the mirror's bytes, a piece
-            # list, or the offering peer's statement); the transfer holds back the last bytes
-            # until the whole-file SHA256 matched, so apt can never complete a wrong file.
-            self._transfer.progress(done.result())
+            # list, or the offering peer's statement); apt reads none taken on a statement,
+            # and the transfer holds back the last bytes until the whole-file SHA256 matched,
+            # so apt can never complete a wrong file.
+            self._advance_trusted()
+            servable = self._servable(done.result())
+            self._released = max(self._released, servable)
+            self._transfer.progress(servable)
         self._wake.set()
 
     async def _drain_writes(self) -> None:
@@ -605,6 +677,35 @@ class SwarmDownload:
         self.bytes_from_mirror += len(data)
         offset = audit.start - audit.index * PIECE_SIZE
         self._scheduler.audit_result(audit.index, copy[offset : offset + len(data)] == data)
+
+    async def _check(self, check: CheckPiece) -> None:
+        """Compare the mirror's bytes [start, end) with the accepted copy of a piece taken on an
+        offer (the inquiry after a whole-file mismatch)."""
+        if check.index not in self._accepted or check.index not in self._written:
+            self._scheduler.check_result(check, matched=None)
+            return
+        try:
+            async with self._mirror_range(check.start, check.end) as (response, _):
+                data = await response.read_exactly(check.end - check.start)
+        except DhtdebError as exc:
+            self._scheduler.check_failed(check, str(exc))
+            return
+        self._ctx.counters.bytes.from_mirror += len(data)
+        self.bytes_from_mirror += len(data)
+        if check.index not in self._written:  # retracted while the mirror answered
+            self._scheduler.check_result(check, matched=None)
+            return
+        copy = self._partial.peek(check.start, check.end - check.start)
+        matched = copy == data
+        if not matched:
+            log.warning(
+                "%s: piece %d taken on an offer differs from the mirror at bytes %d-%d",
+                self._sha256[:12],
+                check.index,
+                check.start,
+                check.end - 1,
+            )
+        self._scheduler.check_result(check, matched=matched)
 
     @contextlib.asynccontextmanager
     async def _mirror_range(

@@ -14,6 +14,7 @@ to compute what it serves: piece lists are computed here from the bytes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import hashlib
@@ -59,6 +60,14 @@ class Lie(enum.Enum):
     # As BAD_LIST, but every byte of the piece is altered: a forgery that any block of the piece
     # compared with the mirror exposes (the downloader's audit of a lone list).
     FORGED_LIST = "forged_list"
+    # Poses as a downloader whose mirror tampers: it offers every piece but the first (as got
+    # from its mirror, X-Dhtdeb-List: offers) with the digests of what it serves, every byte of
+    # each offered piece altered. Pieces taken on such offers are checked by nobody until the
+    # whole-file hash fails; then the downloader's inquiry samples blocks at the mirror.
+    OFFERED_FORGERY = "offered_forgery"
+    # As OFFERED_FORGERY, but only 16 bytes of piece `piece` are altered: samples miss it, and
+    # the inquiry must check whole pieces.
+    OFFERED_FLIP = "offered_flip"
     WRONG_SIZE_LIST = "wrong_size_list"  # X-Dhtdeb-Size is one more than the file's size
     # 206 with the right Content-Range, but Content-Length and body one byte longer than asked.
     WRONG_SIZE_BODY = "wrong_size_body"
@@ -146,13 +155,18 @@ class EvilPeer:
 
     def _offer(self, data: bytes) -> _Offer:
         served = data
-        if self.lie in (Lie.CORRUPT, Lie.BAD_LIST, Lie.FORGED_LIST):
+        forging = (Lie.FORGED_LIST, Lie.OFFERED_FORGERY)
+        if self.lie is Lie.OFFERED_FORGERY:
+            for index in range(1, len(piece_digests(data))):
+                served = _flip_piece(served, index, whole=True)
+        elif self.lie in (Lie.CORRUPT, Lie.BAD_LIST, Lie.FORGED_LIST, Lie.OFFERED_FLIP):
             count = len(piece_digests(data))
             # A file without piece `piece` (a small one) is served honestly.
             indices = range(count) if self.piece is None else range(self.piece, count)[:1]
             for index in indices:
-                served = _flip_piece(served, index, whole=self.lie is Lie.FORGED_LIST)
-        listed = served if self.lie in (Lie.BAD_LIST, Lie.FORGED_LIST) else data
+                served = _flip_piece(served, index, whole=self.lie in forging)
+        lying_lists = (Lie.BAD_LIST, Lie.FORGED_LIST, Lie.OFFERED_FORGERY, Lie.OFFERED_FLIP)
+        listed = served if self.lie in lying_lists else data
         return _Offer(len(data), served, b"".join(piece_digests(listed)))
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -348,6 +362,15 @@ class EvilPeer:
     def _piece_list(self, offer: _Offer) -> web.Response:
         size = offer.real_size + (1 if self.lie is Lie.WRONG_SIZE_LIST else 0)
         headers = {"X-Dhtdeb-Size": str(size), "X-Dhtdeb-Have": "all"}
+        count = len(offer.piece_list) // 32
+        if self.lie in (Lie.OFFERED_FORGERY, Lie.OFFERED_FLIP) and count > 1:
+            # docs/swarm.md: a downloader's answer. Offered: every piece but the first
+            # (bitfield, most significant bit first).
+            field = bytearray((count + 7) // 8)
+            for index in range(1, count):
+                field[index // 8] |= 0x80 >> (index % 8)
+            headers["X-Dhtdeb-Have"] = base64.b64encode(bytes(field)).decode("ascii")
+            headers["X-Dhtdeb-List"] = "offers"
         return web.Response(status=200, body=offer.piece_list, headers=headers)
 
     async def _split_piece_list(self, request: web.Request, offer: _Offer) -> web.StreamResponse:
