@@ -628,6 +628,24 @@ def test_a_relay_whose_digest_nobody_offered_is_not_used_and_lying_bytes_ban_it(
     assert BanPeer(B, "piece 1 does not match what it relays", True) in h.pop()
 
 
+def test_a_relay_that_mended_its_copy_is_not_taken_for_a_liar() -> None:
+    """B relayed piece 1 with the digest of a liar's copy, then its own inquiry retracted that
+    copy and it got the mirror's: its bytes now differ from what it told, but match what A
+    offers from its own mirror. Not a lie: B is simply not asked for piece 1 again."""
+    h = Harness(4, config=SchedulerConfig(max_requests_per_peer=2))
+    h.s.peers_found([A, B, C])
+    h.s.lookup_deadline_passed()
+    h.pop()
+    h.s.piece_list_received(C, h.pieces({1: BAD}), frozenset({1}), offers_only=True)
+    h.s.piece_list_received(
+        B, h.pieces({1: BAD}), frozenset({1}), offers_only=True, relayed=frozenset({1})
+    )
+    h.s.piece_list_received(A, h.pieces(), frozenset({1}), offers_only=True)
+    h.pop()
+    h.s.piece_received(B, 1, h.true[1])
+    assert not any(isinstance(a, BanPeer) and a.peer == B for a in h.pop())
+
+
 def test_a_relay_is_dropped_when_its_author_is_banned() -> None:
     h = Harness(4, config=SchedulerConfig(max_requests_per_peer=1))
     h.s.peers_found([A, B])

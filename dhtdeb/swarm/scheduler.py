@@ -766,6 +766,16 @@ class SwarmScheduler:
                     return state.peer
         return None
 
+    def _mended(self, index: int, digest: bytes) -> bool:
+        """`digest` is what the mirror sent for `index` (to this node, or to a usable downloader
+        by its own offer), while a digest the relay told differs: its copy was replaced."""
+        if self._mirror_digests.get(index) == digest:
+            return True
+        return any(
+            state.offers is not None and state.offers.get(index) == digest and self._eligible(state)
+            for state in self._peers.values()
+        )
+
     def _refresh_relays(self) -> None:
         """What each downloading peer can serve: its own offers, and the pieces it relays whose
         digest some usable downloader offered this node itself. A relay that got a different
@@ -798,7 +808,12 @@ class SwarmScheduler:
             relayed = state.relays.get(index)
             if offered is None and relayed is not None:
                 # Passed on: the downloader whose offer it matches stands behind it.
-                if relayed != digest:
+                if relayed != digest and self._mended(index, digest):
+                    # Its copy was a liar's, which its own inquiry retracted and mended since it
+                    # told us: the bytes are those someone took from the mirror. No lie.
+                    state.not_held.add(index)
+                    state.relays.pop(index, None)
+                elif relayed != digest:
                     self._ban(peer, f"piece {index} does not match what it relays", lied=True)
                 elif (author := self._offer_author(index, relayed)) is not None:
                     self._cancel_others(index, keep=peer)
