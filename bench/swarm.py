@@ -16,6 +16,11 @@ each benchmark, so no round sees another round's announcements.
            (measured in the same round, same cap; target <= 2.0, mirror-only ~ N), mirror bytes /
            file size, per-node completion times, and a timeline from each node's /status.json,
            its peer server's `/v1/pieces/<sha>` and a DHT lookup, sampled every second.
+           `--liar`: the last node's apt goes through a second mirror (same archive, same cap)
+           that serves the package with every 4096th byte inverted. Printed besides: each
+           mirror's bytes / file size (honest target <= 1.5), honest apt failures (target 0),
+           and per honest node verify_failures.peer and whether the inquiry ran or a file
+           assembled from the swarm was bad (its log).
   single   node A holds a 256 MiB package (fetched once from the mirror); fresh node B fetches it
            through its proxy (`curl -x`), against `curl` straight from A's peer server
            (`/v1/files/<sha>`). Printed: both throughputs and their ratio (target >= 0.5), B's
@@ -27,7 +32,7 @@ each benchmark, so no round sees another round's announcements.
            could reach on this machine.
 
     .venv/bin/python bench/swarm.py [--rounds 3] [--quick] [--only offload|crowd|single ...]
-        [--nodes 20] [--rate 12000000] [--seed S] [--keep]
+        [--nodes 20] [--rate 12000000] [--crowd-size-mib 64] [--liar] [--seed S] [--keep]
 
 Not a test: targets are printed, not asserted; the exit status is 1 only when a correctness check
 fails (a file with the wrong sha256, a daemon that did not come up). Loopback only.
@@ -41,6 +46,7 @@ import base64
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -88,6 +94,10 @@ TARGET_OFFLOAD = 1.05
 TARGET_CROWD = 2.0
 TARGET_NO_PEERS = 1.15  # a file with no peers vs a direct mirror fetch (issue 4, deliverable 2)
 TARGET_SINGLE = 0.5
+TARGET_LIAR_MIRROR = 1.5  # the honest mirror's bytes / file size with one liar in the crowd
+LIAR_STRIDE = 4096  # the tampering mirror inverts every LIAR_STRIDE-th byte of the crowd file
+INQUIRY_LOG = "the mirror checks the pieces taken on offers"  # dhtdeb/swarm/download.py
+BAD_FILE_LOG = "swarm assembled a bad file"  # dhtdeb/downloads.py: apt's response was cut
 ARCHIVE_FORMAT = 2  # bumped whenever the recipe changes
 APT_TIMEOUT = 900.0
 CURL_TIMEOUT = 600.0
@@ -266,6 +276,7 @@ class Bench:
     processes: Processes
     keep: bool
     log_level: str = "info"  # the daemons' --log-level
+    liar_mirror: Mirror | None = None  # --liar: the tampering mirror of the crowd's last node
     failures: list[str] = field(default_factory=list)
     _count: int = 0
 
@@ -313,12 +324,12 @@ class Bench:
             for node in swarm.nodes:
                 shutil.rmtree(node.state_dir, ignore_errors=True)
 
-    def client(self, proxy: str | None) -> AptClient:
+    def client(self, proxy: str | None, mirror: Mirror | None = None) -> AptClient:
         mode = ProxyMode.DIRECT if proxy is None else ProxyMode.HTTP_PROXY
         archive = self.data.archive
         return AptClient(
             self._dir("apt"),
-            mirror_url=self.mirror.url,
+            mirror_url=(mirror or self.mirror).url,
             suite=archive.suite,
             component=archive.component,
             keyring=archive.keyring,
@@ -506,6 +517,10 @@ class CrowdNode:
     to_peers: int
     verify_failures: int
     bans: int  # "banned" lines in its log
+    liar: bool = False  # --liar: its apt is behind the tampering mirror
+    apt_ok: bool = True
+    inquiry: bool = False  # its log: a whole-file mismatch opened an inquiry (INQUIRY_LOG)
+    bad_file: bool = False  # its log: an apt response was cut (BAD_FILE_LOG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,10 +535,16 @@ class CrowdRound:
     mirror_first_pieces: tuple[int, ...]  # the piece each mirror request for the file starts at
     samples: tuple[Sample, ...]
     lookups: tuple[tuple[float, int], ...]  # (t, peers node 1's DHT returns for the file)
+    liar_mirror_bytes: int | None = None  # --liar: the tampering mirror's, of the crowd file
+
+    @property
+    def honest(self) -> tuple[CrowdNode, ...]:
+        return tuple(n for n in self.nodes if not n.liar)
 
     @property
     def all_done(self) -> float:
-        return max(n.done for n in self.nodes)
+        """Until the last honest node was done (every node without --liar)."""
+        return max(n.done for n in self.honest)
 
 
 class Sampler:
@@ -590,8 +611,18 @@ class Sampler:
             self._stop.wait(SAMPLE_INTERVAL)
 
 
+def tampered(data: bytes) -> bytes:
+    """`data` with every LIAR_STRIDE-th byte inverted (from the first): the same length, and
+    every 1 MiB piece wrong in 256 places."""
+    out = bytearray(data)
+    out[::LIAR_STRIDE] = bytes(b ^ 0xFF for b in out[::LIAR_STRIDE])
+    return bytes(out)
+
+
 def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
+    """With `bench.liar_mirror`, node `count` is the liar: its apt goes through that mirror."""
     package = bench.data.crowd
+    liar = count if bench.liar_mirror is not None else None
     upload = ("--upload-rate", str(rate))
 
     # The reference: one node alone (its own DHT, nobody to find), then plain apt, same cap.
@@ -625,7 +656,10 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
 
     swarm = bench.start_swarm(count, upload)
     try:
-        clients = [bench.client(node.proxy) for node in swarm.nodes]
+        clients = [
+            bench.client(node.proxy, bench.liar_mirror if k == liar else None)
+            for k, node in enumerate(swarm.nodes, start=1)
+        ]
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             for k, result in enumerate(
                 pool.map(lambda c: c.update(timeout=APT_TIMEOUT), clients), start=1
@@ -635,6 +669,9 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
             (client.workdir / "downloads").mkdir()
         bench.mirror.reset_counters()
         bench.mirror.set_total_rate(rate)
+        if bench.liar_mirror is not None:
+            bench.liar_mirror.reset_counters()
+            bench.liar_mirror.set_total_rate(rate)
         pieces = -(-package.size // PIECE)
         t0 = time.monotonic()
         started_at = time.time()
@@ -661,16 +698,29 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
             for waiter in waiters:
                 waiter.join()
         bench.mirror.set_total_rate(None)
+        liar_bytes = None
+        if bench.liar_mirror is not None:
+            bench.liar_mirror.set_total_rate(None)
+            liar_bytes = bench.liar_mirror.bytes_sent(package.filename)
         for k in sorted(results):
-            bench.checked(results[k], f"crowd node {k} download")
+            if k == liar:
+                continue  # behind a lying mirror: its failure is expected, and printed
+            if liar is None:
+                bench.checked(results[k], f"crowd node {k} download")
+            elif not results[k].ok:  # counted and reported, without ending the run
+                output = results[k].output[-2000:]
+                bench.failures.append(f"round {round_} crowd node {k} download: {output}")
         mirror_bytes = bench.mirror.bytes_sent(package.filename)
         mirror_records = bench.mirror.requests_for(package.filename)
         mirror_requests = len(mirror_records)
         mirror_first_pieces = tuple(first_piece(r.headers) for r in mirror_records)
         statuses = [status_bytes(n) for n in swarm.nodes]
         bans = [len(log_lines(n, "banned")) for n in swarm.nodes]
+        inquiries = [bool(log_lines(n, INQUIRY_LOG)) for n in swarm.nodes]
+        bad_files = [bool(log_lines(n, BAD_FILE_LOG)) for n in swarm.nodes]
         for k, client in enumerate(clients, start=1):
-            bench.verify([package], client.workdir / "downloads", f"round {round_} crowd {k}")
+            if liar is None or results[k].ok:
+                bench.verify([package], client.workdir / "downloads", f"round {round_} crowd {k}")
             if not bench.keep:
                 shutil.rmtree(client.workdir / "downloads")
     finally:
@@ -686,6 +736,10 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
             st.get("bytes.to_peers", 0),
             st.get("verify.peer", 0),
             bans[k - 1],
+            k == liar,
+            results[k].ok,
+            inquiries[k - 1],
+            bad_files[k - 1],
         )
         for k, st in enumerate(statuses, start=1)
     )
@@ -700,7 +754,11 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
         mirror_first_pieces,
         tuple(sampler.samples),
         tuple(sampler.lookups),
+        liar_bytes,
     )
+    if liar is not None:
+        print_liar_round(result, package.size)
+        return result
     print(
         f"  round {round_} crowd: all {count} done in {result.all_done:.2f} s, one node alone "
         f"{single_seconds:.2f} s (direct apt {direct_seconds:.2f} s): ratio "
@@ -709,6 +767,39 @@ def run_crowd(bench: Bench, round_: int, count: int, rate: int) -> CrowdRound:
         flush=True,
     )
     return result
+
+
+def yes_no(flags: Sequence[bool]) -> str:
+    return " ".join("y" if f else "n" for f in flags)
+
+
+def print_liar_round(crowd: CrowdRound, size: int) -> None:
+    honest = crowd.honest
+    failed = sum(not n.apt_ok for n in honest)
+    print(
+        f"  round {crowd.round} crowd with a liar: all {len(honest)} honest done in "
+        f"{crowd.all_done:.2f} s, one node alone {crowd.single_seconds:.2f} s (direct apt "
+        f"{crowd.direct_seconds:.2f} s): ratio {crowd.all_done / crowd.single_seconds:.2f}; "
+        f"honest mirror sent {crowd.mirror_bytes / size:.2f}x the file in "
+        f"{crowd.mirror_requests} requests, tampering mirror "
+        f"{(crowd.liar_mirror_bytes or 0) / size:.2f}x"
+    )
+    for n in crowd.nodes:
+        if n.liar:
+            print(
+                f"    liar node {n.index}: apt {'succeeded' if n.apt_ok else 'failed'} at "
+                f"t={n.done:.1f} s, verify_failures.peer {n.verify_failures}, bans {n.bans}, "
+                f"inquiry {yes_no([n.inquiry])}, bad file {yes_no([n.bad_file])}"
+            )
+    print(
+        f"    honest apt failed: {failed}/{len(honest)}; per honest node "
+        f"{' '.join(str(n.index) for n in honest)}: verify_failures.peer "
+        f"{' '.join(str(n.verify_failures) for n in honest)}, inquiry "
+        f"{yes_no([n.inquiry for n in honest])}, "
+        f"bad file {yes_no([n.bad_file for n in honest])}, bans "
+        f"{' '.join(str(n.bans) for n in honest)}",
+        flush=True,
+    )
 
 
 # --- 3. single peer -------------------------------------------------------------------------------
@@ -965,13 +1056,20 @@ def first_time(
 
 def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) -> None:
     size = data.crowd.size
-    count = len(rounds[0].nodes)
+    count = len(rounds[0].honest)
+    with_liar = rounds[0].liar_mirror_bytes is not None
     print(
         f"\n== flash crowd: {count} nodes, one {proxy_bench.fmt_bytes(size)} package at once; "
         f"mirror total and each node's upload capped to {rate / MB:.1f} MB/s"
     )
+    if with_liar:
+        print(
+            f"  plus a liar: node {len(rounds[0].nodes)}, whose apt goes through a second mirror "
+            f"(same cap) serving the package with every {LIAR_STRIDE}th byte inverted; the "
+            "figures below are the honest nodes' and the honest mirror's"
+        )
     for r in rounds:
-        times = " ".join(f"{n.done:.1f}" for n in sorted(r.nodes, key=lambda n: n.done))
+        times = " ".join(f"{n.done:.1f}" for n in sorted(r.honest, key=lambda n: n.done))
         print(f"  round {r.round} completion times (s, sorted): {times}")
     all_done = statistics.median(r.all_done for r in rounds)
     single = statistics.median(r.single_seconds for r in rounds)
@@ -990,6 +1088,8 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
     print(f"  mirror-only reference: ~{count}")
     mirror = statistics.median(r.mirror_bytes / size for r in rounds)
     print(f"mirror bytes / file size: median {mirror:.2f}")
+    if with_liar:
+        report_liar(rounds, size)
 
     last = rounds[-1]
     clock = time.strftime("%H:%M:%S", time.localtime(last.started_at))
@@ -1005,7 +1105,8 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
         peer_t = first_time(last.samples, n.index, lambda s: s.from_peers > 0)
         offer_t = first_time(last.samples, n.index, lambda s: s.pieces_offered > 0)
         print(
-            f"{n.index:>4} {n.done:>7.2f} {proxy_bench.fmt_bytes(n.from_mirror):>12} "
+            f"{f'{n.index}L' if n.liar else n.index:>4} {n.done:>7.2f} "
+            f"{proxy_bench.fmt_bytes(n.from_mirror):>12} "
             f"{proxy_bench.fmt_bytes(n.from_peers):>11} {proxy_bench.fmt_bytes(n.to_peers):>10} "
             f"{'-' if peer_t is None else f'{peer_t:.1f}':>13} "
             f"{'-' if offer_t is None else f'{offer_t:.1f}':>13} {n.bans:>5} "
@@ -1015,8 +1116,10 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
         "  (uploaded includes the bench's own /v1/pieces probes: ~2 KB each once a node holds "
         "the file)"
     )
-    went_mirror = sum(n.from_mirror > PIECE for n in last.nodes)
-    got_peers = sum(n.from_peers > 0 for n in last.nodes)
+    if with_liar:
+        print("  (L: the liar; its `from mirror` came from the tampering mirror)")
+    went_mirror = sum(n.from_mirror > PIECE for n in last.honest)
+    got_peers = sum(n.from_peers > 0 for n in last.honest)
     print(
         f"  {went_mirror}/{count} nodes took more than one piece from the mirror, "
         f"{got_peers}/{count} got any byte from a peer; mirror requests for the file: "
@@ -1051,6 +1154,56 @@ def report_crowd(rounds: Sequence[CrowdRound], data: BenchArchive, rate: int) ->
         + ", ".join(
             f"t={t}: {got / MB:.0f}/{sent / MB:.0f}" for t, got, sent in crowd_timeline(last)
         )
+    )
+
+
+def report_liar(rounds: Sequence[CrowdRound], size: int) -> None:
+    honest = statistics.median(r.mirror_bytes / size for r in rounds)
+    lying = statistics.median((r.liar_mirror_bytes or 0) / size for r in rounds)
+    ratio = statistics.median(r.all_done / r.single_seconds for r in rounds)
+    failed = [sum(not n.apt_ok for n in r.honest) for r in rounds]
+    print("with the liar, per round and median:")
+    print(
+        "  honest mirror bytes / file size: "
+        + ", ".join(f"{r.mirror_bytes / size:.2f}" for r in rounds)
+        + f"; median {honest:.2f} {verdict(honest, TARGET_LIAR_MIRROR)} (no liar: ~1.15)"
+    )
+    print(
+        "  tampering mirror bytes / file size (the liar's own traffic): "
+        + ", ".join(f"{(r.liar_mirror_bytes or 0) / size:.2f}" for r in rounds)
+        + f"; median {lying:.2f}"
+    )
+    print(
+        "  all honest done / one node alone: "
+        + ", ".join(f"{r.all_done / r.single_seconds:.2f}" for r in rounds)
+        + f"; median {ratio:.2f}"
+    )
+    print(
+        "  honest apt downloads failed: "
+        + ", ".join(str(f) for f in failed)
+        + f"; median {statistics.median(failed):g} (target 0)"
+    )
+    liars = [n for r in rounds for n in r.nodes if n.liar]
+    print(
+        "  liar's apt (expected to fail, behind a lying mirror): "
+        + ", ".join(f"{'ok' if n.apt_ok else 'failed'} at t={n.done:.1f} s" for n in liars)
+    )
+    for label, of in (
+        ("verify_failures.peer", lambda n: str(n.verify_failures)),
+        (f"log: {INQUIRY_LOG!r}", lambda n: "y" if n.inquiry else "n"),
+        (f"log: {BAD_FILE_LOG!r}", lambda n: "y" if n.bad_file else "n"),
+        ("bans", lambda n: str(n.bans)),
+    ):
+        print(
+            f"  honest nodes, {label}: "
+            + "; ".join(f"round {r.round}: {' '.join(of(n) for n in r.honest)}" for r in rounds)
+        )
+    verify = statistics.median(sum(n.verify_failures for n in r.honest) for r in rounds)
+    inquiry = statistics.median(sum(n.inquiry for n in r.honest) for r in rounds)
+    bad = statistics.median(sum(n.bad_file for n in r.honest) for r in rounds)
+    print(
+        f"  medians over rounds: verify_failures.peer summed over honest nodes {verify:g}, "
+        f"honest nodes whose inquiry ran {inquiry:g}, with a bad file from the swarm {bad:g}"
     )
 
 
@@ -1127,6 +1280,17 @@ def main() -> int:
     parser.add_argument(
         "--rate", type=int, default=DEFAULT_RATE, help="flash crowd cap, bytes/s (mirror, uploads)"
     )
+    parser.add_argument(
+        "--crowd-size-mib",
+        type=int,
+        help=f"the crowd package's payload (default {FULL.crowd_bytes // MiB}, "
+        f"{QUICK.crowd_bytes // MiB} quick)",
+    )
+    parser.add_argument(
+        "--liar",
+        action="store_true",
+        help="crowd: the last node's apt goes through a mirror that tampers with the package",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--quick", action="store_true", help="small files, 5 nodes, 1 round")
     parser.add_argument("--only", action="append", choices=BENCHMARKS, help="repeatable")
@@ -1139,9 +1303,13 @@ def main() -> int:
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    if args.crowd_size_mib:
+        sizes = dataclasses.replace(sizes, crowd_bytes=args.crowd_size_mib * MiB)
     rounds = args.rounds or sizes.rounds
     count = args.nodes or sizes.nodes
     chosen = [b for b in BENCHMARKS if not args.only or b in args.only]
+    if args.liar and count < 2:
+        parser.error("--liar needs --nodes 2 or more (the last node is the liar)")
     signal.signal(signal.SIGTERM, _terminate)
 
     started = time.monotonic()
@@ -1168,7 +1336,18 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dhtdeb-bench-swarm-"))
     processes = Processes()
     mirror = Mirror(data.archive.root).start()
-    bench = Bench(data, mirror, workdir, processes, args.keep, args.log_level)
+    liar_mirror = None
+    if args.liar and CROWD in chosen:
+        liar_mirror = Mirror(data.archive.root).start()
+        original = (data.archive.root / data.crowd.filename).read_bytes()
+        liar_mirror.override(data.crowd.filename, tampered(original))
+        del original
+        print(
+            f"liar: crowd node {count} goes through {liar_mirror.url}, which serves "
+            f"{data.crowd.filename} with every {LIAR_STRIDE}th byte inverted\n",
+            flush=True,
+        )
+    bench = Bench(data, mirror, workdir, processes, args.keep, args.log_level, liar_mirror)
     offload: list[OffloadRound] = []
     crowd: list[CrowdRound] = []
     single: list[SingleRound] = []
@@ -1187,6 +1366,8 @@ def main() -> int:
     finally:
         processes.stop()
         mirror.stop()
+        if liar_mirror is not None:
+            liar_mirror.stop()
         if args.keep:
             print(f"work dir kept (daemon logs in */daemon.log): {workdir}")
         else:
