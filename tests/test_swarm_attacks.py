@@ -116,6 +116,13 @@ LONE_LIARS = [
     # alters a few bytes of one piece usually slips past the audit; the whole-file hash then
     # aborts apt's download once and bans it: docs/swarm.md, trust rule 5.)
     pytest.param(LoneLiar(Lie.FORGED_LIST, None, lies=1), id="forged-list"),
+    # Another file's bytes under an honest list: the first piece fails its corroborated entry.
+    pytest.param(LoneLiar(Lie.OTHER_FILE, None, lies=1), id="other-files-bytes"),
+    # A 64 KiB header line: malformed (the client's header limit), banned as misbehaving.
+    pytest.param(LoneLiar(Lie.HUGE_HEADERS), id="huge-headers"),
+    # A slowloris (4 KiB every 50 ms, never silent for the peer timeout): not a violation,
+    # so not banned; its pieces go overdue and the mirror takes them (web seed).
+    pytest.param(LoneLiar(Lie.DRIP, banned=False), id="slowloris"),
     pytest.param(LoneLiar(Lie.WRONG_SIZE_LIST), id="wrong-size-in-list"),
     pytest.param(LoneLiar(Lie.WRONG_SIZE_BODY), id="wrong-size-body"),
     pytest.param(LoneLiar(Lie.TRUNCATED), id="truncated"),

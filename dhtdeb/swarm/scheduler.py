@@ -287,6 +287,10 @@ class _PeerState:
     fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
     node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
     busy_until: float = 0.0  # it answered "busy": no requests to it before then
+    # A request of it went overdue, and none has come in time since: one request at a time,
+    # for the highest missing piece, so that a slow peer (or a slowloris) never holds the
+    # pieces the mirror stream is about to take.
+    slow: bool = False
 
     def holds(self, index: int) -> bool:
         return (self.have is None or index in self.have) and index not in self.not_held
@@ -656,6 +660,7 @@ class SwarmScheduler:
             for index, request in state.inflight.items():
                 if not request.overdue and request.deadline <= now:
                     request.overdue = True
+                    state.slow = True
                     self._sample_rate(state, index, now - request.start)
             if state.refresh_at is not None and state.refresh_at <= now:
                 state.refresh_at = None
@@ -796,6 +801,8 @@ class SwarmScheduler:
         request = self._take_request(peer, index)
         if state is not None and request is not None:
             self._sample_rate(state, index, self._clock.now() - request.start)
+            if not request.overdue:
+                state.slow = False
         if self._accepted_flags[index]:
             return
         # The driver wrote this copy: whatever was held for `index` is gone.
@@ -1278,8 +1285,11 @@ class SwarmScheduler:
                 for s in self._peers.values()
                 if s.list_state is _ListState.PENDING or self._eligible(s)
             ]
-            if any(s.have is None and not s.not_held for s in servers):
+            if any(s.have is None and not s.not_held and not s.slow for s in servers):
                 return []  # a complete peer can serve every piece
+        # A slow peer (one that let a request go overdue) covers nothing: what it holds is the
+        # mirror's to fetch too, or a slowloris would set the pace of the whole download.
+        servers = [s for s in servers if not s.slow]
         # One pass over the peers, then one over the pieces: this runs on every event.
         covered = self._fetched_by_peers()
         for s in servers:
@@ -1366,7 +1376,7 @@ class SwarmScheduler:
         free = [
             s
             for s in self._peers.values()
-            if len(s.inflight) < self._config.max_requests_per_peer
+            if len(s.inflight) < self._capacity(s)
             and s.busy_until <= now
             and self._eligible(s)
             and (self._in_use is not None or s.offers is not None)
@@ -1375,14 +1385,30 @@ class SwarmScheduler:
             return
         free.sort(key=self._rank, reverse=True)
         referee = self._referee_indices()
-        for index in range(self._low, self.piece_count):
-            if (
+
+        def assignable(index: int) -> bool:
+            return not (
                 self._accepted_flags[index]
                 or index in self._held
                 or index == self._mirror_claim
                 or index in referee
                 or self._live_request(index)
-            ):
+            )
+
+        for state in [s for s in free if s.slow]:
+            free.remove(state)
+            if self._mirror_usable():  # from the top, away from the mirror stream
+                indices: Iterable[int] = range(self.piece_count - 1, self._low - 1, -1)
+            else:
+                indices = range(self._low, self.piece_count)
+            for index in indices:
+                if assignable(index) and index not in state.inflight and state.holds(index):
+                    self._request(state, index)
+                    break
+        if not free:
+            return
+        for index in range(self._low, self.piece_count):
+            if not assignable(index):
                 continue
             for state in free:
                 if index not in state.inflight and state.holds(index):
@@ -1392,6 +1418,12 @@ class SwarmScheduler:
                     break
             if not free:
                 return
+
+    def _capacity(self, state: _PeerState) -> int:
+        """Requests a peer may have in flight: one while it is slow and the mirror can help."""
+        if state.slow and self._mirror_usable():
+            return 1
+        return self._config.max_requests_per_peer
 
     def _check_stuck(self) -> None:
         if (

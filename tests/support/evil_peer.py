@@ -40,6 +40,9 @@ _PORT_ATTEMPTS = 20
 _ENDLESS_LIMIT = 256 * 1024 * 1024  # an "endless" body gives up after this, client or not
 _ENDLESS_CHUNK = 64 * 1024
 _SPLIT_PAUSE = 0.1  # seconds between the two parts of a SPLIT_LIST piece list
+_DRIP_CHUNK = 4096
+_DRIP_PAUSE = 0.05  # seconds between two chunks of a DRIP body (pacing the sender)
+_FILLER = "x" * 65536
 _RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 _ROUTE = re.compile(r"/v1/(pieces|files)/([0-9a-f]{64})")
 
@@ -68,6 +71,13 @@ class Lie(enum.Enum):
     # As OFFERED_FORGERY, but only 16 bytes of piece `piece` are altered: samples miss it, and
     # the inquiry must check whole pieces.
     OFFERED_FLIP = "offered_flip"
+    # Honest list; the bytes it serves for a file are another file's (repeated to the length).
+    OTHER_FILE = "other_file"
+    # Honest bytes, trickled: 4 KiB every 50 ms (80 KiB/s), never silent long enough for the
+    # peer timeout: a slowloris that holds the downloader's request slots.
+    DRIP = "drip"
+    # Every answer carries a 64 KiB header line.
+    HUGE_HEADERS = "huge_headers"
     WRONG_SIZE_LIST = "wrong_size_list"  # X-Dhtdeb-Size is one more than the file's size
     # 206 with the right Content-Range, but Content-Length and body one byte longer than asked.
     WRONG_SIZE_BODY = "wrong_size_body"
@@ -140,6 +150,10 @@ class EvilPeer:
         self._bootstrap = parse_host_port(bootstrap)
         self._state_dir = state_dir
         self._offers = {sha: self._offer(data) for sha, data in files.items()}
+        if lie is Lie.OTHER_FILE:
+            self._offers = {
+                sha: self._other_file(offer, files, sha) for sha, offer in self._offers.items()
+            }
         self._lock = threading.Lock()
         self._counts: Counter[PeerRequest] = Counter()
         self._log: list[PeerRequest] = []
@@ -168,6 +182,12 @@ class EvilPeer:
         lying_lists = (Lie.BAD_LIST, Lie.FORGED_LIST, Lie.OFFERED_FORGERY, Lie.OFFERED_FLIP)
         listed = served if self.lie in lying_lists else data
         return _Offer(len(data), served, b"".join(piece_digests(listed)))
+
+    @staticmethod
+    def _other_file(offer: _Offer, files: Mapping[str, bytes], sha256: str) -> _Offer:
+        other = next((d for s, d in sorted(files.items()) if s != sha256 and d), b"\xa5")
+        served = (other * (offer.real_size // len(other) + 1))[: offer.real_size]
+        return _Offer(offer.real_size, served, offer.piece_list)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -362,6 +382,8 @@ class EvilPeer:
     def _piece_list(self, offer: _Offer) -> web.Response:
         size = offer.real_size + (1 if self.lie is Lie.WRONG_SIZE_LIST else 0)
         headers = {"X-Dhtdeb-Size": str(size), "X-Dhtdeb-Have": "all"}
+        if self.lie is Lie.HUGE_HEADERS:
+            headers["X-Filler"] = _FILLER
         count = len(offer.piece_list) // 32
         if self.lie in (Lie.OFFERED_FORGERY, Lie.OFFERED_FLIP) and count > 1:
             # docs/swarm.md: a downloader's answer. Offered: every piece but the first
@@ -387,13 +409,13 @@ class EvilPeer:
         return response
 
     def _range_response(self, offer: _Offer, first: int, last: int) -> web.StreamResponse:
-        return web.StreamResponse(
-            status=206,
-            headers={
-                "Content-Range": f"bytes {first}-{last}/{offer.real_size}",
-                "Content-Type": "application/octet-stream",
-            },
-        )
+        headers = {
+            "Content-Range": f"bytes {first}-{last}/{offer.real_size}",
+            "Content-Type": "application/octet-stream",
+        }
+        if self.lie is Lie.HUGE_HEADERS:
+            headers["X-Filler"] = _FILLER
+        return web.StreamResponse(status=206, headers=headers)
 
     async def _send_range(
         self, request: web.Request, offer: _Offer, first: int, last: int
@@ -414,6 +436,13 @@ class EvilPeer:
             body += b"\x00"
         response.content_length = len(body)
         await response.prepare(request)
+        if self.lie is Lie.DRIP:
+            with contextlib.suppress(ConnectionError):
+                for offset in range(0, len(body), _DRIP_CHUNK):
+                    await response.write(body[offset : offset + _DRIP_CHUNK])
+                    await asyncio.sleep(_DRIP_PAUSE)
+                await response.write_eof()
+            return response
         if self.lie is Lie.TRUNCATED:
             await response.write(body[: len(body) // 2])
             # close(), unlike abort(), flushes what is buffered first: the client gets the half.
