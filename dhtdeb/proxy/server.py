@@ -16,8 +16,10 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dhtdeb.archive.chain import IndexExpectation, TrustChain
 from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
@@ -56,7 +58,12 @@ FORWARDED_RESPONSE_HEADERS = (
     "Date",
 )
 READ_AHEAD_MEMORY = 512  # pipelined targets remembered as looked at
+UNVERIFIABLE_MEMORY = 1024  # archive roots and directories remembered as logged unverifiable
 CONDITIONAL = ("If-Modified-Since", "If-None-Match", "If-Range", "Range")
+# Seconds a client connection may sit without a complete request head: idle between requests, or
+# trickling its headers (slowloris). aiohttp's default is an hour. apt reconnects when a proxy
+# closes an idle connection, as it does with servers' usual 5-15 s keep-alive.
+HEADER_TIMEOUT = 15.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 StatusProvider = Callable[[], dict[str, object]]
@@ -111,6 +118,10 @@ class ProxyServer:
         # again behind each request answered, and one look per target is enough.
         self._read_ahead_seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
     # -- entry --------------------------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -120,6 +131,10 @@ class ProxyServer:
             return web.Response(
                 status=403, text="dhtdeb: clients outside --allow-cidr are refused\n"
             )
+        if request.version.major != 1:
+            # aiohttp's parser takes any HTTP/d.d; HTTP/0.9 and HTTP/2.0 heads are not HTTP/1.
+            self._counters.requests.refused += 1
+            return web.Response(status=505, text="dhtdeb: only HTTP/1.0 and HTTP/1.1\n")
         if request.method not in ("GET", "HEAD"):
             self._counters.requests.refused += 1
             return web.Response(
@@ -404,6 +419,8 @@ class ProxyServer:
 
     def _log_unverifiable(self, key: str, reason: str) -> None:
         if key not in self._unverifiable_logged:
+            if len(self._unverifiable_logged) >= UNVERIFIABLE_MEMORY:
+                self._unverifiable_logged.clear()  # any client can name new directories
             self._unverifiable_logged.add(key)
             log.warning(
                 "%s: cannot verify (%s); passing through unverified, not caching", key, reason
@@ -465,5 +482,36 @@ def pipelined_targets(request: web.BaseRequest) -> list[str]:
     return targets
 
 
+class _BadRequestLog(logging.Logger):
+    """aiohttp's logger for the proxy's connections. aiohttp reports a request its parser
+    refused (bad request line, header too long, ...) with a traceback at ERROR, so any client
+    could flood the log; such a request becomes one debug line and one `requests.refused`.
+    Any other report (an exception in a handler: a bug) stays as loud as aiohttp makes it."""
+
+    def __init__(self, counters: Counters) -> None:
+        super().__init__(f"{__name__}.http")
+        self.parent = log
+        self._counters = counters
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), HttpProcessingError):
+            self._counters.requests.refused += 1
+            super().debug(msg, *args)
+        else:
+            super().exception(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), HttpProcessingError):
+            self._counters.requests.refused += 1  # a non-HTTP first line (BadHttpMethod)
+            kwargs.pop("exc_info")
+        super().debug(msg, *args, **kwargs)
+
+
 def build_server(proxy: ProxyServer) -> web.Server:
-    return web.Server(proxy.handle, max_line_size=8190, max_field_size=8190)
+    return web.Server(
+        proxy.handle,
+        logger=_BadRequestLog(proxy.counters),
+        keepalive_timeout=HEADER_TIMEOUT,  # also bounds the wait for complete headers
+        max_line_size=8190,
+        max_field_size=8190,
+    )

@@ -65,6 +65,10 @@ def _clean_path(raw: str) -> str:
     if "\\" in raw or "%2f" in raw.lower() or "%5c" in raw.lower():
         raise BadTarget(400, "encoded or backward slash in path")
     path = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
+    if any(c in path for c in "%?#"):
+        # Encoded twice (`%252e%252e`) or a query smuggled into the path: the upstream URL is
+        # built from the decoded path, and its URL parser would decode `%2e%2e` into `..`.
+        raise BadTarget(400, "encoded %, ? or # in path")
     if _CONTROL.search(path):
         raise BadTarget(400, "control character in path")
     if _DOT_SEGMENT.search(path):

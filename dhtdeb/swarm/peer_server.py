@@ -85,6 +85,9 @@ MAX_LINE = 1024
 MAX_FIELD = 4096
 MAX_HEADERS = 32
 SHUTDOWN_GRACE = 1.0
+# Seconds a connection may sit without a complete request (idle, or headers trickled) and an
+# upload may make no progress.
+DEFAULT_IDLE_TIMEOUT = 30.0
 
 _ROUTE = re.compile(r"/v1/(pieces|files)/([^/]*)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -196,7 +199,7 @@ class PeerServer:
         partials: PartialSource | None = None,
         upload_rate: float | None = None,
         max_uploads: int = DEFAULT_MAX_UPLOADS,
-        idle_timeout: float = 30.0,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: Clock | None = None,
         node: bytes = b"",
     ) -> None:
