@@ -1,4 +1,4 @@
-"""The `dhtdeb` command line: serve, bootstrap, peers, status."""
+"""The `dhtdeb` command line: serve, bootstrap, peers, status, cache verify."""
 
 from __future__ import annotations
 
@@ -205,6 +205,38 @@ def status(
 ) -> None:
     """Print the daemon's /status.json."""
     typer.echo(json.dumps(_get_json(f"{_daemon_url(url, state_dir)}/status.json"), indent=2))
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="The content store in the state directory.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("verify")
+def cache_verify(
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"),
+    ] = None,
+) -> None:
+    """Hash every file in the store against its name (SHA256); exit 1 if any is bad.
+
+    Reads only: works with the daemon stopped or running."""
+    from dhtdeb.app import default_state_dir
+    from dhtdeb.store import verify_store
+
+    root = (state_dir or default_state_dir()) / "store"
+    if not root.is_dir():
+        typer.echo(f"dhtdeb: no store at {root}", err=True)
+        raise typer.Exit(2)
+    report = verify_store(root)
+    for bad in report.bad:
+        typer.echo(f"bad: {bad.path}: {bad.reason}", err=True)
+    typer.echo(
+        f"{report.files} files, {report.bytes} bytes, {len(report.bad)} bad"
+        + (f" ({report.partial} partial downloads in incoming/)" if report.partial else "")
+    )
+    if report.bad:
+        raise typer.Exit(1)
 
 
 @app.command()

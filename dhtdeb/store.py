@@ -12,19 +12,25 @@ directory. Before the first such file is renamed, a durable marker file `unsynce
 `sync` removes it once nothing is left unsynced. A power loss can only lose or damage files
 committed while the marker existed, and they changed (ctime) after it was made: a store opened
 with the marker present hashes those files again and removes any whose bytes no longer match
-their name. A killed daemon loses nothing (the kernel still writes its files out).
+their name. A killed daemon loses nothing (the kernel still writes its files out). If the wall
+clock went backwards while the marker existed, the marker's time is set back with it before the
+next rename, so that files renamed after the jump still count as changed since the marker.
+
+`verify_store` is the offline check (`dhtdeb cache verify`): it hashes every stored file against
+its name and changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -57,6 +63,17 @@ def _durable_sha256(path: Path) -> str:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
         os.fsync(handle.fileno())
     return digest
+
+
+def _log_if_full(exc: OSError, sha256: str, size: int) -> None:
+    """A full disk is the operator's to fix: say so plainly, once per failed file."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error(
+            "store full: no space left on device for %s (%d bytes); this download fails, "
+            "the daemon carries on (free space on the state directory's disk)",
+            sha256,
+            size,
+        )
 
 
 def check_sha256(sha256: str) -> str:
@@ -99,6 +116,7 @@ class PartialFile:
             self._memory = bytearray(size)
         else:
             self._file = open(path, "w+b", buffering=0)  # closed by commit/discard
+        self._full_logged = False
         self._readback: bytearray | None = None  # for hash_through, made on first use
 
     @property
@@ -111,8 +129,7 @@ class PartialFile:
         if self._memory is not None:
             self._memory[self.written : self.written + len(data)] = data
         else:
-            assert self._file is not None
-            os.pwrite(self._file.fileno(), data, self.written)
+            self._pwrite(data, self.written)
         self._hash.update(data)
         self.written += len(data)
 
@@ -123,8 +140,20 @@ class PartialFile:
         if self._memory is not None:
             self._memory[offset : offset + len(data)] = data
         else:
-            assert self._file is not None
+            self._pwrite(data, offset)
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        assert self._file is not None
+        try:
             os.pwrite(self._file.fileno(), data, offset)
+        except OSError as exc:
+            self._note_failure(exc)
+            raise
+
+    def _note_failure(self, exc: OSError) -> None:
+        if not self._full_logged:
+            self._full_logged = True
+            _log_if_full(exc, self.sha256, self.size)
 
     def hash_through(self, end: int, first: bytes | None = None) -> None:
         """Extend the hashed prefix to `end`; `first` may hold the bytes right after the prefix."""
@@ -181,8 +210,12 @@ class PartialFile:
     def write_out(self) -> None:
         """Put the whole file at `path` (the store's commit, on a worker thread)."""
         if self._memory is not None:
-            with open(self.path, "wb") as out:
-                out.write(self._memory)
+            try:
+                with open(self.path, "wb") as out:
+                    out.write(self._memory)
+            except OSError as exc:
+                self._note_failure(exc)
+                raise
             return
         assert self._file is not None
         self._file.close()
@@ -196,9 +229,12 @@ class PartialFile:
 
 
 class ContentStore:
-    def __init__(self, root: Path, *, limit_bytes: int = 0) -> None:
+    def __init__(
+        self, root: Path, *, limit_bytes: int = 0, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.root = root
         self.limit_bytes = limit_bytes
+        self._wall_clock = wall_clock
         self.incoming = root / "incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
         for leftover in self.incoming.iterdir():
@@ -219,6 +255,7 @@ class ContentStore:
         self._unsynced: list[Path] = []
         self._renaming = 0  # commits between _before_rename and _after_rename
         self._marked = False  # the marker exists and is durable
+        self._marked_at = 0.0  # the marker's mtime (wall clock)
         self.rechecked = self._recheck_after_crash()
 
     # -- durability ---------------------------------------------------------------------------
@@ -264,11 +301,24 @@ class ContentStore:
         durable marker exists first, and count the rename as in flight until `_after_rename`."""
         with self._sync_lock:
             self._renaming += 1
+            now = self._wall_clock()
             if not self._marked:
                 with open(self._marker, "wb") as marker:
+                    os.utime(marker.fileno(), (now, now))
                     os.fsync(marker.fileno())
                 _fsync_directory(self.root)
                 self._marked = True
+                self._marked_at = now
+            elif now < self._marked_at:
+                # The wall clock went back: files renamed from now on get ctimes before the
+                # marker's mtime, and a recheck after a crash would skip them.
+                with open(self._marker, "rb") as marker:
+                    os.utime(marker.fileno(), (now, now))
+                    os.fsync(marker.fileno())
+                log.info(
+                    "the wall clock went back %.0f s; store marker reset", self._marked_at - now
+                )
+                self._marked_at = now
 
     def _after_rename(self, path: Path | None) -> None:
         with self._sync_lock:
@@ -315,7 +365,7 @@ class ContentStore:
         except FileNotFoundError:
             self._forget(sha256)
             return None
-        self._last_used[sha256] = time.time()
+        self._last_used[sha256] = self._wall_clock()
         return StoredFile(sha256, path, st.st_size, st.st_mtime)
 
     def __contains__(self, sha256: object) -> bool:
@@ -352,7 +402,7 @@ class ContentStore:
         target = self.path_of(partial.sha256)
         target.parent.mkdir(exist_ok=True)
         if mtime is not None:
-            os.utime(partial.path, (time.time(), mtime))
+            os.utime(partial.path, (self._wall_clock(), mtime))
         self._before_rename()
         try:
             os.replace(partial.path, target)
@@ -364,7 +414,7 @@ class ContentStore:
         if partial.sha256 not in self._sizes:
             self._bytes += partial.size
         self._sizes[partial.sha256] = partial.size
-        self._last_used[partial.sha256] = time.time()
+        self._last_used[partial.sha256] = self._wall_clock()
         self._evict(keep=partial.sha256)
         st = target.stat()
         return StoredFile(partial.sha256, target, st.st_size, st.st_mtime)
@@ -391,3 +441,53 @@ class ContentStore:
             if sha256 != keep:
                 log.info("cache full: evicting %s", sha256)
                 self.remove(sha256)
+
+
+# -- the offline check ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BadFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReport:
+    files: int
+    bytes: int
+    bad: tuple[BadFile, ...]
+    partial: int  # files left in incoming/ (never served; cleared when the daemon starts)
+
+
+def stored_paths(root: Path) -> Iterator[Path]:
+    """Every file the store would serve: `<root>/<aa>/<sha256>`."""
+    for path in sorted(root.glob("??/*")):
+        if _HEX64.fullmatch(path.name) and path.parent.name == path.name[:2]:
+            yield path
+
+
+def verify_store(root: Path) -> StoreReport:
+    """Hash every stored file against its name. Reads only: safe beside a running daemon (a file
+    it evicts meanwhile is skipped) and on a stopped one."""
+    files = 0
+    total = 0
+    bad: list[BadFile] = []
+    for path in stored_paths(root):
+        try:
+            with open(path, "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                size = os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            files += 1
+            bad.append(BadFile(path, f"unreadable: {exc.strerror}"))
+            continue
+        files += 1
+        total += size
+        if digest != path.name:
+            bad.append(BadFile(path, f"content hashes to {digest}"))
+    incoming = root / "incoming"
+    partial = sum(1 for _ in incoming.iterdir()) if incoming.is_dir() else 0
+    return StoreReport(files, total, tuple(bad), partial)

@@ -3,12 +3,18 @@
 Owns: the mapping URL → (sha256, size) for index files (from verified Releases) and pool files (from
 Packages files whose hash matched a verified Release). Trusts: only callers that pass it verified
 Releases (`learn_release`) and Packages files already checked against them (`learn_packages`).
-Entries of a Release whose Valid-Until has passed are not returned.
+Entries of a Release whose Valid-Until has passed are not returned (judged by `wall_clock` at each
+lookup: nothing is deleted on expiry, so a wall clock that jumps ahead and back loses nothing).
+
+A database found damaged when opened (not SQLite, or failing `PRAGMA quick_check`: a torn or
+truncated file) is moved aside and an empty one made: everything in it is learned again from the
+next `apt-get update`, and the store's files are still served once it is.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -65,14 +71,54 @@ class Expected:
     size: int
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        verdict = db.execute("PRAGMA quick_check").fetchone()
+        if verdict is None or verdict[0] != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {verdict[0] if verdict else 'no answer'}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _move_aside(path: Path, stamp: float) -> Path:
+    """Rename the database and its WAL and shared-memory files out of the way (a WAL left behind
+    could be replayed into the new database)."""
+    aside = path.with_name(f"{path.name}.damaged-{int(stamp)}")
+    count = 0
+    while aside.exists():  # damaged twice within a second: keep both
+        count += 1
+        aside = path.with_name(f"{path.name}.damaged-{int(stamp)}.{count}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, aside.with_name(aside.name + suffix))
+    return aside
+
+
 class ArchiveIndex:
     def __init__(self, path: Path, *, wall_clock: Callable[[], float] = time.time) -> None:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = _connect(path)
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, disk full: not damage, and moving it would not help
+        except sqlite3.DatabaseError as exc:
+            aside = _move_aside(path, wall_clock())
+            log.error(
+                "archive index %s is damaged (%s): moved aside to %s; starting with an empty "
+                "index, learned again at the next apt-get update",
+                path,
+                exc,
+                aside,
+            )
+            self._db = _connect(path)
         # apt's batch asks for each pool file several times (read-ahead, then the request):
         # answers of pool_file, dropped whenever anything is learned.
         self._pool_cache: dict[str, tuple[str, int, float | None] | None] = {}
