@@ -10,6 +10,12 @@ as long as its slowest (or dead: 5 s) node, and `ValueSpiderCrawl` keeps the maj
 up to alpha requests are in flight; a request older than `slow_after` stops holding a slot (another
 branch opens, as libtorrent does), peer lists from every responder are merged, and the lookup ends
 as soon as enough peers are known, the k nearest live nodes have answered, or the deadline passes.
+
+Sybils: nodes that chose ids near a key are asked first and may answer with long lists of
+non-peers (tests/adversarial/test_dht_sybil.py). So one responder's list counts towards "enough"
+for at most `enough_peers / k` (rounded up) peers: fewer than k Sybils cannot end a lookup before
+the honest nodes among the k nearest have answered. And the peers returned are at most
+`enough_peers`, taken in turn from each responder's list, so no list crowds out the others.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         self._enough_peers = enough_peers
         self._result = LookupResult()
         self._seen_peers: set[Address] = set()
+        self._peers_from: list[list[Contact]] = []  # per responder, in the order they answered
+        self._counted = 0  # peers towards enough_peers, at most _share per responder
+        self._share = -(-enough_peers // ksize) if enough_peers else 0
         self._answered: dict[bytes, tuple[Node, bytes | None]] = {}
         self._asked_addresses: set[Address] = set()
         self._in_flight: dict[bytes, asyncio.Task[None]] = {}
@@ -95,10 +104,23 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
             for task in self._in_flight.values():
                 task.cancel()
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        self._result.peers = self._merged()
         self._result.closest = sorted(
             self._answered.values(), key=lambda pair: pair[0].distance_to(self.node)
         )[: self.ksize]
         return self._result
+
+    def _merged(self) -> list[Contact]:
+        """The responders' lists taken in turn, one peer each, up to enough_peers."""
+        limit = self._enough_peers if self._enough_peers is not None else None
+        merged: list[Contact] = []
+        for rank in range(max((len(peers) for peers in self._peers_from), default=0)):
+            for peers in self._peers_from:
+                if rank < len(peers):
+                    merged.append(peers[rank])
+                    if limit is not None and len(merged) >= limit:
+                        return merged
+        return merged
 
     def _active(self) -> int:
         return sum(1 for node_id in self._in_flight if node_id not in self._slow)
@@ -142,6 +164,7 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         self._result.answered += 1
         self._answered[node_id] = (event.node, reply.token)
         own = self.protocol.source_node.id
+        fresh_peers = []
         for peer in reply.peers:
             # Our own entries go before the de-duplication by address: an entry that names
             # another node's address with our id must not hide that node's own entry.
@@ -149,7 +172,10 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
                 continue
             if (peer.host, peer.port) not in self._seen_peers:
                 self._seen_peers.add((peer.host, peer.port))
-                self._result.peers.append(peer)
+                fresh_peers.append(peer)
+        if fresh_peers:
+            self._peers_from.append(fresh_peers)
+            self._counted += min(len(fresh_peers), self._share or len(fresh_peers))
         fresh = [
             Node(c.node_id, c.host, c.port)
             for c in reply.nodes
@@ -160,13 +186,13 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         self.nearest.push(fresh)
 
     def _done(self) -> bool:
-        if self._enough_peers is not None and len(self._result.peers) >= self._enough_peers:
+        if self._enough_peers is not None and self._counted >= self._enough_peers:
             return True
         # Done when every one of the k nearest live candidates has answered, or is late enough
         # to be presumed dead, and nothing nearer is still waiting to be asked.
         # A get_peers lookup that found nobody yet still waits for its late requests (up to the
         # RPC timeout): returning empty-handed early would send the caller to the mirror.
-        wait_for_late = self._get_peers and not self._result.peers
+        wait_for_late = self._get_peers and not self._peers_from
         for node in self.nearest:
             if node.id in self._answered:
                 continue

@@ -186,7 +186,68 @@ def _optional_token(value: object) -> bytes | None:
     return _bytes(value, "token", max_size=TOKEN_MAX)
 
 
+# Our messages nest three deep (a reply's keys: [[nearest, peers], ...]). umsgpack recurses once
+# per level until RecursionError: 1,400 bytes of b"\x91" cost it ~0.6 ms, twenty times a
+# well-formed datagram of that size (bench/fuzz_dht.py), so deep nesting is refused first, without
+# recursion. The exact scan costs about half a decode; a body with few bytes that could open a
+# container (an array or map header) cannot nest deeply enough to be costly and skips it.
+MAX_DEPTH = 4
+_CHEAP_NESTING = 32
+_NOT_CONTAINER_BYTES = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+# msgpack first byte -> (bytes of the length field, fixed payload size) for scalars; see _depth
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_FIXED |= {0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}
+_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin, str: length bytes
+_EXT = {0xC7: 1, 0xC8: 2, 0xC9: 4}  # ext: length bytes (then a type byte)
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # (length bytes, per)
+
+
+def _check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
+    """RemoteProtocolError when the msgpack in `data` nests deeper than `limit` (or a container
+    promises more items than there are bytes left). Iterative: costs one step per item."""
+    pending: list[int] = []  # items still expected by each open container
+    at, end = 0, len(data)
+    while at < end:
+        first = data[at]
+        at += 1
+        items = 0
+        if first <= 0x7F or first >= 0xE0:
+            pass
+        elif 0x80 <= first <= 0x8F:
+            items = 2 * (first & 0x0F)
+        elif 0x90 <= first <= 0x9F:
+            items = first & 0x0F
+        elif 0xA0 <= first <= 0xBF:
+            at += first & 0x1F
+        elif first in _FIXED:
+            at += _FIXED[first]
+        elif first in _SIZED:
+            size = _SIZED[first]
+            at += size + int.from_bytes(data[at : at + size], "big")
+        elif first in _EXT:
+            size = _EXT[first]
+            at += size + 1 + int.from_bytes(data[at : at + size], "big")
+        elif first in _CONTAINERS:
+            size, per = _CONTAINERS[first]
+            items = per * int.from_bytes(data[at : at + size], "big")
+            at += size
+        else:
+            raise RemoteProtocolError("bad msgpack: reserved byte")
+        if pending:
+            pending[-1] -= 1  # this object is one item of the innermost open container
+        if items:
+            if len(pending) >= limit:
+                raise RemoteProtocolError("bad msgpack: nested too deep")
+            if items > end - at:
+                raise RemoteProtocolError("bad msgpack: container longer than the datagram")
+            pending.append(items)
+        while pending and not pending[-1]:
+            pending.pop()
+
+
 def _decode_body(data: bytes) -> object:
+    if len(data.translate(None, _NOT_CONTAINER_BYTES)) > _CHEAP_NESTING:
+        _check_depth(data)
     try:
         return umsgpack.unpackb(data)
     except Exception as exc:  # umsgpack raises a zoo of types, and RecursionError on deep nesting
