@@ -248,6 +248,10 @@ class Downloads:
             if swarm.holders is not None:
                 for peer in download.delivered_by():
                     swarm.holders.hints.delivered(peer, swarm.clock.now())
+        except SwarmVerificationError:
+            if not download.bytes_from_peers:  # every byte came from the mirror: its lie
+                self._counters.verify_failures.mirror += 1
+            raise
         finally:
             del self._swarming[transfer.sha256]
             if download.bytes_from_peers:
