@@ -24,6 +24,7 @@ from aiohttp import web
 from dhtdeb import __version__
 from dhtdeb.archive.chain import TrustChain
 from dhtdeb.archive.index import ArchiveIndex
+from dhtdeb.archive.last_signed import LastSigned
 from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.clock import MonotonicClock
 from dhtdeb.discovery import NoDiscovery, PeerDiscovery
@@ -288,6 +289,7 @@ async def serve(config: ServeConfig) -> None:
         status=status,
         find_peers=find_peers,
         metrics=metrics_renderer(status),
+        last_signed=LastSigned(config.state_dir / "signed"),
     )
     runner = web.ServerRunner(build_server(proxy), handle_signals=False, access_log=None)
     await runner.setup()

@@ -21,6 +21,7 @@ class RequestCounters:
     passed_through: int = 0
     refused: int = 0
     read_ahead: int = 0  # downloads started for requests apt pipelined behind another
+    stale_releases: int = 0  # InReleases answered from the kept copy: the mirror was down
 
 
 @dataclass(slots=True)

@@ -22,9 +22,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dhtdeb.archive.chain import IndexExpectation, TrustChain
+from dhtdeb.archive.last_signed import LastSigned
 from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
 from dhtdeb.downloads import Downloads
-from dhtdeb.errors import DhtdebError, MirrorError
+from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.proxy.files import VERIFIED, content_type, send_verified
 from dhtdeb.proxy.target import BadTarget, LocalTarget, UpstreamTarget, parse_target
@@ -103,8 +104,11 @@ class ProxyServer:
         status: StatusProvider,
         find_peers: PeerLookup,
         metrics: Callable[[], bytes],
+        last_signed: LastSigned | None = None,
     ) -> None:
         self._chain = chain
+        self._last_signed = last_signed
+        self._keeping: set[asyncio.Task[None]] = set()
         self._store = store
         self._downloads = downloads
         self._mirror = mirror
@@ -181,14 +185,18 @@ class ProxyServer:
         return headers
 
     async def _fetch_signed(
-        self, request: web.BaseRequest, location: ArchiveLocation
+        self, request: web.BaseRequest, location: ArchiveLocation, *, kept: bool = False
     ) -> tuple[bytes, Mapping[str, str]] | web.StreamResponse:
-        """InRelease or Release, whole: its body and headers, or apt's answer when not a 200."""
+        """InRelease or Release, whole: its body and headers, or apt's answer when not a 200.
+        With `kept` (a verified copy is kept), a 5xx raises MirrorError like a mirror that cannot
+        be reached, so that the copy answers instead."""
         assert location.suite_url is not None
         # Without a verified Release for this suite we must see the whole file, even if apt has it.
         conditional = self._chain.has_release(location.suite_url)
         headers = self._forwarded(request, conditional=conditional)
         async with await self._mirror.request("GET", location.url, headers) as upstream:
+            if kept and upstream.status >= 500:
+                raise MirrorError(f"{location.url}: mirror answered HTTP {upstream.status}")
             if upstream.status != 200:
                 return await self._relay(request, upstream, verified=False)
             body = await upstream.read(MAX_RELEASE_BYTES)
@@ -198,12 +206,57 @@ class ProxyServer:
     async def _in_release(
         self, request: web.BaseRequest, location: ArchiveLocation
     ) -> web.StreamResponse:
-        fetched = await self._fetch_signed(request, location)
+        kept = self._last_signed is not None and self._last_signed.has(location.url)
+        try:
+            fetched = await self._fetch_signed(request, location, kept=kept)
+        except MirrorError as exc:
+            answer = await self._kept_in_release(request, location, exc) if kept else None
+            if answer is None:
+                raise
+            return answer
         if isinstance(fetched, web.StreamResponse):
             return fetched
         body, headers = fetched
         verified = await self._chain.accept_in_release(location, body)
+        if verified and self._last_signed is not None:
+            task = asyncio.create_task(
+                asyncio.to_thread(
+                    self._last_signed.keep, location.url, body, headers.get("Last-Modified")
+                )
+            )
+            self._keeping.add(task)
+            task.add_done_callback(self._kept)
         return self._buffered(request, headers, body, verified)
+
+    def _kept(self, task: asyncio.Task[None]) -> None:
+        self._keeping.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("could not keep a verified InRelease: %s", error)
+
+    async def _kept_in_release(
+        self, request: web.BaseRequest, location: ArchiveLocation, error: MirrorError
+    ) -> web.StreamResponse | None:
+        """The mirror cannot be reached: the last verified InRelease of the suite, verified
+        again (signature, Valid-Until, Date), so that apt keeps its lists and a warm node goes
+        on serving what they name. None when there is no such copy or it is no longer good."""
+        assert self._last_signed is not None
+        kept = await asyncio.to_thread(self._last_signed.get, location.url)
+        if kept is None or not await self._chain.accept_in_release(location, kept.body):
+            return None
+        self._counters.requests.stale_releases += 1
+        log.warning(
+            "%s; serving the last verified InRelease (Last-Modified %s)",
+            error,
+            kept.last_modified or "unknown",
+        )
+        stale = {"Warning": '110 dhtdeb "Response is Stale"'}
+        if kept.last_modified is not None:
+            stale["Last-Modified"] = kept.last_modified
+            if request.headers.get("If-Modified-Since") == kept.last_modified:
+                return web.Response(status=304, headers={**stale, VERIFIED: "yes"})
+        response = self._buffered(request, stale, kept.body, True)
+        response.headers["Warning"] = stale["Warning"]
+        return response
 
     async def _release(
         self, request: web.BaseRequest, location: ArchiveLocation
@@ -267,11 +320,7 @@ class ProxyServer:
         except UpstreamRefused:
             raise
         except (DhtdebError, OSError) as exc:
-            return web.Response(
-                status=502,
-                text=f"dhtdeb: {location.url} does not match the signed Release: {exc}\n",
-                headers={VERIFIED: "no"},
-            )
+            return _not_started(location, exc, "the signed Release")
         return await self._serve_transfer(request, location, transfer)
 
     def _learn_beside_pdiff(self, location: ArchiveLocation, expectation: IndexExpectation) -> None:
@@ -310,7 +359,12 @@ class ProxyServer:
             )
         transfer = self._downloads.fetch(location.url, expected, announce=True)
         self._read_ahead(request)
-        await transfer.wait_started()
+        try:
+            await transfer.wait_started()
+        except UpstreamRefused:
+            raise
+        except (DhtdebError, OSError) as exc:
+            return _not_started(location, exc, "its signed Packages entry")
         return await self._serve_transfer(request, location, transfer)
 
     def _read_ahead(self, request: web.BaseRequest) -> None:
@@ -458,6 +512,19 @@ class ProxyServer:
             f"<table>{rows}</table>"
         )
         return web.Response(text=html, content_type="text/html")
+
+
+def _not_started(location: ArchiveLocation, error: BaseException, reference: str) -> web.Response:
+    """apt's answer for a verified file whose download failed before its first byte."""
+    if isinstance(error, MirrorError):
+        reason = f"the mirror failed: {error}"
+    elif isinstance(error, VerificationError):
+        reason = f"the mirror's file does not match {reference}: {error}"
+    else:
+        reason = f"download failed: {error}"
+    return web.Response(
+        status=502, text=f"dhtdeb: {location.url}: {reason}\n", headers={VERIFIED: "no"}
+    )
 
 
 async def _ready(stored: StoredFile) -> StoredFile:

@@ -348,11 +348,13 @@ def test_a_warm_node_serves_what_it_holds_while_the_mirror_is_down(
     tmp_path: Path,
 ) -> None:
     """Expected, with the mirror stopped after a warm-up (apt-get update, four packages
-    downloaded): InRelease gets 502 (dhtdeb keeps no copy of the signed file and cannot say
-    whether apt's is current), so `apt-get update` reports the failure, exits 0 and keeps its
-    lists (with --error-on=any it exits non-zero); the Packages file, by name and by hash, is
-    served from the store (200, verified; Packages.gz, which apt never fetched, gets 502); the
-    four cached packages download right; a package never fetched fails at once with 502."""
+    downloaded): InRelease is answered from the last verified copy (archive/last_signed.py),
+    verified again, with a Warning header (304 to apt's If-Modified-Since), so `apt-get update`
+    succeeds even with --error-on=any and keeps its lists, and `requests.stale_releases`
+    counts it; the Packages file, by name and by hash, is served from the store (200, verified;
+    Packages.gz, which apt never fetched, gets 502); the four cached packages download right; a
+    package never fetched fails at once with 502. A kept copy changed on disk is refused (its
+    signature no longer verifies): apt then gets 502 as with no copy at all."""
     daemon = dhtdeb_daemon()
     apt = _apt(apt_client, signed_archive, mirror, daemon)
     apt.update().check()
@@ -363,17 +365,20 @@ def test_a_warm_node_serves_what_it_holds_while_the_mirror_is_down(
     mirror_url = mirror.url
     mirror.stop()
 
-    update = apt.run(["update"])
-    assert update.ok, update.output
-    assert "502" in update.output and "old ones used instead" in update.output
+    apt.update().check()  # --error-on=any
     lists_after = {p.name: p.read_bytes() for p in apt.lists_dir.iterdir() if p.is_file()}
     assert lists_after == lists_before
-    assert not apt.update().ok  # --error-on=any
+    assert daemon.status()["requests"]["stale_releases"] >= 1
 
-    in_release = rawhttp.request(
-        daemon.proxy, "GET", f"{mirror_url}/dists/{signed_archive.suite}/InRelease"
+    in_release_url = f"{mirror_url}/dists/{signed_archive.suite}/InRelease"
+    in_release = rawhttp.request(daemon.proxy, "GET", in_release_url)
+    assert in_release.status == 200, in_release.status
+    assert (
+        in_release.body
+        == (signed_archive.root / "dists" / signed_archive.suite / "InRelease").read_bytes()
     )
-    assert in_release.status == 502
+    assert in_release.headers["X-Dhtdeb-Verified"] == "yes"
+    assert "Stale" in in_release.headers["Warning"]
     binary = signed_archive.binary_dir.relative_to(signed_archive.root).as_posix()
     xz = (signed_archive.binary_dir / "Packages.xz").read_bytes()
     xz_sha256 = hashlib.sha256(xz).hexdigest()
@@ -388,6 +393,12 @@ def test_a_warm_node_serves_what_it_holds_while_the_mirror_is_down(
     _assert_received(tmp_path / "cold", cached)
     missing = apt.download([uncached.name], tmp_path / "none", timeout=30)
     assert not missing.ok and "502" in missing.output
+    assert daemon.running
+
+    # A kept copy that changed on disk is refused: no longer what a trusted key signed.
+    (kept,) = (daemon.state_dir / "signed").iterdir()
+    kept.write_bytes(kept.read_bytes().replace(b"Packages", b"PackageZ", 1))
+    assert rawhttp.request(daemon.proxy, "GET", in_release_url).status == 502
     assert daemon.running
 
 
