@@ -4,10 +4,10 @@ and real apt.
 
 Each case says in its docstring what must happen, then checks what apt sees (exit status, and the
 SHA256 of every file it wrote), the daemon's /status.json counters, and the store: every file in
-it hashes to its name and nothing the lie touched is there. Only the mirror lies here; the swarm's
-liars are in tests/test_swarm_attacks.py, the tampered .deb / tampered Packages / prepended
-paragraph / unknown-key-alone / expired-Release cases in tests/test_proxy_attacks.py and
-tests/test_proxy_http.py.
+it hashes to its name and nothing the lie touched is there. Only the mirror lies here; the
+swarm's liars are in test_lying_peers.py, the tampered .deb / tampered Packages / prepended
+paragraph / unknown-key-alone cases in test_proxy_attacks.py (both beside this file), the
+expired-Release case in tests/test_proxy_http.py.
 """
 
 from __future__ import annotations
