@@ -19,6 +19,8 @@ class _StatusCollector(Collector):
             ("bytes", "counter"),
             ("requests", "counter"),
             ("verify_failures", "counter"),
+            ("bans", "counter"),
+            ("inquiries", "counter"),
             ("dht", "gauge"),
             ("cache", "gauge"),
         ):

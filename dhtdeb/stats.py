@@ -33,10 +33,27 @@ class VerifyFailures:
 
 
 @dataclass(slots=True)
+class BanCounters:
+    lied: int = 0  # a proven lie (bad piece, list or offer): an hour
+    misbehaved: int = 0  # wrong size, stall, malformed, or a suspect nobody could clear: 10 min
+
+
+@dataclass(slots=True)
+class InquiryCounters:
+    """Whole-file mismatches with pieces taken on offers (swarm/inquiry.py)."""
+
+    opened: int = 0
+    retracted_pieces: int = 0  # taken on a convicted liar's word, fetched again
+    check_bytes: int = 0  # asked of the mirror to find the liar
+
+
+@dataclass(slots=True)
 class Counters:
     bytes: ByteCounters = field(default_factory=ByteCounters)
     requests: RequestCounters = field(default_factory=RequestCounters)
     verify_failures: VerifyFailures = field(default_factory=VerifyFailures)
+    bans: BanCounters = field(default_factory=BanCounters)
+    inquiries: InquiryCounters = field(default_factory=InquiryCounters)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return asdict(self)

@@ -292,6 +292,7 @@ class SwarmDownload:
                         return
                     self._scheduler.whole_file_failed()
                     if self._scheduler.failed is None and not self._scheduler.finished:
+                        self._ctx.counters.inquiries.opened += 1
                         log.warning(
                             "%s: whole file does not match; the mirror checks the pieces taken"
                             " on offers",
@@ -383,9 +384,11 @@ class SwarmDownload:
         if self._ctx.holders is not None:
             self._ctx.holders.hints.failed(peer)
         if lied:
+            self._ctx.counters.bans.lied += 1
             self._ctx.counters.verify_failures.peer += 1
             log.warning("peer %s lied about %s: %s; banned", peer.url(), self._sha256[:12], reason)
         else:
+            self._ctx.counters.bans.misbehaved += 1
             log.info("peer %s misbehaved on %s: %s; banned", peer.url(), self._sha256[:12], reason)
         for key, task in list(self._tasks.items()):
             if isinstance(key, tuple) and len(key) > 1 and key[1] == peer:
@@ -426,6 +429,7 @@ class SwarmDownload:
         self._written.discard(index)
         self._on_disk.discard(index)
         self._rehash = True
+        self._ctx.counters.inquiries.retracted_pieces += 1
         if index * PIECE_SIZE < self._released:
             self._apt_read_a_lie = True
 
@@ -691,6 +695,7 @@ class SwarmDownload:
             self._scheduler.check_failed(check, str(exc))
             return
         self._ctx.counters.bytes.from_mirror += len(data)
+        self._ctx.counters.inquiries.check_bytes += len(data)
         self.bytes_from_mirror += len(data)
         if check.index not in self._written:  # retracted while the mirror answered
             self._scheduler.check_result(check, matched=None)

@@ -157,6 +157,9 @@ def test_lone_liar_is_banned_and_apt_gets_the_right_files(
     _download(apt, big.name, tmp_path / "b", signed_archive)
     status = b.status()
     assert status["verify_failures"]["peer"] == case.lies, status
+    bans = status["bans"]
+    assert bans["lied"] == case.lies, status
+    assert (bans["lied"] + bans["misbehaved"] > 0) == case.banned, status
     # A peer's lie is never blamed on the mirror.
     assert status["verify_failures"]["mirror"] == 0, status
     mirror_big = mirror.bytes_sent(big.filename)
@@ -244,6 +247,10 @@ def test_a_downloader_whose_offers_lie_is_convicted_and_apt_never_fails(
     assert status["bytes"]["from_peers"] >= PIECE, status  # the liar's pieces were taken
     assert status["verify_failures"]["peer"] == 1, status
     assert status["verify_failures"]["mirror"] == 0, status
+    assert status["bans"] == {"lied": 1, "misbehaved": 0}, status
+    inquiries = status["inquiries"]
+    assert inquiries["opened"] >= 1 and inquiries["retracted_pieces"] >= 1, status
+    assert 0 < inquiries["check_bytes"] <= 3 * AUDIT_BLOCK + bound_pieces * PIECE, status
     assert _log_bans(b, evil), b.log_tail()
     mirror_big = mirror.bytes_sent(big.filename)
     bound = big.size + 3 * AUDIT_BLOCK + bound_pieces * PIECE
