@@ -1,4 +1,5 @@
-"""The `dhtdeb` command line: serve, bootstrap, peers, status, cache verify."""
+"""The `dhtdeb` command line: serve, bootstrap, peers, status, cache (cli_cache.py for the
+commands that ask the running daemon, cli_status.py for the status tables)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import asyncio
 import json
 import re
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dhtdeb import __version__
-from dhtdeb.errors import ConfigError
+from dhtdeb import __version__, cli_cache
+from dhtdeb.cli_cache import StateDirOption, UrlOption
+from dhtdeb.cli_status import print_status
+from dhtdeb.daemon_client import DaemonClient, complaint, daemon_url
+from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.logsetup import setup_logging
 from dhtdeb.netaddr import parse_cidr, parse_host_port
 from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS
@@ -149,29 +151,13 @@ def bootstrap_node(
         pass
 
 
-def _daemon_url(url: str | None, state_dir: Path | None) -> str:
-    if url:
-        return url.rstrip("/")
-    from dhtdeb.app import default_state_dir
-
-    addresses = (state_dir or default_state_dir()) / "addresses.json"
+def _get_json(base: str, path: str) -> dict[str, object]:
+    """A local page of the running daemon; exit 1 with one line if it cannot be had."""
     try:
-        return "http://" + str(json.loads(addresses.read_text())["proxy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "http://127.0.0.1:9977"
-
-
-def _get_json(url: str) -> dict[str, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        typer.echo(f"dhtdeb: cannot ask the daemon at {url}: {exc}", err=True)
+        return DaemonClient(base).get(path)
+    except DhtdebError as exc:
+        typer.echo(complaint(exc), err=True)
         raise typer.Exit(1) from None
-    if not isinstance(data, dict):
-        typer.echo(f"dhtdeb: unexpected answer from {url}", err=True)
-        raise typer.Exit(1)
-    return data
 
 
 @app.command()
@@ -190,7 +176,7 @@ def peers(
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         typer.echo("dhtdeb: expected a SHA256 in hex (64 characters)", err=True)
         raise typer.Exit(2)
-    answer = _get_json(f"{_daemon_url(url, state_dir)}/peers/{digest}")
+    answer = _get_json(daemon_url(url, state_dir), f"/peers/{digest}")
     found = answer.get("peers")
     for peer in found if isinstance(found, list) else []:
         typer.echo(str(peer))
@@ -200,15 +186,31 @@ def peers(
 
 @app.command()
 def status(
-    url: Annotated[str | None, typer.Option(help="The daemon's proxy URL")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="The daemon's state directory")] = None,
+    url: UrlOption = None,
+    state_dir: StateDirOption = None,
+    json_: Annotated[bool, typer.Option("--json", help="The raw /status.json")] = False,
 ) -> None:
-    """Print the daemon's /status.json."""
-    typer.echo(json.dumps(_get_json(f"{_daemon_url(url, state_dir)}/status.json"), indent=2))
+    """Show the running daemon's counters: bytes, requests, failures, cache, DHT."""
+    base = daemon_url(url, state_dir)
+    answer = _get_json(base, "/status.json")
+    if json_:
+        typer.echo(json.dumps(answer, indent=2))
+    else:
+        print_status(answer, base)
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The content store in the state directory.")
 app.add_typer(cache_app, name="cache")
+cache_app.command("list")(cli_cache.cache_list)
+cache_app.command("stats")(cli_cache.cache_stats)
+cache_app.command("pin")(cli_cache.cache_pin)
+cache_app.command("unpin")(cli_cache.cache_unpin)
+cache_app.command("evict")(cli_cache.cache_evict)
+
+
+def _progress_line(done: int, total: int) -> None:
+    if done == total or done % 64 == 1:
+        typer.echo(f"\rhashing {done}/{total} files", nl=False, err=True)
 
 
 @cache_app.command("verify")
@@ -228,7 +230,9 @@ def cache_verify(
     if not root.is_dir():
         typer.echo(f"dhtdeb: no store at {root}", err=True)
         raise typer.Exit(2)
-    report = verify_store(root)
+    report = verify_store(root, progress=_progress_line if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        typer.echo("\r\033[K", nl=False, err=True)
     for bad in report.bad:
         typer.echo(f"bad: {bad.path}: {bad.reason}", err=True)
     typer.echo(
@@ -243,6 +247,32 @@ def cache_verify(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+@app.command("setup-apt")
+def setup_apt_command(
+    apt_conf_dir: Annotated[Path, typer.Option(help="apt.conf.d")] = Path("/etc/apt/apt.conf.d"),
+    url: Annotated[str, typer.Option(help="The daemon's proxy URL")] = "http://127.0.0.1:9977",
+    detect_program: Annotated[
+        Path, typer.Option(help="Where to install the program apt asks for the proxy")
+    ] = Path("/usr/local/lib/dhtdeb/apt-proxy-detect"),
+    undo: Annotated[bool, typer.Option("--undo", help="Remove both files again")] = False,
+) -> None:
+    """Make apt use dhtdeb for http sources while it runs, and go direct while it does not."""
+    from dhtdeb import setup_apt
+
+    try:
+        if undo:
+            outcome = setup_apt.undo(apt_conf_dir, detect_program)
+        else:
+            outcome = setup_apt.setup(apt_conf_dir, url, detect_program)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    for line in setup_apt.describe(outcome, undo=undo):
+        typer.echo(line)
+    for warning in outcome.warnings:
+        typer.echo(f"dhtdeb: warning: {warning}", err=True)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """ContentStore: verified files addressed by SHA256, committed atomically.
 
 Owns: the store directory (`<root>/<aa>/<sha256>`), the `incoming/` area for files being written,
-size accounting and least-recently-used eviction above a byte limit, and the store's durability.
+size accounting and least-recently-used eviction above a byte limit, the files kept out of that
+eviction (pinned ones, listed in `<root>/pinned`; ones being read, see `reading`), and the store's
+durability.
 Trusts: nothing. `commit` hashes what was written and refuses bytes whose SHA256 or size differ
 from what the caller expected, so unverified bytes cannot enter the store whatever the caller does.
 
@@ -15,6 +17,11 @@ with the marker present hashes those files again and removes any whose bytes no 
 their name. A killed daemon loses nothing (the kernel still writes its files out). If the wall
 clock went backwards while the marker existed, the marker's time is set back with it before the
 next rename, so that files renamed after the jump still count as changed since the marker.
+
+A file being sent (to apt or a peer) is entered with `reading(sha256)` by the sender around its
+open and send: eviction, automatic or asked for, leaves it alone until the last reader is done.
+Deleting an open file would not hurt the reader on Linux, but the space would not come back until
+it finished, and `dhtdeb cache evict` of a file apt is reading is better refused than half done.
 
 `verify_store` is the offline check (`dhtdeb cache verify`): it hashes every stored file against
 its name and changes nothing.
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dhtdeb.errors import VerificationError
+from dhtdeb.errors import DhtdebError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ READBACK_SIZE = 1 << 20  # bytes read back per step when hashing pieces written 
 # never serves before it is whole). Debian's median package is about 60 KiB.
 IN_MEMORY_MAX = 1 << 20
 UNSYNCED_MARKER = "unsynced"
+PINNED_LIST = "pinned"  # one SHA256 a line: files LRU eviction never removes
 CLOCK_SLACK = 120.0  # seconds: files changed this long before the marker are rechecked too
 
 
@@ -80,6 +88,25 @@ def check_sha256(sha256: str) -> str:
     if not _HEX64.fullmatch(sha256):
         raise ValueError(f"not a lowercase hex SHA256: {sha256!r}")
     return sha256
+
+
+class NotStored(DhtdebError):
+    """The store holds no file with this SHA256."""
+
+
+class EvictionRefused(DhtdebError):
+    """The file may not be evicted now: it is pinned, or being read."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEntry:
+    """One stored file as `dhtdeb cache list` shows it."""
+
+    sha256: str
+    size: int
+    last_used: float  # wall clock; from the file's atime for files stored before this start
+    pinned: bool
+    readers: int  # responses sending it now
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +277,13 @@ class ContentStore:
                 self._last_used[path.name] = st.st_atime
         self._bytes = sum(self._sizes.values())
         self._sequence = 0
+        # Pins and readers: changed on the event loop (and pins on worker threads), read by the
+        # eviction of a commit on a worker thread; one lock makes "not in use, so remove" atomic.
+        self._use_lock = threading.Lock()
+        self._pins_file_lock = threading.Lock()  # one writer of the pin list at a time
+        self._pinned = self._load_pins()
+        self._readers: dict[str, int] = {}
+        self._over_limit_logged = False
         self._marker = root / UNSYNCED_MARKER
         self._sync_lock = threading.Lock()
         self._unsynced: list[Path] = []
@@ -257,6 +291,132 @@ class ContentStore:
         self._marked = False  # the marker exists and is durable
         self._marked_at = 0.0  # the marker's mtime (wall clock)
         self.rechecked = self._recheck_after_crash()
+        self.evictions = 0  # files removed by _evict (least recently used, above limit_bytes)
+
+    # -- pins and readers ---------------------------------------------------------------------
+
+    def _load_pins(self) -> set[str]:
+        try:
+            lines = (self.root / PINNED_LIST).read_text().split()
+        except FileNotFoundError:
+            return set()
+        pinned = {line for line in lines if _HEX64.fullmatch(line) and line in self._sizes}
+        if len(pinned) != len(lines):
+            log.warning("%d pinned files are no longer stored; unpinned", len(lines) - len(pinned))
+            self._save_pins(pinned)
+        return pinned
+
+    def _save_pins(self, pinned: set[str]) -> None:
+        """Write the pin list atomically and durably (a pin must survive a power loss)."""
+        scratch = self.incoming / f"{PINNED_LIST}.{os.getpid()}.{threading.get_ident()}"
+        with open(scratch, "w") as out:
+            out.writelines(f"{sha256}\n" for sha256 in sorted(pinned))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, self.root / PINNED_LIST)
+        _fsync_directory(self.root)
+
+    def pin(self, sha256: str) -> bool:
+        """Keep a stored file out of LRU eviction, across restarts too; whether it was not pinned
+        already. Raises NotStored. Writes and fsyncs the pin list: run on a worker thread."""
+        check_sha256(sha256)
+        with self._pins_file_lock:
+            with self._use_lock:  # held briefly: the event loop takes it in `reading`
+                if sha256 not in self._sizes:
+                    raise NotStored(f"{sha256} is not in the store")
+                if sha256 in self._pinned:
+                    return False
+                self._pinned.add(sha256)  # from now on safe from eviction
+                pinned = set(self._pinned)
+            try:
+                self._save_pins(pinned)
+            except OSError:
+                with self._use_lock:
+                    self._pinned.discard(sha256)
+                raise
+        return True
+
+    def unpin(self, sha256: str) -> bool:
+        """Let LRU eviction have the file again; whether it was pinned. Raises NotStored for a
+        file neither stored nor pinned. Run on a worker thread, as `pin`."""
+        check_sha256(sha256)
+        with self._pins_file_lock:
+            with self._use_lock:
+                if sha256 not in self._pinned:
+                    if sha256 not in self._sizes:
+                        raise NotStored(f"{sha256} is not in the store")
+                    return False
+                pinned = self._pinned - {sha256}
+            self._save_pins(pinned)  # still safe from eviction until the list says otherwise
+            with self._use_lock:
+                self._pinned.discard(sha256)
+        return True
+
+    def is_pinned(self, sha256: str) -> bool:
+        return sha256 in self._pinned
+
+    @property
+    def pinned_count(self) -> int:
+        return len(self._pinned)
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(self._sizes.get(sha256, 0) for sha256 in list(self._pinned))
+
+    @contextlib.contextmanager
+    def reading(self, sha256: str) -> Iterator[None]:
+        """Held by a sender around opening and sending the file: no eviction removes it
+        meanwhile. Enter it before the open, so that a file evicted first fails the open."""
+        with self._use_lock:
+            self._readers[sha256] = self._readers.get(sha256, 0) + 1
+        try:
+            yield
+        finally:
+            with self._use_lock:
+                left = self._readers.pop(sha256) - 1
+                if left:
+                    self._readers[sha256] = left
+
+    def in_use(self, sha256: str) -> bool:
+        """Whether a response is sending this file now."""
+        return sha256 in self._readers
+
+    @property
+    def readers(self) -> int:
+        """Responses sending a stored file now."""
+        return sum(self._readers.values())
+
+    def entries(self) -> list[StoreEntry]:
+        """Every stored file, most recently used first."""
+        with self._use_lock:
+            rows = [
+                StoreEntry(
+                    sha256,
+                    size,
+                    self._last_used.get(sha256, 0.0),
+                    sha256 in self._pinned,
+                    self._readers.get(sha256, 0),
+                )
+                for sha256, size in list(self._sizes.items())
+            ]
+        rows.sort(key=lambda entry: entry.last_used, reverse=True)
+        return rows
+
+    def evict(self, sha256: str) -> int:
+        """Remove a stored file now (`dhtdeb cache evict`); the bytes freed. Raises NotStored,
+        or EvictionRefused for a pinned file or one being read."""
+        check_sha256(sha256)
+        with self._use_lock:
+            size = self._sizes.get(sha256)
+            if size is None:
+                raise NotStored(f"{sha256} is not in the store")
+            if sha256 in self._pinned:
+                raise EvictionRefused(f"{sha256} is pinned (unpin it first)")
+            if sha256 in self._readers:
+                raise EvictionRefused(f"{sha256} is being sent ({self._readers[sha256]} readers)")
+            self._remove(sha256)
+        log.info("evicted %s on request", sha256)
+        return size
 
     # -- durability ---------------------------------------------------------------------------
 
@@ -420,6 +580,17 @@ class ContentStore:
         return StoredFile(partial.sha256, target, st.st_size, st.st_mtime)
 
     def remove(self, sha256: str) -> None:
+        """Remove a file whatever its pin or readers (a damaged one): also unpinned."""
+        with self._pins_file_lock:
+            with self._use_lock:
+                was_pinned = sha256 in self._pinned
+                self._pinned.discard(sha256)
+                self._remove(sha256)
+                pinned = set(self._pinned)
+            if was_pinned:
+                self._save_pins(pinned)
+
+    def _remove(self, sha256: str) -> None:
         path = self.path_of(sha256)
         for stale in (path, path.with_name(path.name + ".pieces")):
             with contextlib.suppress(FileNotFoundError):
@@ -433,14 +604,29 @@ class ContentStore:
             self._bytes -= size
 
     def _evict(self, *, keep: str) -> None:
+        """Least recently used first, above the limit; never `keep` (just committed), a pinned
+        file, or one being read."""
         if not self.limit_bytes or self._bytes <= self.limit_bytes:
+            self._over_limit_logged = False
             return
-        for sha256 in sorted(self._last_used, key=self._last_used.__getitem__):
-            if self._bytes <= self.limit_bytes:
-                break
-            if sha256 != keep:
-                log.info("cache full: evicting %s", sha256)
-                self.remove(sha256)
+        with self._use_lock:
+            last_used = dict(self._last_used)
+            for sha256 in sorted(last_used, key=last_used.__getitem__):
+                if self._bytes <= self.limit_bytes:
+                    break
+                if sha256 != keep and sha256 not in self._pinned and sha256 not in self._readers:
+                    log.info("cache full: evicting %s", sha256)
+                    self._remove(sha256)
+                    self.evictions += 1
+        if self._bytes > self.limit_bytes and not self._over_limit_logged:
+            self._over_limit_logged = True
+            log.warning(
+                "store above --cache-limit (%d > %d bytes): the rest is pinned (%d bytes) or "
+                "being sent",
+                self._bytes,
+                self.limit_bytes,
+                self.pinned_bytes,
+            )
 
 
 # -- the offline check ------------------------------------------------------------------------
@@ -467,13 +653,17 @@ def stored_paths(root: Path) -> Iterator[Path]:
             yield path
 
 
-def verify_store(root: Path) -> StoreReport:
+def verify_store(root: Path, *, progress: Callable[[int, int], None] | None = None) -> StoreReport:
     """Hash every stored file against its name. Reads only: safe beside a running daemon (a file
-    it evicts meanwhile is skipped) and on a stopped one."""
+    it evicts meanwhile is skipped) and on a stopped one. `progress(done, total)` is called
+    after each file."""
     files = 0
     total = 0
     bad: list[BadFile] = []
-    for path in stored_paths(root):
+    paths = list(stored_paths(root))
+    for done, path in enumerate(paths, 1):
+        if progress is not None:
+            progress(done, len(paths))
         try:
             with open(path, "rb") as handle:
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()

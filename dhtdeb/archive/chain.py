@@ -13,7 +13,7 @@ import contextlib
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +207,10 @@ class TrustChain:
         finally:
             del self._learning[source]
             learning.done.set()
+
+    def urls_of(self, hashes: Iterable[str]) -> dict[str, str]:
+        """What the index knows these files as (`ArchiveIndex.urls_of`); on a worker thread."""
+        return self._index.urls_of(hashes)
 
     async def settled_pool_file(self, url: str) -> Expected | None:
         """`pool_file`, after the Packages files still being learned that may list `url`: those

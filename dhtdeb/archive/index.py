@@ -13,6 +13,7 @@ next `apt-get update`, and the store's files are still served once it is.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -245,6 +246,24 @@ class ArchiveIndex:
         with self._lock:
             row = self._db.execute("SELECT max(rowid) FROM pool_files").fetchone()
         return int(row[0] or 0)
+
+    def urls_of(self, hashes: Iterable[str]) -> dict[str, str]:
+        """A URL each of these files is known by (pool or index file), for `dhtdeb cache list`;
+        files it does not know are left out. One scan of the tables (no index by hash: only
+        this listing asks), run on a worker thread."""
+        wanted = json.dumps(list(hashes))
+        with self._lock:
+            pool = self._db.execute(
+                "SELECT sha256, url FROM pool_files "
+                "WHERE sha256 IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+                (wanted,),
+            ).fetchall()
+            indices = self._db.execute(
+                "SELECT sha256, suite_url || path FROM release_files "
+                "WHERE sha256 IN (SELECT value FROM json_each(?))",
+                (wanted,),
+            ).fetchall()
+        return {str(sha256): str(url) for sha256, url in [*indices, *pool]}
 
     def pool_file(self, url: str) -> Expected | None:
         with self._lock:

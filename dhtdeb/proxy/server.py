@@ -1,7 +1,9 @@
 """ProxyServer: the HTTP face apt talks to.
 
-Owns: access control (loopback + --allow-cidr; GET/HEAD only), dispatch of each request to pass
-through, index verification, or verified file serving, and the `X-Dhtdeb-Verified` header. Trusts:
+Owns: access control (loopback + --allow-cidr; GET/HEAD only, but POST for the cache actions of
+`dhtdeb cache`), dispatch of each request to pass through, index verification, or verified file
+serving, the `X-Dhtdeb-Verified` header, and the local pages (status, metrics, peers, the cache
+listing and its pin/unpin/evict actions). Trusts:
 the `TrustChain` for what a file must be and the `ContentStore`/`Transfer` rule that only verified
 bytes complete a response. Everything from the client and the mirror is untrusted input.
 """
@@ -28,9 +30,15 @@ from dhtdeb.downloads import Downloads
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.proxy.files import VERIFIED, content_type, send_verified
-from dhtdeb.proxy.target import BadTarget, LocalTarget, UpstreamTarget, parse_target
+from dhtdeb.proxy.target import (
+    CACHE_ACTION,
+    BadTarget,
+    LocalTarget,
+    UpstreamTarget,
+    parse_target,
+)
 from dhtdeb.stats import Counters
-from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.store import ContentStore, EvictionRefused, NotStored, StoredFile, check_sha256
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
@@ -139,7 +147,9 @@ class ProxyServer:
             # aiohttp's parser takes any HTTP/d.d; HTTP/0.9 and HTTP/2.0 heads are not HTTP/1.
             self._counters.requests.refused += 1
             return web.Response(status=505, text="dhtdeb: only HTTP/1.0 and HTTP/1.1\n")
-        if request.method not in ("GET", "HEAD"):
+        if request.method not in ("GET", "HEAD") and not (
+            request.method == "POST" and CACHE_ACTION.fullmatch(request.raw_path)
+        ):
             self._counters.requests.refused += 1
             return web.Response(
                 status=405, headers={"Allow": "GET, HEAD"}, text="dhtdeb: only GET and HEAD\n"
@@ -405,36 +415,39 @@ class ProxyServer:
     async def _serve_stored(
         self, request: web.BaseRequest, location: ArchiveLocation, stored: StoredFile
     ) -> web.StreamResponse:
-        try:
-            # Opening a local file costs microseconds; a thread hand-off would cost more.
-            handle = open(stored.path, "rb")  # noqa: ASYNC230 - closed by send_verified
-        except FileNotFoundError:
-            # Evicted since the lookup: the next request downloads it again.
-            return web.Response(status=503, headers={"Retry-After": "1", VERIFIED: "no"})
-        return await send_verified(
-            request,
-            location,
-            handle,
-            self._counters,
-            size=stored.size,
-            sha256=stored.sha256,
-            last_modified=_http_date(stored.mtime),
-            spans=None,
-        )
+        with self._store.reading(stored.sha256):  # no eviction while it is sent
+            try:
+                # Opening a local file costs microseconds; a thread hand-off would cost more.
+                handle = open(stored.path, "rb")  # noqa: ASYNC230 - closed by send_verified
+            except FileNotFoundError:
+                # Evicted since the lookup: the next request downloads it again.
+                return web.Response(status=503, headers={"Retry-After": "1", VERIFIED: "no"})
+            return await send_verified(
+                request,
+                location,
+                handle,
+                self._counters,
+                size=stored.size,
+                sha256=stored.sha256,
+                last_modified=_http_date(stored.mtime),
+                spans=None,
+            )
 
     async def _serve_transfer(
         self, request: web.BaseRequest, location: ArchiveLocation, transfer: Transfer
     ) -> web.StreamResponse:
-        return await send_verified(
-            request,
-            location,
-            transfer.open(self._store),
-            self._counters,
-            size=transfer.size,
-            sha256=transfer.sha256,
-            last_modified=transfer.last_modified,
-            spans=transfer,
-        )
+        # Once committed, the rest is read from the store: not evicted by the next commits.
+        with self._store.reading(transfer.sha256):
+            return await send_verified(
+                request,
+                location,
+                transfer.open(self._store),
+                self._counters,
+                size=transfer.size,
+                sha256=transfer.sha256,
+                last_modified=transfer.last_modified,
+                spans=transfer,
+            )
 
     async def _pass_through(
         self, request: web.BaseRequest, location: ArchiveLocation
@@ -491,6 +504,11 @@ class ProxyServer:
             )
         if target.path == "/metrics":
             return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8")
+        if target.path == "/cache.json":
+            return await self._cache_listing()
+        action = CACHE_ACTION.fullmatch(target.path)
+        if action is not None:
+            return await self._cache_action(request, action.group(1), action.group(2))
         if target.path.startswith("/peers/"):
             sha256 = target.path.removeprefix("/peers/")
             if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -512,6 +530,68 @@ class ProxyServer:
             f"<table>{rows}</table>"
         )
         return web.Response(text=html, content_type="text/html")
+
+    async def _cache_listing(self) -> web.Response:
+        """`GET /cache.json`: every stored file, most recently used first, with the URL the
+        archive index knows it by (null for none)."""
+        entries = self._store.entries()
+        urls = await asyncio.to_thread(self._chain.urls_of, [e.sha256 for e in entries])
+        return _json(
+            {
+                "files": [
+                    {
+                        "sha256": entry.sha256,
+                        "size": entry.size,
+                        "last_used": round(entry.last_used, 3),
+                        "pinned": entry.pinned,
+                        "readers": entry.readers,
+                        "url": urls.get(entry.sha256),
+                    }
+                    for entry in entries
+                ],
+                "count": len(entries),
+                "bytes": sum(entry.size for entry in entries),
+                "limit_bytes": self._store.limit_bytes,
+                "pinned": sum(entry.pinned for entry in entries),
+                "pinned_bytes": sum(entry.size for entry in entries if entry.pinned),
+            }
+        )
+
+    async def _cache_action(self, request: web.BaseRequest, verb: str, sha256: str) -> web.Response:
+        """`POST /cache/{pin,unpin,evict}/<sha256>`. 400 for a bad SHA256, 404 for a file not
+        stored, 409 for evicting a pinned file or one being sent or downloaded."""
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"}, text="dhtdeb: POST\n")
+        if "Origin" in request.headers:
+            # A browser's request (a web page posting to 127.0.0.1, or DNS rebinding): never
+            # the CLI's. Refused so that no web page can change the cache.
+            return web.Response(status=403, text="dhtdeb: no cache actions from web pages\n")
+        try:
+            check_sha256(sha256)
+        except ValueError:
+            return web.Response(status=400, text="dhtdeb: expected a lowercase hex SHA256\n")
+        answer: dict[str, object] = {"sha256": sha256, "action": verb}
+        try:
+            if verb == "pin":
+                answer["changed"] = await asyncio.to_thread(self._store.pin, sha256)
+            elif verb == "unpin":
+                answer["changed"] = await asyncio.to_thread(self._store.unpin, sha256)
+            else:
+                if self._downloads.running(sha256) is not None:
+                    raise EvictionRefused(f"{sha256} is being downloaded")
+                answer["freed_bytes"] = self._store.evict(sha256)
+                answer["changed"] = True
+        except NotStored as exc:
+            return _json({**answer, "error": str(exc)}, status=404)
+        except EvictionRefused as exc:
+            return _json({**answer, "error": str(exc)}, status=409)
+        return _json(answer)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(data, indent=1) + "\n", content_type="application/json"
+    )
 
 
 def _not_started(location: ArchiveLocation, error: BaseException, reference: str) -> web.Response:

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from dhtdeb.errors import DhtdebError
 
 MAX_TARGET = 4096
-LOCAL_PATHS = frozenset({"/", "/health", "/status.json", "/metrics"})
+LOCAL_PATHS = frozenset({"/", "/health", "/status.json", "/metrics", "/cache.json"})
+# `dhtdeb cache pin|unpin|evict`: the only local pages that take POST (see proxy/server.py). Only
+# these three words are taken from URL-prefix requests for a mirror host called "cache".
+CACHE_ACTION = re.compile(r"/cache/(pin|unpin|evict)/([^/]*)")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -85,7 +88,7 @@ def parse_target(raw: str) -> LocalTarget | UpstreamTarget:
     try:
         if raw.startswith("/"):
             path, _, query = raw.partition("?")
-            if path in LOCAL_PATHS or path.startswith("/peers/"):
+            if path in LOCAL_PATHS or path.startswith("/peers/") or CACHE_ACTION.fullmatch(path):
                 return LocalTarget(path, query)
             host_part, slash, rest = path[1:].partition("/")
             if not slash:

@@ -138,6 +138,7 @@ class PeerServerStats:
     requests: int = 0
     bad_requests: int = 0  # malformed HTTP, bad paths, bad hashes, wrong methods
     busy: int = 0  # answered 503: too many uploads
+    uploads: int = 0  # file bodies (whole or a range) whose sending began
     stalled: int = 0  # uploads cut because the client stopped reading
     piece_lists_computed: int = 0  # store files hashed to build a piece list
     have_queries: int = 0  # "which of these do you hold?" answered
@@ -281,6 +282,10 @@ class PeerServer:
     @property
     def active_uploads(self) -> int:
         return len(self._uploads)
+
+    @property
+    def max_uploads(self) -> int:
+        return self._max_uploads
 
     async def wait_uploads(self, at_most: int = 0) -> None:
         """Return once no more than `at_most` uploads are running."""
@@ -542,22 +547,23 @@ class PeerServer:
                 text="dhtdeb: busy\n",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS), **self._node_header},
             )
-        try:
-            # Opened before answering, so a file evicted meanwhile is a clean 404.
-            handle = open(source.path, "rb")  # noqa: ASYNC230 - local disk, microseconds
-        except OSError:
-            return self._not_held()
-        task = asyncio.current_task()
-        assert task is not None
-        self._uploads.add(task)
-        try:
-            with handle:
-                await response.prepare(request)
-                await self._send_body(request, response, handle, start, end)
-        finally:
-            self._uploads.discard(task)
-            self._uploads_changed.set()
-            self._uploads_changed = asyncio.Event()
+        with self._store.reading(sha256):  # no eviction while it is sent (store.py)
+            try:
+                # Opened before answering, so a file evicted meanwhile is a clean 404.
+                handle = open(source.path, "rb")  # noqa: ASYNC230 - local disk, microseconds
+            except OSError:
+                return self._not_held()
+            task = asyncio.current_task()
+            assert task is not None
+            self._uploads.add(task)
+            try:
+                with handle:
+                    await response.prepare(request)
+                    await self._send_body(request, response, handle, start, end)
+            finally:
+                self._uploads.discard(task)
+                self._uploads_changed.set()
+                self._uploads_changed = asyncio.Event()
         return response
 
     async def _send_body(
@@ -568,6 +574,7 @@ class PeerServer:
         start: int,
         end: int,
     ) -> None:
+        self.stats.uploads += 1
         step = STEP_UNCAPPED
         if self._bucket is not None:
             step = int(min(STEP_UNCAPPED, max(STEP_CAPPED, self._bucket.rate / STEPS_PER_SECOND)))
