@@ -15,7 +15,7 @@ import os
 import random
 import secrets
 import signal
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from dhtdeb.metrics import metrics_renderer
 from dhtdeb.mirror import MirrorClient
 from dhtdeb.netaddr import HostPort
 from dhtdeb.proxy.server import AccessPolicy, ProxyServer, build_server
+from dhtdeb.sdnotify import Notifier, keepalive
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import PeerPenalties, SwarmContext
@@ -197,6 +198,7 @@ def _bound(site: web.TCPSite) -> HostPort:
 
 
 async def serve(config: ServeConfig) -> None:
+    notifier = Notifier.from_environment()  # systemd's Type=notify; does nothing without it
     state_dir = config.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     keys = await asyncio.to_thread(TrustedKeys.load, config.keyrings, state_dir / "keys")
@@ -256,6 +258,7 @@ async def serve(config: ServeConfig) -> None:
             "node_id": node_id,
             **counters.as_dict(),
             "dht": {
+                "enabled": config.dht,
                 "routing_table": dht.routing_table,
                 "stored_keys": dht.stored_keys,
                 "announced": dht.announced,
@@ -263,6 +266,26 @@ async def serve(config: ServeConfig) -> None:
                 "rate_limited": dht.rate_limited,
             },
             "dht_datagrams": dht.datagrams,
+            # Lookups that had a node to ask, and their seconds, by purpose (all lookups:
+            # dht_datagrams.lookups_<purpose>; the buckets: dhtdeb_dht_lookup_duration_seconds).
+            "dht_lookups": {
+                key: value
+                for purpose, histogram in dht.lookup_seconds.items()
+                for key, value in (
+                    (f"{purpose}_timed", histogram.count),
+                    (f"{purpose}_seconds", round(histogram.sum, 6)),
+                )
+            },
+            "downloads": {
+                **counters.as_dict()["downloads"],
+                "active": downloads.active,
+                "active_in_swarm": downloads.active_in_swarm,
+            },
+            "peer_server": {
+                **asdict(peer_server.stats),
+                "active_uploads": peer_server.active_uploads,
+                "max_uploads": peer_server.max_uploads,
+            },
             "index": {
                 "learning": chain.learning,
                 "pool_files": index.pool_file_count(),
@@ -271,8 +294,12 @@ async def serve(config: ServeConfig) -> None:
                 "files": store.file_count,
                 "bytes": store.total_bytes,
                 "limit_bytes": store.limit_bytes,
+                "pinned": store.pinned_count,
+                "pinned_bytes": store.pinned_bytes,
+                "readers": store.readers,
                 "unsynced": store.unsynced,
                 "rechecked_after_crash": store.rechecked,
+                "evictions": store.evictions,
             },
         }
 
@@ -288,7 +315,7 @@ async def serve(config: ServeConfig) -> None:
         access=AccessPolicy(config.allow_cidr),
         status=status,
         find_peers=find_peers,
-        metrics=metrics_renderer(status),
+        metrics=metrics_renderer(status, lambda: discovery.statistics().lookup_seconds),
         last_signed=LastSigned(config.state_dir / "signed"),
     )
     runner = web.ServerRunner(build_server(proxy), handle_signals=False, access_log=None)
@@ -312,8 +339,23 @@ async def serve(config: ServeConfig) -> None:
         )
         if config.announce and config.dht:
             _announce_store(discovery, store)
-        await _until_signalled()
+
+        serving = f"serving apt on http://{proxy_address}"
+        if config.dht:
+            serving += f", peers on {peer_address}"
+
+        def service_status() -> str:
+            return f"{serving}, {store.file_count} files in store"
+
+        # READY only now: the proxy's socket is bound and served by this loop, so apt's first
+        # request is answered. The watchdog pings come from this loop too (see dhtdeb.sdnotify).
+        notifier.ready(service_status())
+        async with asyncio.TaskGroup() as tasks:
+            alive = tasks.create_task(keepalive(notifier, service_status))
+            await _until_signalled()
+            alive.cancel()
     finally:
+        notifier.stopping()
         with contextlib.suppress(FileNotFoundError):
             (state_dir / "addresses.json").unlink()
         await runner.cleanup()
@@ -324,3 +366,4 @@ async def serve(config: ServeConfig) -> None:
         await mirror.close()
         await discovery.close()
         index.close()
+        notifier.close()

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dhtdeb.stats import Histogram
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Peer:
@@ -41,6 +43,9 @@ class DiscoveryStatistics:
     rate_limited: int = 0  # requests from others this node dropped (per-source limit)
     # The DHT's datagram counters (sent, received, timeouts, malformed, requests by method ...).
     datagrams: dict[str, int] = field(default_factory=dict)
+    # Durations of the lookups that had nodes to ask, by purpose (find_peers, announce,
+    # find_node); copies, taken when the statistics were.
+    lookup_seconds: dict[str, Histogram] = field(default_factory=dict)
 
 
 class PeerDiscovery(Protocol):

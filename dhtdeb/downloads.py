@@ -103,6 +103,16 @@ class Downloads:
     def running(self, sha256: str) -> Transfer | None:
         return self._running.get(sha256)
 
+    @property
+    def active(self) -> int:
+        """Downloads running now, through the swarm or straight from the mirror."""
+        return len(self._running)
+
+    @property
+    def active_in_swarm(self) -> int:
+        """Of `active`, the swarm downloads (pool files with the DHT on)."""
+        return len(self._swarming)
+
     def attach_swarm(self, swarm: SwarmContext) -> None:
         """From now on pool files come through the swarm (peer discovery is up)."""
         self._swarm = swarm
@@ -155,6 +165,7 @@ class Downloads:
             return transfer
         transfer = Transfer(self._store.begin(expected.sha256, expected.size))
         self._running[expected.sha256] = transfer
+        self._counters.downloads.started += 1
         task = asyncio.create_task(
             self._run(transfer, url, announce), name=f"download {expected.sha256[:12]}"
         )
@@ -194,6 +205,7 @@ class Downloads:
                 log.error("mirror sent a bad file for %s: %s", url, exc)
             else:
                 log.warning("download of %s failed: %s", url, exc)
+            self._counters.downloads.failed += 1
             transfer.failed(exc)
             return
         finally:

@@ -156,6 +156,10 @@ class DhtNode:
             unannounced=len(schedule) - reached + len(self._queued) + self._announcing,
             rate_limited=self._server.protocol.counters.get("rate_limited", 0),
             datagrams=dict(sorted(self._server.protocol.counters.items())),
+            lookup_seconds={
+                purpose: histogram.copy()
+                for purpose, histogram in self._server.lookup_seconds.items()
+            },
         )
 
     def _joined(self) -> None:

@@ -31,6 +31,7 @@ from dhtdeb.dht.schedule import AnnounceSchedule
 from dhtdeb.dht.transport import DatagramNetwork
 from dhtdeb.dht.wire import Address, Contact
 from dhtdeb.errors import DhtdebError
+from dhtdeb.stats import LOOKUP_PURPOSES, Histogram
 
 log = logging.getLogger("dhtdeb.dht")
 
@@ -85,6 +86,9 @@ class DhtServer(Server):  # type: ignore[misc]
         self.address: Address = ("", 0)
         self.join_addresses: list[Address] = []
         self._last_save = clock.now()
+        # Durations (by the injected clock) of lookups that had nodes to ask, by purpose; the
+        # counts of all lookups are in protocol.counters ("lookups_<purpose>").
+        self.lookup_seconds = {purpose: Histogram() for purpose in LOOKUP_PURPOSES}
 
     def _create_protocol(self) -> DhtProtocol:
         return DhtProtocol(
@@ -157,11 +161,15 @@ class DhtServer(Server):  # type: ignore[misc]
         get_peers: bool,
         enough_peers: int | None = None,
         deadline: float = 10.0,
+        purpose: str | None = None,
     ) -> LookupResult:
+        purpose = purpose or ("announce" if get_peers else "find_node")
+        self.protocol.counters[f"lookups_{purpose}"] += 1
         node = Node(target)
         seeds = self.protocol.router.find_neighbors(node, k=self.ksize)
         if not seeds:
             return LookupResult()
+        started = self.clock.now()
         crawl = Lookup(
             self.protocol,
             node,
@@ -173,6 +181,7 @@ class DhtServer(Server):  # type: ignore[misc]
             enough_peers=enough_peers,
         )
         result: LookupResult = await crawl.find(deadline)
+        self.lookup_seconds[purpose].observe(self.clock.now() - started)
         return result
 
     async def find_peers(self, key: bytes, deadline: float) -> list[Contact]:
@@ -180,7 +189,11 @@ class DhtServer(Server):  # type: ignore[misc]
         merged from the lookup and this node's own store."""
         local = self.storage.entries(key, self.tuning.enough_peers)
         result = await self.lookup(
-            key, get_peers=True, enough_peers=self.tuning.enough_peers, deadline=deadline
+            key,
+            get_peers=True,
+            enough_peers=self.tuning.enough_peers,
+            deadline=deadline,
+            purpose="find_peers",
         )
         merged: dict[Address, Contact] = {}
         for peer in [*result.peers, *local]:
@@ -224,6 +237,7 @@ class DhtServer(Server):  # type: ignore[misc]
             accepted = any(flat[position : position + len(per_key)])
             position += len(per_key)
             self.schedule.announced(sha256, accepted)
+            self._count_announce(accepted)
             reached += accepted
         return reached
 
@@ -232,7 +246,12 @@ class DhtServer(Server):  # type: ignore[misc]
         self.schedule.forget(sha256_hex)
         accepted = await self.announce_key(key)
         self.schedule.announced(sha256_hex, accepted > 0)
+        self._count_announce(accepted > 0)
         return accepted > 0
+
+    def _count_announce(self, accepted: bool) -> None:
+        """One announce of one of this node's files: some node accepted it, or none did."""
+        self.protocol.counters["announces_accepted" if accepted else "announces_unaccepted"] += 1
 
     async def get(self, key: object) -> object:
         raise DhtdebError("dhtdeb keeps peer lists: use find_peers")
