@@ -15,11 +15,11 @@ import typer
 from dhtdeb import __version__, cli_cache
 from dhtdeb.cli_cache import StateDirOption, UrlOption
 from dhtdeb.cli_status import print_status
+from dhtdeb.config_file import Settings, Value, check_flag, parse_size, read_config
 from dhtdeb.daemon_client import DaemonClient, complaint, daemon_url
 from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.logsetup import setup_logging
-from dhtdeb.netaddr import parse_cidr, parse_host_port
-from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS
+from dhtdeb.netaddr import parse_host_port
 
 app = typer.Typer(
     add_completion=False,
@@ -27,15 +27,7 @@ app = typer.Typer(
     help="Peer-to-peer Debian package distribution behind a verifying apt proxy.",
 )
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ConfigError(f"bad size {text!r} (examples: 0, 500M, 20G)")
-    exponent = "_kmgt".index(match.group(2).lower() or "_")
-    return int(match.group(1)) * int(1024**exponent)
+__all__ = ["app", "main", "parse_size"]
 
 
 def _fail(exc: ConfigError) -> None:
@@ -43,108 +35,267 @@ def _fail(exc: ConfigError) -> None:
     raise typer.Exit(2)
 
 
+# The options of `dhtdeb serve` (and `dhtdeb config show`). None means "not given": the config
+# file's value, else the default in config_file.SETTINGS, applies (README.md, systemd/dhtdeb.toml).
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Config file (default: /etc/dhtdeb/dhtdeb.toml if it exists); flags override it",
+    ),
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"),
+]
+ProxyAddress = Annotated[
+    str | None,
+    typer.Option("--proxy", help="Where apt reaches the proxy (default: 127.0.0.1:9977)"),
+]
+PeerAddress = Annotated[
+    str | None,
+    typer.Option(help="Peer HTTP server (TCP) and DHT (UDP) address (default: 0.0.0.0:9978)"),
+]
+Keyrings = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--keyring",
+        help="Trusted OpenPGP keyring (repeatable; default: keys/ + the system's apt keyrings)",
+    ),
+]
+Dht = Annotated[
+    bool | None,
+    typer.Option("--dht/--no-dht", help="--no-dht: pure verified caching proxy, no DHT, no peers"),
+]
+Bootstrap = Annotated[
+    list[str] | None, typer.Option(help="DHT node to join, HOST:PORT (repeatable)")
+]
+Lan = Annotated[bool | None, typer.Option("--lan/--no-lan", help="LAN multicast discovery")]
+AllowCidr = Annotated[
+    list[str] | None, typer.Option(help="Also accept apt clients from this network (repeatable)")
+]
+CacheLimit = Annotated[
+    str | None, typer.Option(help="Store size limit, e.g. 20G (0: unlimited) (default: 0)")
+]
+UploadRate = Annotated[
+    str | None,
+    typer.Option(help="Cap on upload to peers, bytes/s, e.g. 5M (0: none) (default: 0)"),
+]
+MaxUploads = Annotated[int | None, typer.Option(help="Concurrent uploads to peers (default: 4)")]
+PeerTimeout = Annotated[
+    float | None,
+    typer.Option(help="Seconds without a byte before a peer counts as stalled (default: 10)"),
+]
+Announce = Annotated[
+    bool | None,
+    typer.Option(
+        "--announce/--no-announce", help="--no-announce: fetch from peers, never announce"
+    ),
+]
+LogLevel = Annotated[str | None, typer.Option(help="debug, info, warning or error (default: info)")]
+
+
+def _settings(config: Path | None, flags: dict[str, tuple[str, object]]) -> Settings:
+    """The effective settings: `flags` (setting name -> (flag, value or None)) over the file."""
+    given: dict[str, Value] = {}
+    for name, (flag, raw) in flags.items():
+        if raw is None or raw == []:
+            continue
+        if isinstance(raw, bool) and not raw:
+            flag = flag.replace("--", "--no-", 1)
+        if isinstance(raw, Path):
+            raw = str(raw.absolute())
+        elif isinstance(raw, list):
+            raw = [str(item.absolute()) if isinstance(item, Path) else str(item) for item in raw]
+        assert isinstance(raw, str | int | float | bool | list)
+        given[name] = check_flag(name, flag, raw)
+    return Settings(read_config(config), given)
+
+
+def _serve_flags(
+    state_dir: Path | None,
+    proxy: str | None,
+    peer: str | None,
+    keyring: list[Path] | None,
+    dht: bool | None,
+    bootstrap: list[str] | None,
+    lan: bool | None,
+    allow_cidr: list[str] | None,
+    cache_limit: str | None,
+    upload_rate: str | None,
+    max_uploads: int | None,
+    peer_timeout: float | None,
+    announce: bool | None,
+    log_level: str | None,
+) -> dict[str, tuple[str, object]]:
+    return {
+        "cache.state_dir": ("--state-dir", state_dir),
+        "proxy.listen": ("--proxy", proxy),
+        "peer.listen": ("--peer", peer),
+        "trust.keyrings": ("--keyring", keyring),
+        "dht.enabled": ("--dht", dht),
+        "dht.bootstrap": ("--bootstrap", bootstrap),
+        "lan.enabled": ("--lan", lan),
+        "access.allow_cidr": ("--allow-cidr", allow_cidr),
+        "cache.limit": ("--cache-limit", cache_limit),
+        "peer.upload_rate": ("--upload-rate", upload_rate),
+        "peer.max_uploads": ("--max-uploads", max_uploads),
+        "peer.timeout": ("--peer-timeout", peer_timeout),
+        "peer.announce": ("--announce", announce),
+        "log.level": ("--log-level", log_level),
+    }
+
+
 @app.command()
 def serve(
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"),
-    ] = None,
-    proxy: Annotated[str, typer.Option(help="Where apt reaches the proxy")] = "127.0.0.1:9977",
-    peer: Annotated[
-        str, typer.Option(help="Peer HTTP server (TCP) and DHT (UDP) address")
-    ] = "0.0.0.0:9978",
-    keyring: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Trusted OpenPGP keyring (repeatable; default: keys/ + the system's apt keyrings)"
-        ),
-    ] = None,
-    no_dht: Annotated[
-        bool, typer.Option("--no-dht", help="Pure verified caching proxy: no DHT, no peers")
-    ] = False,
-    bootstrap: Annotated[
-        list[str] | None, typer.Option(help="DHT node to join, HOST:PORT (repeatable)")
-    ] = None,
-    no_lan: Annotated[bool, typer.Option("--no-lan", help="No LAN multicast discovery")] = False,
-    allow_cidr: Annotated[
-        list[str] | None,
-        typer.Option(help="Also accept apt clients from this network (repeatable)"),
-    ] = None,
-    cache_limit: Annotated[
-        str, typer.Option(help="Store size limit, e.g. 20G (0: unlimited)")
-    ] = "0",
-    upload_rate: Annotated[
-        str, typer.Option(help="Cap on upload to peers, bytes/s, e.g. 5M (0: none)")
-    ] = "0",
-    max_uploads: Annotated[
-        int, typer.Option(help="Concurrent uploads to peers")
-    ] = DEFAULT_MAX_UPLOADS,
-    peer_timeout: Annotated[
-        float, typer.Option(help="Seconds without a byte before a peer counts as stalled")
-    ] = 10.0,
-    no_announce: Annotated[
-        bool, typer.Option("--no-announce", help="Fetch from peers but never announce")
-    ] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    config: ConfigOption = None,
+    state_dir: StateDir = None,
+    proxy: ProxyAddress = None,
+    peer: PeerAddress = None,
+    keyring: Keyrings = None,
+    dht: Dht = None,
+    bootstrap: Bootstrap = None,
+    lan: Lan = None,
+    allow_cidr: AllowCidr = None,
+    cache_limit: CacheLimit = None,
+    upload_rate: UploadRate = None,
+    max_uploads: MaxUploads = None,
+    peer_timeout: PeerTimeout = None,
+    announce: Announce = None,
+    log_level: LogLevel = None,
 ) -> None:
     """Run the daemon: the apt proxy, the peer server and the DHT."""
-    from dhtdeb.app import ServeConfig, default_state_dir
     from dhtdeb.app import serve as run_serve
-    from dhtdeb.archive.signature import default_keyrings, shipped_keys_dir
 
-    setup_logging(log_level)
     try:
-        config = ServeConfig(
-            state_dir=state_dir or default_state_dir(),
-            proxy=parse_host_port(proxy),
-            peer=parse_host_port(peer),
-            keyrings=tuple(keyring) if keyring else tuple(default_keyrings(shipped_keys_dir())),
-            dht=not no_dht,
-            lan=not no_lan,
-            bootstrap=tuple(parse_host_port(b, default_port=9978) for b in bootstrap or []),
-            allow_cidr=tuple(parse_cidr(c) for c in allow_cidr or []),
-            cache_limit=parse_size(cache_limit),
-            announce=not no_announce,
-            upload_rate=float(parse_size(upload_rate)) or None,
-            max_uploads=max_uploads,
-            peer_timeout=peer_timeout,
+        settings = _settings(
+            config,
+            _serve_flags(
+                state_dir,
+                proxy,
+                peer,
+                keyring,
+                dht,
+                bootstrap,
+                lan,
+                allow_cidr,
+                cache_limit,
+                upload_rate,
+                max_uploads,
+                peer_timeout,
+                announce,
+                log_level,
+            ),
         )
-        for path in config.keyrings:
+        setup_logging(settings.text("log.level").lower())
+        serve_config = settings.serve_config()
+        for path in serve_config.keyrings:
             if not path.is_file():
-                raise ConfigError(f"keyring {path} does not exist")
-        asyncio.run(run_serve(config))
+                raise ConfigError(
+                    f"{settings.where('trust.keyrings')}: keyring {path} does not exist"
+                )
+        asyncio.run(run_serve(serve_config))
     except ConfigError as exc:
         _fail(exc)
 
 
+config_app = typer.Typer(no_args_is_help=True, help="The config file of `dhtdeb serve`.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = None,
+    state_dir: StateDir = None,
+    proxy: ProxyAddress = None,
+    peer: PeerAddress = None,
+    keyring: Keyrings = None,
+    dht: Dht = None,
+    bootstrap: Bootstrap = None,
+    lan: Lan = None,
+    allow_cidr: AllowCidr = None,
+    cache_limit: CacheLimit = None,
+    upload_rate: UploadRate = None,
+    max_uploads: MaxUploads = None,
+    peer_timeout: PeerTimeout = None,
+    announce: Announce = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Print the configuration `dhtdeb serve` would run with these flags, and where each value
+    comes from: default, FILE:LINE, or a flag."""
+    try:
+        settings = _settings(
+            config,
+            _serve_flags(
+                state_dir,
+                proxy,
+                peer,
+                keyring,
+                dht,
+                bootstrap,
+                lan,
+                allow_cidr,
+                cache_limit,
+                upload_rate,
+                max_uploads,
+                peer_timeout,
+                announce,
+                log_level,
+            ),
+        )
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    for line in settings.show():
+        typer.echo(line)
+
+
 @app.command("bootstrap")
 def bootstrap_node(
-    listen: Annotated[str, typer.Option(help="UDP address of this DHT node")] = "0.0.0.0:9978",
+    config: ConfigOption = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(help="UDP address of this DHT node ([peer] listen) (default: 0.0.0.0:9978)"),
+    ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="State directory for node id and routing table")
     ] = None,
     bootstrap: Annotated[
         list[str] | None, typer.Option(help="Other DHT node to join (repeatable)")
     ] = None,
-    no_lan: Annotated[bool, typer.Option("--no-lan", help="No LAN multicast discovery")] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    lan: Lan = None,
+    log_level: LogLevel = None,
 ) -> None:
-    """Run a DHT-only node (no proxy, no store) for others to join."""
+    """Run a DHT-only node (no proxy, no store) for others to join.
+
+    Reads [peer] listen, [cache] state_dir, [dht] bootstrap, [lan] enabled and [log] level of the
+    config file; flags override them."""
     from dhtdeb.app import bootstrap as run_bootstrap
-    from dhtdeb.app import default_state_dir
     from dhtdeb.dht import DhtConfig
 
-    setup_logging(log_level)
     try:
-        directory = state_dir or default_state_dir()
-        config = DhtConfig(
-            listen=parse_host_port(listen),
+        settings = _settings(
+            config,
+            {
+                "peer.listen": ("--listen", listen),
+                "cache.state_dir": ("--state-dir", state_dir),
+                "dht.bootstrap": ("--bootstrap", bootstrap),
+                "lan.enabled": ("--lan", lan),
+                "log.level": ("--log-level", log_level),
+            },
+        )
+        setup_logging(settings.text("log.level").lower())
+        directory = Path(settings.text("cache.state_dir"))
+        dht_config = DhtConfig(
+            listen=parse_host_port(settings.text("peer.listen")),
             state_dir=directory / "dht",
-            bootstrap=tuple(parse_host_port(b, default_port=9978) for b in bootstrap or []),
-            lan=not no_lan,
+            bootstrap=tuple(
+                parse_host_port(b, default_port=9978) for b in settings.texts("dht.bootstrap")
+            ),
+            lan=settings.flag("lan.enabled"),
         )
         directory.mkdir(parents=True, exist_ok=True)
-        asyncio.run(run_bootstrap(config, directory))
+        asyncio.run(run_bootstrap(dht_config, directory))
     except ConfigError as exc:
         _fail(exc)
     except KeyboardInterrupt:

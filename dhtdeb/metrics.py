@@ -165,7 +165,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "dhtdeb_cache_rechecked_files",
         "gauge",
-        "Files hashed again at start because the daemon had not stopped cleanly.",
+        "Files removed at start after an unclean stop: their bytes no longer matched their name.",
         "cache",
         "rechecked_after_crash",
     ),
