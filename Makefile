@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # iproute2: the fleet tests run hosts in network namespaces (ip netns, tc).
 DEB_PACKAGES := gpgv gpg apt-utils dpkg-dev xz-utils iproute2
+# make test only: tests/test_dashboard.py loads the dashboard in headless chromium.
+TEST_DEB_PACKAGES := chromium
 # check-real: the fleet hosts' NAT uplink (nftables), debootstrap, and Debian's archive keys.
 REAL_DEB_PACKAGES := nftables debootstrap debian-archive-keyring
 ARGS ?=
@@ -35,6 +37,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/dhtdeb serve $(ARGS)
 
+test: DEB_PACKAGES += $(TEST_DEB_PACKAGES)
 test: setup
 	$(VENV)/bin/ruff check dhtdeb tests bench
 	$(VENV)/bin/ruff format --check dhtdeb tests bench

@@ -2,8 +2,8 @@
 
 Owns: access control (loopback + --allow-cidr; GET/HEAD only, but POST for the cache actions of
 `dhtdeb cache`), dispatch of each request to pass through, index verification, or verified file
-serving, the `X-Dhtdeb-Verified` header, and the local pages (status, metrics, peers, the cache
-listing and its pin/unpin/evict actions). Trusts:
+serving, the `X-Dhtdeb-Verified` header, and the local pages (the dashboard, status, metrics,
+peers, the cache listing and its pin/unpin/evict actions). Trusts:
 the `TrustChain` for what a file must be and the `ContentStore`/`Transfer` rule that only verified
 bytes complete a response. Everything from the client and the mirror is untrusted input.
 """
@@ -16,6 +16,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
 from dhtdeb.downloads import Downloads
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
+from dhtdeb.proxy.dashboard import CONTENT_SECURITY_POLICY, RECENT_FILES, RecentFile
+from dhtdeb.proxy.dashboard import render as render_dashboard
 from dhtdeb.proxy.files import VERIFIED, content_type, send_verified
 from dhtdeb.proxy.target import (
     CACHE_ACTION,
@@ -518,18 +521,26 @@ class ProxyServer:
                 text=json.dumps({"sha256": sha256, "peers": peers}) + "\n",
                 content_type="application/json",
             )
+        return await self._dashboard()
+
+    async def _dashboard(self) -> web.Response:
+        """`GET /`: the dashboard (proxy/dashboard.py), with the most recently used files."""
         status = self._status()
-        rows = "".join(
-            f"<tr><th>{group}</th><td>{', '.join(f'{k}={v}' for k, v in values.items())}</td></tr>"
-            for group, values in status.items()
-            if isinstance(values, dict)
+        entries = self._store.entries()[:RECENT_FILES]
+        urls = await asyncio.to_thread(self._chain.urls_of, [e.sha256 for e in entries])
+        recent = [
+            RecentFile(e.sha256, e.size, e.last_used, e.pinned, e.readers, urls.get(e.sha256))
+            for e in entries
+        ]
+        return web.Response(
+            text=render_dashboard(status, recent, time.time()),
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                "X-Content-Type-Options": "nosniff",
+            },
         )
-        html = (
-            "<!doctype html><title>dhtdeb</title><h1>dhtdeb</h1>"
-            f"<p>version {status.get('version')} node {status.get('node_id')}</p>"
-            f"<table>{rows}</table>"
-        )
-        return web.Response(text=html, content_type="text/html")
 
     async def _cache_listing(self) -> web.Response:
         """`GET /cache.json`: every stored file, most recently used first, with the URL the
