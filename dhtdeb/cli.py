@@ -375,7 +375,7 @@ def cache_verify(
 
     Reads only: works with the daemon stopped or running."""
     from dhtdeb.app import default_state_dir
-    from dhtdeb.store import verify_store
+    from dhtdeb.store_check import verify_store
 
     root = (state_dir or default_state_dir()) / "store"
     if not root.is_dir():

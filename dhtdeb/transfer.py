@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from dhtdeb.errors import DhtdebError
-from dhtdeb.store import ContentStore, PartialFile, StoredFile
+from dhtdeb.partial_file import PartialFile
+from dhtdeb.store import ContentStore, StoredFile
 
 HOLD_BACK = 64 * 1024
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from dhtdeb.errors import VerificationError
-from dhtdeb.store import IN_MEMORY_MAX, UNSYNCED_MARKER, ContentStore
+from dhtdeb.partial_file import IN_MEMORY_MAX
+from dhtdeb.store import UNSYNCED_MARKER, ContentStore
 
 
 def _digest(data: bytes) -> str:
