@@ -41,7 +41,14 @@ from dhtdeb.proxy.target import (
     parse_target,
 )
 from dhtdeb.stats import Counters
-from dhtdeb.store import ContentStore, EvictionRefused, NotStored, StoredFile, check_sha256
+from dhtdeb.store import (
+    ContentStore,
+    EvictionRefused,
+    NotStored,
+    StoredFile,
+    StoreEntry,
+    check_sha256,
+)
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
@@ -526,8 +533,7 @@ class ProxyServer:
     async def _dashboard(self) -> web.Response:
         """`GET /`: the dashboard (proxy/dashboard.py), with the most recently used files."""
         status = self._status()
-        entries = self._store.entries()[:RECENT_FILES]
-        urls = await asyncio.to_thread(self._chain.urls_of, [e.sha256 for e in entries])
+        entries, urls = await self._entries_with_urls(RECENT_FILES)
         recent = [
             RecentFile(e.sha256, e.size, e.last_used, e.pinned, e.readers, urls.get(e.sha256))
             for e in entries
@@ -542,11 +548,19 @@ class ProxyServer:
             },
         )
 
+    async def _entries_with_urls(
+        self, limit: int | None = None
+    ) -> tuple[list[StoreEntry], dict[str, str]]:
+        """Stored files, most recently used first (at most `limit`), and the URLs the archive
+        index knows them by."""
+        entries = self._store.entries()[:limit]
+        urls = await asyncio.to_thread(self._chain.urls_of, [e.sha256 for e in entries])
+        return entries, urls
+
     async def _cache_listing(self) -> web.Response:
         """`GET /cache.json`: every stored file, most recently used first, with the URL the
         archive index knows it by (null for none)."""
-        entries = self._store.entries()
-        urls = await asyncio.to_thread(self._chain.urls_of, [e.sha256 for e in entries])
+        entries, urls = await self._entries_with_urls()
         return _json(
             {
                 "files": [

@@ -672,13 +672,10 @@ class SwarmDownload:
             self._scheduler.audit_result(audit.index, matched=None)
             return
         try:
-            async with self._mirror_range(audit.start, audit.end) as (response, _):
-                data = await response.read_exactly(audit.end - audit.start)
+            data = await self._mirror_block(audit.start, audit.end)
         except DhtdebError as exc:
             self._scheduler.audit_failed(str(exc))
             return
-        self._ctx.counters.bytes.from_mirror += len(data)
-        self.bytes_from_mirror += len(data)
         offset = audit.start - audit.index * PIECE_SIZE
         self._scheduler.audit_result(audit.index, copy[offset : offset + len(data)] == data)
 
@@ -689,14 +686,11 @@ class SwarmDownload:
             self._scheduler.check_result(check, matched=None)
             return
         try:
-            async with self._mirror_range(check.start, check.end) as (response, _):
-                data = await response.read_exactly(check.end - check.start)
+            data = await self._mirror_block(check.start, check.end)
         except DhtdebError as exc:
             self._scheduler.check_failed(check, str(exc))
             return
-        self._ctx.counters.bytes.from_mirror += len(data)
         self._ctx.counters.inquiries.check_bytes += len(data)
-        self.bytes_from_mirror += len(data)
         if check.index not in self._written:  # retracted while the mirror answered
             self._scheduler.check_result(check, matched=None)
             return
@@ -711,6 +705,15 @@ class SwarmDownload:
                 check.end - 1,
             )
         self._scheduler.check_result(check, matched=matched)
+
+    async def _mirror_block(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the file from the mirror, counted as mirror traffic (an audit's
+        or a check's block, compared with a copy held here)."""
+        async with self._mirror_range(start, end) as (response, _):
+            data = await response.read_exactly(end - start)
+        self._ctx.counters.bytes.from_mirror += len(data)
+        self.bytes_from_mirror += len(data)
+        return data
 
     @contextlib.asynccontextmanager
     async def _mirror_range(
