@@ -405,8 +405,13 @@ def setup_apt_command(
     apt_conf_dir: Annotated[Path, typer.Option(help="apt.conf.d")] = Path("/etc/apt/apt.conf.d"),
     url: Annotated[str, typer.Option(help="The daemon's proxy URL")] = "http://127.0.0.1:9977",
     detect_program: Annotated[
-        Path, typer.Option(help="Where to install the program apt asks for the proxy")
-    ] = Path("/usr/local/lib/dhtdeb/apt-proxy-detect"),
+        Path | None,
+        typer.Option(
+            help="The program apt asks for the proxy (default: the .deb's "
+            "/usr/libexec/dhtdeb/apt-proxy-detect for the default URL, else "
+            "/usr/local/lib/dhtdeb/apt-proxy-detect, written here)"
+        ),
+    ] = None,
     undo: Annotated[bool, typer.Option("--undo", help="Remove both files again")] = False,
 ) -> None:
     """Make apt use dhtdeb for http sources while it runs, and go direct while it does not."""
@@ -414,9 +419,12 @@ def setup_apt_command(
 
     try:
         if undo:
-            outcome = setup_apt.undo(apt_conf_dir, detect_program)
+            outcome = setup_apt.undo(
+                apt_conf_dir, detect_program or setup_apt.DEFAULT_DETECT_PROGRAM
+            )
         else:
-            outcome = setup_apt.setup(apt_conf_dir, url, detect_program)
+            program = detect_program or setup_apt.default_detect_program(url)
+            outcome = setup_apt.setup(apt_conf_dir, url, program)
     except ConfigError as exc:
         _fail(exc)
         return

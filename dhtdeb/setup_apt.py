@@ -26,6 +26,9 @@ DEFAULT_APT_CONF_DIR = Path("/etc/apt/apt.conf.d")
 # detector configured earlier does not quietly replace this one.
 SNIPPET_NAME = "99dhtdeb-proxy"
 DEFAULT_DETECT_PROGRAM = Path("/usr/local/lib/dhtdeb/apt-proxy-detect")
+# The .deb ships the detect program with DEFAULT_URL (debian/rules); dpkg owns it: setup-apt uses
+# it as it is and --undo leaves it in place.
+PACKAGED_DETECT_PROGRAM = Path("/usr/libexec/dhtdeb/apt-proxy-detect")
 DEFAULT_URL = "http://127.0.0.1:9977"
 MARKER = "Written by `dhtdeb setup-apt`"
 _TEMPLATE = Path(__file__).with_name("apt_proxy_detect.py")
@@ -36,7 +39,8 @@ _NAMED_PROGRAM = re.compile(r'^Acquire::http::Proxy-Auto-Detect "([^"]+)";$', re
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One file setup-apt looked at: what it did ("wrote", "unchanged", "removed", "absent")."""
+    """One file setup-apt looked at: what it did ("wrote", "unchanged", "removed", "absent",
+    "packaged": the package's detect program, used or kept as it is)."""
 
     action: str
     path: Path
@@ -69,6 +73,14 @@ def normalise_url(url: str) -> str:
     if split_http_url(text) is None:
         raise ConfigError(f"bad --url {url!r}: expected http://HOST:PORT")
     return "http://" + authority
+
+
+def default_detect_program(url: str, packaged: Path = PACKAGED_DETECT_PROGRAM) -> Path:
+    """The package's detect program when it is installed and answers for `url`, else the one
+    setup-apt writes itself."""
+    if normalise_url(url) == DEFAULT_URL and packaged.is_file():
+        return packaged
+    return DEFAULT_DETECT_PROGRAM
 
 
 def snippet_text(detect_program: Path) -> str:
@@ -149,7 +161,7 @@ def _check_conf_dir(apt_conf_dir: Path) -> None:
         )
 
 
-def run_detect_program(path: Path, probe_url: str = "http://deb.debian.org/debian/") -> str:
+def run_detect_program(path: Path, probe_url: str = "http://mirror.example/debian/") -> str:
     """Run the program as apt would; its one line, or ConfigError when apt could not use it."""
     try:
         done = subprocess.run(
@@ -213,7 +225,15 @@ def setup(
         raise ConfigError(
             f"cannot create {detect_program.parent}: {_reason(exc)}{_as_root(exc)}"
         ) from None
-    program = _write(detect_program, detect_program_text(url, interpreter()), 0o755)
+    if detect_program == PACKAGED_DETECT_PROGRAM and url != DEFAULT_URL:
+        raise ConfigError(
+            f"{detect_program} is the dhtdeb package's and answers {DEFAULT_URL} only; "
+            "give --detect-program another path for another --url"
+        )
+    if detect_program == PACKAGED_DETECT_PROGRAM:
+        program = Change("packaged", detect_program)
+    else:
+        program = _write(detect_program, detect_program_text(url, interpreter()), 0o755)
     try:
         answer = run_detect_program(detect_program)
     except ConfigError:
@@ -253,7 +273,10 @@ def undo(
     if named is not None and Path(named.group(1)) != detect_program:
         programs.insert(0, Path(named.group(1)))
     changes = [_remove(snippet)]
-    changes += [_remove(program) for program in programs]
+    changes += [
+        Change("packaged", program) if program == PACKAGED_DETECT_PROGRAM else _remove(program)
+        for program in programs
+    ]
     return Outcome(changes=tuple(changes))
 
 
@@ -266,6 +289,8 @@ def describe(outcome: Outcome, *, undo: bool) -> list[str]:
             lines.extend("    " + line for line in change.content.splitlines())
         elif change.action == "wrote":
             lines.append(f"wrote {change.path} (the detect program apt runs per http host)")
+        elif change.action == "packaged":
+            lines.append(f"{change.path} is the dhtdeb package's detect program (left as it is)")
         elif change.action == "unchanged":
             lines.append(f"{change.path} is already in place, unchanged")
         elif change.action == "removed":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support.apt import AptClient, AptClientFactory
 from support.archive import DebPackage, SignedArchive
 from support.daemon import DaemonFactory, DaemonProcess
@@ -74,7 +75,7 @@ def test_apt_uses_the_daemon_while_it_runs_and_the_mirror_while_it_does_not(
 
     # The program's one line: the proxy for http, DIRECT for https and for dhtdeb's own address.
     assert _detect(program, f"{mirror.url}/dists/") == daemon.proxy_url + "\n"
-    assert _detect(program, "https://deb.debian.org/debian/") == "DIRECT\n"
+    assert _detect(program, "https://mirror.example/debian/") == "DIRECT\n"
     assert _detect(program, f"{daemon.proxy_url}/{mirror.host_port}/debian/") == "DIRECT\n"
 
     _fetch(apt, package, tmp_path / "through")
@@ -135,3 +136,43 @@ def test_read_only_conf_dir_is_a_dhtdeb_error(tmp_path: Path) -> None:
         if mounted:
             subprocess.run(["umount", str(conf_dir)], check=True)
     assert done.returncode == 2 and "cannot write" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_packages_detect_program_is_used_as_it_is_and_kept_on_undo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The .deb ships the detect program (dpkg owns it): setup-apt names it without rewriting it,
+    --undo leaves it, and another --url cannot be written into it."""
+    from dhtdeb import setup_apt
+    from dhtdeb.errors import ConfigError
+
+    packaged = tmp_path / "libexec" / "apt-proxy-detect"
+    conf_dir = tmp_path / "apt.conf.d"
+    conf_dir.mkdir()
+    assert setup_apt.default_detect_program(setup_apt.DEFAULT_URL, packaged) == (
+        setup_apt.DEFAULT_DETECT_PROGRAM
+    ), "not installed: setup-apt writes its own"
+    packaged.parent.mkdir()
+    shipped = Path(setup_apt.__file__).with_name("apt_proxy_detect.py").read_text()
+    packaged.write_text(shipped)
+    packaged.chmod(0o755)
+    monkeypatch.setattr(setup_apt, "PACKAGED_DETECT_PROGRAM", packaged)
+    assert setup_apt.default_detect_program("http://127.0.0.1:9977/", packaged) == packaged
+    assert setup_apt.default_detect_program("http://10.0.0.1:9977", packaged) == (
+        setup_apt.DEFAULT_DETECT_PROGRAM
+    )
+
+    outcome = setup_apt.setup(conf_dir, setup_apt.DEFAULT_URL, packaged)
+    assert [c.action for c in outcome.changes] == ["packaged", "wrote"]
+    assert packaged.read_text() == shipped
+    assert f'Proxy-Auto-Detect "{packaged}";' in (conf_dir / SNIPPET).read_text()
+    assert outcome.answer in ("DIRECT", setup_apt.DEFAULT_URL)  # it ran, and apt could use it
+
+    with pytest.raises(ConfigError, match="another --url"):
+        setup_apt.setup(conf_dir, "http://10.0.0.1:9977", packaged)
+    assert packaged.read_text() == shipped
+
+    undone = setup_apt.undo(conf_dir, setup_apt.DEFAULT_DETECT_PROGRAM)
+    assert not (conf_dir / SNIPPET).exists()
+    assert ("packaged", packaged) in [(c.action, c.path) for c in undone.changes]
+    assert packaged.read_text() == shipped

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from support.daemon import DaemonProcess
+from support.notify import NOTIFY_WAIT, NotifySocket
 
 from dhtdeb.sdnotify import Notifier, keepalive, watchdog_interval
 
@@ -31,41 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "dhtdeb.service"
 KEYRING = ROOT / "keys" / "debian-archive-bookworm-stable.gpg"
 MAX_EXPOSURE = 2.0
-WAIT = 10.0  # seconds: bound on every wait for a datagram
+WAIT = NOTIFY_WAIT
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class NotifySocket:
-    """The service manager's end: a bound AF_UNIX datagram socket, read with a deadline."""
-
-    def __init__(self, address: str | bytes) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        name = self.sock.getsockname()
-        # As systemd writes it in $NOTIFY_SOCKET: a path, or "@name" for an abstract socket.
-        self.env = "@" + name[1:].decode() if isinstance(name, bytes) else name
-
-    def receive(self, timeout: float = WAIT) -> dict[str, str]:
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(4096)
-        except TimeoutError:
-            raise AssertionError(f"no notification within {timeout}s") from None
-        fields = dict(line.split("=", 1) for line in data.decode().split("\n"))
-        return fields
-
-    def receive_until(self, key: str, deadline: float) -> list[dict[str, str]]:
-        """Messages up to and including the first one carrying `key`."""
-        messages: list[dict[str, str]] = []
-        while not messages or key not in messages[-1]:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {key}= before the deadline; got {messages}")
-            messages.append(self.receive(left))
-        return messages
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
