@@ -91,3 +91,41 @@ async def test_a_failed_index_download_ends_the_wait(
     failed.set()
     assert await waiting is None  # not listed anywhere known: passed through unverified
     assert chain.learning == 0
+
+
+async def test_the_packages_files_to_catch_up_for_an_unknown_pool_file(
+    signed_archive: SignedArchive, tmp_path: Path
+) -> None:
+    """Which Packages files the daemon fetches on its own when apt asks for a .deb that nothing
+    learned lists: those of the .deb's component and architecture (this machine's for `_all`),
+    best compression first, none once learned or while being learned, none for other files."""
+    chain, location, expectation = await _chain_with_release(signed_archive, tmp_path)
+    package = signed_archive.small_packages[0]
+    url = ROOT + package.filename
+    suite_url = f"{ROOT}dists/{signed_archive.suite}/"
+    directory = f"{signed_archive.component}/binary-{signed_archive.arch}/"
+    wanted = chain.packages_to_catch_up(url)
+    listed = [name for name in ("Packages.xz", "Packages.gz", "Packages") if
+              chain.expected_index(locate(suite_url + directory + name)) is not None]  # fmt: skip
+    assert [u for u, _ in wanted] == [suite_url + directory + listed[0]], wanted
+    assert wanted[0][1].listed_path == directory + listed[0]
+
+    elsewhere = url.replace(f"/pool/{signed_archive.component}/", "/pool/contrib/")
+    assert chain.packages_to_catch_up(elsewhere) == []  # a component no Release lists
+    other_arch = url.replace(f"_{signed_archive.arch}.deb", "_s390x.deb")
+    assert chain.packages_to_catch_up(other_arch) == []
+    assert chain.packages_to_catch_up("http://other.test/debian/" + package.filename) == []
+    assert chain.packages_to_catch_up(url.replace(".deb", ".dsc")) == []
+
+    data = (signed_archive.dist_dir / expectation.listed_path).read_bytes()
+    stored = _store_file(ContentStore(tmp_path / "store"), data, expectation.expected.sha256)
+    chain.learn_index_file(location, expectation, _ready(stored))
+    assert chain.packages_to_catch_up(url) == []  # being learned
+    while chain.learning:
+        await chain.settled_pool_file(url)
+    assert chain.pool_file(url) is not None
+    assert chain.packages_to_catch_up(url) == []  # learned
+
+
+async def _ready(stored: StoredFile) -> StoredFile:
+    return stored

@@ -95,3 +95,38 @@ def test_restart_between_update_and_download_serves_verified(
     assert response.status == 200
     assert response.headers["X-Dhtdeb-Verified"] == "yes"
     assert hashlib.sha256(response.body).hexdigest() == package.sha256
+
+
+def test_apt_with_current_lists_gets_verified_packages_from_a_new_daemon(
+    signed_archive: SignedArchive,
+    mirror: Mirror,
+    apt_client: AptClientFactory,
+    dhtdeb_daemon: DaemonFactory,
+    tmp_path: Path,
+) -> None:
+    """dhtdeb installed on a machine whose apt lists are current: apt's update through it fetches
+    the InRelease only (its Packages files did not change), so the daemon must learn the
+    Packages file on its own when the first .deb comes (found by tests/test_deb.py: everything
+    passed through unverified and uncached)."""
+    direct = apt_client(signed_archive, mirror)
+    direct.update().check()
+    daemon = dhtdeb_daemon()
+    apt = AptClient(
+        direct.workdir,
+        mirror_url=mirror.url,
+        suite=signed_archive.suite,
+        component=signed_archive.component,
+        keyring=signed_archive.keyring,
+        mode=ProxyMode.HTTP_PROXY,
+        proxy=daemon.proxy,
+    )
+    apt.update().check()
+    assert daemon.status()["requests"]["from_mirror"] <= 1, "apt fetched only the InRelease"
+    names = [p.name for p in signed_archive.small_packages]
+    apt.download(names, tmp_path / "through-dhtdeb").check()
+    _assert_downloaded(signed_archive, tmp_path / "through-dhtdeb", names)
+    wait_until(lambda: daemon.status()["cache"]["files"] == len(names) + 1, 30, "all committed")
+    status = daemon.status()
+    assert status["requests"]["passed_through"] == 0, status
+    assert status["requests"]["from_mirror"] >= len(names) + 1, status  # + the Packages file
+    assert status["verify_failures"] == {"signature": 0, "index": 0, "peer": 0, "mirror": 0}

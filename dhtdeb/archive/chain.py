@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import posixpath
+import subprocess
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ from dhtdeb.stats import Counters
 from dhtdeb.store import StoredFile
 
 log = logging.getLogger(__name__)
+
+# The Packages files of one directory, best first (the one fetched when dhtdeb picks).
+_PACKAGES_PREFERENCE = ("Packages.xz", "Packages.gz", "Packages.bz2", "Packages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +144,7 @@ class TrustChain:
         source = location.suite_url + prefix
         if source in self._learning:
             return None
-        for name in ("Packages.xz", "Packages.gz", "Packages.bz2", "Packages"):
+        for name in _PACKAGES_PREFERENCE:
             expected = self._index.index_file(location.suite_url, prefix + name)
             if expected is None:
                 continue
@@ -147,6 +152,56 @@ class TrustChain:
                 return None
             return source + name, IndexExpectation(expected, prefix + name)
         return None
+
+    def packages_to_catch_up(self, url: str) -> list[tuple[str, IndexExpectation]]:
+        """For a pool file that no learned Packages file lists: the Packages files that may list
+        it (its component, its architecture or this machine's for `_all`, every verified suite of
+        its archive) whose current content is neither learned nor being learned, as (URL,
+        expectation). apt fetches no Packages file through dhtdeb while its lists are current
+        (dhtdeb just installed, its index lost): without this its packages would pass through
+        unverified until the archive changes."""
+        name = url.rsplit("/", 1)[-1]
+        if not name.endswith(".deb") or "_" not in name:
+            return []
+        arch = name[: -len(".deb")].rsplit("_", 1)[1]
+        wanted = native_architecture() if arch == "all" else arch
+        root, lists = self._archive_of(url)
+        relative = url[len(root) :]
+        best: dict[str, tuple[int, str, str, Expected]] = {}
+        variants: dict[str, list[str]] = {}  # source -> the hashes of its listed compressions
+        for suite_url, path, expected in lists:
+            directory, file_name = posixpath.split(path)
+            component = path.split("/", 1)[0]
+            if (
+                file_name not in _PACKAGES_PREFERENCE
+                or posixpath.basename(directory) != f"binary-{wanted}"
+                or "debian-installer" in directory
+                or f"/{component}/" not in "/" + "/".join(relative.split("/")[:4])
+            ):
+                continue
+            source = f"{suite_url}{directory}/"
+            variants.setdefault(source, []).append(expected.sha256)
+            rank = _PACKAGES_PREFERENCE.index(file_name)
+            if source not in best or rank < best[source][0]:
+                best[source] = (rank, suite_url, path, expected)
+        return [
+            (suite_url + path, IndexExpectation(expected, path))
+            for source, (_, suite_url, path, expected) in sorted(best.items())
+            if source not in self._learning
+            and not any(self._index.packages_learned(source, h) for h in variants[source])
+        ]
+
+    def _archive_of(self, url: str) -> tuple[str, list[tuple[str, str, Expected]]]:
+        """The archive root of a pool file URL (before one of its `/pool/`, with verified
+        Releases) and the Packages files those list; ("", []) for none."""
+        start = url.index("://") + 3
+        at = url.find("/pool/", start)
+        while at >= 0:
+            lists = self._index.packages_lists(url[: at + 1])
+            if lists:
+                return url[: at + 1], lists
+            at = url.find("/pool/", at + 1)
+        return "", []
 
     def learn_index_file(
         self,
@@ -246,3 +301,15 @@ class TrustChain:
 
     def has_release(self, suite_url: str) -> bool:
         return self._index.has_release(suite_url)
+
+
+@functools.cache
+def native_architecture() -> str:
+    """dpkg's architecture of this machine (which `binary-*` lists its `_all` packages)."""
+    try:
+        done = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "amd64"
+    return done.stdout.strip() or "amd64"

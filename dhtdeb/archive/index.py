@@ -241,6 +241,22 @@ class ArchiveIndex:
             return None
         return row[0], Expected(sha256, row[1])
 
+    def packages_lists(self, root: str) -> list[tuple[str, str, Expected]]:
+        """(suite_url, path, expected) of every `…/binary-<arch>/Packages*` the valid Releases
+        under archive root `root` list."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.suite_url, f.path, f.sha256, f.size, r.valid_until FROM release_files f "
+                "JOIN releases r ON r.suite_url = f.suite_url "
+                "WHERE r.root=? AND f.path LIKE '%binary-%/Packages%' ORDER BY f.suite_url, f.path",
+                (root,),
+            ).fetchall()
+        return [
+            (suite_url, path, Expected(sha256, size))
+            for suite_url, path, sha256, size, valid_until in rows
+            if self._valid(valid_until)
+        ]
+
     def pool_file_count(self) -> int:
         """Pool files known (an estimate: the largest row id, no table scan)."""
         with self._lock:

@@ -351,6 +351,24 @@ class ProxyServer:
             return
         url, packages = full
         log.info("%s: apt patches its Packages file; fetching %s to learn it", location.url, url)
+        self._learn_packages_file(url, packages)
+
+    def _catch_up(self, location: ArchiveLocation) -> bool:
+        """A pool file no learned Packages file lists, while apt's lists were current (apt
+        asked for no Packages file through dhtdeb): fetch those that may list it (verified)
+        and learn them. False: there are none to fetch."""
+        missing = self._chain.packages_to_catch_up(location.url)
+        for url, packages in missing:
+            log.info("%s: not in any learned Packages file; fetching %s to learn it",
+                     location.url, url)  # fmt: skip
+            self._learn_packages_file(url, packages)
+        return bool(missing)
+
+    def _learn_packages_file(self, url: str, packages: IndexExpectation) -> None:
+        stored = self._store.lookup(packages.expected.sha256)
+        if stored is not None:
+            self._chain.learn_index_file(locate(url), packages, _ready(stored))
+            return
         transfer = self._downloads.fetch(url, packages.expected, announce=False)
         self._chain.learn_index_file(locate(url), packages, transfer.wait_stored())
 
@@ -360,6 +378,8 @@ class ProxyServer:
         self, request: web.BaseRequest, location: ArchiveLocation
     ) -> web.StreamResponse:
         expected = await self._chain.settled_pool_file(location.url)
+        if expected is None and self._catch_up(location):
+            expected = await self._chain.settled_pool_file(location.url)
         if expected is None:
             self._log_unverifiable(location.root, "not listed in any verified Packages file")
             return await self._pass_through(request, location)
