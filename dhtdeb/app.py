@@ -15,6 +15,7 @@ import os
 import random
 import secrets
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,19 +28,21 @@ from dhtdeb.archive.index import ArchiveIndex
 from dhtdeb.archive.last_signed import LastSigned
 from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.clock import MonotonicClock
-from dhtdeb.discovery import NoDiscovery, PeerDiscovery
+from dhtdeb.discovery import NoDiscovery, Peer, PeerDiscovery
 from dhtdeb.downloads import Downloads
 from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.metrics import metrics_renderer
 from dhtdeb.mirror import MirrorClient
 from dhtdeb.netaddr import HostPort
 from dhtdeb.proxy.server import AccessPolicy, ProxyServer, build_server
+from dhtdeb.recent_transfers import RecentTransfers
 from dhtdeb.sdnotify import Notifier, keepalive
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import PeerPenalties, SwarmContext
 from dhtdeb.swarm.holders import HaveQueries, HolderHints
 from dhtdeb.swarm.peer_client import PeerClient
+from dhtdeb.swarm.peer_ledger import VIA_LAN, PeerLedger
 from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS, PeerServer
 from dhtdeb.swarm.pieces import PieceList
 
@@ -207,6 +210,11 @@ async def serve(config: ServeConfig) -> None:
     counters = Counters()
     mirror = MirrorClient()
     clock = MonotonicClock()
+    # What /status.json adds to the clock's times to tell them as Unix times (fixed, so that
+    # an unchanged record reads the same twice).
+    wall_offset = time.time() - clock.now()
+    recent = RecentTransfers()  # the last files fetched or served, with their sources
+    ledger = PeerLedger()  # the peers known, and the bytes exchanged with them
     # This daemon's identity (DHT node id, told to peers); never an address: every host of a
     # fleet listens on the same port.
     node_id = load_node_id(state_dir)
@@ -221,7 +229,9 @@ async def serve(config: ServeConfig) -> None:
         if config.announce and config.dht:
             await discovery.announce(sha256)
 
-    downloads = Downloads(store, mirror, counters, on_stored, on_started=on_started)
+    downloads = Downloads(
+        store, mirror, counters, on_stored, on_started=on_started, recent=recent, clock=clock
+    )
     peer_server = PeerServer(
         store,
         counters,
@@ -230,11 +240,17 @@ async def serve(config: ServeConfig) -> None:
         max_uploads=config.max_uploads,
         clock=clock,
         node=bytes.fromhex(node_id),
+        ledger=ledger,
     )
     discovery, peer_address = await _open_peer_side(config, peer_server, node_id)
     peer_client = PeerClient(idle_timeout=config.peer_timeout, node=bytes.fromhex(node_id))
     holders = HaveQueries(HolderHints(), peer_client)
-    discovery.on_neighbour(lambda peer: holders.hints.met(peer, clock.now()))
+
+    def met(peer: Peer) -> None:
+        holders.hints.met(peer, clock.now())
+        ledger.found(peer, VIA_LAN, clock.now())
+
+    discovery.on_neighbour(met)
     if config.dht:
         downloads.attach_swarm(
             SwarmContext(
@@ -247,6 +263,7 @@ async def serve(config: ServeConfig) -> None:
                 rng=random.Random(),
                 node=bytes.fromhex(node_id),
                 holders=holders,
+                ledger=ledger,
             )
         )
     chain = TrustChain(keys, index, counters)
@@ -301,6 +318,10 @@ async def serve(config: ServeConfig) -> None:
                 "rechecked_after_crash": store.rechecked,
                 "evictions": store.evictions,
             },
+            # Lists, not groups of counters: the last files fetched or served (newest first)
+            # and the peers known (most recently seen first).
+            "transfers": recent.as_dicts(wall_offset),
+            "peers": ledger.as_dicts(clock.now(), wall_offset),
         }
 
     async def find_peers(sha256: str) -> list[str]:
@@ -317,6 +338,8 @@ async def serve(config: ServeConfig) -> None:
         find_peers=find_peers,
         metrics=metrics_renderer(status, lambda: discovery.statistics().lookup_seconds),
         last_signed=LastSigned(config.state_dir / "signed"),
+        recent=recent,
+        clock=clock,
     )
     runner = web.ServerRunner(build_server(proxy), handle_signals=False, access_log=None)
     await runner.setup()

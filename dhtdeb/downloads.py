@@ -11,15 +11,18 @@ import asyncio
 import email.utils
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhtdeb.archive.index import Expected
+from dhtdeb.clock import Clock, MonotonicClock
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient
+from dhtdeb.recent_transfers import RecentTransfers, TransferRecord, top_peer
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
+from dhtdeb.swarm.peer_ledger import address
 from dhtdeb.swarm.pieces import (
     DIGEST_SIZE,
     HAVE_FETCHING,
@@ -69,6 +72,14 @@ class SharedPartial:
         return self.download.path()
 
 
+@dataclass(slots=True)
+class _Sources:
+    """Where one download's bytes came from, as they come."""
+
+    mirror_bytes: int = 0
+    peer_bytes: dict[str, int] = field(default_factory=dict)  # by peer address
+
+
 def _http_date(value: str | None) -> float | None:
     if not value:
         return None
@@ -87,13 +98,19 @@ class Downloads:
         on_stored: OnStored,
         swarm: SwarmContext | None = None,
         on_started: OnStarted | None = None,
+        *,
+        recent: RecentTransfers | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """`recent`: where every download, once ended, is recorded with its sources."""
         self._store = store
         self._mirror = mirror
         self._counters = counters
         self._on_stored = on_stored
         self._swarm = swarm
         self._on_started = on_started
+        self._recent = recent
+        self._clock = clock or MonotonicClock()
         self._running: dict[str, Transfer] = {}
         self._swarming: dict[str, SwarmDownload] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,11 +193,13 @@ class Downloads:
     async def _run(self, transfer: Transfer, url: str, announce: bool) -> None:
         partial = transfer.partial
         pieces: PieceList | None = None
+        sources = _Sources()
+        started = self._clock.now()
         try:
             if announce and self._swarm is not None:
-                last_modified, pieces = await self._from_swarm(self._swarm, transfer, url)
+                last_modified, pieces = await self._from_swarm(self._swarm, transfer, url, sources)
             else:
-                last_modified = await self._from_mirror(transfer, url)
+                last_modified = await self._from_mirror(transfer, url, sources)
             if not partial.matches():
                 raise VerificationError(f"{url}: content does not match its SHA256")
             # Verified: the held-back tail may go to apt now. Making the file durable (fsync,
@@ -206,11 +225,13 @@ class Downloads:
             else:
                 log.warning("download of %s failed: %s", url, exc)
             self._counters.downloads.failed += 1
+            self._record(url, transfer, sources, started, str(exc) or type(exc).__name__)
             transfer.failed(exc)
             return
         finally:
             self._running.pop(transfer.sha256, None)
         self._note_committed()
+        self._record(url, transfer, sources, started, None)
         transfer.finished(stored)
         if not announce:
             return
@@ -219,7 +240,30 @@ class Downloads:
         except Exception:
             log.exception("after storing %s", stored.sha256)
 
-    async def _from_mirror(self, transfer: Transfer, url: str) -> str | None:
+    def _record(
+        self, url: str, transfer: Transfer, sources: _Sources, started: float, error: str | None
+    ) -> None:
+        if self._recent is None:
+            return
+        now = self._clock.now()
+        peer, peer_bytes = top_peer(sources.peer_bytes)
+        self._recent.record(
+            TransferRecord(
+                url=url,
+                sha256=transfer.sha256,
+                size=transfer.size,
+                finished=now,
+                seconds=now - started,
+                peer_bytes=sum(sources.peer_bytes.values()),
+                mirror_bytes=sources.mirror_bytes,
+                peers=len(sources.peer_bytes),
+                top_peer=peer,
+                top_peer_bytes=peer_bytes,
+                error=error,
+            )
+        )
+
+    async def _from_mirror(self, transfer: Transfer, url: str, sources: _Sources) -> str | None:
         """Stream the file from the mirror into the partial file; its Last-Modified."""
         partial = transfer.partial
         async with await self._mirror.request("GET", url) as response:
@@ -239,11 +283,12 @@ class Downloads:
                 partial.write(chunk)  # raises VerificationError past the expected size
                 partial.flush()
                 self._counters.bytes.from_mirror += len(chunk)
+                sources.mirror_bytes += len(chunk)
                 transfer.progress(partial.written)
         return last_modified
 
     async def _from_swarm(
-        self, swarm: SwarmContext, transfer: Transfer, url: str
+        self, swarm: SwarmContext, transfer: Transfer, url: str, sources: _Sources
     ) -> tuple[str | None, PieceList | None]:
         """Assemble the file from peers and the mirror: the mirror's Last-Modified if it served,
         and the piece list as assembled."""
@@ -266,6 +311,10 @@ class Downloads:
             raise
         finally:
             del self._swarming[transfer.sha256]
+            sources.mirror_bytes = download.bytes_from_mirror
+            sources.peer_bytes = {
+                address(peer): count for peer, count in download.bytes_by_peer().items()
+            }
             if download.bytes_from_peers:
                 self._counters.requests.from_peers += 1
             if download.bytes_from_mirror:

@@ -18,6 +18,7 @@ from support.mirror import Mirror
 from typer.testing import CliRunner, Result
 
 from dhtdeb.cli import app
+from dhtdeb.cli_status import human_bytes
 
 CACHE_LIMIT = 150_000  # bytes: dt-hotel (about 124 KB) fits, dt-hotel and dt-foxtrot do not
 
@@ -105,6 +106,24 @@ def test_status_tables_show_the_counters(
     stable = ("files", "bytes", "limit_bytes", "pinned", "pinned_bytes", "evictions")
     cache = json.loads(raw.stdout)["cache"]
     assert {k: cache[k] for k in stable} == {k: status["cache"][k] for k in stable}
+
+    # The recent transfers: both files, from the mirror, as a table and in the JSON.
+    hotel, alpha = signed_archive.package("dt-hotel"), signed_archive.package("dt-alpha")
+    for package in (hotel, alpha):
+        record = next(
+            t for t in json.loads(raw.stdout)["transfers"] if t["sha256"] == package.sha256
+        )
+        assert record["url"].endswith("/" + package.filename)
+        assert (record["source"], record["mirror_bytes"], record["peer_bytes"]) == (
+            "mirror",
+            package.size,
+            0,
+        )
+        line = next(
+            line for line in result.stdout.splitlines() if package.filename.rsplit("/")[-1] in line
+        )
+        assert "mirror" in line and human_bytes(package.size) in line
+    assert "Recent transfers" in tables and "Peers" not in tables  # no DHT: no peer known
 
     by_state_dir = _cli("status", "--state-dir", str(daemon.state_dir))  # via addresses.json
     assert by_state_dir.exit_code == 0 and daemon.proxy_url in by_state_dir.stdout

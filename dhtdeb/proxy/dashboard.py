@@ -2,7 +2,8 @@
 
 Owns: the page's layout, its tables and the small script that polls /status.json every 2 s and
 draws the charts on <canvas>. The tables are rendered here from the same status dict as
-/status.json, so the page reads without JavaScript; the script only updates their cells and draws.
+/status.json, so the page reads without JavaScript; the script only updates their cells, redraws
+the rows of the two lists (recent transfers, known peers: proxy/dashboard_lists.py) and draws.
 No external asset: no CDN, no font, no image, nothing fetched but /status.json.
 Trusts nothing it shows: every key, value and URL goes through `html.escape` (URLs and names in the
 status and the store come from mirrors, peers and apt).
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dhtdeb.cli_status import LABELS, TITLES, human_bytes
+from dhtdeb.proxy.dashboard_lists import LISTS_JSON, PEER_COLUMNS, TRANSFER_COLUMNS, table
 
 RECENT_FILES = 12  # stored files shown, most recently used first
 
@@ -122,14 +124,22 @@ def render(status: Mapping[str, object], recent: Sequence[RecentFile], now: floa
         "<div id=summary><div>share from peers <b id=share>"
         f"{_e(_share(status))}</b></div></div>"
         f"<div id=charts>{_CHARTS}</div>"
+        "<h2>Recent transfers</h2>"
+        f"{table('transfers', status.get('transfers'), TRANSFER_COLUMNS, now, _NO_TRANSFERS)}"
+        "<h2>Known peers</h2>"
+        f"{table('peers', status.get('peers'), PEER_COLUMNS, now, _NO_PEERS)}"
+        "<p class=note>Sent: what this node's peer server sent to the peer's host (shown when "
+        "one known peer has that address); <code>/peers/&lt;sha256&gt;</code> looks up the "
+        "holders of one file.</p>"
         "<h2>Recently used files</h2>"
         f"{_recent_table(recent, now)}"
-        "<p class=note>Known peers are not listed by the daemon; "
-        "<code>/peers/&lt;sha256&gt;</code> looks up the holders of one file.</p>"
         f"<h2>Counters</h2><div id=tables>{tables}</div>"
         f"<script>{_SCRIPT}</script></body></html>"
     )
 
+
+_NO_TRANSFERS = "No file fetched or served since the daemon started."
+_NO_PEERS = "No peer known yet."
 
 _CHARTS = "".join(
     f'<figure><figcaption>{title}</figcaption><canvas id="{cid}" width=400 height=150>'
@@ -158,6 +168,12 @@ figcaption{font-size:12px;color:#555}canvas{width:100%;height:150px}
 table{border-collapse:collapse}th{text-align:left;font-weight:normal;color:#444;padding-right:1em}
 td{padding:0 .4em}td.n{text-align:right;font-variant-numeric:tabular-nums}td.h{color:#777}
 td.u{word-break:break-all;max-width:60em}.note{color:#666}
+table.list{font-size:12px;background:#fff;border:1px solid #ddd}
+table.list th{border-bottom:1px solid #ddd;padding:2px 6px}
+table.list td{border-top:1px solid #eee;padding:1px 6px;vertical-align:top}
+table.list td.url{word-break:break-all;max-width:38em}
+td.bytes,td.seconds,td.ago,td.until{text-align:right;white-space:nowrap}
+td.flag{color:#b22}
 """
 
 # The charts keep the last 150 polls (5 min). Rates come from differences between polls, so a
@@ -166,7 +182,7 @@ _SCRIPT = """
 (function(){
 "use strict";
 document.documentElement.className="js";
-var N=150,hist=[],prev=null,polls=0,live=document.getElementById("live");
+var N=150,hist=[],prev=null,polls=0,live=document.getElementById("live"),LISTS=%LISTS%;
 function num(v){return typeof v==="number"?v:0}
 function g(s,a,b){var x=s[a];return x&&typeof x==="object"?num(x[b]):0}
 function hb(n){var u=["B","KiB","MiB","GiB","TiB"],i=0;while(Math.abs(n)>=1024&&i<4){n/=1024;i++}
@@ -223,17 +239,35 @@ if(hcell&&typeof v==="number"&&/(^bytes\\.|\\.bytes$|_bytes$)/.test(k))
 hcell.textContent=v>=1024?hb(v):""});
 var fp=g(s,"bytes","from_peers"),fm=g(s,"bytes","from_mirror");
 document.getElementById("share").textContent=fp+fm?(100*fp/(fp+fm)).toFixed(1)+" %":"-"}
+function span(x){x=Math.max(0,Math.floor(x));
+return x<120?x+" s":x<7200?Math.floor(x/60)+" min":Math.floor(x/3600)+" h"}
+function raw(v){return v===null||v===undefined?"":typeof v==="boolean"?(v?"true":"false"):String(v)}
+function shown(kind,v,now){
+if(v===null||v===undefined||v==="")return /^(bytes|ago|until)$/.test(kind)?"-":"";
+if(typeof v==="boolean")return kind==="flag"?(v?"banned":""):raw(v);
+if(typeof v==="number"){if(kind==="ago")return span(now-v)+" ago";
+if(kind==="until")return "in "+span(v-now);if(kind==="bytes"&&v%1===0)return hb(v);
+if(kind==="seconds")return v.toFixed(2)+" s";return String(v)}
+return kind==="node"?String(v).slice(0,12):String(v)}
+function lists(s,now){Object.keys(LISTS).forEach(function(id){
+var t=document.getElementById(id),cols=LISTS[id],body=document.createElement("tbody"),
+recs=Array.isArray(s[id])?s[id].filter(function(r){return r!==null&&typeof r==="object"}):[];
+if(!t)return;recs.forEach(function(r){var tr=document.createElement("tr");
+cols.forEach(function(c){var td=document.createElement("td"),v=r[c[0]];td.className=c[2];
+td.setAttribute("data-f",c[0]);td.setAttribute("data-v",raw(v));td.textContent=shown(c[2],v,now);
+tr.appendChild(td)});body.appendChild(tr)});
+t.replaceChild(body,t.tBodies[0]);document.getElementById(id+"-empty").hidden=recs.length>0})}
 function poll(){
 fetch("/status.json",{cache:"no-store"}).then(function(r){
 if(!r.ok)throw new Error("HTTP "+r.status);return r.json()}).then(function(s){
-sample(s,Date.now());cells(s);render();polls++;
+sample(s,Date.now());cells(s);lists(s,Date.now()/1000);render();polls++;
 live.className="on";live.textContent="live, every 2 s";
 document.body.setAttribute("data-drawn",String(polls))}).catch(function(e){
 console.error("dhtdeb dashboard: "+e.message);
 live.className="err";live.textContent="not updating: "+e.message}).then(function(){
 setTimeout(poll,2000)})}
 poll()})();
-"""
+""".replace("%LISTS%", LISTS_JSON)
 
 
 def _source_hash(source: str) -> str:

@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from dhtdeb.archive.chain import IndexExpectation, TrustChain
 from dhtdeb.archive.last_signed import LastSigned
 from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
+from dhtdeb.clock import Clock, MonotonicClock
 from dhtdeb.downloads import Downloads
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
@@ -40,6 +41,7 @@ from dhtdeb.proxy.target import (
     UpstreamTarget,
     parse_target,
 )
+from dhtdeb.recent_transfers import RecentTransfers
 from dhtdeb.stats import Counters
 from dhtdeb.store import (
     ContentStore,
@@ -123,8 +125,13 @@ class ProxyServer:
         find_peers: PeerLookup,
         metrics: Callable[[], bytes],
         last_signed: LastSigned | None = None,
+        recent: RecentTransfers | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """`recent`: where every answer from the store (a cache hit) is recorded."""
         self._chain = chain
+        self._recent = recent
+        self._clock = clock or MonotonicClock()
         self._last_signed = last_signed
         self._keeping: set[asyncio.Task[None]] = set()
         self._store = store
@@ -445,6 +452,7 @@ class ProxyServer:
     async def _serve_stored(
         self, request: web.BaseRequest, location: ArchiveLocation, stored: StoredFile
     ) -> web.StreamResponse:
+        started = self._clock.now()
         with self._store.reading(stored.sha256):  # no eviction while it is sent
             try:
                 # Opening a local file costs microseconds; a thread hand-off would cost more.
@@ -452,7 +460,7 @@ class ProxyServer:
             except FileNotFoundError:
                 # Evicted since the lookup: the next request downloads it again.
                 return web.Response(status=503, headers={"Retry-After": "1", VERIFIED: "no"})
-            return await send_verified(
+            response = await send_verified(
                 request,
                 location,
                 handle,
@@ -462,6 +470,12 @@ class ProxyServer:
                 last_modified=_http_date(stored.mtime),
                 spans=None,
             )
+        if self._recent is not None and request.method == "GET" and response.status in (200, 206):
+            sent = response.content_length or 0
+            self._recent.hit(
+                location.url, stored.sha256, stored.size, sent, started, self._clock.now()
+            )
+        return response
 
     async def _serve_transfer(
         self, request: web.BaseRequest, location: ArchiveLocation, transfer: Transfer

@@ -42,6 +42,7 @@ from dhtdeb.swarm.peer_client import (
     PeerMisbehaved,
     PeerUnavailable,
 )
+from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER, PeerLedger
 from dhtdeb.swarm.pieces import HAVE_FETCHING, HAVE_HELD, PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -163,6 +164,7 @@ class SwarmContext:
     # itself under an address only the others know).
     own_addresses: set[Peer] = field(default_factory=set)
     streak: LoneStreak = field(default_factory=LoneStreak)
+    ledger: PeerLedger = field(default_factory=PeerLedger)  # the peers known, for people
 
     def is_self(self, peer: Peer) -> bool:
         return bool(self.node and peer.node == self.node) or peer in self.own_addresses
@@ -203,7 +205,7 @@ class SwarmDownload:
         self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
         self._awaiting_bytes = False  # waiting for a peer that is fetching this file
         self.bytes_from_peers = 0
-        self._peers_used: set[Peer] = set()
+        self._bytes_by_peer: dict[Peer, int] = {}  # what each peer sent (verified or not)
         self._sighted = False  # a hinted peer said it holds, fetches or starts this file
         self.bytes_from_mirror = 0
         self.last_modified: str | None = None
@@ -252,7 +254,11 @@ class SwarmDownload:
 
     @property
     def peers_used(self) -> int:
-        return len(self._peers_used)
+        return len(self._bytes_by_peer)
+
+    def bytes_by_peer(self) -> dict[Peer, int]:
+        """The bytes each peer sent for this file (pieces later found bad included)."""
+        return dict(self._bytes_by_peer)
 
     def assembled_piece_list(self) -> PieceList | None:
         """The digests of the pieces as accepted; it is the file's true piece list once the
@@ -380,7 +386,12 @@ class SwarmDownload:
         task.add_done_callback(done)
 
     def _ban(self, peer: Peer, reason: str, lied: bool) -> None:
-        self._ctx.penalties.ban(peer, BAN_SECONDS if lied else MISBEHAVIOUR_BAN_SECONDS)
+        seconds = BAN_SECONDS if lied else MISBEHAVIOUR_BAN_SECONDS
+        self._ctx.penalties.ban(peer, seconds)
+        now = self._ctx.clock.now()
+        self._ctx.ledger.banned(
+            peer, f"{'lied' if lied else 'misbehaved'}: {reason}", now + seconds, now
+        )
         if self._ctx.holders is not None:
             self._ctx.holders.hints.failed(peer)
         if lied:
@@ -584,6 +595,8 @@ class SwarmDownload:
             self._awaiting_bytes = False
         if found:
             log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
+            for peer in found:
+                ctx.ledger.found(peer, VIA_HOLDER, ctx.clock.now())
             self._scheduler.peers_found(found)
         return found
 
@@ -606,7 +619,7 @@ class SwarmDownload:
     def delivered_by(self) -> list[Peer]:
         """The peers whose bytes went into this (finished, verified) file and who were not
         caught lying: likely holders of the next files apt asks for."""
-        return [p for p in self._peers_used if self._ctx.penalties.allowed(p)]
+        return [p for p in self._bytes_by_peer if self._ctx.penalties.allowed(p)]
 
     async def _find_peers(self) -> bool:
         """One DHT lookup; whether it found usable peers."""
@@ -618,6 +631,9 @@ class SwarmDownload:
         usable = [p for p in found if not self._ctx.is_self(p) and self._ctx.penalties.allowed(p)]
         log.debug("DHT: %d peers for %s, %d usable", len(found), self._sha256[:12], len(usable))
         if usable:
+            now = self._ctx.clock.now()
+            for peer in usable:
+                self._ctx.ledger.found(peer, VIA_DHT, now)
             self._scheduler.peers_found(usable)
         return bool(usable)
 
@@ -657,7 +673,8 @@ class SwarmDownload:
             return
         self._ctx.counters.bytes.from_peers += len(data)
         self.bytes_from_peers += len(data)
-        self._peers_used.add(peer)
+        self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + len(data)
+        self._ctx.ledger.received(peer, len(data), self._ctx.clock.now())
         digest = await _piece_digest(data)
         await self._room_for(len(data))
         if not self._hold(index, data, digest):

@@ -38,6 +38,7 @@ from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.swarm.peer_ledger import PeerLedger
 from dhtdeb.swarm.pieces import (
     DIGEST_SIZE,
     FETCHING_HEADER,
@@ -203,14 +204,17 @@ class PeerServer:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: Clock | None = None,
         node: bytes = b"",
+        ledger: PeerLedger | None = None,
     ) -> None:
-        """`node`: this node's id, told with every answer (NODE_HEADER)."""
+        """`node`: this node's id, told with every answer (NODE_HEADER); `ledger`: where the
+        bytes sent are counted by the requester's address."""
         if max_uploads < 1 or idle_timeout <= 0:
             raise ValueError("max_uploads must be >= 1 and idle_timeout > 0")
         self._store = store
         self._counters = counters
         self._node_header = {NODE_HEADER: node.hex()} if node else {}
         self._partials = partials
+        self._ledger = ledger
         self._clock = clock or MonotonicClock()
         self._bucket: TokenBucket | None = bucket_for(upload_rate, self._clock)
         self._max_uploads = max_uploads
@@ -497,7 +501,7 @@ class PeerServer:
         body = pieces.to_bytes()
         if request.method == "GET":
             await throttle(self._bucket, len(body))
-            self._counters.bytes.to_peers += len(body)
+            self._sent(request, len(body))
         return web.Response(
             body=body,
             content_type="application/octet-stream",
@@ -603,7 +607,12 @@ class PeerServer:
                 response.force_close()
                 return
             offset += count
-            self._counters.bytes.to_peers += count
+            self._sent(request, count)
+
+    def _sent(self, request: web.BaseRequest, count: int) -> None:
+        self._counters.bytes.to_peers += count
+        if self._ledger is not None and request.remote:
+            self._ledger.sent(request.remote, count, self._clock.now())
 
     @staticmethod
     async def _send_step(

@@ -160,6 +160,11 @@ def test_lone_liar_is_banned_and_apt_gets_the_right_files(
     bans = status["bans"]
     assert bans["lied"] == case.lies, status
     assert (bans["lied"] + bans["misbehaved"] > 0) == case.banned, status
+    # The known peers list it, banned or not, and why (the dashboard's and `dhtdeb status`).
+    liar = next(p for p in status["peers"] if f"http://{p['address']}" == evil.url)
+    assert liar["banned"] is case.banned, liar
+    if case.banned:
+        assert liar["ban_reason"].startswith("lied: " if case.lies else "misbehaved: "), liar
     # A peer's lie is never blamed on the mirror.
     assert status["verify_failures"]["mirror"] == 0, status
     mirror_big = mirror.bytes_sent(big.filename)
