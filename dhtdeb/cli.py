@@ -21,7 +21,9 @@ from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.logsetup import setup_logging
 from dhtdeb.netaddr import parse_host_port
 
+# No rich markup in help texts: they name config sections as "[peer] listen", which markup eats.
 app = typer.Typer(
+    rich_markup_mode=None,
     add_completion=False,
     no_args_is_help=True,
     help="Peer-to-peer Debian package distribution behind a verifying apt proxy.",
@@ -199,7 +201,9 @@ def serve(
         _fail(exc)
 
 
-config_app = typer.Typer(no_args_is_help=True, help="The config file of `dhtdeb serve`.")
+config_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="The config file of `dhtdeb serve`."
+)
 app.add_typer(config_app, name="config")
 
 
@@ -350,7 +354,9 @@ def status(
         print_status(answer, base)
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="The content store in the state directory.")
+cache_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="The content store in the state directory."
+)
 app.add_typer(cache_app, name="cache")
 cache_app.command("list")(cli_cache.cache_list)
 cache_app.command("stats")(cli_cache.cache_stats)

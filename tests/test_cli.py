@@ -265,3 +265,10 @@ def test_cache_actions_check_their_input(
 
     bad_cli = _cli("cache", "evict", "not-a-hash", "--url", daemon.proxy_url)
     assert bad_cli.exit_code == 2 and "not a SHA256" in bad_cli.stderr
+
+
+def test_help_shows_config_sections_as_written() -> None:
+    """Help texts name config keys as "[peer] listen"; rich markup used to swallow "[peer]"."""
+    result = CliRunner().invoke(app, ["bootstrap", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[peer] listen, [cache] state_dir, [dht] bootstrap" in result.output
