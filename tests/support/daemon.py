@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 _POLL_INTERVAL = 0.02
+_DHTDEB = (sys.executable, "-m", "dhtdeb")
 _PROXY_ENV = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
 # Requests from the test itself must never go through an environment proxy.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -65,7 +66,7 @@ class DaemonProcess:
         self.keyrings = tuple(keyrings)
         self.extra_args = tuple(extra_args)
         self.no_dht = no_dht
-        self.command = tuple(command) if command else (sys.executable, "-m", "dhtdeb")
+        self.command = tuple(command) if command else _DHTDEB
         self._env_overrides = dict(env or {})
         self.default_addresses = default_addresses
         self.command_prefix = tuple(command_prefix)
@@ -86,6 +87,11 @@ class DaemonProcess:
     @property
     def argv(self) -> tuple[str, ...]:
         argv = [*self.command_prefix, *self.command, "serve", "--state-dir", str(self.state_dir)]
+        if self.command == _DHTDEB:
+            # Not the machine's /etc/dhtdeb/dhtdeb.toml (dhtdeb may be installed where the tests
+            # run): no file, every setting at its default. A test's own --config comes later and
+            # wins.
+            argv += ["--config", "/dev/null"]
         if not self.default_addresses:
             argv += ["--proxy", "127.0.0.1:0", "--peer", "127.0.0.1:0"]
         if self.no_dht:
