@@ -1,7 +1,9 @@
 """The scheduling core of one file's swarm download: events in, actions out, time injected.
 
 Owns: which piece goes to which peer or to the mirror, which piece list is trusted, which pieces are
-accepted, which peers are banned, and when the download has finished or failed. Performs no I/O: the
+accepted, which peers are banned, and when the download has finished or failed (its actions and
+configuration are in actions.py, the rendezvous order of downloaders in rendezvous.py, the inquiry
+after a whole-file mismatch in inquiry.py). Performs no I/O: the
 asyncio driver calls the event methods, pops `poll_actions()`, and re-arms one timer at
 `next_deadline()` (the aioquic split). Trusts nothing a peer says; the whole-file SHA256 from the
 signed index is the only ground truth (a one-piece file's list *is* that hash), and the mirror is
@@ -60,17 +62,37 @@ against each other and sets overdue deadlines, it is not the peer's link speed.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeAlias
 
 from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer
+from dhtdeb.swarm.actions import (
+    AUDIT_BLOCK,
+    DEFAULT_CONFIG,
+    MIRROR,
+    AcceptPiece,
+    Action,
+    AuditPiece,
+    BanPeer,
+    CancelPiece,
+    CheckPiece,
+    ConfirmPiece,
+    Failed,
+    Finished,
+    MirrorSource,
+    RequestPiece,
+    RequestPieceList,
+    RetractPiece,
+    SchedulerConfig,
+    Source,
+    StartMirror,
+)
 from dhtdeb.swarm.inquiry import Check, Inquiry
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
+from dhtdeb.swarm.rendezvous import Rendezvous
 
 __all__ = [
     "AUDIT_BLOCK",
@@ -95,165 +117,7 @@ __all__ = [
 ]
 
 _MAX_RIVAL_LISTS = 4
-AUDIT_BLOCK = 16 * 1024  # bytes of a held piece compared with the mirror to check a lone list
 _MIN_ELAPSED = 1e-6
-
-
-class MirrorSource:
-    """The upstream mirror as a piece source; `MIRROR` is its only instance."""
-
-    _instance: MirrorSource | None = None
-
-    def __new__(cls) -> MirrorSource:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MIRROR"
-
-
-MIRROR = MirrorSource()
-Source: TypeAlias = Peer | MirrorSource
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    max_requests_per_peer: int = 4
-    piece_lists_wanted: int = 2
-    min_piece_timeout: float = 2.0
-    overdue_factor: float = 4.0
-    default_rate: float = 4 * 1024 * 1024
-    rate_smoothing: float = 0.3
-    max_peers: int = 64
-    max_mirror_restarts: int = 2
-    offers_refresh: float = 1.0  # seconds between two asks to a peer that is still downloading
-    fetch_claim_ttl: float = 8.0  # how long a peer's "fetching from the mirror" keeps us away
-    busy_backoff: float = 0.5  # seconds before asking a peer again that was at its upload limit
-    # Seconds of "busy" answers before the mirror takes the piece. Long: in a crowd every holder
-    # is busy by design, and the mirror is what the crowd shares.
-    busy_overdue: float = 8.0
-    # After a whole-file mismatch with pieces taken on offers in the file (inquiry.py): bytes
-    # per sampled block, blocks per author, whole pieces checked at once.
-    check_block: int = AUDIT_BLOCK
-    check_samples: int = 3
-    check_parallel: int = 2
-
-    def __post_init__(self) -> None:
-        if self.max_requests_per_peer < 1 or self.piece_lists_wanted < 1 or self.max_peers < 1:
-            raise ValueError("request, list and peer limits must be at least 1")
-        if not 0.0 < self.rate_smoothing <= 1.0:
-            raise ValueError("rate_smoothing must be in (0, 1]")
-        if self.default_rate <= 0 or self.overdue_factor <= 0 or self.min_piece_timeout < 0:
-            raise ValueError("rates and timeouts must be positive")
-        if self.max_mirror_restarts < 0:
-            raise ValueError("max_mirror_restarts must be >= 0")
-
-
-@dataclass(frozen=True, slots=True)
-class RequestPieceList:
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class RequestPiece:
-    peer: Peer
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class StartMirror:
-    first: int
-    why: str = field(default="", compare=False)  # for the log: what the mirror is needed for
-
-
-@dataclass(frozen=True, slots=True)
-class AuditPiece:
-    """Fetch bytes [start, end) of the file from the mirror and compare them with the held copy
-    of piece `index` whose digest is `digest`; report with `audit_result` or `audit_failed`."""
-
-    index: int
-    start: int
-    end: int
-    digest: bytes = field(compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class CheckPiece:
-    """After a whole-file mismatch: fetch bytes [start, end) of the file from the mirror and
-    compare them with the accepted copy of piece `index`; report with `check_result` (or
-    `check_failed`), passing this action back."""
-
-    index: int
-    start: int
-    end: int
-    whole: bool = field(default=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class RetractPiece:
-    """The provisional copy of piece `index` was taken on the word of a peer now convicted of a
-    lie: it is missing again. The driver forgets it (never serves it, nor lets apt read it) and
-    hashes the whole file again once it is complete."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConfirmPiece:
-    """A provisional piece matched the mirror in full: it is on nobody's word any more."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class CancelPiece:
-    peer: Peer
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptPiece:
-    index: int
-    # The digest of the accepted copy: the list's entry, or the mirror's digest when no list is in
-    # use. Not part of equality, so that scripted tests can name just the index.
-    digest: bytes = field(default=b"", compare=False)
-    # Accepted on the word of one downloading peer (its offer): the driver must not let apt or
-    # other peers see it before the whole-file SHA256 has matched.
-    provisional: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BanPeer:
-    peer: Peer
-    reason: str
-    lied: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    reason: str
-
-
-Action: TypeAlias = (
-    AuditPiece
-    | RequestPieceList
-    | RequestPiece
-    | StartMirror
-    | CancelPiece
-    | CheckPiece
-    | RetractPiece
-    | ConfirmPiece
-    | AcceptPiece
-    | BanPeer
-    | Finished
-    | Failed
-)
 
 
 class _ListState(Enum):
@@ -320,7 +184,7 @@ class SwarmScheduler:
         *,
         clock: Clock,
         rng: random.Random,
-        config: SchedulerConfig = SchedulerConfig(),
+        config: SchedulerConfig = DEFAULT_CONFIG,
         mirror_available: bool = True,
         piece_size: int = PIECE_SIZE,
         node: bytes = b"",
@@ -335,7 +199,7 @@ class SwarmScheduler:
         self._sha256 = sha256
         self._digest = digest
         self._node = node
-        self._split_keys: dict[tuple[bytes, int], bytes] = {}
+        self._rendezvous = Rendezvous(digest)
         self._size = size
         self._piece_size = piece_size
         self._clock = clock
@@ -518,9 +382,9 @@ class SwarmScheduler:
         request, made before any lookup found the others, is for piece 0."""
         if self._done() or not self._mirror_active or not self._node:
             return False
-        mine = self._split_key(self._node, index)
+        mine = self._rendezvous.key(self._node, index)
         return any(
-            self._split_key(state.node, index) < mine and index in self._fresh_claims(state)
+            self._rendezvous.key(state.node, index) < mine and index in self._fresh_claims(state)
             for state in self._split_partners()
         )
 
@@ -1077,11 +941,12 @@ class SwarmScheduler:
             return (2, 0)
         if not self._node:
             return (1, 0)
-        mine_key = self._split_key(self._node + b"check", index)
+        mine_key = self._rendezvous.key(self._node + b"check", index)
         before = sum(
             1
             for state in self._split_partners()
-            if state.peer != author and self._split_key(state.node + b"check", index) < mine_key
+            if state.peer != author
+            and self._rendezvous.key(state.node + b"check", index) < mine_key
         )
         return (1, before)
 
@@ -1238,12 +1103,7 @@ class SwarmScheduler:
         partners = [(s.node, self._is_fetching(s)) for s in self._split_partners()]
         if not partners or not self._node:
             return {}
-        ranks = {}
-        for index in indices:
-            mine = self._split_key(self._node, index)
-            before = [busy for node, busy in partners if self._split_key(node, index) < mine]
-            ranks[index] = (len(before), any(before))
-        return ranks
+        return self._rendezvous.ranks(self._node, partners, indices)
 
     def _split_partners(self) -> list[_PeerState]:
         """The usable downloading peers that told their id: those the mirror's pieces are
@@ -1263,14 +1123,6 @@ class SwarmScheduler:
         has not sat on for longer than fetch_claim_ttl."""
         oldest = self._clock.now() - self._config.fetch_claim_ttl
         return [index for index, since in state.fetching.items() if since > oldest]
-
-    def _split_key(self, node: bytes, index: int) -> bytes:
-        key = self._split_keys.get((node, index))
-        if key is None:
-            material = node + self._digest + index.to_bytes(8, "big")
-            key = hashlib.blake2b(material, digest_size=8).digest()
-            self._split_keys[(node, index)] = key
-        return key
 
     def _unserved(self) -> list[int]:
         if self._in_use is None:
