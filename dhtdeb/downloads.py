@@ -23,14 +23,8 @@ from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
 from dhtdeb.swarm.peer_ledger import address
-from dhtdeb.swarm.pieces import (
-    DIGEST_SIZE,
-    HAVE_FETCHING,
-    HAVE_NONE,
-    HAVE_STARTING,
-    PieceList,
-    piece_count,
-)
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
+from dhtdeb.swarm.wire import HAVE_FETCHING, HAVE_NONE, HAVE_STARTING
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
