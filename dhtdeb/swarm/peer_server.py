@@ -1,8 +1,9 @@
 """PeerServer: the HTTP face other nodes download pieces from (protocol v1, docs/swarm.md).
 
-Owns: the peer TCP port, request routing, piece lists of stored files (computed once, cached next
-to the file as `<store>/<aa>/<sha256>.pieces` and in a small in-memory LRU), the upload rate cap
-(one `TokenBucket` for the whole node), the cap on concurrent uploads and the idle timeouts.
+Owns: the peer TCP port, request routing (the format of requests and answers is wire.py's),
+piece lists of stored files (computed once, cached next to the file as
+`<store>/<aa>/<sha256>.pieces` and in a small in-memory LRU), the upload rate cap (one
+`TokenBucket` for the whole node), the cap on concurrent uploads and the idle timeouts.
 
 Trusts: the `ContentStore` (only verified files enter it) and the swarm driver's `PartialSource`
 (its piece lists are corroborated and the pieces it reports as held are verified). Everything a
@@ -32,7 +33,7 @@ from typing import IO, Any, Protocol
 from aiohttp import web
 
 from dhtdeb.clock import Clock, MonotonicClock
-from dhtdeb.errors import RemoteProtocolError
+from dhtdeb.errors import PeerWireError
 from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
@@ -358,7 +359,7 @@ class PeerServer:
             return parse_piece_list(stored.size, cache.read_bytes()), False
         except FileNotFoundError:
             pass
-        except (OSError, RemoteProtocolError) as exc:
+        except (OSError, PeerWireError) as exc:
             log.debug("ignoring unusable piece list cache %s: %s", cache, exc)
         try:
             pieces = digest_file(stored.path, stored.size)
@@ -441,7 +442,7 @@ class PeerServer:
         try:
             body = await request.content.readexactly(length)
             asked = decode_have_query(body)
-        except (asyncio.IncompleteReadError, RemoteProtocolError) as exc:
+        except (asyncio.IncompleteReadError, PeerWireError) as exc:
             return self._refuse(400, f"bad have query: {exc}")
         self.stats.have_queries += 1
         # `in`, not `lookup`: a question must not count as a use of the file (the cache's
