@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from dhtdeb import __version__
+from dhtdeb.announcer import announce_downloads
 from dhtdeb.archive.chain import TrustChain
 from dhtdeb.archive.index import ArchiveIndex
 from dhtdeb.archive.last_signed import LastSigned
 from dhtdeb.archive.signature import TrustedKeys
 from dhtdeb.clock import MonotonicClock
 from dhtdeb.discovery import NoDiscovery, Peer, PeerDiscovery
-from dhtdeb.downloads import Downloads
+from dhtdeb.download_events import DownloadEvents
+from dhtdeb.downloads import Downloads, RunningDownloads
 from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.metrics import metrics_renderer
 from dhtdeb.mirror import MirrorClient
@@ -38,13 +40,12 @@ from dhtdeb.proxy.server import AccessPolicy, ProxyServer, build_server
 from dhtdeb.recent_transfers import RecentTransfers
 from dhtdeb.sdnotify import Notifier, keepalive
 from dhtdeb.stats import Counters
-from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.store import ContentStore
 from dhtdeb.swarm.download import PeerPenalties, SwarmContext
 from dhtdeb.swarm.holders import HaveQueries, HolderHints
 from dhtdeb.swarm.peer_client import PeerClient
 from dhtdeb.swarm.peer_ledger import VIA_LAN, PeerLedger
 from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS, PeerServer
-from dhtdeb.swarm.pieces import PieceList
 
 log = logging.getLogger(__name__)
 
@@ -219,23 +220,13 @@ async def serve(config: ServeConfig) -> None:
     # fleet listens on the same port.
     node_id = load_node_id(state_dir)
 
-    async def on_stored(stored: StoredFile, pieces: PieceList | None) -> None:
-        if pieces is not None:
-            await peer_server.adopt_piece_list(stored.sha256, pieces)
-        if config.announce and config.dht:
-            discovery.announce_later(stored.sha256)
-
-    async def on_started(sha256: str) -> None:
-        if config.announce and config.dht:
-            await discovery.announce(sha256)
-
-    downloads = Downloads(
-        store, mirror, counters, on_stored, on_started=on_started, recent=recent, clock=clock
-    )
+    # The downloads in progress: kept by `downloads`, shared by the peer server (made first, as
+    # the DHT, which the swarm downloads need, opens on the peer server's port).
+    running = RunningDownloads()
     peer_server = PeerServer(
         store,
         counters,
-        partials=downloads,
+        partials=running,
         upload_rate=config.upload_rate,
         max_uploads=config.max_uploads,
         clock=clock,
@@ -251,21 +242,28 @@ async def serve(config: ServeConfig) -> None:
         ledger.found(peer, VIA_LAN, clock.now())
 
     discovery.on_neighbour(met)
-    if config.dht:
-        downloads.attach_swarm(
-            SwarmContext(
-                discovery=discovery,
-                peers=peer_client,
-                mirror=mirror,
-                counters=counters,
-                penalties=PeerPenalties(clock),
-                clock=clock,
-                rng=random.Random(),
-                node=bytes.fromhex(node_id),
-                holders=holders,
-                ledger=ledger,
-            )
+    swarm = (
+        SwarmContext(
+            discovery=discovery,
+            peers=peer_client,
+            mirror=mirror,
+            counters=counters,
+            penalties=PeerPenalties(clock),
+            clock=clock,
+            rng=random.Random(),
+            node=bytes.fromhex(node_id),
+            holders=holders,
+            ledger=ledger,
         )
+        if config.dht
+        else None
+    )
+    # What downloads tell the others (a swarm download started, a file stored) goes through
+    # `events` to the announcer, a task of the TaskGroup below.
+    events = DownloadEvents()
+    downloads = Downloads(
+        store, mirror, counters, events, running, swarm=swarm, recent=recent, clock=clock
+    )
     chain = TrustChain(keys, index, counters)
 
     def status() -> dict[str, object]:
@@ -375,8 +373,14 @@ async def serve(config: ServeConfig) -> None:
         notifier.ready(service_status())
         async with asyncio.TaskGroup() as tasks:
             alive = tasks.create_task(keepalive(notifier, service_status))
+            announcer = tasks.create_task(
+                announce_downloads(
+                    events, peer_server, discovery, announce=config.announce and config.dht
+                )
+            )
             await _until_signalled()
             alive.cancel()
+            announcer.cancel()
     finally:
         notifier.stopping()
         with contextlib.suppress(FileNotFoundError):

@@ -1,8 +1,10 @@
 """Downloads: at most one transfer per file, run to its end even when apt hangs up.
 
-Owns: the table of running transfers and the tasks that feed them. The source today is the mirror
-apt asked for; peers plug in here (the swarm). Trusts: nothing downloaded — the store's commit
-checks the whole-file SHA256 against the signed index, and only a committed file is announced.
+Owns: the tasks that feed the running transfers, and their table (`RunningDownloads`, which the
+peer server reads too). The source is the mirror apt asked for, or with peer discovery on the swarm.
+What others should know of a download it publishes as events (download_events.py): the start of a
+swarm download, and a pool file stored. Trusts: nothing downloaded — the store's commit checks the
+whole-file SHA256 against the signed index, and only a committed file is published as stored.
 """
 
 from __future__ import annotations
@@ -10,38 +12,26 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhtdeb.archive.index import Expected
 from dhtdeb.clock import Clock, MonotonicClock
+from dhtdeb.download_events import DownloadEvents, DownloadStarted, FileStored
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient
 from dhtdeb.recent_transfers import RecentTransfers, TransferRecord, top_peer
 from dhtdeb.stats import Counters
-from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.store import ContentStore
 from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
 from dhtdeb.swarm.peer_ledger import address
-from dhtdeb.swarm.pieces import (
-    DIGEST_SIZE,
-    HAVE_FETCHING,
-    HAVE_NONE,
-    HAVE_STARTING,
-    PieceList,
-    piece_count,
-)
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
+from dhtdeb.swarm.wire import HAVE_FETCHING, HAVE_NONE, HAVE_STARTING
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
 SYNC_GATHER = 0.5  # seconds between the first commit of a burst and its group fsync
-
-# Called after a pool file is committed, with its piece list when the download assembled one.
-OnStored = Callable[[StoredFile, PieceList | None], Awaitable[None]]
-# Called when a swarm download of a file of several pieces starts: announce it, so that others
-# who start the same download find this node and exchange pieces with it (a flash crowd).
-OnStarted = Callable[[str], Awaitable[None]]
 
 
 @dataclass
@@ -72,76 +62,19 @@ class SharedPartial:
         return self.download.path()
 
 
-@dataclass(slots=True)
-class _Sources:
-    """Where one download's bytes came from, as they come."""
+class RunningDownloads:
+    """The downloads running now, by SHA256: every transfer apt's requests read and, of them,
+    the swarm downloads. `Downloads` keeps it; the peer server reads it (its PartialSource), so
+    it is made before either and neither needs the other."""
 
-    mirror_bytes: int = 0
-    peer_bytes: dict[str, int] = field(default_factory=dict)  # by peer address
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-class Downloads:
-    def __init__(
-        self,
-        store: ContentStore,
-        mirror: MirrorClient,
-        counters: Counters,
-        on_stored: OnStored,
-        swarm: SwarmContext | None = None,
-        on_started: OnStarted | None = None,
-        *,
-        recent: RecentTransfers | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        """`recent`: where every download, once ended, is recorded with its sources."""
-        self._store = store
-        self._mirror = mirror
-        self._counters = counters
-        self._on_stored = on_stored
-        self._swarm = swarm
-        self._on_started = on_started
-        self._recent = recent
-        self._clock = clock or MonotonicClock()
-        self._running: dict[str, Transfer] = {}
-        self._swarming: dict[str, SwarmDownload] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._committed = asyncio.Event()
-        self._syncer: asyncio.Task[None] | None = None
-
-    def running(self, sha256: str) -> Transfer | None:
-        return self._running.get(sha256)
-
-    @property
-    def active(self) -> int:
-        """Downloads running now, through the swarm or straight from the mirror."""
-        return len(self._running)
-
-    @property
-    def active_in_swarm(self) -> int:
-        """Of `active`, the swarm downloads (pool files with the DHT on)."""
-        return len(self._swarming)
-
-    def attach_swarm(self, swarm: SwarmContext) -> None:
-        """From now on pool files come through the swarm (peer discovery is up)."""
-        self._swarm = swarm
-
-    def swarming(self, sha256: str) -> SwarmDownload | None:
-        """The swarm download of this file, if one is running."""
-        return self._swarming.get(sha256)
+    def __init__(self) -> None:
+        self.transfers: dict[str, Transfer] = {}
+        self.swarming: dict[str, SwarmDownload] = {}
 
     def partial(self, sha256: str) -> SharedPartial | None:
         """For the peer server: a running download whose verified pieces may be shared (only
         once its piece list is corroborated)."""
-        download = self._swarming.get(sha256)
+        download = self.swarming.get(sha256)
         if download is None:
             return None
         pieces = download.piece_list
@@ -166,16 +99,82 @@ class Downloads:
     def fetch_state(self, sha256: str) -> int:
         """For other nodes' have queries: whether this file is being downloaded here, and
         whether its bytes are coming (HAVE_FETCHING) or not yet (HAVE_STARTING)."""
-        download = self._swarming.get(sha256)
+        download = self.swarming.get(sha256)
         if download is not None:
             return HAVE_FETCHING if download.fetching_now() else HAVE_STARTING
-        return HAVE_FETCHING if sha256 in self._running else HAVE_NONE
+        return HAVE_FETCHING if sha256 in self.transfers else HAVE_NONE
+
+
+@dataclass(slots=True)
+class _Sources:
+    """Where one download's bytes came from, as they come."""
+
+    mirror_bytes: int = 0
+    peer_bytes: dict[str, int] = field(default_factory=dict)  # by peer address
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class Downloads:
+    def __init__(
+        self,
+        store: ContentStore,
+        mirror: MirrorClient,
+        counters: Counters,
+        events: DownloadEvents,
+        running: RunningDownloads,
+        *,
+        swarm: SwarmContext | None = None,
+        recent: RecentTransfers | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """`events`: where it publishes that a swarm download of several pieces started and
+        that a pool file was stored; `running`: the table of downloads in progress it keeps;
+        `swarm`: with peer discovery on, what pool files come through; `recent`: where every
+        download, once ended, is recorded with its sources."""
+        self._store = store
+        self._mirror = mirror
+        self._counters = counters
+        self._events = events
+        self._swarm = swarm
+        self._recent = recent
+        self._clock = clock or MonotonicClock()
+        # The table's own dicts: the peer server sees every change.
+        self._running = running.transfers
+        self._swarming = running.swarming
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._committed = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
+
+    def running(self, sha256: str) -> Transfer | None:
+        return self._running.get(sha256)
+
+    @property
+    def active(self) -> int:
+        """Downloads running now, through the swarm or straight from the mirror."""
+        return len(self._running)
+
+    @property
+    def active_in_swarm(self) -> int:
+        """Of `active`, the swarm downloads (pool files with the DHT on)."""
+        return len(self._swarming)
+
+    def swarming(self, sha256: str) -> SwarmDownload | None:
+        """The swarm download of this file, if one is running."""
+        return self._swarming.get(sha256)
 
     def fetch(self, url: str, expected: Expected, *, announce: bool) -> Transfer:
         """The transfer of `expected.sha256`, started from `url` unless one is already running.
 
         Pool files (`announce`) come through the swarm when peer discovery is on, else straight
-        from the mirror. With `announce`, the committed file is handed to `on_stored`.
+        from the mirror. With `announce`, the committed file is published (FileStored).
         """
         transfer = self._running.get(expected.sha256)
         if transfer is not None:
@@ -233,12 +232,8 @@ class Downloads:
         self._note_committed()
         self._record(url, transfer, sources, started, None)
         transfer.finished(stored)
-        if not announce:
-            return
-        try:
-            await self._on_stored(stored, pieces)
-        except Exception:
-            log.exception("after storing %s", stored.sha256)
+        if announce:
+            self._events.publish(FileStored(stored, pieces))
 
     def _record(
         self, url: str, transfer: Transfer, sources: _Sources, started: float, error: str | None
@@ -294,10 +289,8 @@ class Downloads:
         and the piece list as assembled."""
         download = SwarmDownload(swarm, transfer, url)
         self._swarming[transfer.sha256] = download
-        if self._on_started is not None and piece_count(transfer.size) > 1:
-            task = asyncio.create_task(self._announce_start(self._on_started, transfer.sha256))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if piece_count(transfer.size) > 1:
+            self._events.publish(DownloadStarted(transfer.sha256))
         transfer.started(None)
         started = swarm.clock.now()
         try:
@@ -345,13 +338,6 @@ class Downloads:
                 await asyncio.to_thread(self._store.sync)
             except OSError as exc:
                 log.error("cannot make the store durable: %s", exc)
-
-    @staticmethod
-    async def _announce_start(on_started: OnStarted, sha256: str) -> None:
-        try:
-            await on_started(sha256)
-        except DhtdebError as exc:
-            log.info("announcing the download of %s failed: %s", sha256[:12], exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):

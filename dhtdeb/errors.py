@@ -31,5 +31,9 @@ class SignatureError(VerificationError):
     """A Release/InRelease signature is missing, bad, or from a key that is not trusted."""
 
 
+class PeerWireError(RemoteProtocolError):
+    """A peer's request or answer does not follow the peer protocol v1 (swarm/wire.py)."""
+
+
 class IndexFormatError(RemoteProtocolError):
     """A Release or Packages file is malformed (after its signature or hash was checked)."""

@@ -38,7 +38,7 @@ from dhtdeb.swarm.peer_client import (
     PeerUnavailable,
 )
 from dhtdeb.swarm.peer_server import PeerServer
-from dhtdeb.swarm.pieces import (
+from dhtdeb.swarm.wire import (
     HAVE_FETCHING,
     HAVE_HELD,
     HAVE_NONE,

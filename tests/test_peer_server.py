@@ -21,9 +21,9 @@ import pytest
 
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
-from dhtdeb.swarm.peer_client import parse_fetching, parse_node, parse_relayed
-from dhtdeb.swarm.peer_server import PeerServer, have_bitfield
+from dhtdeb.swarm.peer_server import PeerServer
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, digest_file
+from dhtdeb.swarm.wire import have_bitfield, parse_fetching, parse_node, parse_relayed
 
 Address = tuple[str, int]
 StartServer = Callable[..., Awaitable[tuple[PeerServer, Address]]]

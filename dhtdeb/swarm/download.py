@@ -43,7 +43,7 @@ from dhtdeb.swarm.peer_client import (
     PeerUnavailable,
 )
 from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER, PeerLedger
-from dhtdeb.swarm.pieces import HAVE_FETCHING, HAVE_HELD, PIECE_SIZE, PieceList, piece_count
+from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
     AcceptPiece,
@@ -60,6 +60,7 @@ from dhtdeb.swarm.scheduler import (
     StartMirror,
     SwarmScheduler,
 )
+from dhtdeb.swarm.wire import HAVE_FETCHING, HAVE_HELD
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from typing import Protocol
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError
 from dhtdeb.swarm.peer_client import HaveAnswer
-from dhtdeb.swarm.pieces import (
+from dhtdeb.swarm.wire import (
     HAVE_FETCHING,
     HAVE_HELD,
     HAVE_NONE,

@@ -3,38 +3,46 @@
 Owns: one aiohttp session for all peers, strict checks of every answer (status, Content-Range,
 length, no bytes beyond what was asked), and the translation of transport errors into two kinds:
 `PeerUnavailable` (the peer simply cannot help: refused, 404, 416, 503) and `PeerMisbehaved` (it
-broke the protocol: malformed, short or endless body, stalled). Trusts nothing it receives; the
-bytes it returns are still unverified.
+broke the protocol: malformed, short or endless body, stalled). The answers' format is wire.py's,
+whose `PeerWireError` becomes `PeerMisbehaved` here. Trusts nothing it receives; the bytes it
+returns are still unverified.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
 
 from dhtdeb.discovery import Peer
-from dhtdeb.errors import DhtdebError, RemoteProtocolError
+from dhtdeb.errors import DhtdebError, PeerWireError, RemoteProtocolError
 from dhtdeb.http_session import LazySession
-from dhtdeb.swarm.pieces import (
-    DIGEST_SIZE,
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
+from dhtdeb.swarm.wire import (
+    BODY_TYPE,
     FETCHING_HEADER,
+    FILES,
+    HAVE_HEADER,
     HAVE_PATH,
     LIST_HEADER,
+    LIST_OFFERS,
     NODE_HEADER,
+    PIECES,
     RELAYED_HEADER,
-    PieceList,
+    SIZE_HEADER,
     decode_have_answer,
     encode_have_query,
-    piece_count,
+    parse_fetching,
+    parse_have,
+    parse_node,
+    parse_piece_list,
+    parse_relayed,
+    resource_path,
 )
 
-_HEX = re.compile(r"[0-9a-fA-F]+")
 # Piece requests of this node to one peer at once: a peer's upload slots by default
 # (peer_server.DEFAULT_MAX_UPLOADS). A node upgrading from one holder runs ten downloads at once;
 # without this, 503s and half-second back-offs took host 2 of an 8-host staggered upgrade from
@@ -59,21 +67,6 @@ class PeerMisbehaved(RemoteProtocolError):
     """The peer broke the protocol; it is to be penalised."""
 
 
-def parse_have(header: str | None, pieces: int) -> frozenset[int] | None:
-    """X-Dhtdeb-Have: `all` → None (complete), else a base64 bitfield MSB first."""
-    if header is None:
-        raise PeerMisbehaved("no X-Dhtdeb-Have header")
-    if header.strip() == "all":
-        return None
-    try:
-        bits = base64.b64decode(header.strip(), validate=True)
-    except ValueError:
-        raise PeerMisbehaved("malformed X-Dhtdeb-Have bitfield") from None
-    if len(bits) != (pieces + 7) // 8:
-        raise PeerMisbehaved("X-Dhtdeb-Have bitfield of the wrong length")
-    return frozenset(i for i in range(pieces) if bits[i // 8] & (0x80 >> (i % 8)))
-
-
 async def _exact_body(peer: Peer, response: aiohttp.ClientResponse, wanted: int) -> bytes:
     """Exactly `wanted` body bytes, however many reads they take, and nothing after them."""
     length = response.content_length
@@ -87,9 +80,11 @@ async def _exact_body(peer: Peer, response: aiohttp.ClientResponse, wanted: int)
 
 @contextlib.contextmanager
 def _translated(peer: Peer, what: str) -> Iterator[None]:
-    """The one place transport errors become PeerUnavailable or PeerMisbehaved."""
+    """The one place transport and wire errors become PeerUnavailable or PeerMisbehaved."""
     try:
         yield
+    except PeerWireError as exc:
+        raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
     except asyncio.IncompleteReadError:
         raise PeerMisbehaved(f"{peer.url()}: {what} cut short") from None
     # Order matters: aiohttp's read timeout is also a ClientConnectionError, and TimeoutError is
@@ -126,43 +121,6 @@ class HaveAnswer:
     states: list[int]
 
 
-def parse_node(header: str | None) -> bytes | None:
-    """`X-Dhtdeb-Node: <hex>` (4 to 32 bytes); empty without the header, None when malformed."""
-    if header is None:
-        return b""
-    if not 8 <= len(header) <= 64 or len(header) % 2 or _HEX.fullmatch(header) is None:
-        return None
-    return bytes.fromhex(header)
-
-
-def parse_relayed(
-    header: str | None, pieces: int, have: frozenset[int] | None
-) -> frozenset[int] | None:
-    """`X-Dhtdeb-Relayed: <bitfield>` (pieces among `have`); empty without the header, None
-    when malformed or naming a piece the peer does not say it has."""
-    if header is None:
-        return frozenset()
-    try:
-        relayed = parse_have(header, pieces)
-    except PeerMisbehaved:
-        return None
-    if relayed is None or have is None or not relayed <= have:
-        return None
-    return relayed
-
-
-def parse_fetching(header: str | None, pieces: int) -> range | None:
-    """`X-Dhtdeb-Fetching: a-b` (pieces a..b); an empty range without the header, None when
-    malformed or outside the file."""
-    if header is None:
-        return range(0)
-    first, dash, last = header.partition("-")
-    if not (dash and first.isdigit() and last.isdigit() and len(header) <= 16):
-        return None
-    a, b = int(first), int(last)
-    return range(a, b + 1) if a <= b < pieces else None
-
-
 class PeerClient:
     def __init__(
         self, *, connect_timeout: float = 3.0, idle_timeout: float = 10.0, node: bytes = b""
@@ -192,7 +150,7 @@ class PeerClient:
             async with self._session.get().post(
                 f"{peer.url()}{HAVE_PATH}",
                 data=body,
-                headers={"Content-Type": "application/octet-stream"},
+                headers={"Content-Type": BODY_TYPE},
             ) as response:
                 node = self._answering_node(peer, response)
                 if response.status in (404, 405, 503):
@@ -200,26 +158,25 @@ class PeerClient:
                 if response.status != 200:
                     raise PeerMisbehaved(f"{peer.url()}: have query answered {response.status}")
                 answer = await _exact_body(peer, response, len(sha256s))
-                try:
-                    return HaveAnswer(node, decode_have_answer(answer, len(sha256s)))
-                except RemoteProtocolError as exc:
-                    raise PeerMisbehaved(f"{peer.url()}: {exc}") from None
+                return HaveAnswer(node, decode_have_answer(answer, len(sha256s)))
 
     async def piece_list(self, peer: Peer, sha256: str, size: int) -> ListAnswer:
         """The peer's piece list and what it holds; unverified."""
         count = piece_count(size)
         with _translated(peer, "its piece list"):
-            async with self._session.get().get(f"{peer.url()}/v1/pieces/{sha256}") as response:
+            async with self._session.get().get(
+                peer.url() + resource_path(PIECES, sha256)
+            ) as response:
                 node = self._answering_node(peer, response)
                 if response.status in (404, 503):
                     raise PeerUnavailable(f"{peer.url()}: has no {sha256[:12]} ({response.status})")
                 if response.status != 200:
                     raise PeerMisbehaved(f"{peer.url()}: piece list answered {response.status}")
-                if response.headers.get("X-Dhtdeb-Size") != str(size):
+                if response.headers.get(SIZE_HEADER) != str(size):
                     raise PeerMisbehaved(f"{peer.url()}: piece list for the wrong file size")
-                have = parse_have(response.headers.get("X-Dhtdeb-Have"), count)
+                have = parse_have(response.headers.get(HAVE_HEADER), count)
                 body = await _exact_body(peer, response, count * DIGEST_SIZE)
-                offers_only = response.headers.get(LIST_HEADER) == "offers"
+                offers_only = response.headers.get(LIST_HEADER) == LIST_OFFERS
                 if offers_only and have is None:
                     raise PeerMisbehaved(f"{peer.url()}: offers without a Have bitfield")
                 fetching = parse_fetching(response.headers.get(FETCHING_HEADER), count)
@@ -229,7 +186,7 @@ class PeerClient:
                 if relayed is None or (relayed and not offers_only):
                     raise PeerMisbehaved(f"{peer.url()}: malformed {RELAYED_HEADER}")
                 return ListAnswer(
-                    PieceList.from_bytes(size, body), have, offers_only, fetching, node, relayed
+                    parse_piece_list(size, body), have, offers_only, fetching, node, relayed
                 )
 
     def _slots(self, peer: Peer) -> asyncio.Semaphore:
@@ -253,7 +210,7 @@ class PeerClient:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         with _translated(peer, f"bytes {start}-{end - 1}"):
             async with self._session.get().get(
-                f"{peer.url()}/v1/files/{sha256}", headers=headers
+                peer.url() + resource_path(FILES, sha256), headers=headers
             ) as response:
                 self._answering_node(peer, response)
                 if response.status == 503:

@@ -1,8 +1,9 @@
 """PeerServer: the HTTP face other nodes download pieces from (protocol v1, docs/swarm.md).
 
-Owns: the peer TCP port, request routing, piece lists of stored files (computed once, cached next
-to the file as `<store>/<aa>/<sha256>.pieces` and in a small in-memory LRU), the upload rate cap
-(one `TokenBucket` for the whole node), the cap on concurrent uploads and the idle timeouts.
+Owns: the peer TCP port, request routing (the format of requests and answers is wire.py's),
+piece lists of stored files (computed once, cached next to the file as
+`<store>/<aa>/<sha256>.pieces` and in a small in-memory LRU), the upload rate cap (one
+`TokenBucket` for the whole node), the cap on concurrent uploads and the idle timeouts.
 
 Trusts: the `ContentStore` (only verified files enter it) and the swarm driver's `PartialSource`
 (its piece lists are corroborated and the pieces it reports as held are verified). Everything a
@@ -17,16 +18,14 @@ in `PeerServer.stats`, and logged at debug level only, never with a traceback ab
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
-import re
 import socket
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -34,33 +33,43 @@ from typing import IO, Any, Protocol
 from aiohttp import web
 
 from dhtdeb.clock import Clock, MonotonicClock
-from dhtdeb.errors import RemoteProtocolError
+from dhtdeb.errors import PeerWireError
 from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.peer_ledger import PeerLedger
-from dhtdeb.swarm.pieces import (
-    DIGEST_SIZE,
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PIECE_SIZE, PieceList, digest_file
+from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
+from dhtdeb.swarm.wire import (
+    BODY_TYPE,
     FETCHING_HEADER,
+    HAVE_ALL,
+    HAVE_HEADER,
     HAVE_HELD,
     HAVE_NONE,
     HAVE_PATH,
     LIST_HEADER,
+    LIST_OFFERS,
+    MAX_FIELD,
     MAX_HAVE_QUERY,
+    MAX_HEADERS,
+    MAX_LINE,
     NODE_HEADER,
-    PIECE_SIZE,
+    PIECES,
     RELAYED_HEADER,
-    PieceList,
+    SIZE_HEADER,
     decode_have_query,
-    digest_file,
     encode_have_answer,
+    fetching_header,
+    have_bitfield,
+    is_sha256,
+    node_header,
+    parse_piece_list,
+    parse_resource,
 )
-from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
 
 log = logging.getLogger(__name__)
 
-SIZE_HEADER = "X-Dhtdeb-Size"
-HAVE_HEADER = "X-Dhtdeb-Have"
 PIECES_SUFFIX = ".pieces"
 # Body bytes handed to the kernel per step (each step one sendfile). Without a cap: large steps,
 # few wakeups. With a cap: about 1/16 s of traffic (STEPS_PER_SECOND), at least 64 KiB, so the
@@ -81,17 +90,11 @@ RETRY_AFTER_SECONDS = 5
 DEFAULT_MAX_UPLOADS = 4
 LIST_CACHE_ENTRIES = 64
 DIGESTS_AT_ONCE = 2
-# A v1 request line is ~90 bytes; a peer has no reason to send big headers.
-MAX_LINE = 1024
-MAX_FIELD = 4096
-MAX_HEADERS = 32
 SHUTDOWN_GRACE = 1.0
 # Seconds a connection may sit without a complete request (idle, or headers trickled) and an
 # upload may make no progress.
 DEFAULT_IDLE_TIMEOUT = 30.0
 
-_ROUTE = re.compile(r"/v1/(pieces|files)/([^/]*)")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -159,15 +162,6 @@ class _Source:
         return all(i in self.have for i in range(start // PIECE_SIZE, (end - 1) // PIECE_SIZE + 1))
 
 
-def have_bitfield(have: Iterable[int], pieces: int) -> str:
-    """Base64 of a bitfield of `pieces` bits, bit i (MSB first) set when piece i is held."""
-    field = bytearray(-(-pieces // 8))
-    for index in have:
-        if 0 <= index < pieces:
-            field[index // 8] |= 0x80 >> (index % 8)
-    return base64.b64encode(bytes(field)).decode("ascii")
-
-
 class _QuietHttpLog(logging.Logger):
     """aiohttp's per-connection logger. A bad request from a peer is routine on an open port:
     aiohttp reports it with `logger.exception` (or `debug` for a non-HTTP first line); here every
@@ -212,7 +206,7 @@ class PeerServer:
             raise ValueError("max_uploads must be >= 1 and idle_timeout > 0")
         self._store = store
         self._counters = counters
-        self._node_header = {NODE_HEADER: node.hex()} if node else {}
+        self._node_header = {NODE_HEADER: node_header(node)} if node else {}
         self._partials = partials
         self._ledger = ledger
         self._clock = clock or MonotonicClock()
@@ -300,7 +294,7 @@ class PeerServer:
 
     async def piece_list(self, sha256: str) -> PieceList | None:
         """The piece list of a stored file, or None if the store does not hold it."""
-        if not _HEX64.fullmatch(sha256):
+        if not is_sha256(sha256):
             return None
         stored = self._store.lookup(sha256)  # first: the file may have been evicted
         if stored is None:
@@ -362,10 +356,10 @@ class PeerServer:
         Returns (list or None if the file vanished, whether the file was hashed)."""
         cache = stored.path.with_name(stored.sha256 + PIECES_SUFFIX)
         try:
-            return PieceList.from_bytes(stored.size, cache.read_bytes()), False
+            return parse_piece_list(stored.size, cache.read_bytes()), False
         except FileNotFoundError:
             pass
-        except (OSError, RemoteProtocolError) as exc:
+        except (OSError, PeerWireError) as exc:
             log.debug("ignoring unusable piece list cache %s: %s", cache, exc)
         try:
             pieces = digest_file(stored.path, stored.size)
@@ -425,17 +419,16 @@ class PeerServer:
         # The raw target, undecoded: `%2e%2e` stays literal and can never match a hash.
         if request.raw_path == HAVE_PATH:
             return await self._have_response(request)
-        route = _ROUTE.fullmatch(request.raw_path.partition("?")[0])
-        if route is None:
+        resource = parse_resource(request.raw_path)
+        if resource is None:
             return self._refuse(404, "no such resource")
         if request.method not in ("GET", "HEAD"):
             return self._refuse(405, "method not allowed", Allow="GET, HEAD")
-        kind, sha256 = route.groups()
-        if not _HEX64.fullmatch(sha256):
+        if not is_sha256(resource.name):
             return self._refuse(400, "not a lowercase hex SHA256")
-        if kind == "pieces":
-            return await self._piece_list_response(request, sha256)
-        return await self._file_response(request, sha256)
+        if resource.kind == PIECES:
+            return await self._piece_list_response(request, resource.name)
+        return await self._file_response(request, resource.name)
 
     async def _have_response(self, request: web.BaseRequest) -> web.StreamResponse:
         """`POST /v1/have`: which of the asked files this node holds, or is fetching now."""
@@ -449,7 +442,7 @@ class PeerServer:
         try:
             body = await request.content.readexactly(length)
             asked = decode_have_query(body)
-        except (asyncio.IncompleteReadError, RemoteProtocolError) as exc:
+        except (asyncio.IncompleteReadError, PeerWireError) as exc:
             return self._refuse(400, f"bad have query: {exc}")
         self.stats.have_queries += 1
         # `in`, not `lookup`: a question must not count as a use of the file (the cache's
@@ -462,7 +455,7 @@ class PeerServer:
         ]
         return web.Response(
             body=encode_have_answer(states),
-            content_type="application/octet-stream",
+            content_type=BODY_TYPE,
             headers=self._node_header,
         )
 
@@ -480,7 +473,7 @@ class PeerServer:
         pieces = await self.piece_list(sha256)
         extra: dict[str, str] = {}
         if pieces is not None:
-            have = "all"
+            have = HAVE_ALL
         else:
             view = self._partial(sha256)
             if view is None:
@@ -488,13 +481,13 @@ class PeerServer:
             pieces = view.piece_list
             have = have_bitfield(view.have(), len(pieces))
             if not view.complete_list:
-                extra[LIST_HEADER] = "offers"
+                extra[LIST_HEADER] = LIST_OFFERS
                 fetching = view.fetching()
                 if fetching:
-                    extra[FETCHING_HEADER] = f"{fetching[0]}-{fetching[-1]}"
+                    extra[FETCHING_HEADER] = fetching_header(fetching)
                 node = view.node()
                 if node:
-                    extra[NODE_HEADER] = node.hex()
+                    extra[NODE_HEADER] = node_header(node)
                 relayed = view.relayed()
                 if relayed:
                     extra[RELAYED_HEADER] = have_bitfield(relayed, len(pieces))
@@ -504,7 +497,7 @@ class PeerServer:
             self._sent(request, len(body))
         return web.Response(
             body=body,
-            content_type="application/octet-stream",
+            content_type=BODY_TYPE,
             headers={
                 SIZE_HEADER: str(pieces.size),
                 HAVE_HEADER: have,
@@ -535,7 +528,7 @@ class PeerServer:
         if not source.holds(start, end):
             return web.Response(status=416, headers=unheld)
         response = web.StreamResponse(status=200 if wanted is None else 206)
-        response.content_type = "application/octet-stream"
+        response.content_type = BODY_TYPE
         response.content_length = end - start
         response.headers["Accept-Ranges"] = "bytes"
         response.headers[SIZE_HEADER] = str(source.size)

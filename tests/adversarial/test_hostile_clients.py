@@ -29,7 +29,8 @@ from support.mirror import Mirror, MirrorFactory
 from dhtdeb.proxy.server import HEADER_TIMEOUT
 from dhtdeb.proxy.target import BadTarget, parse_target
 from dhtdeb.swarm.peer_server import DEFAULT_IDLE_TIMEOUT
-from dhtdeb.swarm.pieces import DIGEST_SIZE, MAX_HAVE_QUERY
+from dhtdeb.swarm.pieces import DIGEST_SIZE
+from dhtdeb.swarm.wire import MAX_HAVE_QUERY
 
 Address = tuple[str, int]
 ANSWER_TIMEOUT = 15.0  # a bound on one answer that must come; a failure, not a timing
