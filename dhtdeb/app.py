@@ -67,6 +67,7 @@ class ServeConfig:
     lan: bool = True
     bootstrap: tuple[HostPort, ...] = ()
     allow_cidr: tuple[Network, ...] = field(default=())
+    mirrors: tuple[HostPort, ...] = ()  # the only hosts the proxy fetches from; (): any
     cache_limit: int = 0
     announce: bool = True
     upload_rate: float | None = None  # bytes/s for all uploads to peers together; None: no cap
@@ -331,7 +332,7 @@ async def serve(config: ServeConfig) -> None:
         downloads=downloads,
         mirror=mirror,
         counters=counters,
-        access=AccessPolicy(config.allow_cidr),
+        access=AccessPolicy(config.allow_cidr, config.mirrors),
         status=status,
         find_peers=find_peers,
         metrics=metrics_renderer(status, lambda: discovery.statistics().lookup_seconds),

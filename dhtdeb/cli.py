@@ -76,6 +76,13 @@ Lan = Annotated[bool | None, typer.Option("--lan/--no-lan", help="LAN multicast 
 AllowCidr = Annotated[
     list[str] | None, typer.Option(help="Also accept apt clients from this network (repeatable)")
 ]
+Mirrors = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mirror",
+        help="Fetch only from this mirror, HOST or HOST:PORT (repeatable; default: any host)",
+    ),
+]
 CacheLimit = Annotated[
     str | None, typer.Option(help="Store size limit, e.g. 20G (0: unlimited) (default: 0)")
 ]
@@ -123,6 +130,7 @@ def _serve_flags(
     bootstrap: list[str] | None,
     lan: bool | None,
     allow_cidr: list[str] | None,
+    mirrors: list[str] | None,
     cache_limit: str | None,
     upload_rate: str | None,
     max_uploads: int | None,
@@ -139,6 +147,7 @@ def _serve_flags(
         "dht.bootstrap": ("--bootstrap", bootstrap),
         "lan.enabled": ("--lan", lan),
         "access.allow_cidr": ("--allow-cidr", allow_cidr),
+        "access.mirrors": ("--mirror", mirrors),
         "cache.limit": ("--cache-limit", cache_limit),
         "peer.upload_rate": ("--upload-rate", upload_rate),
         "peer.max_uploads": ("--max-uploads", max_uploads),
@@ -159,6 +168,7 @@ def serve(
     bootstrap: Bootstrap = None,
     lan: Lan = None,
     allow_cidr: AllowCidr = None,
+    mirror: Mirrors = None,
     cache_limit: CacheLimit = None,
     upload_rate: UploadRate = None,
     max_uploads: MaxUploads = None,
@@ -181,6 +191,7 @@ def serve(
                 bootstrap,
                 lan,
                 allow_cidr,
+                mirror,
                 cache_limit,
                 upload_rate,
                 max_uploads,
@@ -218,6 +229,7 @@ def config_show(
     bootstrap: Bootstrap = None,
     lan: Lan = None,
     allow_cidr: AllowCidr = None,
+    mirror: Mirrors = None,
     cache_limit: CacheLimit = None,
     upload_rate: UploadRate = None,
     max_uploads: MaxUploads = None,
@@ -239,6 +251,7 @@ def config_show(
                 bootstrap,
                 lan,
                 allow_cidr,
+                mirror,
                 cache_limit,
                 upload_rate,
                 max_uploads,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dhtdeb.errors import ConfigError
-from dhtdeb.netaddr import parse_cidr, parse_host_port
+from dhtdeb.netaddr import parse_cidr, parse_host_port, parse_mirror
 
 if TYPE_CHECKING:
     from dhtdeb.app import ServeConfig
@@ -32,7 +32,17 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # A value as TOML or a flag gives it, before parsing.
 Raw = str | int | float | bool | list[str]
 Kind = Literal[
-    "address", "nodes", "networks", "path", "paths", "bool", "size", "count", "seconds", "level"
+    "address",
+    "nodes",
+    "networks",
+    "hosts",
+    "path",
+    "paths",
+    "bool",
+    "size",
+    "count",
+    "seconds",
+    "level",
 ]
 
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
@@ -76,6 +86,7 @@ SETTINGS = (
     Setting("cache", "state_dir", "--state-dir", "path", None),
     Setting("cache", "limit", "--cache-limit", "size", "0"),
     Setting("access", "allow_cidr", "--allow-cidr", "networks", []),
+    Setting("access", "mirrors", "--mirror", "hosts", []),
     Setting("log", "level", "--log-level", "level", "info"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -100,7 +111,7 @@ def _check(setting: Setting, raw: object) -> Raw:
         elif kind == "level" and raw.lower() not in LOG_LEVELS:
             raise ConfigError(f"bad log level {raw!r} (one of {', '.join(LOG_LEVELS)})")
         return raw
-    if kind in ("nodes", "networks", "paths"):
+    if kind in ("nodes", "networks", "hosts", "paths"):
         if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
             raise ConfigError(f"expected a list of strings, got {_toml_type(raw)}")
         for item in raw:
@@ -108,6 +119,8 @@ def _check(setting: Setting, raw: object) -> Raw:
                 parse_host_port(item, default_port=DHT_PORT)
             elif kind == "networks":
                 parse_cidr(item)
+            elif kind == "hosts":
+                parse_mirror(item)
         return list(raw)
     if kind == "bool":
         if not isinstance(raw, bool):
@@ -309,6 +322,7 @@ class Settings:
                 parse_host_port(b, default_port=DHT_PORT) for b in self.texts("dht.bootstrap")
             ),
             allow_cidr=tuple(parse_cidr(c) for c in self.texts("access.allow_cidr")),
+            mirrors=tuple(parse_mirror(m) for m in self.texts("access.mirrors")),
             cache_limit=self.size("cache.limit"),
             announce=self.flag("peer.announce"),
             upload_rate=float(self.size("peer.upload_rate")) or None,

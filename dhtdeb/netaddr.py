@@ -56,3 +56,15 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError as exc:
         raise ConfigError(f"bad network {text!r}: {exc}") from None
+
+
+def parse_mirror(text: str) -> HostPort:
+    """A mirror the proxy may fetch from: `HOST` (port 80) or `HOST:PORT`, the host in lower
+    case (as the proxy writes a request's authority)."""
+    stripped = text.strip()
+    if not stripped or any(c in stripped for c in "/@?# \t"):
+        raise ConfigError(f"bad mirror {text!r}: expected HOST or HOST:PORT (no scheme, no path)")
+    found = parse_host_port(stripped, default_port=80)
+    if found.port == 0:
+        raise ConfigError(f"bad mirror {text!r}: port 0")
+    return HostPort(found.host.lower(), found.port)

@@ -125,6 +125,7 @@ def test_every_serve_config_field_comes_from_the_file(tmp_path: Path) -> None:
         limit = 1048576
         [access]
         allow_cidr = ["192.168.0.0/16"]
+        mirrors = ["Mirror.Example", "10.0.0.2:8080"]
         [log]
         level = "warning"
         """,
@@ -138,6 +139,7 @@ def test_every_serve_config_field_comes_from_the_file(tmp_path: Path) -> None:
     assert serve.keyrings == (keyring,)
     assert (serve.state_dir, serve.cache_limit) == (tmp_path / "state", 1048576)
     assert [str(n) for n in serve.allow_cidr] == ["192.168.0.0/16"]
+    assert [str(m) for m in serve.mirrors] == ["mirror.example:80", "10.0.0.2:8080"]
     assert settings.text("log.level") == "warning"
     assert {value.source.rsplit(":", 1)[0] for value in settings.values.values()} == {str(config)}
     # lines found inside an indented file too
@@ -155,6 +157,7 @@ def test_every_serve_config_field_comes_from_the_file(tmp_path: Path) -> None:
         ('[proxy]\nlisten = "127.0.0.1"\n', 2, ["[proxy] listen", "bad address"]),
         ('[peer]\n  listen = "h:99999"\n', 2, ["[peer] listen", "port out of range"]),
         ('[access]\nallow_cidr = ["10.0.0.0/33"]\n', 2, ["[access] allow_cidr", "bad network"]),
+        ('[access]\nmirrors = ["http://m/debian"]\n', 2, ["[access] mirrors", "no scheme"]),
         ('[cache]\nlimit = "20 parsecs"\n', 2, ["[cache] limit", "bad size"]),
         ("[peer]\nupload_rate = -1\n", 2, ["[peer] upload_rate", "bad size"]),
         ("[peer]\ntimeout = 0\n", 2, ["[peer] timeout", "more than 0"]),

@@ -302,3 +302,23 @@ def test_upstream_connections_are_kept_alive(
         assert answer.status == 200 and answer.headers["X-Dhtdeb-Verified"] == "yes"
     connections = {r.peer for p in packages for r in mirror.requests_for(p.filename)}
     assert len(connections) == 1, connections
+
+
+def test_only_the_allowed_mirrors_are_fetched_from(
+    signed_archive: SignedArchive, mirror: Mirror, dhtdeb_daemon: DaemonFactory
+) -> None:
+    """[access] mirrors: requests for any other host are refused before anything goes upstream
+    (an admitted client cannot make the daemon fetch from the hosts of its network)."""
+    in_release = f"{mirror.url}/dists/{signed_archive.suite}/InRelease"
+    other = dhtdeb_daemon(extra_args=["--mirror", "mirror.example"])
+    refused = rawhttp.request(other.proxy, "GET", in_release)
+    assert refused.status == 403, refused
+    assert b"not one of the allowed mirrors" in refused.body
+    assert other.status()["requests"]["refused"] == 1
+    assert mirror.requests_for(f"dists/{signed_archive.suite}/InRelease") == []
+
+    host, port = mirror.host_port.rsplit(":", 1)
+    allowed = dhtdeb_daemon(extra_args=["--mirror", "mirror.example", "--mirror", f"{host}:{port}"])
+    answer = rawhttp.request(allowed.proxy, "GET", in_release)
+    assert answer.status == 200, answer
+    assert answer.headers["X-Dhtdeb-Verified"] == "yes"

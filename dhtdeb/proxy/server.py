@@ -29,8 +29,9 @@ from dhtdeb.archive.last_signed import LastSigned
 from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
 from dhtdeb.clock import Clock, MonotonicClock
 from dhtdeb.downloads import Downloads
-from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
+from dhtdeb.errors import ConfigError, DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient, MirrorResponse
+from dhtdeb.netaddr import HostPort, parse_host_port
 from dhtdeb.proxy.dashboard import CONTENT_SECURITY_POLICY, RECENT_FILES, RecentFile
 from dhtdeb.proxy.dashboard import render as render_dashboard
 from dhtdeb.proxy.files import VERIFIED, content_type, send_verified
@@ -94,6 +95,18 @@ PeerLookup = Callable[[str], Awaitable[list[str]]]
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
     allowed: Sequence[Network] = ()
+    # The hosts upstream requests may go to ([access] mirrors); empty: any host apt names.
+    mirrors: Sequence[HostPort] = ()
+
+    def fetches_from(self, authority: str) -> bool:
+        """Whether a request for `authority` (a target's `host[:port]`) may go upstream."""
+        if not self.mirrors:
+            return True
+        try:
+            wanted = parse_host_port(authority, default_port=80)
+        except ConfigError:
+            return False
+        return HostPort(wanted.host.lower(), wanted.port) in self.mirrors
 
     def permits(self, remote: str | None) -> bool:
         if remote is None:
@@ -178,6 +191,12 @@ class ProxyServer:
             return web.Response(status=exc.status, text=f"dhtdeb: {exc}\n")
         if isinstance(target, LocalTarget):
             return await self._local(request, target)
+        if not self._access.fetches_from(target.authority):
+            self._counters.requests.refused += 1
+            log.warning("refused %s: not one of [access] mirrors", target.url)
+            return web.Response(
+                status=403, text=f"dhtdeb: {target.authority} is not one of the allowed mirrors\n"
+            )
         return await self._upstream(request, target)
 
     async def _upstream(
