@@ -8,7 +8,7 @@ DEB_PACKAGES := gpgv gpg apt-utils dpkg-dev xz-utils iproute2
 # make test only: tests/test_dashboard.py loads the dashboard in headless chromium.
 TEST_DEB_PACKAGES := chromium
 # make deb (and make test, which installs the package it builds): Debian's packaging tools.
-BUILD_DEB_PACKAGES := debhelper dh-virtualenv python3-venv lintian
+BUILD_DEB_PACKAGES := debhelper dh-virtualenv python3-venv help2man lintian
 # check-real: the fleet hosts' NAT uplink (nftables), debootstrap, and Debian's archive keys.
 REAL_DEB_PACKAGES := nftables debootstrap debian-archive-keyring
 ARGS ?=

@@ -43,25 +43,34 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         help="Config file (default: /etc/dhtdeb/dhtdeb.toml if it exists); flags override it",
     ),
 ]
 StateDir = Annotated[
     Path | None,
-    typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"),
+    typer.Option(
+        metavar="DIR", help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"
+    ),
 ]
 ProxyAddress = Annotated[
     str | None,
-    typer.Option("--proxy", help="Where apt reaches the proxy (default: 127.0.0.1:9977)"),
+    typer.Option(
+        "--proxy", metavar="HOST:PORT", help="Where apt reaches the proxy (default: 127.0.0.1:9977)"
+    ),
 ]
 PeerAddress = Annotated[
     str | None,
-    typer.Option(help="Peer HTTP server (TCP) and DHT (UDP) address (default: 0.0.0.0:9978)"),
+    typer.Option(
+        metavar="HOST:PORT",
+        help="Peer HTTP server (TCP) and DHT (UDP) address (default: 0.0.0.0:9978)",
+    ),
 ]
 Keyrings = Annotated[
     list[Path] | None,
     typer.Option(
         "--keyring",
+        metavar="FILE",
         help="Trusted OpenPGP keyring (repeatable; default: keys/ + the system's apt keyrings)",
     ),
 ]
@@ -70,30 +79,41 @@ Dht = Annotated[
     typer.Option("--dht/--no-dht", help="--no-dht: pure verified caching proxy, no DHT, no peers"),
 ]
 Bootstrap = Annotated[
-    list[str] | None, typer.Option(help="DHT node to join, HOST:PORT (repeatable)")
+    list[str] | None,
+    typer.Option(metavar="HOST[:PORT]", help="DHT node to join (repeatable)"),
 ]
 Lan = Annotated[bool | None, typer.Option("--lan/--no-lan", help="LAN multicast discovery")]
 AllowCidr = Annotated[
-    list[str] | None, typer.Option(help="Also accept apt clients from this network (repeatable)")
+    list[str] | None,
+    typer.Option(metavar="NET", help="Also accept apt clients from this network (repeatable)"),
 ]
 Mirrors = Annotated[
     list[str] | None,
     typer.Option(
         "--mirror",
-        help="Fetch only from this mirror, HOST or HOST:PORT (repeatable; default: any host)",
+        metavar="HOST[:PORT]",
+        help="Fetch only from this mirror (repeatable; default: any host)",
     ),
 ]
 CacheLimit = Annotated[
-    str | None, typer.Option(help="Store size limit, e.g. 20G (0: unlimited) (default: 0)")
+    str | None,
+    typer.Option(metavar="SIZE", help="Store size limit, e.g. 20G (0: unlimited) (default: 0)"),
 ]
 UploadRate = Annotated[
     str | None,
-    typer.Option(help="Cap on upload to peers, bytes/s, e.g. 5M (0: none) (default: 0)"),
+    typer.Option(
+        metavar="RATE", help="Cap on upload to peers, bytes/s, e.g. 5M (0: none) (default: 0)"
+    ),
 ]
-MaxUploads = Annotated[int | None, typer.Option(help="Concurrent uploads to peers (default: 4)")]
+MaxUploads = Annotated[
+    int | None, typer.Option(metavar="N", help="Concurrent uploads to peers (default: 4)")
+]
 PeerTimeout = Annotated[
     float | None,
-    typer.Option(help="Seconds without a byte before a peer counts as stalled (default: 10)"),
+    typer.Option(
+        metavar="SECONDS",
+        help="Seconds without a byte before a peer counts as stalled (default: 10)",
+    ),
 ]
 Announce = Annotated[
     bool | None,
@@ -101,7 +121,9 @@ Announce = Annotated[
         "--announce/--no-announce", help="--no-announce: fetch from peers, never announce"
     ),
 ]
-LogLevel = Annotated[str | None, typer.Option(help="debug, info, warning or error (default: info)")]
+LogLevel = Annotated[
+    str | None, typer.Option(metavar="LEVEL", help="debug, info, warning or error (default: info)")
+]
 
 
 def _settings(config: Path | None, flags: dict[str, tuple[str, object]]) -> Settings:
@@ -387,7 +409,10 @@ def _progress_line(done: int, total: int) -> None:
 def cache_verify(
     state_dir: Annotated[
         Path | None,
-        typer.Option(help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)"),
+        typer.Option(
+            metavar="DIR",
+            help="State directory (default: /var/lib/dhtdeb as root, else XDG state dir)",
+        ),
     ] = None,
 ) -> None:
     """Hash every file in the store against its name (SHA256); exit 1 if any is bad.

@@ -246,6 +246,7 @@ def test_installed_package_serves_apt_and_purges_cleanly(
         assert root.file("etc/systemd/system/multi-user.target.wants/dhtdeb.service").is_symlink()
         assert "dhtdeb.toml" in root.run("dpkg-query", "-W", "-f=${Conffiles}", "dhtdeb").stdout
         assert root.run("dhtdeb", "version").stdout.strip() == deb.name.split("_")[1]
+        assert root.file("usr/share/man/man1/dhtdeb.1.gz").is_file()  # from the CLI's help
         shown = root.run("dhtdeb", "config", "show").stdout
         assert 'listen = "127.0.0.1:9977"' in shown and "# default" in shown, shown
 
