@@ -1,9 +1,8 @@
 """PeerServer: the HTTP face other nodes download pieces from (protocol v1, docs/swarm.md).
 
-Owns: the peer TCP port, request routing (the format of requests and answers is wire.py's),
-piece lists of stored files (computed once, cached next to the file as
-`<store>/<aa>/<sha256>.pieces` and in a small in-memory LRU), the upload rate cap (one
-`TokenBucket` for the whole node), the cap on concurrent uploads and the idle timeouts.
+Owns: the peer TCP port, request routing (the format of requests and answers is wire.py's; the
+piece lists of stored files are stored_lists.py's), the upload rate cap (one `TokenBucket` for
+the whole node), the cap on concurrent uploads and the idle timeouts.
 
 Trusts: the `ContentStore` (only verified files enter it) and the swarm driver's `PartialSource`
 (its piece lists are corroborated and the pieces it reports as held are verified). Everything a
@@ -23,8 +22,6 @@ import logging
 import os
 import socket
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +33,11 @@ from dhtdeb.clock import Clock, MonotonicClock
 from dhtdeb.errors import PeerWireError
 from dhtdeb.proxy.ranges import Unsatisfiable, parse_range
 from dhtdeb.stats import Counters
-from dhtdeb.store import ContentStore, StoredFile
+from dhtdeb.store import ContentStore
 from dhtdeb.swarm.peer_ledger import PeerLedger
-from dhtdeb.swarm.pieces import DIGEST_SIZE, PIECE_SIZE, PieceList, digest_file
+from dhtdeb.swarm.pieces import DIGEST_SIZE, PIECE_SIZE, PieceList
 from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
+from dhtdeb.swarm.stored_lists import StoredPieceLists
 from dhtdeb.swarm.wire import (
     BODY_TYPE,
     FETCHING_HEADER,
@@ -64,13 +62,11 @@ from dhtdeb.swarm.wire import (
     have_bitfield,
     is_sha256,
     node_header,
-    parse_piece_list,
     parse_resource,
 )
 
 log = logging.getLogger(__name__)
 
-PIECES_SUFFIX = ".pieces"
 # Body bytes handed to the kernel per step (each step one sendfile). Without a cap: large steps,
 # few wakeups. With a cap: about 1/16 s of traffic (STEPS_PER_SECOND), at least 64 KiB, so the
 # shared bucket paces every upload smoothly without per-step overhead limiting a high cap (each
@@ -88,8 +84,6 @@ RETRY_AFTER_SECONDS = 5
 # asks for at most 4 pieces at once (SchedulerConfig.max_requests_per_peer). In the 20-node
 # flash crowd (bench/swarm.py) 4 instead of 16 took the ratio from about 2.0 to 1.82-1.87.
 DEFAULT_MAX_UPLOADS = 4
-LIST_CACHE_ENTRIES = 64
-DIGESTS_AT_ONCE = 2
 SHUTDOWN_GRACE = 1.0
 # Seconds a connection may sit without a complete request (idle, or headers trickled) and an
 # upload may make no progress.
@@ -214,9 +208,7 @@ class PeerServer:
         self._max_uploads = max_uploads
         self._idle_timeout = idle_timeout
         self.stats = PeerServerStats()
-        self._lists: OrderedDict[str, PieceList] = OrderedDict()
-        self._computing: dict[str, asyncio.Future[tuple[PieceList | None, bool]]] = {}
-        self._digest_slots = asyncio.Semaphore(DIGESTS_AT_ONCE)
+        self._lists = StoredPieceLists(store, self._count_computed)
         self._uploads: set[asyncio.Task[Any]] = set()
         self._uploads_changed = asyncio.Event()
         self._runner: web.ServerRunner | None = None
@@ -256,8 +248,7 @@ class PeerServer:
         """Stop listening and cut running uploads (peers fetch the rest elsewhere)."""
         for task in list(self._uploads):
             task.cancel()
-        for pending in list(self._computing.values()):
-            pending.cancel()
+        self._lists.cancel()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -294,100 +285,16 @@ class PeerServer:
 
     async def piece_list(self, sha256: str) -> PieceList | None:
         """The piece list of a stored file, or None if the store does not hold it."""
-        if not is_sha256(sha256):
-            return None
-        stored = self._store.lookup(sha256)  # first: the file may have been evicted
-        if stored is None:
-            return None
-        cached = self._lists.get(sha256)
-        if cached is not None:
-            self._lists.move_to_end(sha256)
-            return cached
-        if stored.size <= PIECE_SIZE:
-            # One piece: the whole-file SHA256 is the piece hash; nothing to read or cache.
-            single = PieceList(stored.size, (bytes.fromhex(sha256),))
-            self._remember(sha256, single)
-            return single
-        pending = self._computing.get(sha256)
-        if pending is None:
-            pending = asyncio.ensure_future(self._digest_in_thread(stored))
-            self._computing[sha256] = pending
-            pending.add_done_callback(lambda done: self._digested(sha256, done))
-        pieces, _ = await asyncio.shield(pending)
-        return pieces
-
-    async def _digest_in_thread(self, stored: StoredFile) -> tuple[PieceList | None, bool]:
-        # Few at a time: a peer asking for the lists of many big files must not occupy every
-        # executor thread (the proxy uses them too) or the disk.
-        async with self._digest_slots:
-            return await asyncio.to_thread(self._load_or_digest, stored)
+        return await self._lists.piece_list(sha256)
 
     async def adopt_piece_list(self, sha256: str, pieces: PieceList) -> None:
-        """Cache the list of a file just committed to the store, so it is never hashed again.
-        Only for a list the whole-file SHA256 confirmed (the download verified every piece
-        against it and the store accepted the file)."""
-        stored = self._store.lookup(sha256)
-        if stored is None or stored.size != pieces.size or len(pieces) == 1:
-            return
-        self._remember(sha256, pieces)
-        await asyncio.to_thread(self._write_cache, stored, pieces)
-
-    def _digested(self, sha256: str, done: asyncio.Future[tuple[PieceList | None, bool]]) -> None:
-        self._computing.pop(sha256, None)
-        if done.cancelled():
-            return
-        if (exc := done.exception()) is not None:
-            log.warning("piece list of %s failed: %s", sha256, exc)
-            return
-        pieces, computed = done.result()
-        if computed:
-            self.stats.piece_lists_computed += 1
-        if pieces is not None:
-            self._remember(sha256, pieces)
-
-    def _remember(self, sha256: str, pieces: PieceList) -> None:
-        self._lists[sha256] = pieces
-        self._lists.move_to_end(sha256)
-        while len(self._lists) > LIST_CACHE_ENTRIES:
-            self._lists.popitem(last=False)
-
-    def _load_or_digest(self, stored: StoredFile) -> tuple[PieceList | None, bool]:
-        """In a thread: the cached list next to the file, else hash the file and cache the list.
-        Returns (list or None if the file vanished, whether the file was hashed)."""
-        cache = stored.path.with_name(stored.sha256 + PIECES_SUFFIX)
-        try:
-            return parse_piece_list(stored.size, cache.read_bytes()), False
-        except FileNotFoundError:
-            pass
-        except (OSError, PeerWireError) as exc:
-            log.debug("ignoring unusable piece list cache %s: %s", cache, exc)
-        try:
-            pieces = digest_file(stored.path, stored.size)
-        except OSError as exc:
-            log.debug("cannot hash %s: %s", stored.path, exc)
-            return None, False
-        self._write_cache(stored, pieces)
-        return pieces, True
-
-    def _write_cache(self, stored: StoredFile, pieces: PieceList) -> None:
-        """In a thread. Atomic: a crash leaves at most a temporary in incoming/, which the store
-        clears on start."""
-        cache = stored.path.with_name(stored.sha256 + PIECES_SUFFIX)
-        scratch = self._store.incoming / (
-            f"{stored.sha256}{PIECES_SUFFIX}.{os.getpid()}.{threading.get_ident()}"
-        )
-        try:
-            with open(scratch, "wb") as handle:
-                handle.write(pieces.to_bytes())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, cache)
-        except OSError as exc:
-            log.debug("cannot cache piece list %s: %s", cache, exc)
-            with contextlib.suppress(OSError):
-                scratch.unlink()
+        """Cache the list of a file just committed to the store (stored_lists.py)."""
+        await self._lists.adopt(sha256, pieces)
 
     # -- requests -------------------------------------------------------------------------------
+
+    def _count_computed(self) -> None:
+        self.stats.piece_lists_computed += 1
 
     def _count_bad_request(self) -> None:
         self.stats.bad_requests += 1
