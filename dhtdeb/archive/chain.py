@@ -144,14 +144,16 @@ class TrustChain:
         source = location.suite_url + prefix
         if source in self._learning:
             return None
-        for name in _PACKAGES_PREFERENCE:
-            expected = self._index.index_file(location.suite_url, prefix + name)
-            if expected is None:
-                continue
-            if self._index.packages_learned(source, expected.sha256):
-                return None
-            return source + name, IndexExpectation(expected, prefix + name)
-        return None
+        listed = [
+            (name, expected)
+            for name in _PACKAGES_PREFERENCE
+            if (expected := self._index.index_file(location.suite_url, prefix + name)) is not None
+        ]
+        # Learned from any of its compressions: the same content.
+        if not listed or any(self._index.packages_learned(source, e.sha256) for _, e in listed):
+            return None
+        name, expected = listed[0]
+        return source + name, IndexExpectation(expected, prefix + name)
 
     def packages_to_catch_up(self, url: str) -> list[tuple[str, IndexExpectation]]:
         """For a pool file that no learned Packages file lists: the Packages files that may list
