@@ -67,9 +67,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """With no callback ready, move the clock just past the earliest timer, so that the
         loop runs it with `time()` at or after its deadline (the loop's own `now + timeout`
         may round below it, and a core woken one ulp early would be woken again and again)."""
-        if self._ready:  # BaseEventLoop's deque of ready callbacks
+        # BaseEventLoop's deque of ready callbacks and heap of TimerHandles (not in typeshed)
+        if getattr(self, "_ready"):  # noqa: B009
             return
-        timers = self._scheduled  # BaseEventLoop's heap of TimerHandles
+        timers: list[asyncio.TimerHandle] = getattr(self, "_scheduled")  # noqa: B009
         if timers and timers[0].when() >= self._virtual_now:
             self._virtual_now = math.nextafter(timers[0].when(), math.inf)
 
