@@ -170,8 +170,8 @@ def targets_line(result: dict[str, Any]) -> str:
 
 
 def plot_run(result: dict[str, Any], directory: Path) -> list[Path]:
-    """Plots of one run: lookup latencies are in the JSON as percentiles only, so this draws
-    the mirror's bytes over virtual time."""
+    """Plots of one run: the mirror's bytes over virtual time, and the first lookups'
+    durations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,4 +195,15 @@ def plot_run(result: dict[str, Any], directory: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-    return [path]
+    lookups = result["lookup_histogram"]
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    counts = lookups["counts"]
+    axes.bar([i * lookups["step_s"] for i in range(len(counts))], counts, width=lookups["step_s"])
+    axes.set_xlabel("first lookup of a download, virtual seconds (a holder existed)")
+    axes.set_ylabel("lookups")
+    axes.set_title(f"{result['nodes']} nodes: success {result['lookup_success']:.3f}")
+    latency = directory / f"lookups-{result['nodes']}.png"
+    figure.tight_layout()
+    figure.savefig(latency, dpi=100)
+    plt.close(figure)
+    return [path, latency]
