@@ -1,5 +1,6 @@
-"""The `dhtdeb` command line: serve, bootstrap, peers, status, cache (cli_cache.py for the
-commands that ask the running daemon, cli_status.py for the status tables)."""
+"""The `dhtdeb` command line: serve, bootstrap, peers, status, cache, sim (cli_cache.py for the
+commands that ask the running daemon, cli_status.py for the status tables, sim/cli.py for the
+simulation)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dhtdeb.daemon_client import DaemonClient, complaint, daemon_url
 from dhtdeb.errors import ConfigError, DhtdebError
 from dhtdeb.logsetup import setup_logging
 from dhtdeb.netaddr import parse_host_port
+from dhtdeb.sim.cli import sim_app
 
 # No rich markup in help texts: they name config sections as "[peer] listen", which markup eats.
 app = typer.Typer(
@@ -233,6 +235,8 @@ def serve(
     except ConfigError as exc:
         _fail(exc)
 
+
+app.add_typer(sim_app, name="sim")
 
 config_app = typer.Typer(
     rich_markup_mode=None, no_args_is_help=True, help="The config file of `dhtdeb serve`."

@@ -1,8 +1,9 @@
 """Where datagrams go: real UDP sockets, or an in-memory network for tests and simulation.
 
 Owns: binding an endpoint and nothing else; the node code above is the same for both. The in-memory
-network delivers through the event loop (`call_soon`), can drop or deliver datagrams through a
-`route` hook driven by a seeded `random.Random`, and never touches a socket.
+network delivers through the event loop (`call_soon`, or `call_later` with a `latency` hook), can
+drop or deliver datagrams through a `route` hook driven by a seeded `random.Random`, and never
+touches a socket.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class UdpNetwork:
 
 
 RouteHook = Callable[[Address, Address, bytes], bool]
+LatencyHook = Callable[[Address, Address], float]  # seconds from src to dst
 
 
 class MemoryTransport:
@@ -83,12 +85,14 @@ class MemoryTransport:
 
 
 class MemoryNetwork:
-    """Datagram delivery between in-process endpoints; `route(src, dst, data)` may drop."""
+    """Datagram delivery between in-process endpoints; `route(src, dst, data)` may drop, and
+    `latency(src, dst)` delays (the simulation's virtual-time loop makes that cost nothing)."""
 
-    def __init__(self, route: RouteHook | None = None) -> None:
+    def __init__(self, route: RouteHook | None = None, latency: LatencyHook | None = None) -> None:
         self._endpoints: dict[Address, asyncio.DatagramProtocol] = {}
         self._next_port = 10000
         self.route = route
+        self.latency = latency
         self.delivered = 0
         self.dropped = 0
 
@@ -120,7 +124,12 @@ class MemoryNetwork:
             self.dropped += 1
             return
         self.delivered += 1
-        asyncio.get_running_loop().call_soon(self._arrive, src, dst, data)
+        loop = asyncio.get_running_loop()
+        delay = 0.0 if self.latency is None else self.latency(src, dst)
+        if delay > 0.0:
+            loop.call_later(delay, self._arrive, src, dst, data)
+        else:
+            loop.call_soon(self._arrive, src, dst, data)
 
     def _arrive(self, src: Address, dst: Address, data: bytes) -> None:
         protocol = self._endpoints.get(dst)

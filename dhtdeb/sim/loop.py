@@ -1,0 +1,99 @@
+"""A virtual-time asyncio event loop: the real asyncio code of dhtdeb, run on simulated time.
+
+Owns: the loop's clock. `time()` returns virtual seconds; the selector never waits, it moves the
+clock to the next timer instead, so `asyncio.sleep`, `asyncio.timeout`, `call_later` and the
+DHT's timeouts all run on the same virtual time, in a fixed order, as fast as the CPU allows.
+Trusts: nothing; there is no real I/O under this loop (the datagram network is in memory), and a
+loop with no ready callback and no timer is a deadlock, raised as `Stalled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import selectors
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+
+class Stalled(RuntimeError):
+    """Nothing is ready and no timer is set: the awaited result can never come."""
+
+
+class _TimeJumpSelector(selectors.BaseSelector):
+    """Holds the loop's self-pipe registration, never reports an event, and advances the
+    loop's virtual clock by the timeout it is asked to wait."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        self._loop = loop
+        self._keys: dict[int, selectors.SelectorKey] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return self._keys.pop(fd)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise Stalled("no callback is ready and no timer is set")
+        self._loop.jump_to_next_timer()
+        return []
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return dict(self._keys)
+
+    def close(self) -> None:
+        self._keys.clear()
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock is virtual and jumps to the next timer."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._virtual_now = start
+        super().__init__(_TimeJumpSelector(self))
+        self._clock_resolution = 0.0  # a timer runs once the clock has passed its deadline
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def jump_to_next_timer(self) -> None:
+        """With no callback ready, move the clock just past the earliest timer, so that the
+        loop runs it with `time()` at or after its deadline (the loop's own `now + timeout`
+        may round below it, and a core woken one ulp early would be woken again and again)."""
+        # BaseEventLoop's deque of ready callbacks and heap of TimerHandles (not in typeshed)
+        if getattr(self, "_ready"):  # noqa: B009
+            return
+        timers: list[asyncio.TimerHandle] = getattr(self, "_scheduled")  # noqa: B009
+        if timers and timers[0].when() >= self._virtual_now:
+            self._virtual_now = math.nextafter(timers[0].when(), math.inf)
+
+    async def getaddrinfo(  # type: ignore[override]
+        self,
+        host: str | None,
+        port: str | int | None,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[Any]:
+        """Numeric addresses only, answered at once: no resolver thread (whose result would
+        come in real time) and no DNS."""
+        return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+
+
+class LoopClock:
+    """`dhtdeb.clock.Clock` reading the running loop's time: the cores and the loop agree."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def now(self) -> float:
+        return self._loop.time()

@@ -1,0 +1,209 @@
+"""What a simulation run measured: counters while it runs, the JSON report, and the plots.
+
+Owns: the byte and file counters (bytes of accepted pieces by source, bytes moved by the mirror
+and by peers including waste, files requested, finished, failed or abandoned), the record of first
+lookups, the mirror's bytes over virtual time and the DHT's datagram bytes. Trusts: its callers.
+Plots need matplotlib (the `sim` extra), imported only when plots are asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dhtdeb.sim.download import SimDownload
+
+SERIES_STEP = 300.0  # seconds per bucket of the mirror's bytes over time
+LOOKUP_STEP = 0.01  # seconds per bucket of the lookup durations
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Tally:
+    start: float = 0.0  # virtual time at which the workload window opens
+    files_requested: int = 0
+    files_finished: int = 0
+    files_failed: int = 0
+    files_abandoned: int = 0  # its node went offline first
+    wrong_pieces: int = 0  # accepted pieces whose digest is not the true one (must stay 0)
+    bytes_requested: int = 0  # of finished files
+    bytes_from_peers: int = 0  # accepted pieces, by who sent them
+    bytes_from_mirror: int = 0
+    mirror_moved: int = 0  # every byte the mirror sent (audits, duplicates, cut transfers)
+    peer_moved: int = 0
+    bans: int = 0
+    batches: list[int] = field(default_factory=list)
+    # First lookup of each download while some other online node had held the file for a while:
+    # (virtual seconds, found a holder).
+    lookups: list[tuple[float, bool]] = field(default_factory=list)
+    lookups_without_holder: int = 0
+    mirror_series: Counter[int] = field(default_factory=Counter)
+    dht_counters: Counter[str] = field(default_factory=Counter)
+    online_seconds: float = 0.0
+    now: float = 0.0  # set by the world before each count (the loop's time)
+
+    def requested(self, size: int) -> None:
+        self.files_requested += 1
+
+    def finished(self, download: SimDownload, ok: bool) -> None:
+        if not ok:
+            self.files_failed += 1
+            return
+        self.files_finished += 1
+        self.bytes_requested += download.size
+        self.bytes_from_peers += download.from_peers
+        self.bytes_from_mirror += download.from_mirror
+        self.wrong_pieces += download.wrong_digests
+
+    def abandoned(self, download: SimDownload) -> None:
+        self.files_abandoned += 1
+
+    def peer_sent(self, count: int) -> None:
+        self.peer_moved += count
+
+    def mirror_sent(self, now: float, count: int) -> None:
+        self.mirror_moved += count
+        self.mirror_series[int((now - self.start) // SERIES_STEP)] += count
+
+    def lookup(self, seconds: float, holders: int, holding: int) -> None:
+        if holders == 0:
+            self.lookups_without_holder += 1
+            return
+        self.lookups.append((seconds, holding > 0))
+
+    def dht_left(self, counters: dict[str, int]) -> None:
+        self.dht_counters.update(counters)
+
+
+def histogram(values: list[float], step: float) -> list[int]:
+    counts: Counter[int] = Counter(int(v // step) for v in values)
+    return [counts.get(i, 0) for i in range(max(counts, default=-1) + 1)]
+
+
+def report(
+    tally: Tally, *, nodes: int, seed: int, hours: float, params: dict[str, Any], wall: float
+) -> dict[str, Any]:
+    """The JSON report (docs/simulation.md lists the fields)."""
+    durations = [seconds for seconds, _ in tally.lookups]
+    found = sum(1 for _, ok in tally.lookups if ok)
+    requested = tally.bytes_requested
+    dht_bytes = tally.dht_counters.get("bytes_sent", 0)
+    series = [
+        tally.mirror_series.get(i, 0) for i in range(max(tally.mirror_series, default=-1) + 1)
+    ]
+    return {
+        "nodes": nodes,
+        "seed": seed,
+        "virtual_hours": hours,
+        "offload": round(tally.bytes_from_peers / requested, 6) if requested else 0.0,
+        "lookup_success": round(found / len(tally.lookups), 6) if tally.lookups else 0.0,
+        "lookup_p50_s": round(percentile(durations, 0.50), 6),
+        "lookup_p95_s": round(percentile(durations, 0.95), 6),
+        "lookup_histogram": {"step_s": LOOKUP_STEP, "counts": histogram(durations, LOOKUP_STEP)},
+        "lookups_with_holder": len(tally.lookups),
+        "lookups_without_holder": tally.lookups_without_holder,
+        "upkeep_bytes_per_s_per_node": (
+            round(dht_bytes / tally.online_seconds, 3) if tally.online_seconds else 0.0
+        ),
+        "mirror_bytes_per_node": round(tally.mirror_moved / nodes, 1),
+        "bytes_requested": requested,
+        "bytes_from_peers": tally.bytes_from_peers,
+        "bytes_from_mirror": tally.bytes_from_mirror,
+        "bytes_mirror_sent": tally.mirror_moved,
+        "bytes_peers_sent": tally.peer_moved,
+        "files_requested": tally.files_requested,
+        "files_finished": tally.files_finished,
+        "files_failed": tally.files_failed,
+        "files_abandoned": tally.files_abandoned,
+        "wrong_pieces": tally.wrong_pieces,
+        "bans": tally.bans,
+        "batch_files_p50": percentile([float(b) for b in tally.batches], 0.5),
+        "batch_files_max": max(tally.batches, default=0),
+        "dht_datagrams": {
+            key: tally.dht_counters[key]
+            for key in sorted(tally.dht_counters)
+            if key.startswith("lookups_") or key in ("bytes_sent", "timeouts", "rate_limited")
+        },
+        "mirror_bytes_series": {"step_s": SERIES_STEP, "bytes": series},
+        "params": params,
+        "wall_s": round(wall, 2),
+    }
+
+
+TARGETS = {1_000: 240.0, 10_000: 600.0}  # nodes -> wall seconds (issue 15)
+
+
+def targets_line(result: dict[str, Any]) -> str:
+    """The issue's targets and how this run stands against them (printed, never asserted)."""
+    nodes = result["nodes"]
+    wall_target = next((t for n, t in sorted(TARGETS.items()) if nodes <= n), None)
+    checks = [
+        ("offload", result["offload"] >= 0.8, f"{result['offload']:.3f} (>= 0.8)"),
+        ("lookup p95", result["lookup_p95_s"] <= 1.0, f"{result['lookup_p95_s']:.3f} s (<= 1)"),
+        (
+            "lookup success",
+            result["lookup_success"] >= 0.99,
+            f"{result['lookup_success']:.3f} (>= 0.99)",
+        ),
+    ]
+    if wall_target is not None:
+        checks.append(
+            (
+                "wall",
+                result["wall_s"] <= wall_target,
+                f"{result['wall_s']:.0f} s (<= {wall_target:.0f})",
+            )
+        )
+    return "; ".join(f"{name} {text} {'met' if ok else 'MISSED'}" for name, ok, text in checks)
+
+
+def plot_run(result: dict[str, Any], directory: Path) -> list[Path]:
+    """Plots of one run: the mirror's bytes over virtual time, and the first lookups'
+    durations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    series = result["mirror_bytes_series"]
+    step = series["step_s"]
+    values = series["bytes"]
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    axes.bar(
+        [i * step / 3600 for i in range(len(values))],
+        [v / 1e6 for v in values],
+        width=step / 3600,
+        align="edge",
+    )
+    axes.set_xlabel("virtual hours since the update")
+    axes.set_ylabel(f"mirror MB per {step / 60:.0f} min")
+    axes.set_title(f"{result['nodes']} nodes, seed {result['seed']}")
+    path = directory / f"mirror-{result['nodes']}.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    lookups = result["lookup_histogram"]
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    counts = lookups["counts"]
+    axes.bar([i * lookups["step_s"] for i in range(len(counts))], counts, width=lookups["step_s"])
+    axes.set_xlabel("first lookup of a download, virtual seconds (a holder existed)")
+    axes.set_ylabel("lookups")
+    axes.set_title(f"{result['nodes']} nodes: success {result['lookup_success']:.3f}")
+    latency = directory / f"lookups-{result['nodes']}.png"
+    figure.tight_layout()
+    figure.savefig(latency, dpi=100)
+    plt.close(figure)
+    return [path, latency]

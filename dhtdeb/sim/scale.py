@@ -1,0 +1,181 @@
+"""`dhtdeb sim scale`: a fleet of simulated machines on one virtual-time loop.
+
+Owns: building the world (internet, mirror, bootstrap node, machines) from one seed, running every
+machine's sessions through the workload window, and the report. Trusts: nothing outside the
+process; the DHT state directories live in a temporary directory.
+
+Timeline (virtual seconds): the machines online when the update appears join during a warm-up;
+the window of `hours` opens with the update; machines come and go as their sessions say; after
+the window, a drain lets running downloads end (nothing new starts), then every machine leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dhtdeb.dht import DhtConfig, DhtTuning, open_dht
+from dhtdeb.discovery import Peer
+from dhtdeb.netaddr import HostPort
+from dhtdeb.sim.loop import LoopClock, VirtualTimeLoop
+from dhtdeb.sim.network import DHT_PORT, Bandwidth, HostPlace, Internet, Link
+from dhtdeb.sim.node import SimNode
+from dhtdeb.sim.report import Tally, report
+from dhtdeb.sim.workload import WorkloadParams, plan_fleet
+
+BOOTSTRAP_HOST = "10.255.255.254"
+MIRROR_HOST = "10.255.255.253"
+# A holder counts for the lookup statistics once its file has been stored this long (the
+# announce gathers for 0.1 s, then a lookup and the announce itself take some round trips).
+ANNOUNCED_AFTER = 5.0
+
+
+@dataclass(frozen=True)
+class ScaleParams:
+    nodes: int
+    seed: int
+    workload: WorkloadParams = field(default_factory=WorkloadParams)
+    loss: float = 0.01  # of datagrams
+    mirror_capacity: float = 1.25e9  # bytes/s, all clients together (10 Gbit/s)
+    mirror_per_connection: float = 12.5e6  # bytes/s to one client (100 Mbit/s)
+    warmup: float = 600.0
+    drain: float = 900.0
+    tuning: DhtTuning = field(default_factory=DhtTuning)
+
+    def summary(self) -> dict[str, Any]:
+        described = dataclasses.asdict(self)
+        described.pop("nodes")
+        described.pop("seed")
+        return described
+
+
+class World:
+    """Everything the machines share: the clock, the internet, the mirror and the tally."""
+
+    def __init__(self, params: ScaleParams, loop: asyncio.AbstractEventLoop, tmp: Path) -> None:
+        self.params = params
+        self.clock = LoopClock(loop)
+        rng = random.Random(params.seed)
+        self.internet = Internet(random.Random(rng.getrandbits(64)), loss=params.loss)
+        self.bandwidth = Bandwidth(loop)
+        self.mirror = Link(params.mirror_capacity, params.mirror_per_connection)
+        self.tally = Tally(start=params.warmup)
+        self.archive, plans = plan_fleet(params.workload, params.nodes, params.seed)
+        self.nodes = [
+            SimNode(self, plan, random.Random(rng.getrandbits(64)), tmp / f"node{plan.index}")
+            for plan in plans
+        ]
+        self.by_host = {node.host: node for node in self.nodes}
+        for node in self.nodes:
+            plan = node.plan
+            self.internet.add_host(node.host, HostPlace(plan.x, plan.y, plan.access, plan.nat))
+        self.internet.add_host(MIRROR_HOST, HostPlace(0.5, 0.5, 0.001, nat=False))
+        self.internet.add_host(BOOTSTRAP_HOST, HostPlace(0.5, 0.5, 0.002, nat=False))
+        self._join_rng = random.Random(rng.getrandbits(64))
+        self.tmp = tmp
+        self.holders: dict[str, list[SimNode]] = {}  # machines that stored a file, in order
+
+    # -- what a download asks of the world --------------------------------------------------
+
+    def reachable(self, peer: Peer, asker: SimNode) -> SimNode | None:
+        """The machine at `peer` if a TCP connection to it can be made."""
+        node = self.by_host.get(peer.host)
+        if node is None or node is asker or not node.online or node.plan.nat:
+            return None
+        return node
+
+    def rtt_half(self, a: SimNode, b: SimNode) -> float:
+        return self.internet.one_way(a.host, b.host)
+
+    def mirror_half(self, a: SimNode) -> float:
+        return self.internet.one_way(a.host, MIRROR_HOST)
+
+    def announced_holders(self, sha256: str, now: float, asker: SimNode) -> int:
+        """Online machines other than `asker` that stored the file a while ago."""
+        return sum(
+            1
+            for node in self.nodes_holding(sha256)
+            if node is not asker and node.online and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
+        )
+
+    def holding(self, sha256: str, peers: list[Peer]) -> int:
+        nodes = (self.by_host.get(peer.host) for peer in peers)
+        return sum(1 for node in nodes if node is not None and sha256 in node.store)
+
+    def nodes_holding(self, sha256: str) -> list[SimNode]:
+        return self.holders.get(sha256, [])
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        params = self.params
+        boot = await open_dht(
+            DhtConfig(
+                HostPort(BOOTSTRAP_HOST, DHT_PORT),
+                self.tmp / "bootstrap",
+                lan=False,
+                allow_loopback_peers=False,
+            ),
+            clock=self.clock,
+            rng=random.Random(params.seed ^ 0xB007),
+            tuning=params.tuning,
+            network=self.internet.datagrams,
+        )
+        try:
+            await asyncio.gather(*(self._sessions(node) for node in self.nodes))
+        finally:
+            await boot.close()
+
+    async def _sessions(self, node: SimNode) -> None:
+        params = self.params
+        window = params.workload.hours * 3600.0
+        end = params.warmup + window + params.drain
+        # machines online at the start join during the warm-up, in a random order
+        warm_join = self._join_rng.uniform(0.0, 0.8 * params.warmup)
+        bootstrap = (HostPort(BOOTSTRAP_HOST, DHT_PORT),)
+        for number, (on, off) in enumerate(node.plan.sessions):
+            at = warm_join if on == 0.0 else params.warmup + on
+            await _sleep_until(at)
+            await node.join(bootstrap, params.tuning)
+            joined = self.clock.now()
+            if number == 0:
+                node.start_upgrade(params.warmup + node.plan.upgrade_at)
+            leave = min(end, params.warmup + off)
+            await _sleep_until(leave)
+            self.tally.online_seconds += self.clock.now() - joined
+            await node.leave()
+            if leave >= end:
+                return
+
+
+async def _sleep_until(at: float) -> None:
+    delay = at - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def run_scale(params: ScaleParams) -> dict[str, Any]:
+    """Run one simulation; the report (same seed, same numbers, except `wall_s`)."""
+    logging.getLogger("dhtdeb").setLevel(logging.ERROR)  # thousands of nodes, one stderr
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dhtdeb-sim-") as tmp:
+        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+            loop = runner.get_loop()
+            world = World(params, loop, Path(tmp))
+            runner.run(world.run())
+    wall = time.perf_counter() - started
+    return report(
+        world.tally,
+        nodes=params.nodes,
+        seed=params.seed,
+        hours=params.workload.hours,
+        params=params.summary(),
+        wall=wall,
+    )
