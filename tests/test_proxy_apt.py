@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from support import rawhttp, wait_until
-from support.apt import AptClient, AptClientFactory, ProxyMode
+from support.apt import AptClientFactory, ProxyMode
 from support.archive import SignedArchive
 from support.daemon import DaemonFactory
 from support.mirror import Mirror
@@ -72,15 +72,7 @@ def test_restart_between_update_and_download_serves_verified(
     apt = apt_client(signed_archive, mirror, mode=ProxyMode.HTTP_PROXY, proxy=daemon.proxy)
     apt.update().check()
     daemon.restart()  # the proxy listens on a new port; apt keeps its lists
-    apt = AptClient(
-        apt.workdir,
-        mirror_url=mirror.url,
-        suite=signed_archive.suite,
-        component=signed_archive.component,
-        keyring=signed_archive.keyring,
-        mode=ProxyMode.HTTP_PROXY,
-        proxy=daemon.proxy,
-    )
+    apt = apt.through(ProxyMode.HTTP_PROXY, daemon.proxy)
     names = [p.name for p in signed_archive.small_packages]
     apt.download(names, tmp_path / "after-restart").check()
     _assert_downloaded(signed_archive, tmp_path / "after-restart", names)
@@ -111,15 +103,7 @@ def test_apt_with_current_lists_gets_verified_packages_from_a_new_daemon(
     direct = apt_client(signed_archive, mirror)
     direct.update().check()
     daemon = dhtdeb_daemon()
-    apt = AptClient(
-        direct.workdir,
-        mirror_url=mirror.url,
-        suite=signed_archive.suite,
-        component=signed_archive.component,
-        keyring=signed_archive.keyring,
-        mode=ProxyMode.HTTP_PROXY,
-        proxy=daemon.proxy,
-    )
+    apt = direct.through(ProxyMode.HTTP_PROXY, daemon.proxy)
     apt.update().check()
     assert daemon.status()["requests"]["from_mirror"] <= 1, "apt fetched only the InRelease"
     names = [p.name for p in signed_archive.small_packages]

@@ -146,6 +146,21 @@ class AptClient:
         self._extra_options = dict(options or {})
         self._write_config()
 
+    def through(self, mode: ProxyMode, proxy: str | None) -> AptClient:
+        """The same apt (workdir: lists, cache and state kept) reaching the mirror another way."""
+        return AptClient(
+            self.workdir,
+            mirror_url=self.mirror_url,
+            suite=self.suite,
+            component=self.component,
+            keyring=self.keyring,
+            arch=self.arch,
+            mode=mode,
+            proxy=proxy,
+            options=self._extra_options,
+            command_prefix=self.command_prefix,
+        )
+
     # --- layout -----------------------------------------------------------------------------------
 
     @property
