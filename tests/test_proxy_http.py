@@ -196,33 +196,6 @@ def test_pipelined_pool_files_start_before_the_one_ahead_of_them_is_sent(
     assert learned.status()["requests"]["read_ahead"] == len(rest)
 
 
-def test_pipelined_index_files_start_before_the_one_ahead_of_them_is_sent(
-    signed_archive: SignedArchive, mirror: Mirror, learned: DaemonProcess
-) -> None:
-    """apt's update pipelines every suite's index files too: with the first stalled at the
-    mirror, the download of the next one has started (and is verified against the Release)."""
-    directory = f"dists/{signed_archive.suite}/{signed_archive.component}/binary-amd64/"
-    first, second = directory + "Packages", directory + "Packages.gz"  # not fetched by update
-    mirror.stall(first, after_bytes=100)
-    host = mirror.host_port
-    wire = b"".join(
-        f"GET {mirror.url}/{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-        for path in (first, second)
-    )
-    before = learned.status()["requests"]["read_ahead"]
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answers = pool.submit(rawhttp.exchange, learned.proxy, wire, 2)
-        mirror.wait_for(lambda: bool(mirror.requests_for(second)))
-        assert not answers.done()  # the first answer is still waiting for its bytes
-        mirror.release(first)
-        result = answers.result()
-    assert [a.status for a in result] == [200, 200]
-    for path, answer in zip((first, second), result, strict=True):
-        assert answer.body == signed_archive.path(path).read_bytes()
-        assert answer.headers["X-Dhtdeb-Verified"] == "yes"
-    assert learned.status()["requests"]["read_ahead"] == before + 1
-
-
 def test_expired_release_is_not_believed(
     archive_copy: SignedArchive, serve_archive: MirrorFactory, dhtdeb_daemon: DaemonFactory
 ) -> None:

@@ -361,7 +361,6 @@ class ProxyServer:
         # its pool files are learned once it is stored, while apt reads it.
         transfer = self._downloads.fetch(location.url, expectation.expected, announce=False)
         self._chain.learn_index_file(location, expectation, transfer.wait_stored())
-        self._read_ahead(request)
         try:
             await transfer.wait_started()
         except UpstreamRefused:
@@ -392,8 +391,6 @@ class ProxyServer:
         return bool(missing)
 
     def _learn_packages_file(self, url: str, packages: IndexExpectation) -> None:
-        """Fetch an index file (verified, stored) unless stored, and learn its pool files if it
-        is a Packages file."""
         stored = self._store.lookup(packages.expected.sha256)
         if stored is not None:
             self._chain.learn_index_file(locate(url), packages, _ready(stored))
@@ -457,22 +454,17 @@ class ProxyServer:
             if not isinstance(parsed, UpstreamTarget):
                 continue
             location = locate(parsed.url)
-            if location.kind is FileKind.POOL:
-                expected = self._chain.pool_file(location.url)
-                if expected is not None and self._idle(expected.sha256):
-                    self._downloads.fetch(location.url, expected, announce=True)
-                    self._counters.requests.read_ahead += 1
-            elif location.kind in (FileKind.INDEX, FileKind.BY_HASH):
-                # apt's update: the Packages, Translation and by-hash files of every suite
-                # come pipelined behind one another.
-                expectation = self._chain.expected_index(location)
-                if expectation is not None and self._idle(expectation.expected.sha256):
-                    self._learn_packages_file(location.url, expectation)
-                    self._counters.requests.read_ahead += 1
-
-    def _idle(self, sha256: str) -> bool:
-        """Neither stored nor being downloaded."""
-        return sha256 not in self._store and self._downloads.running(sha256) is None
+            if location.kind is not FileKind.POOL:
+                continue
+            expected = self._chain.pool_file(location.url)
+            if (
+                expected is None
+                or expected.sha256 in self._store
+                or self._downloads.running(expected.sha256) is not None
+            ):
+                continue
+            self._downloads.fetch(location.url, expected, announce=True)
+            self._counters.requests.read_ahead += 1
 
     # -- responses ----------------------------------------------------------------------------
 
