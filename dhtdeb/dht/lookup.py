@@ -111,15 +111,19 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         return self._result
 
     def _merged(self) -> list[Contact]:
-        """The responders' lists taken in turn, one peer each, up to enough_peers."""
+        """The responders' lists taken in turn, one peer each, each address once, up to
+        enough_peers."""
         limit = self._enough_peers if self._enough_peers is not None else None
         merged: list[Contact] = []
+        taken: set[Address] = set()
         for rank in range(max((len(peers) for peers in self._peers_from), default=0)):
             for peers in self._peers_from:
-                if rank < len(peers):
-                    merged.append(peers[rank])
-                    if limit is not None and len(merged) >= limit:
-                        return merged
+                if rank >= len(peers) or (peers[rank].host, peers[rank].port) in taken:
+                    continue
+                taken.add((peers[rank].host, peers[rank].port))
+                merged.append(peers[rank])
+                if limit is not None and len(merged) >= limit:
+                    return merged
         return merged
 
     def _active(self) -> int:
@@ -164,18 +168,19 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         self._result.answered += 1
         self._answered[node_id] = (event.node, reply.token)
         own = self.protocol.source_node.id
-        fresh_peers = []
-        for peer in reply.peers:
-            # Our own entries go before the de-duplication by address: an entry that names
-            # another node's address with our id must not hide that node's own entry.
-            if peer.node_id == own:
-                continue
+        # Our own entries go before the de-duplication by address: an entry that names another
+        # node's address with our id must not hide that node's own entry.
+        peers = [peer for peer in reply.peers if peer.node_id != own]
+        new_peers = 0
+        for peer in peers:
             if (peer.host, peer.port) not in self._seen_peers:
                 self._seen_peers.add((peer.host, peer.port))
-                fresh_peers.append(peer)
-        if fresh_peers:
-            self._peers_from.append(fresh_peers)
-            self._counted += min(len(fresh_peers), self._share or len(fresh_peers))
+                new_peers += 1
+        if peers:
+            # Whole, not only its fresh entries: a holder deep in a Sybil's long list must still
+            # come in the first round from an honest responder that names it first (_merged).
+            self._peers_from.append(peers)
+            self._counted += min(new_peers, self._share or new_peers)
         fresh = [
             Node(c.node_id, c.host, c.port)
             for c in reply.nodes
