@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dhtdeb.cli_status import LABELS, TITLES, human_bytes
-from dhtdeb.proxy.dashboard_lists import LISTS_JSON, PEER_COLUMNS, TRANSFER_COLUMNS, table
+from dhtdeb.proxy.dashboard_lists import LISTS_JSON, PEER_COLUMNS, TRANSFER_COLUMNS, span, table
+from dhtdeb.proxy.dashboard_lists import escape as _e
 
 RECENT_FILES = 12  # stored files shown, most recently used first
 
@@ -33,10 +33,6 @@ class RecentFile:
     pinned: bool
     readers: int
     url: str | None
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _label(key: str) -> str:
@@ -86,7 +82,7 @@ def _recent_table(files: Sequence[RecentFile], now: float) -> str:
         "<tr>"
         f'<td class="u">{_e(f.url or f.sha256)}</td>'
         f'<td class="n">{f.size}</td><td class="h">{_e(human_bytes(f.size))}</td>'
-        f'<td class="n">{_e(_ago(now - f.last_used) if f.last_used else "-")}</td>'
+        f'<td class="n">{_e(f"{span(now - f.last_used)} ago" if f.last_used else "-")}</td>'
         f"<td>{'pinned' if f.pinned else ''}{' sending' if f.readers else ''}</td>"
         "</tr>"
         for f in files
@@ -95,15 +91,6 @@ def _recent_table(files: Sequence[RecentFile], now: float) -> str:
         "<table><tr><th>file</th><th>bytes</th><th></th><th>last used</th><th></th></tr>"
         f"{rows}</table>"
     )
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h ago"
 
 
 def render(status: Mapping[str, object], recent: Sequence[RecentFile], now: float) -> str:

@@ -50,7 +50,8 @@ LISTS_JSON = json.dumps(
 )
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
+    """For HTML text and attribute values: everything shown comes from the network."""
     return html.escape(str(value), quote=True)
 
 
@@ -63,7 +64,8 @@ def raw(value: object) -> str:
     return str(value)
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """A duration as the dashboard shows it: seconds, minutes or hours, whole."""
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds} s"
@@ -80,9 +82,9 @@ def shown(kind: str, value: object, now: float) -> str:
         return ("banned" if value else "") if kind == "flag" else raw(value)
     if isinstance(value, int | float):
         if kind == "ago":
-            return f"{_span(now - value)} ago"
+            return f"{span(now - value)} ago"
         if kind == "until":
-            return f"in {_span(value - now)}"
+            return f"in {span(value - now)}"
         if kind == "bytes" and isinstance(value, int):
             return human_bytes(value)
         if kind == "seconds":
@@ -102,19 +104,20 @@ def table(
 ) -> str:
     """The table of one status list (anything but a list of objects shows as empty)."""
     rows = [r for r in records if isinstance(r, Mapping)] if isinstance(records, list) else []
-    head = "".join(f"<th>{_e(title)}</th>" for _, title, _ in columns)
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in columns)
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="{_e(kind)}" data-f="{_e(field)}" data-v="{_e(raw(record.get(field)))}">'
-            f"{_e(shown(kind, record.get(field), now))}</td>"
+            f'<td class="{escape(kind)}" data-f="{escape(field)}" '
+            f'data-v="{escape(raw(record.get(field)))}">'
+            f"{escape(shown(kind, record.get(field), now))}</td>"
             for field, _, kind in columns
         )
         + "</tr>"
         for record in rows
     )
     return (
-        f'<p class=note id="{_e(list_id)}-empty"{" hidden" if rows else ""}>{_e(empty)}</p>'
-        f'<table class=list id="{_e(list_id)}"><thead><tr>{head}</tr></thead>'
+        f'<p class=note id="{escape(list_id)}-empty"{" hidden" if rows else ""}>{escape(empty)}</p>'
+        f'<table class=list id="{escape(list_id)}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table>"
     )
