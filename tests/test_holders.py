@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from support.store import put
 
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import RemoteProtocolError
@@ -56,20 +57,12 @@ NODE_B = bytes(range(21, 41))
 GUARD = 10.0
 
 
-def _put(store: ContentStore, data: bytes) -> str:
-    sha256 = hashlib.sha256(data).hexdigest()
-    partial = store.begin(sha256, len(data))
-    partial.write(data)
-    store.commit(partial)
-    return sha256
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[PeerServer, Peer, list[str]]]:
     """A peer server (node A) holding three files."""
     store = ContentStore(tmp_path / "store")
     rng = random.Random(7)
-    held = [_put(store, rng.randbytes(1000 + i)) for i in range(3)]
+    held = [put(store, rng.randbytes(1000 + i)) for i in range(3)]
     server = PeerServer(store, Counters(), node=NODE_A)
     host, port = await server.start("127.0.0.1", 0)
     try:
@@ -251,7 +244,7 @@ async def test_a_have_query_does_not_count_as_a_use_of_the_file(tmp_path: Path) 
     """The cache evicts what apt used least recently; a peer asking must not pin files."""
     store = ContentStore(tmp_path / "store", limit_bytes=2500)
     rng = random.Random(3)
-    oldest, newer = _put(store, rng.randbytes(1000)), _put(store, rng.randbytes(1000))
+    oldest, newer = put(store, rng.randbytes(1000)), put(store, rng.randbytes(1000))
     server = PeerServer(store, Counters(), node=NODE_A)
     host, port = await server.start("127.0.0.1", 0)
     client = PeerClient(node=NODE_B)
@@ -260,7 +253,7 @@ async def test_a_have_query_does_not_count_as_a_use_of_the_file(tmp_path: Path) 
     finally:
         await client.close()
         await server.close()
-    _put(store, rng.randbytes(1000))
+    put(store, rng.randbytes(1000))
     assert oldest not in store and newer in store
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.store import put
 
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
@@ -83,14 +84,6 @@ class FakePartials:
 
 def content(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-def put(store: ContentStore, data: bytes) -> str:
-    sha256 = hashlib.sha256(data).hexdigest()
-    partial = store.begin(sha256, len(data))
-    partial.write(data)
-    store.commit(partial)
-    return sha256
 
 
 @pytest.fixture

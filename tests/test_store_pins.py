@@ -1,9 +1,9 @@
 """What eviction may not touch: pinned files (listed in `<store>/pinned`) and files being read."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
+from support.store import put
 
 from dhtdeb.store import PINNED_LIST, ContentStore, EvictionRefused, NotStored
 
@@ -17,14 +17,6 @@ class Clock:
         return self.now
 
 
-def _put(store: ContentStore, data: bytes) -> str:
-    sha256 = hashlib.sha256(data).hexdigest()
-    partial = store.begin(sha256, len(data))
-    partial.write(data)
-    store.commit(partial)
-    return sha256
-
-
 def _files(n: int, size: int = 100) -> list[bytes]:
     return [bytes([i]) * size for i in range(n)]
 
@@ -32,15 +24,15 @@ def _files(n: int, size: int = 100) -> list[bytes]:
 def test_lru_eviction_skips_pinned_files(tmp_path: Path) -> None:
     store = ContentStore(tmp_path, limit_bytes=250, wall_clock=Clock())
     a, b, c, d = _files(4)
-    first = _put(store, a)
+    first = put(store, a)
     assert store.pin(first) is True
     assert store.pin(first) is False  # already
-    second = _put(store, b)
-    third = _put(store, c)  # 300 > 250: the oldest unpinned one goes
+    second = put(store, b)
+    third = put(store, c)  # 300 > 250: the oldest unpinned one goes
     assert set(store.hashes()) == {first, third}
     assert second not in store
     assert store.unpin(first) is True
-    _put(store, d)  # now the first is the least recently used and may go
+    put(store, d)  # now the first is the least recently used and may go
     assert first not in store
     assert store.pinned_count == 0
 
@@ -48,11 +40,11 @@ def test_lru_eviction_skips_pinned_files(tmp_path: Path) -> None:
 def test_pinned_files_may_keep_the_store_above_its_limit(tmp_path: Path) -> None:
     store = ContentStore(tmp_path, limit_bytes=150, wall_clock=Clock())
     a, b, c = _files(3)
-    pinned = [_put(store, a)]
+    pinned = [put(store, a)]
     store.pin(pinned[0])
-    pinned.append(_put(store, b))  # just committed: kept although above the limit
+    pinned.append(put(store, b))  # just committed: kept although above the limit
     store.pin(pinned[1])
-    newest = _put(store, c)
+    newest = put(store, c)
     assert set(store.hashes()) == {*pinned, newest}
     assert store.total_bytes == 300
     assert store.pinned_bytes == 200
@@ -61,7 +53,7 @@ def test_pinned_files_may_keep_the_store_above_its_limit(tmp_path: Path) -> None
 def test_pins_survive_a_restart_and_are_dropped_with_their_file(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
     a, b = _files(2)
-    kept, gone = _put(store, a), _put(store, b)
+    kept, gone = put(store, a), put(store, b)
     store.pin(kept)
     store.pin(gone)
     store.sync()
@@ -90,24 +82,24 @@ def test_unknown_files_cannot_be_pinned_or_evicted(tmp_path: Path) -> None:
 def test_a_file_being_read_is_neither_evicted_nor_removed_on_request(tmp_path: Path) -> None:
     store = ContentStore(tmp_path, limit_bytes=250, wall_clock=Clock())
     a, b, c, d = _files(4)
-    read = _put(store, a)
-    other = _put(store, b)
+    read = put(store, a)
+    other = put(store, b)
     with store.reading(read), store.reading(read):
         assert store.in_use(read) and store.readers == 2
-        _put(store, c)  # above the limit: the oldest is being read, the next one goes
+        put(store, c)  # above the limit: the oldest is being read, the next one goes
         assert read in store and other not in store
         with pytest.raises(EvictionRefused):
             store.evict(read)
     assert not store.in_use(read) and store.readers == 0
     assert store.evict(read) == 100
     assert read not in store and not store.path_of(read).exists()
-    _put(store, d)
+    put(store, d)
     assert store.total_bytes == 200
 
 
 def test_a_pinned_file_is_not_evicted_on_request(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
-    sha256 = _put(store, b"x" * 10)
+    sha256 = put(store, b"x" * 10)
     store.pin(sha256)
     with pytest.raises(EvictionRefused):
         store.evict(sha256)
@@ -119,7 +111,7 @@ def test_a_pinned_file_is_not_evicted_on_request(tmp_path: Path) -> None:
 def test_entries_list_most_recently_used_first(tmp_path: Path) -> None:
     store = ContentStore(tmp_path, wall_clock=Clock())
     a, b = _files(2)
-    older, newer = _put(store, a), _put(store, b)
+    older, newer = put(store, a), put(store, b)
     store.pin(older)
     assert store.lookup(older) is not None  # a use: now the most recent
     entries = store.entries()
