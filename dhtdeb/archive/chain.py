@@ -52,10 +52,13 @@ class _Learning:
     def may_list(self, url: str) -> bool:
         if not url.startswith(self.root):
             return False
-        if not self.component:
-            return True
-        # pool/main/..., and pool/updates/main/... in the security archive
-        return f"/{self.component}/" in "/" + "/".join(url[len(self.root) :].split("/")[:4])
+        return not self.component or _in_component(url[len(self.root) :], self.component)
+
+
+def _in_component(relative: str, component: str) -> bool:
+    """Whether a pool file's path below its archive root is in `component`: pool/main/...,
+    and pool/updates/main/... in the security archive."""
+    return f"/{component}/" in "/" + "/".join(relative.split("/")[:4])
 
 
 class TrustChain:
@@ -178,7 +181,7 @@ class TrustChain:
                 file_name not in _PACKAGES_PREFERENCE
                 or posixpath.basename(directory) != f"binary-{wanted}"
                 or "debian-installer" in directory
-                or f"/{component}/" not in "/" + "/".join(relative.split("/")[:4])
+                or not _in_component(relative, component)
             ):
                 continue
             source = f"{suite_url}{directory}/"
