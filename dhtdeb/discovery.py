@@ -57,8 +57,15 @@ class PeerDiscovery(Protocol):
         """The same, soon, together with the other files stored about now (apt's batches)."""
         ...
 
-    async def find_peers(self, sha256: str, deadline: float) -> list[Peer]:
-        """Peers believed to hold the file; returns what is known when `deadline` seconds pass."""
+    async def find_peers(
+        self,
+        sha256: str,
+        deadline: float,
+        on_peers: Callable[[list[Peer]], None] | None = None,
+    ) -> list[Peer]:
+        """Peers believed to hold the file; returns what is known when `deadline` seconds pass.
+        `on_peers`, if given, is told each batch as it is found, before the lookup returns (a
+        download needs one holder, not the converged answer)."""
         ...
 
     def statistics(self) -> DiscoveryStatistics: ...
@@ -80,7 +87,12 @@ class NoDiscovery:
     def announce_later(self, sha256: str) -> None:
         return None
 
-    async def find_peers(self, sha256: str, deadline: float) -> list[Peer]:
+    async def find_peers(
+        self,
+        sha256: str,
+        deadline: float,
+        on_peers: Callable[[list[Peer]], None] | None = None,
+    ) -> list[Peer]:
         return []
 
     def statistics(self) -> DiscoveryStatistics:

@@ -1,6 +1,6 @@
 """A node that found nobody for a run of files stops holding the mirror back for lookups."""
 
-from dhtdeb.swarm.download import ALONE_AFTER, LoneStreak
+from dhtdeb.swarm.lookup_plan import ALONE_AFTER, LoneStreak
 
 
 def test_a_run_of_empty_lookups_makes_a_node_alone_and_one_sighting_ends_it() -> None:

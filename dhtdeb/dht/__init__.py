@@ -23,6 +23,7 @@ from dhtdeb.dht.protocol import DhtTuning
 from dhtdeb.dht.server import DhtServer, dht_key
 from dhtdeb.dht.state import load_state
 from dhtdeb.dht.transport import DatagramNetwork, MemoryNetwork, UdpNetwork, family_for_listen
+from dhtdeb.dht.wire import Contact
 from dhtdeb.discovery import DiscoveryStatistics, Peer
 from dhtdeb.netaddr import HostPort
 
@@ -120,14 +121,29 @@ class DhtNode:
             if self._queued:
                 await asyncio.sleep(ANNOUNCE_PAUSE)  # pacing, not synchronisation
 
-    async def find_peers(self, sha256_hex: str, deadline: float) -> list[Peer]:
+    async def find_peers(
+        self,
+        sha256_hex: str,
+        deadline: float,
+        on_peers: Callable[[list[Peer]], None] | None = None,
+    ) -> list[Peer]:
         """Peers for the file, merged from several nodes; what is known once `deadline` passes.
         This node is left out by its id (it listens on the same port as everyone else, under
-        an address only the others know)."""
+        an address only the others know). `on_peers` hears of them as they are found."""
         key = dht_key(sha256_hex)
-        found = await self._server.find_peers(key, max(0.0, deadline))
         own = self._server.node.id
-        return [Peer(p.host, p.port, p.node_id) for p in found if p.node_id != own]
+
+        def peers(found: list[Contact]) -> list[Peer]:
+            return [Peer(p.host, p.port, p.node_id) for p in found if p.node_id != own]
+
+        def tell(found: list[Contact]) -> None:
+            if on_peers is not None and (fresh := peers(found)):
+                on_peers(fresh)
+
+        found = await self._server.find_peers(
+            key, max(0.0, deadline), tell if on_peers is not None else None
+        )
+        return peers(found)
 
     async def bootstrap(self, addrs: Sequence[HostPort]) -> None:
         await self._server.bootstrap([(a.host, a.port) for a in addrs])

@@ -10,6 +10,8 @@ as long as its slowest (or dead: 5 s) node, and `ValueSpiderCrawl` keeps the maj
 up to alpha requests are in flight; a request older than `slow_after` stops holding a slot (another
 branch opens, as libtorrent does), peer lists from every responder are merged, and the lookup ends
 as soon as enough peers are known, the k nearest live nodes have answered, or the deadline passes.
+Peers are also told as they come (`on_peers`): a caller that needs one holder need not wait for
+the lookup to converge (on the internet that is a few round trips after the first holder).
 
 Sybils: nodes that chose ids near a key are asked first and may answer with long lists of
 non-peers (tests/adversarial/test_dht_sybil.py). So one responder's list counts towards "enough"
@@ -21,6 +23,7 @@ the honest nodes among the k nearest have answered. And the peers returned are a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kademlia.crawling import SpiderCrawl
@@ -62,8 +65,10 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         slow_after: float,
         get_peers: bool,
         enough_peers: int | None = None,
+        on_peers: Callable[[list[Contact]], None] | None = None,
     ) -> None:
         super().__init__(protocol, target, seeds, ksize, alpha)
+        self._on_peers = on_peers
         self._slow_after = slow_after
         self._get_peers = get_peers
         self._enough_peers = enough_peers
@@ -171,11 +176,14 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         # Our own entries go before the de-duplication by address: an entry that names another
         # node's address with our id must not hide that node's own entry.
         peers = [peer for peer in reply.peers if peer.node_id != own]
-        new_peers = 0
+        fresh_peers: list[Contact] = []
         for peer in peers:
             if (peer.host, peer.port) not in self._seen_peers:
                 self._seen_peers.add((peer.host, peer.port))
-                new_peers += 1
+                fresh_peers.append(peer)
+        new_peers = len(fresh_peers)
+        if fresh_peers and self._on_peers is not None:
+            self._on_peers(fresh_peers)
         if peers:
             # Whole, not only its fresh entries: a holder deep in a Sybil's long list must still
             # come in the first round from an honest responder that names it first (_merged).

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kademlia.network import Server
@@ -162,6 +162,7 @@ class DhtServer(Server):  # type: ignore[misc]
         enough_peers: int | None = None,
         deadline: float = 10.0,
         purpose: str | None = None,
+        on_peers: Callable[[list[Contact]], None] | None = None,
     ) -> LookupResult:
         purpose = purpose or ("announce" if get_peers else "find_node")
         self.protocol.counters[f"lookups_{purpose}"] += 1
@@ -179,21 +180,39 @@ class DhtServer(Server):  # type: ignore[misc]
             slow_after=self.tuning.slow_after,
             get_peers=get_peers,
             enough_peers=enough_peers,
+            on_peers=on_peers,
         )
         result: LookupResult = await crawl.find(deadline)
         self.lookup_seconds[purpose].observe(self.clock.now() - started)
         return result
 
-    async def find_peers(self, key: bytes, deadline: float) -> list[Contact]:
+    async def find_peers(
+        self,
+        key: bytes,
+        deadline: float,
+        on_peers: Callable[[list[Contact]], None] | None = None,
+    ) -> list[Contact]:
         """Peers for `key` (with the ids they announced with; this node's own entries left out),
-        merged from the lookup and this node's own store."""
+        merged from the lookup and this node's own store. `on_peers` is told each batch as it
+        is learnt (this node's own store first), before the lookup ends."""
         local = self.storage.entries(key, self.tuning.enough_peers)
+        own = self.node.id
+        told: set[Address] = set()
+
+        def tell(peers: list[Contact]) -> None:
+            new = [p for p in peers if p.node_id != own and (p.host, p.port) not in told]
+            told.update((p.host, p.port) for p in new)
+            if new and on_peers is not None:
+                on_peers(new)
+
+        tell(local)
         result = await self.lookup(
             key,
             get_peers=True,
             enough_peers=self.tuning.enough_peers,
             deadline=deadline,
             purpose="find_peers",
+            on_peers=tell if on_peers is not None else None,
         )
         merged: dict[Address, Contact] = {}
         for peer in [*result.peers, *local]:

@@ -3,9 +3,9 @@ drives it, with the simulated network in place of sockets and bytes.
 
 Owns: the I/O the scheduler asks for, done on the simulated internet: DHT lookups (the node's
 real `DhtNode.find_peers`), piece lists and pieces from other simulated nodes, one mirror stream
-at a time in doubling windows, audit blocks. Follows the real driver's policy with its own
-constants (lookup deadline, the mirror's race for one-piece files, the early repeated lookups,
-`LoneStreak`, bans in `PeerPenalties`). Trusts: the scheduler's verdicts. Every piece carries its
+at a time in doubling windows, audit blocks. The policy is the daemon's own: `LookupPlan` and
+`MirrorRace` (swarm/lookup_plan.py) for the lookups and the mirror's wait, the window growth
+there, bans as in `PeerPenalties`. Trusts: the scheduler's verdicts. Every piece carries its
 true digest (the simulated peers are honest), so the check that each accepted piece has the true
 digest stands for the whole-file SHA256.
 
@@ -19,22 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dhtdeb.discovery import Peer
 from dhtdeb.sim.network import TransferAborted
-from dhtdeb.swarm.download import (
-    BAN_SECONDS,
-    EARLY_LOOKUPS,
-    LOOKUP_DEADLINE,
-    LOOKUP_INTERVAL,
-    MIRROR_RACE,
-    MIRROR_WINDOW_MAX,
-    MISBEHAVIOUR_BAN_SECONDS,
-)
+from dhtdeb.swarm.download import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, next_window, window_end
 from dhtdeb.swarm.pieces import PieceList, piece_count, piece_span
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -257,43 +249,67 @@ class SimDownload:
     # -- finding peers ------------------------------------------------------------------------
 
     async def _lookup(self) -> None:
-        small = self.pieces == 1
-        streak = self.node.streak
-        if small and streak.alone:
+        """SwarmDownload._lookup without the holders asked before the DHT."""
+        clock = self.node.world.clock
+        plan = LookupPlan(self.pieces, self.node.race)
+        if plan.alone():
             self.scheduler.lookup_deadline_passed()
             self._wake.set()
-        first = asyncio.ensure_future(self._find_peers(first=True))
+        first = asyncio.ensure_future(self._find_peers(plan))
         try:
-            await asyncio.wait({first}, timeout=MIRROR_RACE if small else None)
+            await asyncio.wait({first}, timeout=plan.mirror_wait(clock.now()))
             self.scheduler.lookup_deadline_passed()
             self._wake.set()
-            found = await first
+            found = await asyncio.shield(first)
         finally:
-            first.cancel()
-        streak.report(found)
+            self.node.background.add(first)  # runs to its end for the race's history
+            first.add_done_callback(self.node.background.discard)
+        plan.first_lookup_ended(found)
         self.scheduler.lookup_deadline_passed()
         self._wake.set()
-        for pause in itertools.chain(EARLY_LOOKUPS, itertools.repeat(LOOKUP_INTERVAL)):
+        for pause in plan.later_lookups():
             await asyncio.sleep(pause)
-            await self._find_peers(first=False)
+            await self._find_peers(None)
             self._wake.set()
 
-    async def _find_peers(self, *, first: bool) -> bool:
+    async def _find_peers(self, plan: LookupPlan | None) -> bool:
+        """One lookup, its peers handed over as they come; for the first (`plan`), the tally
+        gets the time to the first peer that holds the file (or the lookup's whole time)."""
         node = self.node
         dht = node.dht
         if dht is None:
             return False
-        clock = node.world.clock
-        started = clock.now()
-        holders = node.world.announced_holders(self.sha256, started, node) if first else 0
-        found = await dht.find_peers(self.sha256, LOOKUP_DEADLINE)
-        usable = [p for p in found if p.node != node.node_id and node.penalties.allowed(p)]
-        if first:
-            holding = node.world.holding(self.sha256, usable)
-            node.world.tally.lookup(clock.now() - started, holders, holding)
-        if usable:
+        world = node.world
+        started = world.clock.now()
+        holders = world.announced_holders(self.sha256, started, node) if plan else 0
+        told: set[Peer] = set()
+        holder_after: float | None = None
+
+        def found(peers: list[Peer]) -> None:
+            nonlocal holder_after
+            usable = [
+                p
+                for p in peers
+                if p not in told and p.node != node.node_id and node.penalties.allowed(p)
+            ]
+            if not usable:
+                return
+            told.update(usable)
+            now = world.clock.now()
             self.scheduler.peers_found(usable)
-        return bool(usable)
+            if plan is not None:
+                if holder_after is None and world.holding(self.sha256, usable):
+                    holder_after = now - started
+                if plan.peers_found(now):
+                    self.scheduler.lookup_deadline_passed()
+            self._wake.set()
+
+        found(await dht.find_peers(self.sha256, LOOKUP_DEADLINE, found))
+        if plan is not None:
+            plan.dht_lookup_ended(world.clock.now())
+            seconds = holder_after if holder_after is not None else world.clock.now() - started
+            world.tally.lookup(seconds, holders, int(holder_after is not None))
+        return bool(told)
 
     # -- peers ----------------------------------------------------------------------------------
 
@@ -354,15 +370,11 @@ class SimDownload:
         index, window = first, 1
         try:
             while index < self.pieces and self.scheduler.mirror_continue(index):
-                last = min(self.pieces, index + window) - 1
-                last = next(
-                    (j - 1 for j in range(index + 1, last + 1) if self.scheduler.is_accepted(j)),
-                    last,
-                )
+                last = window_end(index, window, self.pieces, self.scheduler.is_accepted)
                 after = await self._mirror_request(index, last)
                 if after is None:
                     break
-                index, window = after, min(window * 2, MIRROR_WINDOW_MAX)
+                index, window = after, next_window(window)
         except TransferAborted as exc:
             error = str(exc) or "mirror transfer aborted"
         finally:

@@ -24,7 +24,8 @@ from dhtdeb.netaddr import HostPort
 from dhtdeb.sim.download import ListAnswer, SimDownload, true_digests
 from dhtdeb.sim.network import DHT_PORT, Link, TransferAborted
 from dhtdeb.sim.workload import DebFile, MachinePlan
-from dhtdeb.swarm.download import LoneStreak, PeerPenalties
+from dhtdeb.swarm.download import PeerPenalties
+from dhtdeb.swarm.lookup_plan import MirrorRace
 from dhtdeb.swarm.pieces import PieceList
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ class SimNode:
         self.stored_at: dict[str, float] = {}
         self.downloads: dict[str, SimDownload] = {}
         self.uploads = 0
-        self.streak = LoneStreak()
+        self.race = MirrorRace()
+        self.background: set[asyncio.Task[bool]] = set()  # first lookups outliving downloads
         self.penalties = PeerPenalties(world.clock)
         self.dht: DhtNode | None = None
         self.online = False
@@ -111,7 +113,7 @@ class SimNode:
     async def leave(self) -> None:
         """Shut down: downloads stop, uploads are cut, the DHT saves its contacts."""
         self.online = False
-        tasks, self._tasks = self._tasks, []
+        tasks, self._tasks = [*self._tasks, *self.background], []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

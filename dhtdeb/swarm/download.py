@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import itertools
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -34,6 +33,13 @@ from dhtdeb.swarm.holders import (
     Sighting,
     keep_waiting,
     worth_waiting_for,
+)
+from dhtdeb.swarm.lookup_plan import (
+    LOOKUP_DEADLINE,
+    LookupPlan,
+    MirrorRace,
+    next_window,
+    window_end,
 )
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
@@ -65,26 +71,9 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-# Seconds the DHT gets before the mirror may start. Short: a lookup that has found nobody waits
-# for late replies until its deadline (one dead node in the path is enough), and every miss would
-# pay that; peers found by the later lookups still take over the pieces the mirror has not sent.
-LOOKUP_DEADLINE = 0.3
-# Seconds the mirror waits for the DHT before it starts anyway, for a file of one piece (most of
-# apt's): the race. A lookup that comes back later costs apt nothing. A file of several pieces
-# waits for its lookup (LOOKUP_DEADLINE at most): a classroom's machines must find each other
-# before they split the mirror's pieces (racing them cost 1.73x the mirror bytes, not 1.44x).
-# The holders asked first (swarm/holders.py) are not raced: they answer within a LAN round trip,
-# and a classroom's machines wait for each other there.
-MIRROR_RACE = 0.02
-ALONE_AFTER = 8  # downloads in a row that found nobody before the mirror stops waiting (LoneStreak)
-LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
-# The first repeats come sooner: in a flash crowd every node's first lookup runs before the
-# others have announced, and until they find each other they all stream piece 0 from the mirror.
-EARLY_LOOKUPS = (0.25, 0.5, 1.0)  # pauses before the 2nd, 3rd and 4th lookup
 BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
-MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
 INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
 YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two asks whether to give it up
 # Seconds apt may be kept waiting at a piece taken on a downloading peer's word before the bytes
@@ -131,23 +120,6 @@ class PeerPenalties:
         return until is None or until <= self.clock.now()
 
 
-@dataclass
-class LoneStreak:
-    """How many downloads in a row found nobody at all: no hinted holder holding, fetching or
-    starting the file, no peer in the DHT. After `ALONE_AFTER` of them this node is taken to be
-    the first of its fleet to fetch this batch (or alone), and the mirror no longer waits for
-    the lookups; the first download that finds someone ends the streak."""
-
-    count: int = 0
-
-    def report(self, found_someone: bool) -> None:
-        self.count = 0 if found_someone else self.count + 1
-
-    @property
-    def alone(self) -> bool:
-        return self.count >= ALONE_AFTER
-
-
 @dataclass(frozen=True)
 class SwarmContext:
     """What every swarm download of this node shares."""
@@ -164,7 +136,9 @@ class SwarmContext:
     # Addresses that answered with this node's own id (it listens on 0.0.0.0 and may find
     # itself under an address only the others know).
     own_addresses: set[Peer] = field(default_factory=set)
-    streak: LoneStreak = field(default_factory=LoneStreak)
+    race: MirrorRace = field(default_factory=MirrorRace)  # how long the mirror waits for lookups
+    # First lookups that outlive their download (they report to `race` when they end).
+    background: set[asyncio.Task[bool]] = field(default_factory=set)
     ledger: PeerLedger = field(default_factory=PeerLedger)  # the peers known, for people
 
     def is_self(self, peer: Peer) -> bool:
@@ -531,36 +505,35 @@ class SwarmDownload:
 
     async def _lookup(self) -> None:
         """Ask the peers that served this node lately (one LAN round trip, batched with the
-        other files apt is fetching), then, unless one of them holds the file, race the DHT
-        against the lookup deadline; then look again every LOOKUP_INTERVAL: peers that start
+        other files apt is fetching), then, unless one of them holds the file, the DHT, while
+        the mirror waits as `LookupPlan` says; then look again now and then: peers that start
         the same download later (a flash crowd) announce themselves too."""
-        # Races are for files of one piece: a file of several is where a crowd splits the
-        # mirror's pieces, and its members must find each other before the mirror starts.
-        small = self._piece_count == 1
-        alone = small and self._ctx.streak.alone
-        if alone:
+        ctx = self._ctx
+        plan = LookupPlan(self._piece_count, ctx.race)
+        if plan.alone():
             # Nobody had any of the last files: the mirror starts now, the lookups run beside.
             self._scheduler.lookup_deadline_passed()
             self._wake.set()
-        hinted = await self._ask_holders(wait=not alone)
+        hinted = await self._ask_holders(wait=not plan.alone())
         found = bool(hinted) or self._sighted
-        if not hinted:
-            first = asyncio.ensure_future(self._find_peers())
+        if hinted:
+            plan.hinted()
+        else:
+            first = asyncio.ensure_future(self._find_peers(plan))
             try:
-                await asyncio.wait({first}, timeout=MIRROR_RACE if small else None)
+                await asyncio.wait({first}, timeout=plan.mirror_wait(ctx.clock.now()))
                 self._scheduler.lookup_deadline_passed()
                 self._wake.set()
-                found = await first or found
+                found = await asyncio.shield(first) or found
             finally:
-                first.cancel()
-        self._ctx.streak.report(found)
+                ctx.background.add(first)  # runs to its end for the race's history
+                first.add_done_callback(ctx.background.discard)
+        plan.first_lookup_ended(found)
         self._scheduler.lookup_deadline_passed()
         self._wake.set()
-        # With holders at hand there is no crowd to find in a hurry: later lookups only.
-        early = () if hinted else EARLY_LOOKUPS
-        for pause in itertools.chain(early, itertools.repeat(LOOKUP_INTERVAL)):
+        for pause in plan.later_lookups():
             await asyncio.sleep(pause)
-            await self._find_peers()
+            await self._find_peers(None)
             self._wake.set()
 
     async def _ask_holders(self, *, wait: bool = True) -> list[Peer]:
@@ -622,21 +595,39 @@ class SwarmDownload:
         caught lying: likely holders of the next files apt asks for."""
         return [p for p in self._bytes_by_peer if self._ctx.penalties.allowed(p)]
 
-    async def _find_peers(self) -> bool:
-        """One DHT lookup; whether it found usable peers."""
+    async def _find_peers(self, plan: LookupPlan | None) -> bool:
+        """One DHT lookup; whether it found usable peers. They are handed to the scheduler as
+        they come, not when the lookup ends: one holder is what a small file needs."""
+        ctx = self._ctx
+        told: set[Peer] = set()
+
+        def found(peers: list[Peer]) -> None:
+            usable = [
+                p
+                for p in peers
+                if p not in told and not ctx.is_self(p) and ctx.penalties.allowed(p)
+            ]
+            if not usable:
+                return
+            told.update(usable)
+            now = ctx.clock.now()
+            for peer in usable:
+                ctx.ledger.found(peer, VIA_DHT, now)
+            self._scheduler.peers_found(usable)
+            if plan is not None and plan.peers_found(now):
+                self._scheduler.lookup_deadline_passed()
+            self._wake.set()
+
         try:
-            found = await self._ctx.discovery.find_peers(self._sha256, LOOKUP_DEADLINE)
+            peers = await ctx.discovery.find_peers(self._sha256, LOOKUP_DEADLINE, found)
         except DhtdebError as exc:
             log.warning("DHT lookup for %s failed: %s", self._sha256[:12], exc)
-            found = []
-        usable = [p for p in found if not self._ctx.is_self(p) and self._ctx.penalties.allowed(p)]
-        log.debug("DHT: %d peers for %s, %d usable", len(found), self._sha256[:12], len(usable))
-        if usable:
-            now = self._ctx.clock.now()
-            for peer in usable:
-                self._ctx.ledger.found(peer, VIA_DHT, now)
-            self._scheduler.peers_found(usable)
-        return bool(usable)
+            peers = []
+        found(peers)  # those a discovery without `on_peers` returns only now
+        if plan is not None:
+            plan.dht_lookup_ended(ctx.clock.now())
+        log.debug("DHT: %d peers for %s, %d usable", len(peers), self._sha256[:12], len(told))
+        return bool(told)
 
     async def _fetch_list(self, peer: Peer) -> None:
         try:
@@ -764,16 +755,11 @@ class SwarmDownload:
         index, window = first, 1
         try:
             while index < self._piece_count and self._scheduler.mirror_continue(index):
-                last = min(self._piece_count, index + window) - 1
-                # Never ask for pieces already accepted (e.g. the last one, checked early).
-                last = next(
-                    (j - 1 for j in range(index + 1, last + 1) if self._scheduler.is_accepted(j)),
-                    last,
-                )
+                last = window_end(index, window, self._piece_count, self._scheduler.is_accepted)
                 after = await self._mirror_window(index, last)
                 if after is None:
                     break
-                index, window = after, min(window * 2, MIRROR_WINDOW_MAX)
+                index, window = after, next_window(window)
         except DhtdebError as exc:
             error = str(exc)
         except asyncio.CancelledError:

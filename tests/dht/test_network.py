@@ -149,3 +149,28 @@ async def test_bootstrap_node_runs_until_cancelled_and_saves_state(tmp_path: Pat
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert json.loads((state / "dht.json").read_text())["format"] == 1
+
+
+async def test_peers_are_told_as_the_lookup_finds_them_each_once(swarm: Swarm) -> None:
+    """A download needs one holder, not the converged answer: `on_peers` hears of every peer
+    before `find_peers` returns, each once; a node that stores announces for the key tells
+    them before it sends a single datagram."""
+    await swarm.grow(40)
+    announcers = swarm.nodes[:3]
+    for node in announcers:
+        await node.announce(sha("streamed"))
+    expected = {Peer("127.0.0.1", n.address.port) for n in announcers}
+    asker = next(n for n in swarm.nodes[3:] if not n.statistics().stored_keys)
+    batches: list[list[Peer]] = []
+    found = await asker.find_peers(sha("streamed"), 5.0, batches.append)
+    told = [peer for batch in batches for peer in batch]
+    assert set(found) == expected and len(told) == len(set(told)) and set(told) == set(found)
+
+    storer = next(n for n in swarm.nodes[3:] if n.statistics().stored_keys)
+    before = storer.counters().get("bytes_sent", 0)
+    sent: list[int] = []
+    await storer.find_peers(
+        sha("streamed"), 5.0, lambda peers: sent.append(storer.counters().get("bytes_sent", 0))
+    )
+    assert sent and sent[0] == before  # its own store's entries: no datagram was needed
+    assert storer.counters().get("bytes_sent", 0) > before  # the lookup ran on after that

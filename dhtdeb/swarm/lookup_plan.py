@@ -1,0 +1,164 @@
+"""When a download looks for peers, and how long the mirror waits for them: the drivers' policy.
+
+Owns: the lookup cadence of one download (the first lookup, a few early repeats, then one every
+`LOOKUP_INTERVAL`), how long the mirror waits for the first lookup, the node-wide memory that
+sets that wait (`MirrorRace`, with the `LoneStreak` of downloads that found nobody), and the growth
+of the mirror's request windows. Trusts: what the driver reports, with the time it happened.
+
+Sans-I/O: every method takes `now`; the daemon's driver (swarm/download.py) and the simulation's
+(sim/download.py) both follow it, so the simulation measures the daemon's policy, not a copy.
+
+The mirror's wait. A file of several pieces waits for its first lookup (`LOOKUP_DEADLINE` at
+most): a classroom's machines must find each other before they split the mirror's pieces. A
+file of one piece (most of apt's) races: the mirror waits only as long as this node's recent
+lookups took to find their first holder (the whole lookup deadline until it knows), the floor
+while few of them find anybody, and not at all while it is alone; the wait ends early when the
+lookup ends or names a holder. On a LAN a holder comes within milliseconds and the floor,
+`MIRROR_RACE`, applies; on the internet it comes after a few round trips (0.1-0.3 s), and a race
+of 20 ms there sent nearly every small file to the mirror whatever the DHT held
+(docs/simulation.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+# Seconds a lookup may take. Short: a lookup that has found nobody waits for late replies until
+# its deadline (one dead node in the path is enough), and every miss would pay that; peers found
+# by the later lookups still take over the pieces the mirror has not sent.
+LOOKUP_DEADLINE = 0.3
+# The shortest race of the mirror for a one-piece file: a LAN lookup's time, with room. A lookup
+# that comes back later costs apt nothing.
+MIRROR_RACE = 0.02
+RACE_HEADROOM = 1.5  # the race lasts this times the recent time to a first holder (its p80)
+RACE_HISTORY = 32  # first lookups remembered
+RACE_SAMPLES_MIN = 4  # found holders before the history sets the race
+RACE_HIT_SHARE_MIN = 0.25  # below this share of first lookups finding someone, the floor applies
+ALONE_AFTER = 8  # downloads in a row that found nobody before the mirror stops waiting (LoneStreak)
+LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
+# The first repeats come sooner: in a flash crowd every node's first lookup runs before the
+# others have announced, and until they find each other they all stream piece 0 from the mirror.
+EARLY_LOOKUPS = (0.25, 0.5, 1.0)  # pauses before the 2nd, 3rd and 4th lookup
+MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+
+
+@dataclass
+class LoneStreak:
+    """How many downloads in a row found nobody at all: no hinted holder holding, fetching or
+    starting the file, no peer in the DHT. After `ALONE_AFTER` of them this node is taken to be
+    the first of its fleet to fetch this batch (or alone), and the mirror no longer waits for
+    the lookups; the first download that finds someone ends the streak."""
+
+    count: int = 0
+
+    def report(self, found_someone: bool) -> None:
+        self.count = 0 if found_someone else self.count + 1
+
+    @property
+    def alone(self) -> bool:
+        return self.count >= ALONE_AFTER
+
+
+@dataclass
+class MirrorRace:
+    """Node-wide: how long this node's first lookups took to find a holder, and so how long the
+    mirror waits for the lookup of a one-piece file."""
+
+    streak: LoneStreak = field(default_factory=LoneStreak)
+    # (found a holder, seconds to the first one) of the last first lookups
+    _recent: deque[tuple[bool, float]] = field(default_factory=lambda: deque(maxlen=RACE_HISTORY))
+
+    def wait(self) -> float:
+        """Seconds the mirror gives the first lookup of a one-piece file."""
+        if self.streak.alone:
+            return 0.0
+        times = sorted(seconds for found, seconds in self._recent if found)
+        if len(self._recent) < RACE_SAMPLES_MIN:
+            return LOOKUP_DEADLINE  # nothing known yet: the lookup gets its time
+        if len(times) < RACE_SAMPLES_MIN or len(times) < RACE_HIT_SHARE_MIN * len(self._recent):
+            return MIRROR_RACE
+        p80 = times[min(len(times) - 1, (len(times) * 4) // 5)]
+        return min(LOOKUP_DEADLINE, max(MIRROR_RACE, RACE_HEADROOM * p80))
+
+    def first_lookup(self, found: bool, seconds: float) -> None:
+        """A download's first lookup: whether it found a holder, and after how long (the first
+        one, not the lookup's end)."""
+        self._recent.append((found, seconds))
+
+
+class LookupPlan:
+    """One download's lookups: when the mirror may stop waiting, and the pauses between them."""
+
+    def __init__(self, pieces: int, race: MirrorRace) -> None:
+        self._small = pieces == 1
+        self._race = race
+        self._hinted = False
+        self._dht_started: float | None = None
+        self._first_found: float | None = None
+        self._first_ended = False
+
+    def alone(self) -> bool:
+        """A one-piece file while this node is alone: the mirror starts at once, and the
+        holders asked before the DHT are not waited for."""
+        return self._small and self._race.streak.alone
+
+    def hinted(self) -> None:
+        """The holders asked before the DHT named some: no DHT lookup first, and the later ones
+        need no hurry."""
+        self._hinted = True
+
+    def mirror_wait(self, now: float) -> float | None:
+        """The first DHT lookup starts: the seconds the mirror waits for it (0 while alone,
+        the race for a one-piece file), or None (until it ends) for a file of several pieces."""
+        self._dht_started = now
+        if not self._small:
+            return None
+        return self._race.wait()
+
+    def peers_found(self, now: float) -> bool:
+        """Usable peers arrived from the DHT (the lookup may still be running). True when the
+        mirror's wait is over: a one-piece file is asked of them at once, and if they fail, the
+        mirror should not wait on for more."""
+        if self._first_found is None:
+            self._first_found = now
+        return self._small
+
+    def dht_lookup_ended(self, now: float) -> None:
+        """The first DHT lookup returned: how long it took to find a holder, or that it found
+        none, goes into the race's history. (The driver lets that lookup run to its end even
+        when the mirror delivered the file first: otherwise only slow downloads would report.)"""
+        if self._dht_started is None:
+            return
+        if self._first_found is not None:
+            self._race.first_lookup(True, self._first_found - self._dht_started)
+        else:
+            self._race.first_lookup(False, now - self._dht_started)
+
+    def first_lookup_ended(self, found: bool) -> None:
+        """The first lookup returned (or was skipped for hinted holders); `found`: it, or the
+        holders asked before it, found somebody."""
+        if not self._first_ended:
+            self._first_ended = True
+            self._race.streak.report(found)
+
+    def later_lookups(self) -> Iterator[float]:
+        """The pauses before each later lookup. With holders at hand there is no crowd to find
+        in a hurry: no early repeats then."""
+        early = () if self._hinted else EARLY_LOOKUPS
+        return itertools.chain(early, itertools.repeat(LOOKUP_INTERVAL))
+
+
+def next_window(window: int) -> int:
+    """The mirror's next request window, in pieces: doubling from one up to the maximum (an
+    open-ended request would push megabytes into socket buffers, wasted once peers take over)."""
+    return min(window * 2, MIRROR_WINDOW_MAX)
+
+
+def window_end(first: int, window: int, pieces: int, accepted: Callable[[int], bool]) -> int:
+    """The last piece of a window from `first`: never past the file, and never into a piece
+    already accepted (e.g. the last one, checked early)."""
+    last = min(pieces, first + window) - 1
+    return next((j - 1 for j in range(first + 1, last + 1) if accepted(j)), last)

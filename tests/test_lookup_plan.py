@@ -1,0 +1,110 @@
+"""The drivers' policy for lookups and the mirror's wait (swarm/lookup_plan.py)."""
+
+from __future__ import annotations
+
+from dhtdeb.swarm.lookup_plan import (
+    ALONE_AFTER,
+    EARLY_LOOKUPS,
+    LOOKUP_DEADLINE,
+    LOOKUP_INTERVAL,
+    MIRROR_RACE,
+    RACE_SAMPLES_MIN,
+    LookupPlan,
+    MirrorRace,
+    next_window,
+    window_end,
+)
+
+
+def first_lookups(race: MirrorRace, outcomes: list[tuple[bool, float]], now: float = 0.0) -> None:
+    """Downloads of one-piece files whose first lookups found a holder after `seconds` (or
+    ended empty-handed after them)."""
+    for found, seconds in outcomes:
+        plan = LookupPlan(1, race)
+        race_before = plan.mirror_wait(now)
+        assert race_before is not None
+        if found:
+            plan.peers_found(now + seconds)
+            plan.dht_lookup_ended(now + LOOKUP_DEADLINE)
+        else:
+            plan.dht_lookup_ended(now + seconds)
+        plan.first_lookup_ended(found)
+        now += 1.0
+
+
+def test_a_new_node_gives_its_first_lookups_their_time() -> None:
+    assert LookupPlan(1, MirrorRace()).mirror_wait(0.0) == LOOKUP_DEADLINE
+
+
+def test_a_file_of_several_pieces_waits_for_its_lookup() -> None:
+    race = MirrorRace()
+    first_lookups(race, [(True, 0.15)] * 10)
+    plan = LookupPlan(5, race)
+    assert plan.mirror_wait(0.0) is None
+    assert not plan.peers_found(0.1)  # a crowd must find each other: the lookup's end
+
+
+def test_the_race_follows_the_time_lookups_take_to_find_a_holder() -> None:
+    """On the internet a holder comes after a few round trips: the mirror waits that long."""
+    race = MirrorRace()
+    first_lookups(race, [(True, 0.1)] * (RACE_SAMPLES_MIN - 1))
+    assert race.wait() == LOOKUP_DEADLINE  # too few to go by
+    first_lookups(race, [(True, 0.1)])
+    assert abs(race.wait() - 0.15) < 1e-9
+    first_lookups(race, [(True, 0.004)] * 32)  # a LAN: the floor
+    assert race.wait() == MIRROR_RACE
+    first_lookups(race, [(True, 1.0)] * 32)  # never past the lookup's own deadline
+    assert race.wait() == LOOKUP_DEADLINE
+
+
+def test_lookups_that_mostly_find_nobody_keep_the_race_short() -> None:
+    race = MirrorRace()
+    misses = [(False, 0.3)] * (ALONE_AFTER - 2)  # not enough in a row to be alone
+    first_lookups(
+        race, [(True, 0.2), *misses] * 4 + [(True, 0.2), (False, 0.3), (False, 0.3), (False, 0.3)]
+    )
+    assert not race.streak.alone
+    assert race.wait() == MIRROR_RACE  # 5 of the last 32 found someone
+
+
+def test_alone_the_mirror_does_not_wait_and_the_first_find_ends_that() -> None:
+    race = MirrorRace()
+    first_lookups(race, [(False, 0.3)] * ALONE_AFTER)
+    plan = LookupPlan(1, race)
+    assert plan.alone() and plan.mirror_wait(0.0) == 0.0
+    assert not LookupPlan(3, race).alone()  # a crowd's file still waits for its lookup
+    first_lookups(race, [(True, 0.05)])
+    assert not LookupPlan(1, race).alone()
+
+
+def test_a_lookup_that_runs_past_its_download_still_counts_once() -> None:
+    race = MirrorRace()
+    plan = LookupPlan(1, race)
+    plan.mirror_wait(10.0)
+    assert plan.peers_found(10.12)  # a one-piece file: the mirror waits no longer
+    plan.peers_found(10.2)  # a later batch of the same lookup
+    plan.first_lookup_ended(True)
+    plan.first_lookup_ended(True)  # reported once
+    plan.dht_lookup_ended(10.3)
+    assert race.streak.count == 0
+    first_lookups(race, [(True, 0.12)] * (RACE_SAMPLES_MIN - 1))
+    assert abs(race.wait() - 1.5 * 0.12) < 1e-9
+
+
+def test_later_lookups_come_early_in_a_crowd_and_slowly_beside_holders() -> None:
+    plan = LookupPlan(4, MirrorRace())
+    pauses = plan.later_lookups()
+    assert [next(pauses) for _ in range(len(EARLY_LOOKUPS) + 2)] == [
+        *EARLY_LOOKUPS,
+        LOOKUP_INTERVAL,
+        LOOKUP_INTERVAL,
+    ]
+    plan.hinted()
+    assert next(plan.later_lookups()) == LOOKUP_INTERVAL
+
+
+def test_mirror_windows_double_and_stop_before_accepted_pieces() -> None:
+    assert [next_window(w) for w in (1, 2, 32, 64)] == [2, 4, 64, 64]
+    assert window_end(0, 1, 10, lambda i: False) == 0
+    assert window_end(2, 8, 10, lambda i: False) == 9  # the file's end
+    assert window_end(2, 8, 10, lambda i: i == 6) == 5  # not into an accepted piece
