@@ -42,6 +42,7 @@ from kademlia.protocol import KademliaProtocol
 from dhtdeb.clock import Clock
 from dhtdeb.dht.guards import QuietLog, SourceLimiter, WriteTokens, source_key
 from dhtdeb.dht.peer_store import PeerStore
+from dhtdeb.dht.reachability import SILENT_WINDOW, Reachability
 from dhtdeb.dht.routing import DhtRoutingTable
 from dhtdeb.dht.wire import (
     ID_SIZE,
@@ -178,6 +179,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         # Addresses that let a request of ours time out lately: lookups skip them for a while
         # (a dead node stays in the tables of nodes that never ask it, which keep handing it out).
         self._silent: OrderedDict[Address, tuple[int, float]] = OrderedDict()
+        self.reachability = Reachability()
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; a typo must stay a typo
@@ -197,6 +199,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     def _send(self, data: bytes, address: Address) -> None:
         if self.transport is None:
             return
+        self.reachability.sent(address, self.clock.now())
         self.counters["bytes_sent"] += len(data)
         self.counters["datagrams_sent"] += 1
         try:
@@ -243,6 +246,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- serving requests --------------------------------------------------------------------
     def _accept_request(self, request: Request, address: Address, size: int) -> None:
         self.counters[f"requests_{request.method}"] += 1
+        self.reachability.request_from(address, self.clock.now())
         if len(request.keys) > 1:
             self.counters["batched_keys"] += len(request.keys)
         body: dict[str, Any] = {"id": self.source_node.id}
@@ -496,6 +500,26 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if reply.token is not None:
             self._remember_token(address, reply.token)
         return reply
+
+    def looks_unreachable(self) -> bool:
+        """No stranger has asked this node anything lately although it knows enough of the
+        network to be asked: behind NAT (reachability.py). Logged when the verdict changes."""
+        before = self.reachability.unreachable
+        verdict = self.reachability.judge(self.clock.now(), len(self.router))
+        if verdict != before:
+            self.counters["reachability_changes"] += 1
+            if verdict:
+                log.warning(
+                    "DHT: no node has contacted this one unasked for %.0f minutes although %d"
+                    " are known: it looks unreachable from outside (NAT, or a firewall on the"
+                    " DHT's UDP and the peers' TCP port); it stops announcing its files until"
+                    " one does",
+                    SILENT_WINDOW / 60,
+                    len(self.router),
+                )
+            else:
+                log.info("DHT: contacted unasked again: announcing files again")
+        return verdict
 
     def recently_silent(self, address: Address) -> bool:
         """SILENT_AFTER requests of ours to `address` in a row timed out, the last within

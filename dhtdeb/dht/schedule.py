@@ -41,6 +41,12 @@ class AnnounceSchedule:
             self._reached.discard(key)
             self._set(key, now + RETRY_AFTER * (1.0 + self._rng.random()))
 
+    def withheld(self, key: str) -> None:
+        """Not announced (this node looks unreachable): tried again after RETRY_AFTER, and not
+        among the `unreached` keys that are queued again at once."""
+        self._reached.add(key)
+        self._set(key, self._clock.now() + RETRY_AFTER * (1.0 + self._rng.random()))
+
     def forget(self, key: str) -> None:
         self._due.pop(key, None)
 

@@ -239,6 +239,8 @@ class DhtServer(Server):  # type: ignore[misc]
         dropped). How many files some node accepted."""
         for sha256 in sha256s:
             self.schedule.forget(sha256)
+        if self._withhold(sha256s):
+            return 0
         keys = [dht_key(sha256) for sha256 in sha256s]
         results = await asyncio.gather(*(self.lookup(key, get_peers=True) for key in keys))
         calls = [
@@ -263,10 +265,22 @@ class DhtServer(Server):  # type: ignore[misc]
     async def announce(self, sha256_hex: str) -> bool:
         key = dht_key(sha256_hex)
         self.schedule.forget(sha256_hex)
+        if self._withhold([sha256_hex]):
+            return False
         accepted = await self.announce_key(key)
         self.schedule.announced(sha256_hex, accepted > 0)
         self._count_announce(accepted > 0)
         return accepted > 0
+
+    def _withhold(self, sha256s: Sequence[str]) -> bool:
+        """Whether this node looks unreachable (reachability.py): then nothing is announced,
+        and the keys wait in the schedule."""
+        if not self.protocol.looks_unreachable():
+            return False
+        for sha256 in sha256s:
+            self.schedule.withheld(sha256)
+        self.protocol.counters["announces_withheld"] += len(sha256s)
+        return True
 
     def _count_announce(self, accepted: bool) -> None:
         """One announce of one of this node's files: some node accepted it, or none did."""
@@ -282,6 +296,7 @@ class DhtServer(Server):  # type: ignore[misc]
     async def maintain(self, state_dir: Path | None = None) -> None:
         """One maintenance tick; every decision reads the injected clock."""
         self.storage.expire()
+        self.protocol.looks_unreachable()  # the evidence is judged every tick
         if not len(self.protocol.router) and self.join_addresses:
             await self.bootstrap(list(self.join_addresses))
         await self._refresh_table()
