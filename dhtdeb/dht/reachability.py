@@ -59,9 +59,7 @@ class Reachability:
             self._known_since = now
         heard = self._stranger_at is not None and now - self._stranger_at <= SILENT_WINDOW
         self.unreachable = (
-            not heard
-            and self._known_since is not None
-            and now - self._known_since >= SILENT_WINDOW
+            not heard and self._known_since is not None and now - self._known_since >= SILENT_WINDOW
         )
         return self.unreachable
 

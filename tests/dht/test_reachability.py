@@ -63,8 +63,7 @@ async def test_a_node_nobody_reaches_unasked_withholds_its_announces(
         assert not await node.engine.announce(sha("withheld"))
         assert protocol.counters["announces_withheld"] == 1
         assert not any(
-            n.engine.storage.entries(bytes.fromhex(sha("withheld"))[:20], 10)
-            for n in swarm.nodes
+            n.engine.storage.entries(bytes.fromhex(sha("withheld"))[:20], 10) for n in swarm.nodes
         )
         stranger = await swarm.spawn()  # a new address: nothing was ever sent to it
         await stranger.engine.protocol.ping_address(node.engine.address)
