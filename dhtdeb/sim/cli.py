@@ -1,6 +1,7 @@
 """`dhtdeb sim`: the network simulation's commands (docs/simulation.md).
 
-Owns: the options of `dhtdeb sim scale`, writing its JSON and plots, printing the issue's targets.
+Owns: the options of `dhtdeb sim scale`, writing its JSON, asking for its plots, printing the
+issue's targets.
 The simulation itself is imported when the command runs, so that `dhtdeb --help` stays quick.
 """
 
@@ -44,7 +45,8 @@ def scale(
     ] = 900.0,
 ) -> None:
     """A deterministic discrete-event simulation of a fleet fetching a day's update."""
-    from dhtdeb.sim.report import plot_run, targets_line
+    from dhtdeb.sim.plots import plot_run
+    from dhtdeb.sim.report import targets_line
     from dhtdeb.sim.scale import ScaleParams, run_scale
     from dhtdeb.sim.workload import WorkloadParams
 
