@@ -207,12 +207,12 @@ def plot(
     virtual time, one line per report. Prints the paths of the files it wrote."""
     from dhtdeb.sim.sweep import NotAReport, read_report
 
-    _need_matplotlib("sim plot")
     try:
         loaded = [read_report(path) for path in reports]
     except NotAReport as exc:
         typer.echo(f"dhtdeb: {exc}", err=True)
         raise typer.Exit(2) from None
+    _need_matplotlib("sim plot")
     from dhtdeb.sim.plots import plot_runs
 
     for path in plot_runs(loaded, out):
