@@ -98,7 +98,7 @@ def value_of(report: dict[str, Any], varied: Varied) -> float:
 
 
 def value_text(varied: Varied, value: float) -> str:
-    """How a value reads in a file name and a summary: 300, 0.5, 5.0."""
+    """How a value reads in a point's file name: nodes-300, nat-0.5, session-median-5.0."""
     return str(int(value)) if varied is Varied.NODES else repr(float(value))
 
 
