@@ -1,9 +1,8 @@
-"""What a simulation run measured: counters while it runs, the JSON report, and the plots.
+"""What a simulation run measured: counters while it runs, and the JSON report.
 
 Owns: the byte and file counters (bytes of accepted pieces by source, bytes moved by the mirror
 and by peers including waste, files requested, finished, failed or abandoned), the record of first
 lookups, the mirror's bytes over virtual time and the DHT's datagram bytes. Trusts: its callers.
-Plots need matplotlib (the `sim` extra), imported only when plots are asked for.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -167,43 +165,3 @@ def targets_line(result: dict[str, Any]) -> str:
             )
         )
     return "; ".join(f"{name} {text} {'met' if ok else 'MISSED'}" for name, ok, text in checks)
-
-
-def plot_run(result: dict[str, Any], directory: Path) -> list[Path]:
-    """Plots of one run: the mirror's bytes over virtual time, and the first lookups'
-    durations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory.mkdir(parents=True, exist_ok=True)
-    series = result["mirror_bytes_series"]
-    step = series["step_s"]
-    values = series["bytes"]
-    figure, axes = plt.subplots(figsize=(7, 3.5))
-    axes.bar(
-        [i * step / 3600 for i in range(len(values))],
-        [v / 1e6 for v in values],
-        width=step / 3600,
-        align="edge",
-    )
-    axes.set_xlabel("virtual hours since the update")
-    axes.set_ylabel(f"mirror MB per {step / 60:.0f} min")
-    axes.set_title(f"{result['nodes']} nodes, seed {result['seed']}")
-    path = directory / f"mirror-{result['nodes']}.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    lookups = result["lookup_histogram"]
-    figure, axes = plt.subplots(figsize=(7, 3.5))
-    counts = lookups["counts"]
-    axes.bar([i * lookups["step_s"] for i in range(len(counts))], counts, width=lookups["step_s"])
-    axes.set_xlabel("first lookup of a download, virtual seconds (a holder existed)")
-    axes.set_ylabel("lookups")
-    axes.set_title(f"{result['nodes']} nodes: success {result['lookup_success']:.3f}")
-    latency = directory / f"lookups-{result['nodes']}.png"
-    figure.tight_layout()
-    figure.savefig(latency, dpi=100)
-    plt.close(figure)
-    return [path, latency]
