@@ -5,6 +5,7 @@ from __future__ import annotations
 from dhtdeb.swarm.lookup_plan import (
     ALONE_AFTER,
     EARLY_LOOKUPS,
+    ENOUGH_PEERS,
     LOOKUP_DEADLINE,
     LOOKUP_INTERVAL,
     MIRROR_RACE,
@@ -101,6 +102,17 @@ def test_later_lookups_come_early_in_a_crowd_and_slowly_beside_holders() -> None
     ]
     plan.hinted()
     assert next(plan.later_lookups()) == LOOKUP_INTERVAL
+    assert next(LookupPlan(1, MirrorRace()).later_lookups()) == LOOKUP_INTERVAL  # no crowd split
+
+
+def test_later_lookups_stop_once_enough_peers_answered() -> None:
+    plan = LookupPlan(40, MirrorRace())
+    for peer in range(ENOUGH_PEERS - 1):
+        plan.peer_answered(peer)
+        plan.peer_answered(peer)  # a peer counts once
+    assert plan.wants_more_peers()
+    plan.peer_answered("last")
+    assert not plan.wants_more_peers()
 
 
 def test_mirror_windows_double_and_stop_before_accepted_pieces() -> None:

@@ -90,6 +90,7 @@ class SimDownload:
             rng=node.derived_rng(),
             node=node.node_id,
         )
+        self._plan = LookupPlan(self.pieces, node.race)
         self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._first_source: dict[int, Source] = {}
@@ -251,7 +252,7 @@ class SimDownload:
     async def _lookup(self) -> None:
         """SwarmDownload._lookup without the holders asked before the DHT."""
         clock = self.node.world.clock
-        plan = LookupPlan(self.pieces, self.node.race)
+        plan = self._plan
         if plan.alone():
             self.scheduler.lookup_deadline_passed()
             self._wake.set()
@@ -269,8 +270,9 @@ class SimDownload:
         self._wake.set()
         for pause in plan.later_lookups():
             await asyncio.sleep(pause)
-            await self._find_peers(None)
-            self._wake.set()
+            if plan.wants_more_peers():
+                await self._find_peers(None)
+                self._wake.set()
 
     async def _find_peers(self, plan: LookupPlan | None) -> bool:
         """One lookup, its peers handed over as they come; for the first (`plan`), the tally
@@ -325,6 +327,7 @@ class SimDownload:
         if answer is None:
             self.scheduler.piece_list_failed(peer, "404", misbehaved=False)
             return
+        self._plan.peer_answered(peer)
         self.scheduler.piece_list_received(
             peer,
             answer.pieces,
@@ -361,6 +364,7 @@ class SimDownload:
             return
         finally:
             target.upload_done()
+        self._plan.peer_answered(peer)
         self._received(peer, index)
 
     # -- the mirror -----------------------------------------------------------------------------

@@ -114,7 +114,8 @@ def _figure() -> tuple[Figure, Axes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=(7, 4))
+    return figure, axes
 
 
 def _save(figure: Figure, path: Path, legend: bool) -> None:

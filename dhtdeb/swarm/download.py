@@ -157,6 +157,7 @@ class SwarmDownload:
         self._scheduler = SwarmScheduler(
             self._sha256, self._size, clock=context.clock, rng=context.rng, node=context.node
         )
+        self._plan = LookupPlan(self._piece_count, context.race)
         self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._copies: dict[int, dict[bytes, bytes]] = {}
@@ -509,7 +510,7 @@ class SwarmDownload:
         the mirror waits as `LookupPlan` says; then look again now and then: peers that start
         the same download later (a flash crowd) announce themselves too."""
         ctx = self._ctx
-        plan = LookupPlan(self._piece_count, ctx.race)
+        plan = self._plan
         if plan.alone():
             # Nobody had any of the last files: the mirror starts now, the lookups run beside.
             self._scheduler.lookup_deadline_passed()
@@ -533,8 +534,9 @@ class SwarmDownload:
         self._wake.set()
         for pause in plan.later_lookups():
             await asyncio.sleep(pause)
-            await self._find_peers(None)
-            self._wake.set()
+            if plan.wants_more_peers():
+                await self._find_peers(None)
+                self._wake.set()
 
     async def _ask_holders(self, *, wait: bool = True) -> list[Peer]:
         """The hinted peers that hold this file. For a file of a few pieces nobody holds, when a
@@ -638,6 +640,7 @@ class SwarmDownload:
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
         else:
+            self._plan.peer_answered(peer)
             self._scheduler.piece_list_received(
                 peer,
                 answer.pieces,
@@ -663,6 +666,7 @@ class SwarmDownload:
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True)
             return
+        self._plan.peer_answered(peer)
         self._ctx.counters.bytes.from_peers += len(data)
         self.bytes_from_peers += len(data)
         self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + len(data)

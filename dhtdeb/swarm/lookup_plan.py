@@ -43,6 +43,10 @@ LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (ot
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
 EARLY_LOOKUPS = (0.25, 0.5, 1.0)  # pauses before the 2nd, 3rd and 4th lookup
 MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+# Peers that have answered (a piece list or a piece) after which the later lookups stop: more
+# rarely help, and each lookup is a dozen datagrams to nodes that have their own work. A
+# classroom's crowd (up to 8 machines) never gets there.
+ENOUGH_PEERS = 8
 
 
 @dataclass
@@ -99,6 +103,7 @@ class LookupPlan:
         self._dht_started: float | None = None
         self._first_found: float | None = None
         self._first_ended = False
+        self._answered: set[object] = set()
 
     def alone(self) -> bool:
         """A one-piece file while this node is alone: the mirror starts at once, and the
@@ -144,10 +149,19 @@ class LookupPlan:
             self._first_ended = True
             self._race.streak.report(found)
 
+    def peer_answered(self, peer: object) -> None:
+        """A peer sent a piece list or a piece."""
+        self._answered.add(peer)
+
+    def wants_more_peers(self) -> bool:
+        """Whether the next later lookup is worth its datagrams."""
+        return len(self._answered) < ENOUGH_PEERS
+
     def later_lookups(self) -> Iterator[float]:
-        """The pauses before each later lookup. With holders at hand there is no crowd to find
-        in a hurry: no early repeats then."""
-        early = () if self._hinted else EARLY_LOOKUPS
+        """The pauses before each later lookup. The early repeats are for a crowd that must
+        find each other before its mirror streams split a file's pieces: not for a file of one
+        piece, nor with holders at hand."""
+        early = () if self._hinted or self._small else EARLY_LOOKUPS
         return itertools.chain(early, itertools.repeat(LOOKUP_INTERVAL))
 
 
