@@ -65,7 +65,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 
 from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer
@@ -91,6 +90,7 @@ from dhtdeb.swarm.actions import (
     StartMirror,
 )
 from dhtdeb.swarm.inquiry import Check, Inquiry
+from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
 from dhtdeb.swarm.rendezvous import Rendezvous
 
@@ -117,47 +117,6 @@ __all__ = [
 ]
 
 _MAX_RIVAL_LISTS = 4
-_MIN_ELAPSED = 1e-6
-
-
-class _ListState(Enum):
-    NOT_ASKED = "not asked"
-    PENDING = "pending"
-    RECEIVED = "received"
-
-
-@dataclass(slots=True)
-class _Request:
-    start: float
-    deadline: float
-    overdue: bool = False
-
-
-@dataclass(slots=True)
-class _PeerState:
-    peer: Peer
-    tiebreak: float
-    list_state: _ListState = _ListState.NOT_ASKED
-    have: frozenset[int] | None = None  # None: complete (announced, or said "all")
-    not_held: set[int] = field(default_factory=set)
-    rate: float | None = None
-    errors: int = 0
-    inflight: dict[int, _Request] = field(default_factory=dict)
-    offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
-    # Pieces it took on another downloader's offer and passes on: usable only where their
-    # digest is what a downloader that got the piece from the mirror itself told this node.
-    relays: dict[int, bytes] = field(default_factory=dict)
-    refresh_at: float | None = None  # when to ask a downloading peer for its offers again
-    fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
-    node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
-    busy_until: float = 0.0  # it answered "busy": no requests to it before then
-    # A request of it went overdue, and none has come in time since: one request at a time,
-    # for the highest missing piece, so that a slow peer (or a slowloris) never holds the
-    # pieces the mirror stream is about to take.
-    slow: bool = False
-
-    def holds(self, index: int) -> bool:
-        return (self.have is None or index in self.have) and index not in self.not_held
 
 
 @dataclass(slots=True, eq=False)
@@ -212,16 +171,13 @@ class SwarmScheduler:
         self.failed: str | None = None
 
         self._actions: list[Action] = []
-        self._peers: dict[Peer, _PeerState] = {}
-        self._excluded: dict[Peer, bool] = {}  # peer -> banned (True) or set aside (False)
-        self._peers_seen = False
+        self._table = PeerTable(config, self._span)
         self._deadline_passed = False
 
         self._accepted_flags = [False] * self.piece_count
         self._all_pieces = frozenset(range(self.piece_count))
         self._low = 0  # lowest index not accepted
         self._held: dict[int, Source] = {}
-        self._requests: dict[int, dict[Peer, _Request]] = {}
 
         self._mirror_active = False
         self._mirror_claim: int | None = None
@@ -252,15 +208,7 @@ class SwarmScheduler:
     def peers_found(self, peers: Iterable[Peer]) -> None:
         if self._done():
             return
-        for peer in peers:
-            if peer in self._peers or peer in self._excluded:
-                continue
-            if len(self._peers) >= self._config.max_peers:
-                break
-            if len(self._excluded) >= 4 * self._config.max_peers:
-                break  # cannot remember more exclusions, so admit nobody new
-            self._peers[peer] = _PeerState(peer, tiebreak=self._rng.random())
-            self._peers_seen = True
+        self._table.admit(peers, self._rng)
         self._schedule()
 
     def lookup_deadline_passed(self) -> None:
@@ -283,7 +231,7 @@ class SwarmScheduler:
         `relayed` ones it took on another downloader's offer; `fetching` are the pieces its
         mirror stream is fetching now (left to it for a while), `node` the id it splits the
         mirror's pieces by."""
-        state = self._peers.get(peer)
+        state = self._table.get(peer)
         if self._done() or state is None:
             return
         if (
@@ -299,7 +247,7 @@ class SwarmScheduler:
             state.node = node
             self._schedule()
             return
-        state.list_state = _ListState.RECEIVED
+        state.list_state = ListState.RECEIVED
         state.offers = None
         state.refresh_at = None
         if have is not None:
@@ -311,7 +259,7 @@ class SwarmScheduler:
         self._schedule()
 
     def piece_list_failed(self, peer: Peer, reason: str, misbehaved: bool) -> None:
-        if self._done() or peer not in self._peers:
+        if self._done() or peer not in self._table:
             return
         if misbehaved:
             self._ban(peer, reason, lied=False)
@@ -337,8 +285,8 @@ class SwarmScheduler:
             if self._mirror_claim == index:
                 self._mirror_claim = None
         else:
-            state = self._peers.get(source)
-            if state is not None and self._take_request(source, index) is not None:
+            state = self._table.get(source)
+            if state is not None and self._table.take_request(source, index) is not None:
                 if misbehaved:
                     self._ban(source, reason, lied=False)
                 else:
@@ -351,8 +299,8 @@ class SwarmScheduler:
         again after `busy_backoff`. The piece stays served, so a crowd's busy peers do not send
         everyone to the mirror; after `busy_overdue` of busy answers it counts as overdue."""
         self._check_index(index)
-        state = self._peers.get(peer)
-        if self._done() or state is None or self._take_request(peer, index) is None:
+        state = self._table.get(peer)
+        if self._done() or state is None or self._table.take_request(peer, index) is None:
             return
         now = self._clock.now()
         state.busy_until = now + self._config.busy_backoff
@@ -520,17 +468,11 @@ class SwarmScheduler:
         if self._done():
             return
         now = self._clock.now()
-        for state in self._peers.values():
-            for index, request in state.inflight.items():
-                if not request.overdue and request.deadline <= now:
-                    request.overdue = True
-                    state.slow = True
-                    self._sample_rate(state, index, now - request.start)
+        self._table.tick(now)
+        for state in self._table:
             if state.refresh_at is not None and state.refresh_at <= now:
                 state.refresh_at = None
                 self._emit(RequestPieceList(state.peer))
-            if 0.0 < state.busy_until <= now:
-                state.busy_until = 0.0
         for index, since in self._busy_since.items():
             if since + self._config.busy_overdue <= now:
                 self._busy_late.add(index)
@@ -545,16 +487,10 @@ class SwarmScheduler:
     def next_deadline(self) -> float | None:
         if self._done():
             return None
-        deadlines = [
-            request.deadline
-            for state in self._peers.values()
-            for request in state.inflight.values()
-            if not request.overdue
-        ]
-        deadlines += [s.refresh_at for s in self._peers.values() if s.refresh_at is not None]
+        deadlines = self._table.deadlines()
+        deadlines += [s.refresh_at for s in self._table if s.refresh_at is not None]
         # Deadlines that tick() has not handled yet, passed or not (else a wake-up that comes
         # late would lose them).
-        deadlines += [s.busy_until for s in self._peers.values() if s.busy_until > 0.0]
         timeout = self._config.busy_overdue
         deadlines += [
             since + timeout for i, since in self._busy_since.items() if i not in self._busy_late
@@ -564,7 +500,7 @@ class SwarmScheduler:
     # ------------------------------------------------------------------- views
 
     def peer_rate(self, peer: Peer) -> float | None:
-        state = self._peers.get(peer)
+        state = self._table.get(peer)
         return None if state is None else state.rate
 
     def is_accepted(self, index: int) -> bool:
@@ -585,11 +521,16 @@ class SwarmScheduler:
             return None
         return self._in_use.pieces
 
+    @property
+    def _peers(self) -> PeerTable:
+        """The admitted peers (tests/test_scheduler.py counts them)."""
+        return self._table
+
     # ------------------------------------------------------- piece evaluation
 
     def _offers_received(
         self,
-        state: _PeerState,
+        state: PeerState,
         pieces: PieceList,
         have: frozenset[int],
         fetching: range,
@@ -614,7 +555,7 @@ class SwarmScheduler:
             ):
                 self._ban(state.peer, f"offer for piece {index} contradicts", lied=True)
                 return
-        state.list_state = _ListState.RECEIVED
+        state.list_state = ListState.RECEIVED
         state.offers = {**known, **offers}
         state.relays = {i: d for i, d in relays.items() if i not in state.offers}
         state.not_held.clear()
@@ -629,7 +570,7 @@ class SwarmScheduler:
 
     def _offer_author(self, index: int, digest: bytes) -> Peer | None:
         """A downloader (still usable) that offered piece `index` with `digest` itself."""
-        for state in self._peers.values():
+        for state in self._table:
             if state.offers is not None and state.offers.get(index) == digest:
                 if self._eligible(state):
                     return state.peer
@@ -642,7 +583,7 @@ class SwarmScheduler:
             return True
         return any(
             state.offers is not None and state.offers.get(index) == digest and self._eligible(state)
-            for state in self._peers.values()
+            for state in self._table
         )
 
     def _refresh_relays(self) -> None:
@@ -650,21 +591,21 @@ class SwarmScheduler:
         digest some usable downloader offered this node itself. A relay that got a different
         digest (one of the two was lied to, or lies) is simply not used."""
         offered: dict[int, set[bytes]] = {}
-        for state in self._peers.values():
+        for state in self._table:
             if state.offers is not None and self._eligible(state):
                 for index, digest in state.offers.items():
                     offered.setdefault(index, set()).add(digest)
-        for state in self._peers.values():
+        for state in self._table:
             if state.offers is None:
                 continue
             relays = (i for i, d in state.relays.items() if d in offered.get(i, ()))
             state.have = frozenset(state.offers).union(relays)
 
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
-        state = self._peers.get(peer)
-        request = self._take_request(peer, index)
+        state = self._table.get(peer)
+        request = self._table.take_request(peer, index)
         if state is not None and request is not None:
-            self._sample_rate(state, index, self._clock.now() - request.start)
+            self._table.sample_rate(state, index, self._clock.now() - request.start)
             if not request.overdue:
                 state.slow = False
         if self._accepted_flags[index]:
@@ -801,8 +742,8 @@ class SwarmScheduler:
             self._rivals.remove(claim)
 
     def _claim_rank(self, claim: _Claim) -> tuple[bool, int, tuple[float, float]]:
-        authors = [self._peers[p] for p in claim.authors if p in self._peers]
-        best = max((self._rank(state) for state in authors), default=(0.0, 0.0))
+        authors = [s for p in claim.authors if (s := self._table.get(p)) is not None]
+        best = max((self._table.rank(state) for state in authors), default=(0.0, 0.0))
         return (claim.has_evidence(), claim.support(), best)
 
     def _drop_held(self) -> None:
@@ -880,26 +821,26 @@ class SwarmScheduler:
     def _ask_for_lists(self) -> None:
         if self._single or self._final:
             return
-        states = list(self._peers.values())
+        states = list(self._table)
         # A downloading peer's offers are no list: keep asking until enough lists are in.
         active = sum(
-            1 for s in states if s.list_state is not _ListState.NOT_ASKED and s.offers is None
+            1 for s in states if s.list_state is not ListState.NOT_ASKED and s.offers is None
         )
         limit = self._config.piece_lists_wanted
         if self._in_use is not None and not self._mirror_usable():
             limit = len(states)  # no referee: every peer's word may be needed
-        candidates = sorted(self._askable_peers(), key=self._rank, reverse=True)
+        candidates = sorted(self._askable_peers(), key=self._table.rank, reverse=True)
         for state in candidates[: max(0, limit - active)]:
-            state.list_state = _ListState.PENDING
+            state.list_state = ListState.PENDING
             self._emit(RequestPieceList(state.peer))
 
     def _lists_pending(self) -> bool:
-        return any(s.list_state is _ListState.PENDING for s in self._peers.values())
+        return self._table.lists_pending()
 
-    def _askable_peers(self) -> list[_PeerState]:
+    def _askable_peers(self) -> list[PeerState]:
         if self._single:
             return []
-        return [s for s in self._peers.values() if s.list_state is _ListState.NOT_ASKED]
+        return self._table.not_asked()
 
     # --------------------------------------------------------------- schedule
 
@@ -930,7 +871,7 @@ class SwarmScheduler:
         mine = self._provisional_digests.get(index)
         author = self._provisional.get(index)
         vouched = False
-        for state in self._peers.values():
+        for state in self._table:
             offered = None if state.offers is None else state.offers.get(index)
             if offered is None or state.peer == author or not self._eligible(state):
                 continue
@@ -1019,10 +960,8 @@ class SwarmScheduler:
             return min(referee), "referee"
         overdue = [
             index
-            for index, requests in self._requests.items()
-            if requests
-            and all(r.overdue for r in requests.values())
-            and not self._accepted_flags[index]
+            for index in self._table.overdue()
+            if not self._accepted_flags[index]
             and index not in self._held
             and index not in self._refused
         ]
@@ -1040,7 +979,7 @@ class SwarmScheduler:
             and not self._lists_pending()
             and self._audit is None
             and not any(source is not MIRROR for source in self._held.values())
-            and not self._requests
+            and not self._table.any_requests()
             and not self._peers_can_deliver()
         ):
             # No peer piece is held or on its way to audit the list with: a whole mirror piece
@@ -1066,7 +1005,7 @@ class SwarmScheduler:
         return [
             index
             for index in sorted(self._busy_late)
-            if index not in self._refused and not self._requests.get(index)
+            if index not in self._refused and not self._table.requested(index)
         ]
 
     def _fallback_choice(self) -> tuple[int | None, str]:
@@ -1092,7 +1031,7 @@ class SwarmScheduler:
             nearest = min(free.values())
             target = max(i for i, rank in free.items() if rank == nearest)
             return target, f"nobody has it, {nearest} idle downloader(s) before this one"
-        if any(s.offers is not None for s in self._peers.values()):
+        if any(s.offers is not None for s in self._table):
             return self._rng.choice(unserved), "nobody has it (downloaders without ids)"
         return unserved[0], "nobody else has it"
 
@@ -1105,20 +1044,20 @@ class SwarmScheduler:
             return {}
         return self._rendezvous.ranks(self._node, partners, indices)
 
-    def _split_partners(self) -> list[_PeerState]:
+    def _split_partners(self) -> list[PeerState]:
         """The usable downloading peers that told their id: those the mirror's pieces are
         split with."""
         return [
             s
-            for s in self._peers.values()
+            for s in self._table
             if s.offers is not None and s.node and s.node != self._node and self._eligible(s)
         ]
 
-    def _is_fetching(self, state: _PeerState) -> bool:
+    def _is_fetching(self, state: PeerState) -> bool:
         """The downloading peer said at its last answer that its mirror request is on a piece."""
         return bool(self._fresh_claims(state))
 
-    def _fresh_claims(self, state: _PeerState) -> list[int]:
+    def _fresh_claims(self, state: PeerState) -> list[int]:
         """The pieces a downloading peer's mirror request is on, by its last answer, that it
         has not sat on for longer than fetch_claim_ttl."""
         oldest = self._clock.now() - self._config.fetch_claim_ttl
@@ -1128,14 +1067,10 @@ class SwarmScheduler:
         if self._in_use is None:
             if self._lists_pending() or self._askable_peers():
                 return []  # a list is coming: the peers may have everything
-            servers = [
-                s for s in self._peers.values() if s.offers is not None and self._eligible(s)
-            ]
+            servers = [s for s in self._table if s.offers is not None and self._eligible(s)]
         else:
             servers = [
-                s
-                for s in self._peers.values()
-                if s.list_state is _ListState.PENDING or self._eligible(s)
+                s for s in self._table if s.list_state is ListState.PENDING or self._eligible(s)
             ]
             if any(s.have is None and not s.not_held and not s.slow for s in servers):
                 return []  # a complete peer can serve every piece
@@ -1162,7 +1097,7 @@ class SwarmScheduler:
         """The pieces downloading peers' mirror streams are on (and have not sat on for longer
         than fetch_claim_ttl): they will offer them soon, the mirror need not send them twice."""
         fetched: set[int] = set()
-        for state in self._peers.values():
+        for state in self._table:
             if state.fetching and self._eligible(state):
                 fetched.update(self._fresh_claims(state))
         return fetched
@@ -1206,15 +1141,13 @@ class SwarmScheduler:
             for i in range(self._low, self.piece_count)
             if not self._accepted_flags[i] and i not in self._held
         ]
-        return any(
-            self._eligible(s) and any(s.holds(i) for i in missing) for s in self._peers.values()
-        )
+        return any(self._eligible(s) and any(s.holds(i) for i in missing) for s in self._table)
 
     def _live_request(self, index: int) -> bool:
-        return any(not r.overdue for r in self._requests.get(index, {}).values())
+        return self._table.live_request(index)
 
-    def _eligible(self, state: _PeerState) -> bool:
-        if state.list_state is _ListState.PENDING:
+    def _eligible(self, state: PeerState) -> bool:
+        if state.list_state is ListState.PENDING:
             return False
         if not self._disputes and not self._rivals:
             return True
@@ -1227,15 +1160,15 @@ class SwarmScheduler:
         now = self._clock.now()
         free = [
             s
-            for s in self._peers.values()
-            if len(s.inflight) < self._capacity(s)
+            for s in self._table
+            if len(s.inflight) < self._table.capacity(s, self._mirror_usable())
             and s.busy_until <= now
             and self._eligible(s)
             and (self._in_use is not None or s.offers is not None)
         ]
         if not free:
             return
-        free.sort(key=self._rank, reverse=True)
+        free.sort(key=self._table.rank, reverse=True)
         referee = self._referee_indices()
 
         def assignable(index: int) -> bool:
@@ -1271,26 +1204,20 @@ class SwarmScheduler:
             if not free:
                 return
 
-    def _capacity(self, state: _PeerState) -> int:
-        """Requests a peer may have in flight: one while it is slow and the mirror can help."""
-        if state.slow and self._mirror_usable():
-            return 1
-        return self._config.max_requests_per_peer
-
     def _check_stuck(self) -> None:
         if (
             not self._deadline_passed
             or self._mirror_active
             or self._audit is not None
             or self._lists_pending()
-            or self._requests
+            or self._table.any_requests()
             or (self._inquiry is not None and self._inquiry.busy)
-            or any(s.busy_until > self._clock.now() for s in self._peers.values())
-            or any(s.offers is not None and self._is_fetching(s) for s in self._peers.values())
+            or self._table.busy(self._clock.now())
+            or any(s.offers is not None and self._is_fetching(s) for s in self._table)
             or any(i >= self._low for i in self._fetched_by_peers())
         ):
             return
-        if not self._peers_seen and not self._mirror_available:
+        if not self._table.seen and not self._mirror_available:
             self._fail("no peer has the file and no mirror is available")
         elif self._mirror_available and not self._mirror_usable():
             self._fail(f"no usable peer left and the mirror failed: {self._mirror_last_error}")
@@ -1316,46 +1243,15 @@ class SwarmScheduler:
 
     # ---------------------------------------------------------------- helpers
 
-    def _request(self, state: _PeerState, index: int) -> None:
-        now = self._clock.now()
-        start, end = piece_span(index, self._size, self._piece_size)
-        rate = state.rate if state.rate is not None else self._config.default_rate
-        timeout = max(
-            self._config.min_piece_timeout, self._config.overdue_factor * (end - start) / rate
-        )
-        request = _Request(start=now, deadline=now + timeout)
-        state.inflight[index] = request
-        self._requests.setdefault(index, {})[state.peer] = request
+    def _request(self, state: PeerState, index: int) -> None:
+        self._table.request(state, index, self._clock.now())
         self._emit(RequestPiece(state.peer, index))
 
-    def _take_request(self, peer: Peer, index: int) -> _Request | None:
-        state = self._peers.get(peer)
-        request = None if state is None else state.inflight.pop(index, None)
-        by_peer = self._requests.get(index)
-        if by_peer is not None:
-            by_peer.pop(peer, None)
-            if not by_peer:
-                del self._requests[index]
-        return request
-
     def _cancel_others(self, index: int, keep: Peer | None) -> None:
-        for peer in sorted(self._requests.get(index, {})):
+        for peer in self._table.requesters(index):
             if peer != keep:
-                self._take_request(peer, index)
+                self._table.take_request(peer, index)
                 self._emit(CancelPiece(peer, index))
-
-    def _sample_rate(self, state: _PeerState, index: int, elapsed: float) -> None:
-        start, end = piece_span(index, self._size, self._piece_size)
-        sample = (end - start) / max(elapsed, _MIN_ELAPSED)
-        if state.rate is None:
-            state.rate = sample
-        else:
-            weight = self._config.rate_smoothing
-            state.rate = (1.0 - weight) * state.rate + weight * sample
-
-    def _rank(self, state: _PeerState) -> tuple[float, float]:
-        rate = state.rate if state.rate is not None else self._config.default_rate
-        return (rate / (1 + state.errors), state.tiebreak)
 
     def _accept(self, index: int, *, digest: bytes = b"", provisional: bool = False) -> None:
         if self._accepted_flags[index]:
@@ -1378,39 +1274,32 @@ class SwarmScheduler:
             self._emit(Finished())
 
     def _remove_peer(self, peer: Peer) -> None:
-        state = self._peers.pop(peer, None)
-        if state is not None:
-            if state.offers:
-                self._refresh_relays()  # what others relay of its offers is of no use any more
-            for index in list(state.inflight):
-                by_peer = self._requests.get(index)
-                if by_peer is not None:
-                    by_peer.pop(peer, None)
-                    if not by_peer:
-                        del self._requests[index]
+        state = self._table.remove(peer)
+        if state is not None and state.offers:
+            self._refresh_relays()  # what others relay of its offers is of no use any more
         for index in list(self._disputes):
             self._disputes[index].pop(peer, None)
             if not self._disputes[index]:
                 del self._disputes[index]
 
     def _ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
-        if self._excluded.get(peer):
+        if self._table.is_banned(peer):
             return
         self._remove_peer(peer)
-        self._excluded[peer] = True
+        self._table.exclude(peer, banned=True)
         self._emit(BanPeer(peer, reason, lied))
 
     def _set_aside(self, peer: Peer) -> None:
-        if peer in self._excluded:
+        if self._table.is_excluded(peer):
             return
         self._remove_peer(peer)
-        self._excluded[peer] = False
+        self._table.exclude(peer, banned=False)
 
     def _mirror_usable(self) -> bool:
         return self._mirror_available and self._mirror_errors <= self._config.max_mirror_restarts
 
     def _mirror_allowed(self) -> bool:
-        return self._mirror_usable() and (self._deadline_passed or self._peers_seen)
+        return self._mirror_usable() and (self._deadline_passed or self._table.seen)
 
     def _fail(self, reason: str) -> None:
         if self.failed is None:
@@ -1422,6 +1311,9 @@ class SwarmScheduler:
 
     def _emit(self, action: Action) -> None:
         self._actions.append(action)
+
+    def _span(self, index: int) -> tuple[int, int]:
+        return piece_span(index, self._size, self._piece_size)
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.piece_count:

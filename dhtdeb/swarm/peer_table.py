@@ -1,0 +1,225 @@
+"""The peers of one file's swarm download, as its scheduler (scheduler.py) sees them.
+
+Owns: which peers are admitted and which are excluded (banned, or set aside without a ban), what
+each one holds, the requests in flight to each (with their overdue deadlines), each peer's
+per-request rate and errors, how it ranks against the others, and how many requests it may have
+in flight. Trusts nothing a peer says: `have` and `not_held` only steer requests, every byte is
+checked by the scheduler against a piece list or the mirror. Pure: time comes in as `now`,
+randomness from the scheduler's injected `random.Random` (one tiebreak per admitted peer, drawn in
+the order the peers were found).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from dhtdeb.discovery import Peer
+from dhtdeb.swarm.actions import SchedulerConfig
+
+__all__ = ["ListState", "PeerState", "PeerTable", "Request"]
+
+_MIN_ELAPSED = 1e-6
+
+
+class ListState(Enum):
+    NOT_ASKED = "not asked"
+    PENDING = "pending"
+    RECEIVED = "received"
+
+
+@dataclass(slots=True)
+class Request:
+    start: float
+    deadline: float
+    overdue: bool = False
+
+
+@dataclass(slots=True)
+class PeerState:
+    peer: Peer
+    tiebreak: float
+    list_state: ListState = ListState.NOT_ASKED
+    have: frozenset[int] | None = None  # None: complete (announced, or said "all")
+    not_held: set[int] = field(default_factory=set)
+    rate: float | None = None
+    errors: int = 0
+    inflight: dict[int, Request] = field(default_factory=dict)
+    offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
+    # Pieces it took on another downloader's offer and passes on: usable only where their
+    # digest is what a downloader that got the piece from the mirror itself told this node.
+    relays: dict[int, bytes] = field(default_factory=dict)
+    refresh_at: float | None = None  # when to ask a downloading peer for its offers again
+    fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
+    node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
+    busy_until: float = 0.0  # it answered "busy": no requests to it before then
+    # A request of it went overdue, and none has come in time since: one request at a time,
+    # for the highest missing piece, so that a slow peer (or a slowloris) never holds the
+    # pieces the mirror stream is about to take.
+    slow: bool = False
+
+    def holds(self, index: int) -> bool:
+        return (self.have is None or index in self.have) and index not in self.not_held
+
+
+class PeerTable:
+    def __init__(self, config: SchedulerConfig, span: Callable[[int], tuple[int, int]]) -> None:
+        """`span(index)`: the byte range of piece `index`, for request deadlines and rates."""
+        self._config = config
+        self._span = span
+        self._peers: dict[Peer, PeerState] = {}
+        self._excluded: dict[Peer, bool] = {}  # peer -> banned (True) or set aside (False)
+        self._requests: dict[int, dict[Peer, Request]] = {}
+        self.seen = False  # some peer was admitted, ever
+
+    # ------------------------------------------------------------ membership
+
+    def admit(self, peers: Iterable[Peer], rng: random.Random) -> list[Peer]:
+        """Admit the peers not known yet, within `max_peers`; returns those admitted."""
+        admitted = []
+        for peer in peers:
+            if peer in self._peers or peer in self._excluded:
+                continue
+            if len(self._peers) >= self._config.max_peers:
+                break
+            if len(self._excluded) >= 4 * self._config.max_peers:
+                break  # cannot remember more exclusions, so admit nobody new
+            self._peers[peer] = PeerState(peer, tiebreak=rng.random())
+            admitted.append(peer)
+            self.seen = True
+        return admitted
+
+    def get(self, peer: Peer) -> PeerState | None:
+        return self._peers.get(peer)
+
+    def __contains__(self, peer: Peer) -> bool:
+        return peer in self._peers
+
+    def __iter__(self) -> Iterator[PeerState]:
+        """The admitted peers, in the order they were admitted."""
+        return iter(self._peers.values())
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def remove(self, peer: Peer) -> PeerState | None:
+        """Forget `peer` and its requests (the driver drops them on BanPeer)."""
+        state = self._peers.pop(peer, None)
+        if state is not None:
+            for index in list(state.inflight):
+                self._drop(peer, index)
+        return state
+
+    def is_banned(self, peer: Peer) -> bool:
+        return self._excluded.get(peer, False)
+
+    def is_excluded(self, peer: Peer) -> bool:
+        return peer in self._excluded
+
+    def exclude(self, peer: Peer, *, banned: bool) -> None:
+        self._excluded[peer] = banned
+
+    # -------------------------------------------------------------- requests
+
+    def request(self, state: PeerState, index: int, now: float) -> None:
+        start, end = self._span(index)
+        rate = state.rate if state.rate is not None else self._config.default_rate
+        timeout = max(
+            self._config.min_piece_timeout, self._config.overdue_factor * (end - start) / rate
+        )
+        request = Request(start=now, deadline=now + timeout)
+        state.inflight[index] = request
+        self._requests.setdefault(index, {})[state.peer] = request
+
+    def take_request(self, peer: Peer, index: int) -> Request | None:
+        state = self._peers.get(peer)
+        request = None if state is None else state.inflight.pop(index, None)
+        self._drop(peer, index)
+        return request
+
+    def requesters(self, index: int) -> list[Peer]:
+        """The peers with a request for `index` in flight, in a stable order."""
+        return sorted(self._requests.get(index, {}))
+
+    def any_requests(self) -> bool:
+        return bool(self._requests)
+
+    def requested(self, index: int) -> bool:
+        return bool(self._requests.get(index))
+
+    def live_request(self, index: int) -> bool:
+        """A request for `index` is in flight and not overdue."""
+        return any(not r.overdue for r in self._requests.get(index, {}).values())
+
+    def overdue(self) -> list[int]:
+        """The pieces whose every request in flight is overdue."""
+        return [
+            index
+            for index, requests in self._requests.items()
+            if requests and all(r.overdue for r in requests.values())
+        ]
+
+    def _drop(self, peer: Peer, index: int) -> None:
+        by_peer = self._requests.get(index)
+        if by_peer is not None:
+            by_peer.pop(peer, None)
+            if not by_peer:
+                del self._requests[index]
+
+    # ------------------------------------------------------------ rates, time
+
+    def sample_rate(self, state: PeerState, index: int, elapsed: float) -> None:
+        start, end = self._span(index)
+        sample = (end - start) / max(elapsed, _MIN_ELAPSED)
+        if state.rate is None:
+            state.rate = sample
+        else:
+            weight = self._config.rate_smoothing
+            state.rate = (1.0 - weight) * state.rate + weight * sample
+
+    def rank(self, state: PeerState) -> tuple[float, float]:
+        """Throughput over errors, then the random tiebreak: higher is better."""
+        rate = state.rate if state.rate is not None else self._config.default_rate
+        return (rate / (1 + state.errors), state.tiebreak)
+
+    def capacity(self, state: PeerState, mirror_usable: bool) -> int:
+        """Requests a peer may have in flight: one while it is slow and the mirror can help."""
+        if state.slow and mirror_usable:
+            return 1
+        return self._config.max_requests_per_peer
+
+    def tick(self, now: float) -> None:
+        """Mark requests overdue (and their peers slow); end "busy" back-offs that are over."""
+        for state in self._peers.values():
+            for index, request in state.inflight.items():
+                if not request.overdue and request.deadline <= now:
+                    request.overdue = True
+                    state.slow = True
+                    self.sample_rate(state, index, now - request.start)
+            if 0.0 < state.busy_until <= now:
+                state.busy_until = 0.0
+
+    def deadlines(self) -> list[float]:
+        """Request deadlines, and the ends of "busy" back-offs that tick() has not handled yet,
+        passed or not (else a wake-up that comes late would lose them)."""
+        deadlines = [
+            request.deadline
+            for state in self._peers.values()
+            for request in state.inflight.values()
+            if not request.overdue
+        ]
+        return deadlines + [s.busy_until for s in self._peers.values() if s.busy_until > 0.0]
+
+    def busy(self, now: float) -> bool:
+        """Some peer is in a "busy" back-off now."""
+        return any(s.busy_until > now for s in self._peers.values())
+
+    # ------------------------------------------------------------ piece lists
+
+    def lists_pending(self) -> bool:
+        return any(s.list_state is ListState.PENDING for s in self._peers.values())
+
+    def not_asked(self) -> list[PeerState]:
+        return [s for s in self._peers.values() if s.list_state is ListState.NOT_ASKED]
