@@ -47,13 +47,6 @@ class PeerState:
     rate: float | None = None
     errors: int = 0
     inflight: dict[int, Request] = field(default_factory=dict)
-    offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
-    # Pieces it took on another downloader's offer and passes on: usable only where their
-    # digest is what a downloader that got the piece from the mirror itself told this node.
-    relays: dict[int, bytes] = field(default_factory=dict)
-    refresh_at: float | None = None  # when to ask a downloading peer for its offers again
-    fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
-    node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
     busy_until: float = 0.0  # it answered "busy": no requests to it before then
     # A request of it went overdue, and none has come in time since: one request at a time,
     # for the highest missing piece, so that a slow peer (or a slowloris) never holds the

@@ -90,6 +90,7 @@ from dhtdeb.swarm.actions import (
     StartMirror,
 )
 from dhtdeb.swarm.inquiry import Check, Inquiry
+from dhtdeb.swarm.offers import Crowd
 from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
 from dhtdeb.swarm.rendezvous import Rendezvous
@@ -172,6 +173,7 @@ class SwarmScheduler:
 
         self._actions: list[Action] = []
         self._table = PeerTable(config, self._span)
+        self._crowd = Crowd(config, self.piece_count)
         self._deadline_passed = False
 
         self._accepted_flags = [False] * self.piece_count
@@ -208,7 +210,8 @@ class SwarmScheduler:
     def peers_found(self, peers: Iterable[Peer]) -> None:
         if self._done():
             return
-        self._table.admit(peers, self._rng)
+        for peer in self._table.admit(peers, self._rng):
+            self._crowd.admit(peer)
         self._schedule()
 
     def lookup_deadline_passed(self) -> None:
@@ -243,13 +246,12 @@ class SwarmScheduler:
             self._schedule()
             return
         if offers_only and not self._single:
-            self._offers_received(state, pieces, have or frozenset(), fetching, relayed)
-            state.node = node
+            if self._offers_received(state, pieces, have or frozenset(), fetching, relayed):
+                self._crowd.set_node(peer, node)
             self._schedule()
             return
         state.list_state = ListState.RECEIVED
-        state.offers = None
-        state.refresh_at = None
+        self._crowd.took_list(peer)
         if have is not None:
             state.have = frozenset(i for i in have if 0 <= i < self.piece_count)
         else:
@@ -331,9 +333,11 @@ class SwarmScheduler:
         if self._done() or not self._mirror_active or not self._node:
             return False
         mine = self._rendezvous.key(self._node, index)
+        now = self._clock.now()
         return any(
-            self._rendezvous.key(state.node, index) < mine and index in self._fresh_claims(state)
-            for state in self._split_partners()
+            self._rendezvous.key(node, index) < mine
+            and index in self._crowd.fresh_claims(peer, now)
+            for peer, node in self._crowd.partners(self._node, self._usable)
         )
 
     def mirror_stopped(self, error: str | None) -> None:
@@ -469,10 +473,8 @@ class SwarmScheduler:
             return
         now = self._clock.now()
         self._table.tick(now)
-        for state in self._table:
-            if state.refresh_at is not None and state.refresh_at <= now:
-                state.refresh_at = None
-                self._emit(RequestPieceList(state.peer))
+        for peer in self._crowd.due_refreshes(now):
+            self._emit(RequestPieceList(peer))
         for index, since in self._busy_since.items():
             if since + self._config.busy_overdue <= now:
                 self._busy_late.add(index)
@@ -488,7 +490,7 @@ class SwarmScheduler:
         if self._done():
             return None
         deadlines = self._table.deadlines()
-        deadlines += [s.refresh_at for s in self._table if s.refresh_at is not None]
+        deadlines += self._crowd.refresh_deadlines()
         # Deadlines that tick() has not handled yet, passed or not (else a wake-up that comes
         # late would lose them).
         timeout = self._config.busy_overdue
@@ -535,71 +537,49 @@ class SwarmScheduler:
         have: frozenset[int],
         fetching: range,
         relayed: frozenset[int],
-    ) -> None:
-        """Take a downloading peer's offers. An offer may never change, and must agree with
-        the mirror's digests and with a corroborated list; it is a claim about one piece.
-        A relayed piece is no claim of the peer's own: it is used only where its digest is an
-        offer another downloader made to this node (`_refresh_relays`)."""
-        wanted = [i for i in sorted(have) if 0 <= i < self.piece_count]
-        offers = {i: pieces.digests[i] for i in wanted if i not in relayed}
-        relays = {i: pieces.digests[i] for i in wanted if i in relayed}
-        known = state.offers or {}
-        for index, digest in offers.items():
-            truth = self._mirror_digests.get(index)
-            if self._final and self._in_use is not None:
-                truth = self._in_use.pieces.digests[index]
-            if (
-                known.get(index, digest) != digest
-                or (truth is not None and truth != digest)
-                or self._contradicted.get(index) == digest
-            ):
-                self._ban(state.peer, f"offer for piece {index} contradicts", lied=True)
-                return
+    ) -> bool:
+        """Take a downloading peer's offers (offers.py); false when one contradicts what is
+        known, and the peer is banned for it."""
+        wrong = self._crowd.take_offers(
+            state.peer,
+            pieces,
+            have,
+            fetching,
+            relayed,
+            self._clock.now(),
+            truth=self._truth,
+            wrong=self._contradicted,
+        )
+        if wrong is not None:
+            self._ban(state.peer, f"offer for piece {wrong} contradicts", lied=True)
+            return False
         state.list_state = ListState.RECEIVED
-        state.offers = {**known, **offers}
-        state.relays = {i: d for i, d in relays.items() if i not in state.offers}
         state.not_held.clear()
         self._refresh_relays()
-        now = self._clock.now()
-        state.fetching = {
-            i: state.fetching.get(i, now)
-            for i in fetching
-            if 0 <= i < self.piece_count and i not in state.offers
-        }
-        state.refresh_at = now + self._config.offers_refresh
+        return True
 
-    def _offer_author(self, index: int, digest: bytes) -> Peer | None:
-        """A downloader (still usable) that offered piece `index` with `digest` itself."""
-        for state in self._table:
-            if state.offers is not None and state.offers.get(index) == digest:
-                if self._eligible(state):
-                    return state.peer
-        return None
+    def _truth(self, index: int) -> bytes | None:
+        """The digest piece `index` must have, as far as this node knows."""
+        if self._final and self._in_use is not None:
+            return self._in_use.pieces.digests[index]
+        return self._mirror_digests.get(index)
+
+    def _usable(self, peer: Peer) -> bool:
+        state = self._table.get(peer)
+        return state is not None and self._eligible(state)
 
     def _mended(self, index: int, digest: bytes) -> bool:
         """`digest` is what the mirror sent for `index` (to this node, or to a usable downloader
         by its own offer), while a digest the relay told differs: its copy was replaced."""
         if self._mirror_digests.get(index) == digest:
             return True
-        return any(
-            state.offers is not None and state.offers.get(index) == digest and self._eligible(state)
-            for state in self._table
-        )
+        return self._crowd.author(index, digest, self._usable) is not None
 
     def _refresh_relays(self) -> None:
-        """What each downloading peer can serve: its own offers, and the pieces it relays whose
-        digest some usable downloader offered this node itself. A relay that got a different
-        digest (one of the two was lied to, or lies) is simply not used."""
-        offered: dict[int, set[bytes]] = {}
-        for state in self._table:
-            if state.offers is not None and self._eligible(state):
-                for index, digest in state.offers.items():
-                    offered.setdefault(index, set()).add(digest)
-        for state in self._table:
-            if state.offers is None:
-                continue
-            relays = (i for i, d in state.relays.items() if d in offered.get(i, ()))
-            state.have = frozenset(state.offers).union(relays)
+        for peer, have in self._crowd.servable(self._usable).items():
+            state = self._table.get(peer)
+            if state is not None:
+                state.have = have
 
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
         state = self._table.get(peer)
@@ -616,18 +596,18 @@ class SwarmScheduler:
         if state is None:
             return
         if claim is None:
-            offered = (state.offers or {}).get(index)
-            relayed = state.relays.get(index)
+            offered = self._crowd.offer(peer, index)
+            relayed = self._crowd.relay(peer, index)
             if offered is None and relayed is not None:
                 # Passed on: the downloader whose offer it matches stands behind it.
                 if relayed != digest and self._mended(index, digest):
                     # Its copy was a liar's, which its own inquiry retracted and mended since it
                     # told us: the bytes are those someone took from the mirror. No lie.
                     state.not_held.add(index)
-                    state.relays.pop(index, None)
+                    self._crowd.drop_relay(peer, index)
                 elif relayed != digest:
                     self._ban(peer, f"piece {index} does not match what it relays", lied=True)
-                elif (author := self._offer_author(index, relayed)) is not None:
+                elif (author := self._crowd.author(index, relayed, self._usable)) is not None:
                     self._cancel_others(index, keep=peer)
                     self._provisional[index] = author
                     self._accept(index, digest=digest, provisional=True)
@@ -824,7 +804,9 @@ class SwarmScheduler:
         states = list(self._table)
         # A downloading peer's offers are no list: keep asking until enough lists are in.
         active = sum(
-            1 for s in states if s.list_state is not ListState.NOT_ASKED and s.offers is None
+            1
+            for s in states
+            if s.list_state is not ListState.NOT_ASKED and not self._crowd.is_downloading(s.peer)
         )
         limit = self._config.piece_lists_wanted
         if self._in_use is not None and not self._mirror_usable():
@@ -870,24 +852,18 @@ class SwarmScheduler:
         the same, else (1, how many downloaders come before this node to check it)."""
         mine = self._provisional_digests.get(index)
         author = self._provisional.get(index)
-        vouched = False
-        for state in self._table:
-            offered = None if state.offers is None else state.offers.get(index)
-            if offered is None or state.peer == author or not self._eligible(state):
-                continue
-            if offered != mine:
-                return (0, 0)
-            vouched = True
-        if vouched:
+        offered = self._crowd.others_offer(index, self._usable, author)
+        if any(digest != mine for digest in offered):
+            return (0, 0)
+        if offered:
             return (2, 0)
         if not self._node:
             return (1, 0)
         mine_key = self._rendezvous.key(self._node + b"check", index)
         before = sum(
             1
-            for state in self._split_partners()
-            if state.peer != author
-            and self._rendezvous.key(state.node + b"check", index) < mine_key
+            for peer, node in self._crowd.partners(self._node, self._usable)
+            if peer != author and self._rendezvous.key(node + b"check", index) < mine_key
         )
         return (1, before)
 
@@ -1031,7 +1007,7 @@ class SwarmScheduler:
             nearest = min(free.values())
             target = max(i for i, rank in free.items() if rank == nearest)
             return target, f"nobody has it, {nearest} idle downloader(s) before this one"
-        if any(s.offers is not None for s in self._table):
+        if self._crowd.any_downloading():
             return self._rng.choice(unserved), "nobody has it (downloaders without ids)"
         return unserved[0], "nobody else has it"
 
@@ -1039,35 +1015,22 @@ class SwarmScheduler:
         """For each index: how many downloading peers (that told their id) come before this
         node in its rendezvous order (0: its share), and whether one of those is fetching
         from the mirror now (it may still get there). Empty when there is nobody to split with."""
-        partners = [(s.node, self._is_fetching(s)) for s in self._split_partners()]
+        now = self._clock.now()
+        partners = [
+            (node, self._crowd.is_fetching(peer, now))
+            for peer, node in self._crowd.partners(self._node, self._usable)
+        ]
         if not partners or not self._node:
             return {}
         return self._rendezvous.ranks(self._node, partners, indices)
-
-    def _split_partners(self) -> list[PeerState]:
-        """The usable downloading peers that told their id: those the mirror's pieces are
-        split with."""
-        return [
-            s
-            for s in self._table
-            if s.offers is not None and s.node and s.node != self._node and self._eligible(s)
-        ]
-
-    def _is_fetching(self, state: PeerState) -> bool:
-        """The downloading peer said at its last answer that its mirror request is on a piece."""
-        return bool(self._fresh_claims(state))
-
-    def _fresh_claims(self, state: PeerState) -> list[int]:
-        """The pieces a downloading peer's mirror request is on, by its last answer, that it
-        has not sat on for longer than fetch_claim_ttl."""
-        oldest = self._clock.now() - self._config.fetch_claim_ttl
-        return [index for index, since in state.fetching.items() if since > oldest]
 
     def _unserved(self) -> list[int]:
         if self._in_use is None:
             if self._lists_pending() or self._askable_peers():
                 return []  # a list is coming: the peers may have everything
-            servers = [s for s in self._table if s.offers is not None and self._eligible(s)]
+            servers = [
+                s for s in self._table if self._crowd.is_downloading(s.peer) and self._eligible(s)
+            ]
         else:
             servers = [
                 s for s in self._table if s.list_state is ListState.PENDING or self._eligible(s)
@@ -1078,7 +1041,7 @@ class SwarmScheduler:
         # mirror's to fetch too, or a slowloris would set the pace of the whole download.
         servers = [s for s in servers if not s.slow]
         # One pass over the peers, then one over the pieces: this runs on every event.
-        covered = self._fetched_by_peers()
+        covered = self._crowd.fetched(self._clock.now(), self._usable)
         for s in servers:
             covered |= (s.have if s.have is not None else self._all_pieces) - s.not_held
         return [
@@ -1092,15 +1055,6 @@ class SwarmScheduler:
                 or self._live_request(index)
             )
         ]
-
-    def _fetched_by_peers(self) -> set[int]:
-        """The pieces downloading peers' mirror streams are on (and have not sat on for longer
-        than fetch_claim_ttl): they will offer them soon, the mirror need not send them twice."""
-        fetched: set[int] = set()
-        for state in self._table:
-            if state.fetching and self._eligible(state):
-                fetched.update(self._fresh_claims(state))
-        return fetched
 
     def _referee_indices(self) -> set[int]:
         indices = {i for i in self._disputes if not self._accepted_flags[i]}
@@ -1164,7 +1118,7 @@ class SwarmScheduler:
             if len(s.inflight) < self._table.capacity(s, self._mirror_usable())
             and s.busy_until <= now
             and self._eligible(s)
-            and (self._in_use is not None or s.offers is not None)
+            and (self._in_use is not None or self._crowd.is_downloading(s.peer))
         ]
         if not free:
             return
@@ -1213,8 +1167,8 @@ class SwarmScheduler:
             or self._table.any_requests()
             or (self._inquiry is not None and self._inquiry.busy)
             or self._table.busy(self._clock.now())
-            or any(s.offers is not None and self._is_fetching(s) for s in self._table)
-            or any(i >= self._low for i in self._fetched_by_peers())
+            or self._crowd.any_fetching(self._clock.now())
+            or any(i >= self._low for i in self._crowd.fetched(self._clock.now(), self._usable))
         ):
             return
         if not self._table.seen and not self._mirror_available:
@@ -1275,7 +1229,7 @@ class SwarmScheduler:
 
     def _remove_peer(self, peer: Peer) -> None:
         state = self._table.remove(peer)
-        if state is not None and state.offers:
+        if state is not None and self._crowd.forget(peer):
             self._refresh_relays()  # what others relay of its offers is of no use any more
         for index in list(self._disputes):
             self._disputes[index].pop(peer, None)
