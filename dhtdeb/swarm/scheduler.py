@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer
@@ -90,6 +89,7 @@ from dhtdeb.swarm.actions import (
     StartMirror,
 )
 from dhtdeb.swarm.inquiry import Check, Inquiry
+from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.offers import Crowd
 from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
@@ -117,23 +117,21 @@ __all__ = [
     "SwarmScheduler",
 ]
 
-_MAX_RIVAL_LISTS = 4
 
+class _Verdicts:
+    """The list trust's verdicts, carried out by the scheduler (list_trust.Verdicts)."""
 
-@dataclass(slots=True, eq=False)
-class _Claim:
-    """One distinct piece list and who stands behind it."""
+    def __init__(self, scheduler: SwarmScheduler) -> None:
+        self._scheduler = scheduler
 
-    pieces: PieceList
-    authors: list[Peer]
-    vouchers: set[Peer] = field(default_factory=set)
-    mirror_matches: int = 0
+    def ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
+        self._scheduler._ban(peer, reason, lied=lied)
 
-    def support(self) -> int:
-        return len(self.authors) + len(self.vouchers) + self.mirror_matches
+    def set_aside(self, peer: Peer) -> None:
+        self._scheduler._set_aside(peer)
 
-    def has_evidence(self) -> bool:
-        return len(self.authors) >= 2 or bool(self.vouchers) or self.mirror_matches > 0
+    def accept(self, index: int) -> None:
+        self._scheduler._accept(index)
 
 
 class SwarmScheduler:
@@ -179,31 +177,20 @@ class SwarmScheduler:
         self._accepted_flags = [False] * self.piece_count
         self._all_pieces = frozenset(range(self.piece_count))
         self._low = 0  # lowest index not accepted
-        self._held: dict[int, Source] = {}
 
         self._mirror_active = False
         self._mirror_claim: int | None = None
         self._mirror_errors = 0
         self._mirror_last_error: str | None = None
-        self._mirror_digests: dict[int, bytes] = {}
         self._refused: set[int] = set()  # the mirror's copy contradicted the final list
         self._busy_since: dict[int, float] = {}  # piece -> first "busy" answer since a request
         self._busy_late: set[int] = set()  # of those, busy for busy_overdue (seen by tick)
-        self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
         self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
         self._inquiry: Inquiry | None = None  # who lied, after a whole-file mismatch
         self._provisional_digests: dict[int, bytes] = {}
-        self._contradicted: dict[int, bytes] = {}  # a digest the mirror proved wrong, by piece
 
-        self._single = self.piece_count == 1
-        self._in_use: _Claim | None = None
-        self._rivals: list[_Claim] = []
-        self._final = False
-        self._disputes: dict[int, dict[Peer, bytes]] = {}
-        self._last_resort_used = False
-        if self._single:
-            self._in_use = _Claim(PieceList(size, (digest,), piece_size), authors=[])
-            self._final = True
+        whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
+        self._trust = ListTrust(_Verdicts(self), self._table, whole)
 
     # ------------------------------------------------------------------ events
 
@@ -245,7 +232,7 @@ class SwarmScheduler:
             self._ban(peer, "piece list for a different file size", lied=False)
             self._schedule()
             return
-        if offers_only and not self._single:
+        if offers_only and not self._trust.single:
             if self._offers_received(state, pieces, have or frozenset(), fetching, relayed):
                 self._crowd.set_node(peer, node)
             self._schedule()
@@ -256,8 +243,8 @@ class SwarmScheduler:
             state.have = frozenset(i for i in have if 0 <= i < self.piece_count)
         else:
             state.have = None
-        if not self._single:
-            self._add_claim(peer, pieces)
+        if not self._trust.single:
+            self._trust.add_claim(peer, pieces)
         self._schedule()
 
     def piece_list_failed(self, peer: Peer, reason: str, misbehaved: bool) -> None:
@@ -354,29 +341,17 @@ class SwarmScheduler:
         """The mirror's bytes inside held piece `index` agree with the held copy (or not; None:
         the copy was gone before the comparison, which proves nothing)."""
         self._check_index(index)
-        audit, self._audit = self._audit, None
-        if self._done() or audit is None or audit[0] != index:
+        claim = self._trust.end_audit(index)
+        if self._done() or claim is None:
             return
-        claim = audit[1]
-        if self._final or claim is not self._in_use or matched is None:
-            self._schedule()
-            return
-        if matched:
-            claim.mirror_matches += 1
-        else:
-            # The copy matched the list's entry, the mirror does not: the list is wrong there,
-            # and a peer that sent that copy without being an author vouched for a lie.
-            source = self._held.get(index)
-            self._refute(claim, f"piece list contradicted by the mirror inside piece {index}")
-            if isinstance(source, Peer):
-                self._ban(source, f"piece {index} contradicted by the mirror", lied=True)
+        self._trust.audited(claim, index, matched)
         self._schedule()
 
     def audit_failed(self, error: str) -> None:
         """The mirror could not deliver the audit's bytes."""
-        if self._audit is None:
+        if not self._trust.auditing:
             return
-        self._audit = None
+        self._trust.end_audit()
         self._mirror_errors += 1
         self._mirror_last_error = error
         self._schedule()
@@ -415,19 +390,17 @@ class SwarmScheduler:
             liar = verdict.liar
             wrong = self._provisional_digests.get(check.index)
             if wrong is not None:
-                self._contradicted[check.index] = wrong
+                self._trust.contradicted[check.index] = wrong
             reason = f"piece {check.index} it offered contradicted by the mirror"
             self._ban(liar, reason, lied=True)
             for index, author in sorted(self._provisional.items()):
                 if author == liar or index in verdict.retract:
                     self._retract(index)
-            claim = self._in_use
-            if (
-                claim is not None
-                and wrong is not None
-                and claim.pieces.digests[check.index] == wrong
-            ):
-                self._abandon_list()
+            if wrong is not None and self._trust.says(check.index, wrong):
+                # The list in use says what the mirror contradicted: it goes, with its rivals,
+                # and a plain download goes on (list_trust.py, `abandon`).
+                self._refused.clear()
+                self._trust.abandon()
         if verdict.confirmed is not None and verdict.confirmed in self._provisional:
             del self._provisional[verdict.confirmed]
             self._emit(ConfirmPiece(verdict.confirmed))
@@ -452,16 +425,15 @@ class SwarmScheduler:
         self._schedule()
 
     def _whole_file_lost(self) -> None:
-        claim = self._in_use
+        parties = self._trust.parties()
         offerers = sorted(set(self._provisional.values()))
-        if claim is not None:
-            # With pieces taken on offers in the file, the list may be right and an offer wrong:
-            # then the list's parties are suspects like the offerers, not proven liars.
-            for peer in [*claim.authors, *sorted(claim.vouchers)]:
-                if offerers:
-                    self._ban(peer, "whole-file hash mismatch with offered pieces", lied=False)
-                else:
-                    self._ban(peer, "whole-file hash mismatch", lied=True)
+        # With pieces taken on offers in the file, the list may be right and an offer wrong:
+        # then the list's parties are suspects like the offerers, not proven liars.
+        for peer in parties:
+            if offerers:
+                self._ban(peer, "whole-file hash mismatch with offered pieces", lied=False)
+            else:
+                self._ban(peer, "whole-file hash mismatch", lied=True)
         # One of them offered a wrong piece, but which one only the mirror could tell: each is
         # kept away for a while (not counted as a lie).
         for peer in offerers:
@@ -514,14 +486,14 @@ class SwarmScheduler:
         """The list in use agrees with a second party (always true for a one-piece file).
         False after a last-resort acceptance: the driver may then keep the accepted pieces
         from other peers until the whole-file hash has matched."""
-        return self._final and not self._last_resort_used
+        return self._trust.final and not self._trust.last_resort_used
 
     def corroborated_list(self) -> PieceList | None:
         """The list accepted pieces were checked against, once a second party confirmed it
         (what a partial seed may hand to other peers)."""
-        if self._in_use is None or not self.list_corroborated or self._single:
+        if not self.list_corroborated or self._trust.single:
             return None
-        return self._in_use.pieces
+        return self._trust.in_use
 
     @property
     def _peers(self) -> PeerTable:
@@ -547,8 +519,8 @@ class SwarmScheduler:
             fetching,
             relayed,
             self._clock.now(),
-            truth=self._truth,
-            wrong=self._contradicted,
+            truth=self._trust.truth,
+            wrong=self._trust.contradicted,
         )
         if wrong is not None:
             self._ban(state.peer, f"offer for piece {wrong} contradicts", lied=True)
@@ -558,12 +530,6 @@ class SwarmScheduler:
         self._refresh_relays()
         return True
 
-    def _truth(self, index: int) -> bytes | None:
-        """The digest piece `index` must have, as far as this node knows."""
-        if self._final and self._in_use is not None:
-            return self._in_use.pieces.digests[index]
-        return self._mirror_digests.get(index)
-
     def _usable(self, peer: Peer) -> bool:
         state = self._table.get(peer)
         return state is not None and self._eligible(state)
@@ -571,7 +537,7 @@ class SwarmScheduler:
     def _mended(self, index: int, digest: bytes) -> bool:
         """`digest` is what the mirror sent for `index` (to this node, or to a usable downloader
         by its own offer), while a digest the relay told differs: its copy was replaced."""
-        if self._mirror_digests.get(index) == digest:
+        if self._trust.mirror_digests.get(index) == digest:
             return True
         return self._crowd.author(index, digest, self._usable) is not None
 
@@ -591,8 +557,8 @@ class SwarmScheduler:
         if self._accepted_flags[index]:
             return
         # The driver wrote this copy: whatever was held for `index` is gone.
-        self._held.pop(index, None)
-        claim = self._in_use
+        self._trust.release(index)
+        claim = self._trust.in_use
         if state is None:
             return
         if claim is None:
@@ -619,187 +585,44 @@ class SwarmScheduler:
             elif offered is not None:
                 self._ban(peer, f"piece {index} does not match its offer", lied=True)
             return
-        if claim.pieces.matches(index, digest):
+        if claim.matches(index, digest):
             self._cancel_others(index, keep=peer)
-            if self._final:
-                self._accept(index)
-            else:
-                self._held[index] = peer
-                if not self._is_author(peer):
-                    claim.vouchers.add(peer)
-            return
-        if self._final or index in self._mirror_digests:
-            self._ban(peer, f"piece {index} does not match the piece list", lied=True)
-        elif self._mirror_usable():
-            self._disputes.setdefault(index, {})[peer] = digest
+            self._trust.peer_piece(peer, index)
         else:
-            self._set_aside(peer)  # its word against the list's author: no referee
+            self._trust.peer_contradicts(peer, index, digest, self._mirror_usable())
 
     def _mirror_piece(self, index: int, digest: bytes) -> None:
         if self._mirror_claim == index:
             self._mirror_claim = None
         if self._accepted_flags[index]:
             return
-        self._held.pop(index, None)
-        self._mirror_digests[index] = digest
-        if not self._final:
-            self._mirror_evidence(index, digest)
-        claim = self._in_use
+        self._trust.release(index)
+        self._trust.mirror_piece(index, digest)
+        claim = self._trust.in_use
         if claim is None:
             self._cancel_others(index, keep=None)
             self._accept(index)
-        elif claim.pieces.matches(index, digest):
+        elif claim.matches(index, digest):
             self._cancel_others(index, keep=None)
-            if self._final:
+            if self._trust.final:
                 self._accept(index)
             else:
-                self._held[index] = MIRROR
+                self._trust.hold_mirror_piece(index)
         else:
             self._refused.add(index)
 
-    def _mirror_evidence(self, index: int, digest: bytes) -> None:
-        disputed = self._disputes.pop(index, {})
-        for claim in self._claims():
-            if claim.pieces.digests[index] == digest:
-                claim.mirror_matches += 1
-            else:
-                self._refute(claim, "piece list contradicted by the mirror")
-        for peer, claimed in sorted(disputed.items()):
-            if claimed != digest:
-                self._ban(peer, f"piece {index} contradicted by the mirror", lied=True)
-
     # ------------------------------------------------------------ piece lists
 
-    def _claims(self) -> list[_Claim]:
-        return ([] if self._in_use is None else [self._in_use]) + list(self._rivals)
-
-    def _is_author(self, peer: Peer) -> bool:
-        return any(peer in claim.authors for claim in self._claims())
-
-    def _add_claim(self, peer: Peer, pieces: PieceList) -> None:
-        if self._final:
-            assert self._in_use is not None
-            if pieces.digests == self._in_use.pieces.digests:
-                if peer not in self._in_use.authors:
-                    self._in_use.authors.append(peer)
-            else:
-                self._ban(peer, "piece list contradicts the corroborated list", lied=True)
-            return
-        for index, digest in self._mirror_digests.items():
-            if pieces.digests[index] != digest:
-                self._ban(peer, f"piece list contradicted by the mirror at {index}", lied=True)
-                return
-        if any(pieces.digests[i] == d for i, d in self._contradicted.items()):
-            self._set_aside(peer)  # it may hand on a list it was fooled into taking
-            return
-        for claim in self._claims():
-            claim.vouchers.discard(peer)
-        for claim in self._claims():
-            if claim.pieces.digests == pieces.digests:
-                if peer not in claim.authors:
-                    claim.authors.append(peer)
-                return
-        claim = _Claim(pieces, authors=[peer], mirror_matches=len(self._mirror_digests))
-        if self._in_use is None:
-            self._in_use = claim
-        elif len(self._rivals) < _MAX_RIVAL_LISTS:
-            self._rivals.append(claim)
-        else:
-            self._set_aside(peer)
-
-    def _refute(self, claim: _Claim, reason: str) -> None:
-        for peer in claim.authors:
-            self._ban(peer, reason, lied=True)
-        if claim is self._in_use:
-            self._in_use = None
-            self._disputes.clear()
-            if self._rivals:
-                best = max(self._rivals, key=self._claim_rank)
-                self._rivals.remove(best)
-                self._in_use = best
-            self._drop_held()
-        else:
-            self._rivals.remove(claim)
-
-    def _claim_rank(self, claim: _Claim) -> tuple[bool, int, tuple[float, float]]:
-        authors = [s for p in claim.authors if (s := self._table.get(p)) is not None]
-        best = max((self._table.rank(state) for state in authors), default=(0.0, 0.0))
-        return (claim.has_evidence(), claim.support(), best)
-
-    def _drop_held(self) -> None:
-        """The list that held pieces were checked against is gone. Peer copies go back to
-        missing; mirror copies stay held if the new list agrees, and are accepted if there is
-        no list left (a plain mirror download)."""
-        claim = self._in_use
-        for index, source in sorted(self._held.items()):
-            if source is not MIRROR or (
-                claim is not None and not claim.pieces.matches(index, self._mirror_digests[index])
-            ):
-                del self._held[index]
-            elif claim is None:
-                self._accept(index)
-
-    def _settle(self) -> None:
-        """Resolve what can be resolved without new evidence; finalize a corroborated list."""
-        claim = self._in_use
-        if self._final or claim is None:
-            return
-        if not self._mirror_usable():
-            if self._rivals:
-                self._resolve_by_support()
-            for peer in self._disputants():
-                self._set_aside(peer)
-            self._disputes.clear()
-        claim = self._in_use
-        if claim is not None and not self._rivals and not self._disputes and claim.has_evidence():
-            self._finalize()
-
-    def _resolve_by_support(self) -> None:
-        assert self._in_use is not None
-        candidates = [self._in_use, *self._rivals]
-        best = max(candidates, key=lambda c: (c.support(), c is self._in_use))
-        for claim in candidates:
-            if claim is best:
-                continue
-            if best.support() > claim.support():
-                for peer in claim.authors:
-                    self._ban(peer, "piece list outvoted", lied=True)
-            else:
-                for peer in claim.authors:
-                    self._set_aside(peer)
-        switched = best is not self._in_use
-        self._in_use = best
-        self._rivals = []
-        if switched:
-            self._drop_held()
-            self._disputes.clear()
-
-    def _disputants(self) -> list[Peer]:
-        return sorted({peer for by_peer in self._disputes.values() for peer in by_peer})
-
-    def _finalize(self) -> None:
-        self._final = True
-        claim = self._in_use
-        assert claim is not None
-        for peer in self._disputants():
-            self._ban(peer, "piece does not match the piece list", lied=True)
-        self._disputes.clear()
-        for index in sorted(self._held):
-            self._accept(index)
-
     def _last_resort(self) -> None:
-        """No mirror and nobody left to ask: accept what the one list says; the whole-file
-        hash is then the only check (as for a plain mirror download)."""
-        if self._final or self._in_use is None or self._rivals or not self._deadline_passed:
+        """No mirror and nobody left to ask: accept what the one list says (list_trust.py)."""
+        if not self._deadline_passed or self._mirror_usable():
             return
-        if self._mirror_usable() or self._lists_pending() or self._askable_peers():
+        if self._lists_pending() or self._askable_peers():
             return
-        if all(self._accepted_flags[i] or i in self._held for i in range(self.piece_count)):
-            self._last_resort_used = True
-            self._finalize()
+        self._trust.last_resort(self.is_accepted, self.piece_count)
 
     def _ask_for_lists(self) -> None:
-        if self._single or self._final:
+        if self._trust.single or self._trust.final:
             return
         states = list(self._table)
         # A downloading peer's offers are no list: keep asking until enough lists are in.
@@ -809,7 +632,7 @@ class SwarmScheduler:
             if s.list_state is not ListState.NOT_ASKED and not self._crowd.is_downloading(s.peer)
         )
         limit = self._config.piece_lists_wanted
-        if self._in_use is not None and not self._mirror_usable():
+        if self._trust.in_use is not None and not self._mirror_usable():
             limit = len(states)  # no referee: every peer's word may be needed
         candidates = sorted(self._askable_peers(), key=self._table.rank, reverse=True)
         for state in candidates[: max(0, limit - active)]:
@@ -820,7 +643,7 @@ class SwarmScheduler:
         return self._table.lists_pending()
 
     def _askable_peers(self) -> list[PeerState]:
-        if self._single:
+        if self._trust.single:
             return []
         return self._table.not_asked()
 
@@ -829,13 +652,16 @@ class SwarmScheduler:
     def _schedule(self) -> None:
         if self._done():
             return
-        self._settle()
+        self._trust.settle(self._mirror_usable())
         self._ask_for_lists()
         self._last_resort()
         if self._done():
             return
         self._start_checks()
-        self._start_audit()
+        if not self._lists_pending() and self._mirror_allowed():
+            audit = self._trust.start_audit(self._rng, self._span)
+            if audit is not None:
+                self._emit(audit)
         self._start_mirror()
         self._assign_peers()
         self._check_stuck()
@@ -867,18 +693,6 @@ class SwarmScheduler:
         )
         return (1, before)
 
-    def _abandon_list(self) -> None:
-        """The list in use says what the mirror contradicted, so it goes, with its rivals; a
-        plain download goes on. Its authors are not banned for it: a downloader hands on a list
-        it took as corroborated (the liar's, matching the liar's piece), and a piece that does
-        not match such a list may have been true."""
-        self._in_use = None
-        self._rivals = []
-        self._final = False
-        self._disputes.clear()
-        self._refused.clear()
-        self._drop_held()
-
     def _retract(self, index: int) -> None:
         if not self._accepted_flags[index]:
             return
@@ -889,33 +703,6 @@ class SwarmScheduler:
         self._provisional.pop(index, None)
         self._provisional_digests.pop(index, None)
         self._emit(RetractPiece(index))
-
-    def _start_audit(self) -> None:
-        """Check a lone list cheaply: a random block of a random held peer piece (which matches
-        the list) against the same bytes from the mirror. The piece was committed to by the list
-        before the block was chosen, so a list entry that lies is caught unless the liar guessed
-        the block; the whole-file hash remains the final check."""
-        claim = self._in_use
-        if (
-            self._audit is not None
-            or claim is None
-            or self._final
-            or self._rivals
-            or self._disputes
-            or self._lists_pending()
-            or not self._mirror_allowed()
-        ):
-            return
-        held = sorted(i for i, source in self._held.items() if source is not MIRROR)
-        if not held:
-            return
-        index = self._rng.choice(held)
-        start, end = piece_span(index, self._size, self._piece_size)
-        offset = start + self._rng.randrange(max(1, end - start - AUDIT_BLOCK + 1))
-        self._audit = (index, claim)
-        self._emit(
-            AuditPiece(index, offset, min(end, offset + AUDIT_BLOCK), claim.pieces.digests[index])
-        )
 
     def _start_mirror(self) -> None:
         if self._mirror_active or not self._mirror_allowed():
@@ -931,18 +718,18 @@ class SwarmScheduler:
 
     def _mirror_choice(self) -> tuple[int | None, str]:
         """The piece the mirror is needed for most, and what for."""
-        referee = self._referee_indices()
+        referee = self._trust.referee_indices(self.is_accepted)
         if referee:
             return min(referee), "referee"
         overdue = [
             index
             for index in self._table.overdue()
             if not self._accepted_flags[index]
-            and index not in self._held
+            and not self._trust.is_held(index)
             and index not in self._refused
         ]
         busy = self._busy_too_long()
-        if self._in_use is None and self._deadline_passed:
+        if self._trust.in_use is None and self._deadline_passed:
             target, why = self._fallback_choice()  # pieces nobody has come before overdue ones
             if target is not None:
                 return target, why
@@ -950,18 +737,18 @@ class SwarmScheduler:
             target = min(overdue + busy)
             return target, "overdue at peers" if target in overdue else "peers busy"
         if (
-            self._in_use is not None
-            and not self._final
+            self._trust.in_use is not None
+            and not self._trust.final
             and not self._lists_pending()
-            and self._audit is None
-            and not any(source is not MIRROR for source in self._held.values())
+            and not self._trust.auditing
+            and not self._trust.peer_held()
             and not self._table.any_requests()
             and not self._peers_can_deliver()
         ):
             # No peer piece is held or on its way to audit the list with: a whole mirror piece
             # checks it instead.
             missing = [i for i in range(self._low, self.piece_count) if not self._accepted_flags[i]]
-            unheld = [i for i in missing if i not in self._held]
+            unheld = [i for i in missing if not self._trust.is_held(i)]
             candidates = unheld or missing
             if candidates:
                 # Corroborating costs one piece of mirror traffic: take the last piece, the only
@@ -975,7 +762,9 @@ class SwarmScheduler:
     def _busy_too_long(self) -> list[int]:
         """Pieces whose holders have answered "busy" for `busy_overdue` with no request
         to anyone since: overdue, like a piece no peer delivers in time."""
-        for index in [i for i in self._busy_since if self._accepted_flags[i] or i in self._held]:
+        for index in [
+            i for i in self._busy_since if self._accepted_flags[i] or self._trust.is_held(i)
+        ]:
             del self._busy_since[index]
             self._busy_late.discard(index)
         return [
@@ -1025,7 +814,7 @@ class SwarmScheduler:
         return self._rendezvous.ranks(self._node, partners, indices)
 
     def _unserved(self) -> list[int]:
-        if self._in_use is None:
+        if self._trust.in_use is None:
             if self._lists_pending() or self._askable_peers():
                 return []  # a list is coming: the peers may have everything
             servers = [
@@ -1049,25 +838,12 @@ class SwarmScheduler:
             for index in range(self._low, self.piece_count)
             if not (
                 self._accepted_flags[index]
-                or index in self._held
+                or self._trust.is_held(index)
                 or index in self._refused
                 or index in covered
                 or self._live_request(index)
             )
         ]
-
-    def _referee_indices(self) -> set[int]:
-        indices = {i for i in self._disputes if not self._accepted_flags[i]}
-        claim = self._in_use
-        if claim is not None and not self._final:
-            for rival in self._rivals:
-                for index, (a, b) in enumerate(
-                    zip(claim.pieces.digests, rival.pieces.digests, strict=True)
-                ):
-                    if a != b:
-                        indices.add(index)
-                        break
-        return indices
 
     def _mirror_wants(self, index: int) -> bool:
         """The stream goes on into `index` only if the mirror would be asked for it anyway
@@ -1075,9 +851,9 @@ class SwarmScheduler:
         can deliver, every piece the stream takes is mirror traffic the swarm could have saved."""
         if self._accepted_flags[index] or index in self._refused:
             return False
-        if index in self._referee_indices():
+        if index in self._trust.referee_indices(self.is_accepted):
             return True
-        if index in self._held or self._live_request(index):
+        if self._trust.is_held(index) or self._live_request(index):
             return False
         if self._deadline_passed:
             unserved = self._unserved()
@@ -1093,7 +869,7 @@ class SwarmScheduler:
         missing = [
             i
             for i in range(self._low, self.piece_count)
-            if not self._accepted_flags[i] and i not in self._held
+            if not self._accepted_flags[i] and not self._trust.is_held(i)
         ]
         return any(self._eligible(s) and any(s.holds(i) for i in missing) for s in self._table)
 
@@ -1101,14 +877,7 @@ class SwarmScheduler:
         return self._table.live_request(index)
 
     def _eligible(self, state: PeerState) -> bool:
-        if state.list_state is ListState.PENDING:
-            return False
-        if not self._disputes and not self._rivals:
-            return True
-        peer = state.peer
-        if any(peer in disputants for disputants in self._disputes.values()):
-            return False
-        return not any(peer in rival.authors for rival in self._rivals)
+        return self._trust.eligible(state)
 
     def _assign_peers(self) -> None:
         now = self._clock.now()
@@ -1118,17 +887,17 @@ class SwarmScheduler:
             if len(s.inflight) < self._table.capacity(s, self._mirror_usable())
             and s.busy_until <= now
             and self._eligible(s)
-            and (self._in_use is not None or self._crowd.is_downloading(s.peer))
+            and (self._trust.in_use is not None or self._crowd.is_downloading(s.peer))
         ]
         if not free:
             return
         free.sort(key=self._table.rank, reverse=True)
-        referee = self._referee_indices()
+        referee = self._trust.referee_indices(self.is_accepted)
 
         def assignable(index: int) -> bool:
             return not (
                 self._accepted_flags[index]
-                or index in self._held
+                or self._trust.is_held(index)
                 or index == self._mirror_claim
                 or index in referee
                 or self._live_request(index)
@@ -1162,7 +931,7 @@ class SwarmScheduler:
         if (
             not self._deadline_passed
             or self._mirror_active
-            or self._audit is not None
+            or self._trust.auditing
             or self._lists_pending()
             or self._table.any_requests()
             or (self._inquiry is not None and self._inquiry.busy)
@@ -1191,7 +960,9 @@ class SwarmScheduler:
         if not self._mirror_usable():
             return None
         for index in range(self._low, self.piece_count):
-            if not (self._accepted_flags[index] or index in self._held or index in self._refused):
+            if not (
+                self._accepted_flags[index] or self._trust.is_held(index) or index in self._refused
+            ):
                 return index
         return None
 
@@ -1210,14 +981,11 @@ class SwarmScheduler:
     def _accept(self, index: int, *, digest: bytes = b"", provisional: bool = False) -> None:
         if self._accepted_flags[index]:
             return
-        self._held.pop(index, None)
+        self._trust.release(index)
         self._accepted_flags[index] = True
         self.accepted += 1
-        claim = self._in_use
         if not digest:
-            digest = (
-                claim.pieces.digests[index] if claim is not None else self._mirror_digests[index]
-            )
+            digest = self._trust.digest(index)
         if provisional:
             self._provisional_digests[index] = digest
         self._emit(AcceptPiece(index, digest, provisional))
@@ -1231,10 +999,7 @@ class SwarmScheduler:
         state = self._table.remove(peer)
         if state is not None and self._crowd.forget(peer):
             self._refresh_relays()  # what others relay of its offers is of no use any more
-        for index in list(self._disputes):
-            self._disputes[index].pop(peer, None)
-            if not self._disputes[index]:
-                del self._disputes[index]
+        self._trust.forget(peer)
 
     def _ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
         if self._table.is_banned(peer):
