@@ -93,6 +93,7 @@ from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.offers import Crowd
 from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
+from dhtdeb.swarm.progress import Progress
 from dhtdeb.swarm.rendezvous import Rendezvous
 
 __all__ = [
@@ -165,7 +166,6 @@ class SwarmScheduler:
         self._config = config
         self._mirror_available = mirror_available
         self.piece_count: int = piece_count(size, piece_size)
-        self.accepted: int = 0
         self.finished: bool = False
         self.failed: str | None = None
 
@@ -174,9 +174,7 @@ class SwarmScheduler:
         self._crowd = Crowd(config, self.piece_count)
         self._deadline_passed = False
 
-        self._accepted_flags = [False] * self.piece_count
-        self._all_pieces = frozenset(range(self.piece_count))
-        self._low = 0  # lowest index not accepted
+        self._progress = Progress(self.piece_count)
 
         self._mirror_active = False
         self._mirror_claim: int | None = None
@@ -404,7 +402,7 @@ class SwarmScheduler:
         if verdict.confirmed is not None and verdict.confirmed in self._provisional:
             del self._provisional[verdict.confirmed]
             self._emit(ConfirmPiece(verdict.confirmed))
-        if not inquiry.busy and self.accepted == self.piece_count and not self.finished:
+        if not inquiry.busy and self._progress.complete and not self.finished:
             # Nothing was retracted and nothing is left to ask: the file as it is goes to the
             # whole-file check again (which fails it for good when nothing changed).
             self.finished = True
@@ -477,9 +475,14 @@ class SwarmScheduler:
         state = self._table.get(peer)
         return None if state is None else state.rate
 
+    @property
+    def accepted(self) -> int:
+        """How many pieces are accepted."""
+        return self._progress.count
+
     def is_accepted(self, index: int) -> bool:
         """True once `index` is accepted: the driver must then not overwrite its bytes."""
-        return 0 <= index < self.piece_count and self._accepted_flags[index]
+        return 0 <= index < self.piece_count and self._progress.has(index)
 
     @property
     def list_corroborated(self) -> bool:
@@ -554,7 +557,7 @@ class SwarmScheduler:
             self._table.sample_rate(state, index, self._clock.now() - request.start)
             if not request.overdue:
                 state.slow = False
-        if self._accepted_flags[index]:
+        if self._progress.has(index):
             return
         # The driver wrote this copy: whatever was held for `index` is gone.
         self._trust.release(index)
@@ -594,7 +597,7 @@ class SwarmScheduler:
     def _mirror_piece(self, index: int, digest: bytes) -> None:
         if self._mirror_claim == index:
             self._mirror_claim = None
-        if self._accepted_flags[index]:
+        if self._progress.has(index):
             return
         self._trust.release(index)
         self._trust.mirror_piece(index, digest)
@@ -694,12 +697,9 @@ class SwarmScheduler:
         return (1, before)
 
     def _retract(self, index: int) -> None:
-        if not self._accepted_flags[index]:
+        if not self._progress.retract(index):
             return
-        self._accepted_flags[index] = False
-        self.accepted -= 1
         self.finished = False
-        self._low = min(self._low, index)
         self._provisional.pop(index, None)
         self._provisional_digests.pop(index, None)
         self._emit(RetractPiece(index))
@@ -724,7 +724,7 @@ class SwarmScheduler:
         overdue = [
             index
             for index in self._table.overdue()
-            if not self._accepted_flags[index]
+            if not self._progress.has(index)
             and not self._trust.is_held(index)
             and index not in self._refused
         ]
@@ -747,7 +747,7 @@ class SwarmScheduler:
         ):
             # No peer piece is held or on its way to audit the list with: a whole mirror piece
             # checks it instead.
-            missing = [i for i in range(self._low, self.piece_count) if not self._accepted_flags[i]]
+            missing = list(self._progress.missing())
             unheld = [i for i in missing if not self._trust.is_held(i)]
             candidates = unheld or missing
             if candidates:
@@ -763,7 +763,7 @@ class SwarmScheduler:
         """Pieces whose holders have answered "busy" for `busy_overdue` with no request
         to anyone since: overdue, like a piece no peer delivers in time."""
         for index in [
-            i for i in self._busy_since if self._accepted_flags[i] or self._trust.is_held(i)
+            i for i in self._busy_since if self._progress.has(i) or self._trust.is_held(i)
         ]:
             del self._busy_since[index]
             self._busy_late.discard(index)
@@ -832,12 +832,12 @@ class SwarmScheduler:
         # One pass over the peers, then one over the pieces: this runs on every event.
         covered = self._crowd.fetched(self._clock.now(), self._usable)
         for s in servers:
-            covered |= (s.have if s.have is not None else self._all_pieces) - s.not_held
+            covered |= (s.have if s.have is not None else self._progress.all_pieces) - s.not_held
         return [
             index
-            for index in range(self._low, self.piece_count)
+            for index in self._progress.ahead()
             if not (
-                self._accepted_flags[index]
+                self._progress.has(index)
                 or self._trust.is_held(index)
                 or index in self._refused
                 or index in covered
@@ -849,7 +849,7 @@ class SwarmScheduler:
         """The stream goes on into `index` only if the mirror would be asked for it anyway
         (referee, overdue piece, corroboration, or no usable peer can serve it): once peers
         can deliver, every piece the stream takes is mirror traffic the swarm could have saved."""
-        if self._accepted_flags[index] or index in self._refused:
+        if self._progress.has(index) or index in self._refused:
             return False
         if index in self._trust.referee_indices(self.is_accepted):
             return True
@@ -866,11 +866,7 @@ class SwarmScheduler:
 
     def _peers_can_deliver(self) -> bool:
         """Some eligible peer holds a piece that is still to be fetched."""
-        missing = [
-            i
-            for i in range(self._low, self.piece_count)
-            if not self._accepted_flags[i] and not self._trust.is_held(i)
-        ]
+        missing = [i for i in self._progress.missing() if not self._trust.is_held(i)]
         return any(self._eligible(s) and any(s.holds(i) for i in missing) for s in self._table)
 
     def _live_request(self, index: int) -> bool:
@@ -896,7 +892,7 @@ class SwarmScheduler:
 
         def assignable(index: int) -> bool:
             return not (
-                self._accepted_flags[index]
+                self._progress.has(index)
                 or self._trust.is_held(index)
                 or index == self._mirror_claim
                 or index in referee
@@ -906,16 +902,16 @@ class SwarmScheduler:
         for state in [s for s in free if s.slow]:
             free.remove(state)
             if self._mirror_usable():  # from the top, away from the mirror stream
-                indices: Iterable[int] = range(self.piece_count - 1, self._low - 1, -1)
+                indices: Iterable[int] = range(self.piece_count - 1, self._progress.low - 1, -1)
             else:
-                indices = range(self._low, self.piece_count)
+                indices = self._progress.ahead()
             for index in indices:
                 if assignable(index) and index not in state.inflight and state.holds(index):
                     self._request(state, index)
                     break
         if not free:
             return
-        for index in range(self._low, self.piece_count):
+        for index in self._progress.ahead():
             if not assignable(index):
                 continue
             for state in free:
@@ -937,7 +933,10 @@ class SwarmScheduler:
             or (self._inquiry is not None and self._inquiry.busy)
             or self._table.busy(self._clock.now())
             or self._crowd.any_fetching(self._clock.now())
-            or any(i >= self._low for i in self._crowd.fetched(self._clock.now(), self._usable))
+            or any(
+                i >= self._progress.low
+                for i in self._crowd.fetched(self._clock.now(), self._usable)
+            )
         ):
             return
         if not self._table.seen and not self._mirror_available:
@@ -959,9 +958,9 @@ class SwarmScheduler:
         usable."""
         if not self._mirror_usable():
             return None
-        for index in range(self._low, self.piece_count):
+        for index in self._progress.ahead():
             if not (
-                self._accepted_flags[index] or self._trust.is_held(index) or index in self._refused
+                self._progress.has(index) or self._trust.is_held(index) or index in self._refused
             ):
                 return index
         return None
@@ -979,19 +978,15 @@ class SwarmScheduler:
                 self._emit(CancelPiece(peer, index))
 
     def _accept(self, index: int, *, digest: bytes = b"", provisional: bool = False) -> None:
-        if self._accepted_flags[index]:
+        if not self._progress.accept(index):
             return
         self._trust.release(index)
-        self._accepted_flags[index] = True
-        self.accepted += 1
         if not digest:
             digest = self._trust.digest(index)
         if provisional:
             self._provisional_digests[index] = digest
         self._emit(AcceptPiece(index, digest, provisional))
-        while self._low < self.piece_count and self._accepted_flags[self._low]:
-            self._low += 1
-        if self.accepted == self.piece_count:
+        if self._progress.complete:
             self.finished = True
             self._emit(Finished())
 
