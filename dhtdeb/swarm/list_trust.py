@@ -137,6 +137,15 @@ class ListTrust:
             return False
         return not any(peer in rival.authors for rival in self._rivals)
 
+    def usable(self, peer: Peer) -> bool:
+        """`peer` is admitted and eligible."""
+        state = self._peers.get(peer)
+        return state is not None and self.eligible(state)
+
+    def askable(self) -> list[PeerState]:
+        """The peers whose list may still be asked for (none for a one-piece file)."""
+        return [] if self.single else self._peers.not_asked()
+
     def parties(self) -> list[Peer]:
         """The authors and vouchers of the list in use."""
         claim = self._in_use

@@ -90,6 +90,7 @@ from dhtdeb.swarm.actions import (
 )
 from dhtdeb.swarm.inquiry import Check, Inquiry
 from dhtdeb.swarm.list_trust import ListTrust
+from dhtdeb.swarm.mirror_plan import MirrorPlan
 from dhtdeb.swarm.offers import Crowd
 from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
@@ -164,7 +165,6 @@ class SwarmScheduler:
         self._clock = clock
         self._rng = rng
         self._config = config
-        self._mirror_available = mirror_available
         self.piece_count: int = piece_count(size, piece_size)
         self.finished: bool = False
         self.failed: str | None = None
@@ -172,23 +172,26 @@ class SwarmScheduler:
         self._actions: list[Action] = []
         self._table = PeerTable(config, self._span)
         self._crowd = Crowd(config, self.piece_count)
-        self._deadline_passed = False
 
         self._progress = Progress(self.piece_count)
 
-        self._mirror_active = False
-        self._mirror_claim: int | None = None
-        self._mirror_errors = 0
-        self._mirror_last_error: str | None = None
-        self._refused: set[int] = set()  # the mirror's copy contradicted the final list
-        self._busy_since: dict[int, float] = {}  # piece -> first "busy" answer since a request
-        self._busy_late: set[int] = set()  # of those, busy for busy_overdue (seen by tick)
         self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
         self._inquiry: Inquiry | None = None  # who lied, after a whole-file mismatch
         self._provisional_digests: dict[int, bytes] = {}
 
         whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
         self._trust = ListTrust(_Verdicts(self), self._table, whole)
+        self._mirror = MirrorPlan(
+            config,
+            available=mirror_available,
+            node=node,
+            rendezvous=self._rendezvous,
+            rng=rng,
+            peers=self._table,
+            crowd=self._crowd,
+            trust=self._trust,
+            progress=self._progress,
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -200,7 +203,7 @@ class SwarmScheduler:
         self._schedule()
 
     def lookup_deadline_passed(self) -> None:
-        self._deadline_passed = True
+        self._mirror.deadline_passed = True
         self._schedule()
 
     def piece_list_received(
@@ -269,8 +272,7 @@ class SwarmScheduler:
         if self._done():
             return
         if isinstance(source, MirrorSource):
-            if self._mirror_claim == index:
-                self._mirror_claim = None
+            self._mirror.piece_done(index)
         else:
             state = self._table.get(source)
             if state is not None and self._table.take_request(source, index) is not None:
@@ -291,49 +293,25 @@ class SwarmScheduler:
             return
         now = self._clock.now()
         state.busy_until = now + self._config.busy_backoff
-        self._busy_since.setdefault(index, now)
+        self._mirror.busy(index, now)
         self._schedule()
 
     def mirror_continue(self, index: int) -> bool:
-        if self._done() or not self._mirror_active or not 0 <= index < self.piece_count:
-            return False
-        if index == self._mirror_claim:
-            return True
-        wanted = self._mirror_wants(index)
-        self._mirror_claim = index if wanted else None
-        return wanted
+        return not self._done() and self._mirror.continue_into(index, self._clock.now())
 
     def mirror_wants(self, index: int) -> bool:
         """Whether the mirror stream would go on into `index` now (a question, no claim)."""
-        if self._done() or not self._mirror_active or not 0 <= index < self.piece_count:
-            return False
-        return index == self._mirror_claim or self._mirror_wants(index)
+        return not self._done() and self._mirror.would_continue(index, self._clock.now())
 
     def mirror_yield(self, index: int) -> bool:
         """The mirror stream is on piece `index`: give it up, because a downloader before this
         node in the piece's rendezvous order says its own mirror stream is on it too (it will
-        offer it). Of the downloaders fetching one piece, the first in that order never yields,
-        so somebody always finishes it. What matters: in a flash crowd every node's first
-        request, made before any lookup found the others, is for piece 0."""
-        if self._done() or not self._mirror_active or not self._node:
-            return False
-        mine = self._rendezvous.key(self._node, index)
-        now = self._clock.now()
-        return any(
-            self._rendezvous.key(node, index) < mine
-            and index in self._crowd.fresh_claims(peer, now)
-            for peer, node in self._crowd.partners(self._node, self._usable)
-        )
+        offer it; mirror_plan.py)."""
+        return not self._done() and self._mirror.yields(index, self._clock.now())
 
     def mirror_stopped(self, error: str | None) -> None:
-        if not self._mirror_active:
-            return
-        self._mirror_active = False
-        self._mirror_claim = None
-        if error is not None:
-            self._mirror_errors += 1
-            self._mirror_last_error = error
-        self._schedule()
+        if self._mirror.stopped(error):
+            self._schedule()
 
     def audit_result(self, index: int, matched: bool | None) -> None:
         """The mirror's bytes inside held piece `index` agree with the held copy (or not; None:
@@ -350,8 +328,7 @@ class SwarmScheduler:
         if not self._trust.auditing:
             return
         self._trust.end_audit()
-        self._mirror_errors += 1
-        self._mirror_last_error = error
+        self._mirror.failed(error)
         self._schedule()
 
     def whole_file_failed(self) -> None:
@@ -397,7 +374,7 @@ class SwarmScheduler:
             if wrong is not None and self._trust.says(check.index, wrong):
                 # The list in use says what the mirror contradicted: it goes, with its rivals,
                 # and a plain download goes on (list_trust.py, `abandon`).
-                self._refused.clear()
+                self._mirror.clear_refusals()
                 self._trust.abandon()
         if verdict.confirmed is not None and verdict.confirmed in self._provisional:
             del self._provisional[verdict.confirmed]
@@ -415,8 +392,7 @@ class SwarmScheduler:
         if self.failed is not None or self._inquiry is None:
             return
         self._inquiry.failed(Check(check.index, check.start, check.end, check.whole))
-        self._mirror_errors += 1
-        self._mirror_last_error = error
+        self._mirror.failed(error)
         if not self._mirror_usable():
             self._whole_file_lost()
             return
@@ -443,11 +419,9 @@ class SwarmScheduler:
             return
         now = self._clock.now()
         self._table.tick(now)
+        self._mirror.tick(now)
         for peer in self._crowd.due_refreshes(now):
             self._emit(RequestPieceList(peer))
-        for index, since in self._busy_since.items():
-            if since + self._config.busy_overdue <= now:
-                self._busy_late.add(index)
         self._schedule()
 
     # ----------------------------------------------------------------- outputs
@@ -459,15 +433,8 @@ class SwarmScheduler:
     def next_deadline(self) -> float | None:
         if self._done():
             return None
-        deadlines = self._table.deadlines()
-        deadlines += self._crowd.refresh_deadlines()
-        # Deadlines that tick() has not handled yet, passed or not (else a wake-up that comes
-        # late would lose them).
-        timeout = self._config.busy_overdue
-        deadlines += [
-            since + timeout for i, since in self._busy_since.items() if i not in self._busy_late
-        ]
-        return min(deadlines, default=None)
+        deadlines = self._table.deadlines() + self._crowd.refresh_deadlines()
+        return min(deadlines + self._mirror.deadlines(), default=None)
 
     # ------------------------------------------------------------------- views
 
@@ -534,8 +501,7 @@ class SwarmScheduler:
         return True
 
     def _usable(self, peer: Peer) -> bool:
-        state = self._table.get(peer)
-        return state is not None and self._eligible(state)
+        return self._trust.usable(peer)
 
     def _mended(self, index: int, digest: bytes) -> bool:
         """`digest` is what the mirror sent for `index` (to this node, or to a usable downloader
@@ -595,8 +561,7 @@ class SwarmScheduler:
             self._trust.peer_contradicts(peer, index, digest, self._mirror_usable())
 
     def _mirror_piece(self, index: int, digest: bytes) -> None:
-        if self._mirror_claim == index:
-            self._mirror_claim = None
+        self._mirror.piece_done(index)
         if self._progress.has(index):
             return
         self._trust.release(index)
@@ -612,13 +577,13 @@ class SwarmScheduler:
             else:
                 self._trust.hold_mirror_piece(index)
         else:
-            self._refused.add(index)
+            self._mirror.refuse(index)
 
     # ------------------------------------------------------------ piece lists
 
     def _last_resort(self) -> None:
         """No mirror and nobody left to ask: accept what the one list says (list_trust.py)."""
-        if not self._deadline_passed or self._mirror_usable():
+        if not self._mirror.deadline_passed or self._mirror_usable():
             return
         if self._lists_pending() or self._askable_peers():
             return
@@ -646,9 +611,7 @@ class SwarmScheduler:
         return self._table.lists_pending()
 
     def _askable_peers(self) -> list[PeerState]:
-        if self._trust.single:
-            return []
-        return self._table.not_asked()
+        return self._trust.askable()
 
     # --------------------------------------------------------------- schedule
 
@@ -705,169 +668,9 @@ class SwarmScheduler:
         self._emit(RetractPiece(index))
 
     def _start_mirror(self) -> None:
-        if self._mirror_active or not self._mirror_allowed():
-            return
-        target, why = self._mirror_choice()
-        if target is not None:
-            self._mirror_active = True
-            self._mirror_claim = target
-            self._emit(StartMirror(target, why))
-
-    def _mirror_target(self) -> int | None:
-        return self._mirror_choice()[0]
-
-    def _mirror_choice(self) -> tuple[int | None, str]:
-        """The piece the mirror is needed for most, and what for."""
-        referee = self._trust.referee_indices(self.is_accepted)
-        if referee:
-            return min(referee), "referee"
-        overdue = [
-            index
-            for index in self._table.overdue()
-            if not self._progress.has(index)
-            and not self._trust.is_held(index)
-            and index not in self._refused
-        ]
-        busy = self._busy_too_long()
-        if self._trust.in_use is None and self._deadline_passed:
-            target, why = self._fallback_choice()  # pieces nobody has come before overdue ones
-            if target is not None:
-                return target, why
-        if overdue or busy:
-            target = min(overdue + busy)
-            return target, "overdue at peers" if target in overdue else "peers busy"
-        if (
-            self._trust.in_use is not None
-            and not self._trust.final
-            and not self._lists_pending()
-            and not self._trust.auditing
-            and not self._trust.peer_held()
-            and not self._table.any_requests()
-            and not self._peers_can_deliver()
-        ):
-            # No peer piece is held or on its way to audit the list with: a whole mirror piece
-            # checks it instead.
-            missing = list(self._progress.missing())
-            unheld = [i for i in missing if not self._trust.is_held(i)]
-            candidates = unheld or missing
-            if candidates:
-                # Corroborating costs one piece of mirror traffic: take the last piece, the only
-                # one that can be shorter than a full piece, when it is still to be fetched.
-                last = self.piece_count - 1
-                return (last if last in candidates else candidates[0]), "corroborate the list"
-        if not self._deadline_passed:
-            return None, ""
-        return self._fallback_choice()
-
-    def _busy_too_long(self) -> list[int]:
-        """Pieces whose holders have answered "busy" for `busy_overdue` with no request
-        to anyone since: overdue, like a piece no peer delivers in time."""
-        for index in [
-            i for i in self._busy_since if self._progress.has(i) or self._trust.is_held(i)
-        ]:
-            del self._busy_since[index]
-            self._busy_late.discard(index)
-        return [
-            index
-            for index in sorted(self._busy_late)
-            if index not in self._refused and not self._table.requested(index)
-        ]
-
-    def _fallback_choice(self) -> tuple[int | None, str]:
-        """A missing, unclaimed piece that no usable peer can serve: the lowest (apt reads in
-        order); while other downloaders are known, the lowest of this node's share, else the
-        highest of those it comes next in line for, so that their mirror streams fetch
-        different pieces for the swarm."""
-        unserved = self._unserved()
-        if not unserved:
-            return None, ""
-        ranks = self._split_ranks(unserved)
-        if ranks:
-            share = [i for i in unserved if ranks[i][0] == 0]
-            if share:
-                return share[0], "this node's share of what nobody has"
-            # Then pieces whose owners (and the others before this node in line) are not
-            # fetching anything: gone, or stuck. An owner that is still working through its
-            # share keeps it; the mirror's bandwidth is shared, so taking its pieces would
-            # only fetch them twice. Nearest in line first, from the top (owners go up).
-            free = {i: rank for i, (rank, waits) in ranks.items() if not waits}
-            if not free:
-                return None, ""
-            nearest = min(free.values())
-            target = max(i for i, rank in free.items() if rank == nearest)
-            return target, f"nobody has it, {nearest} idle downloader(s) before this one"
-        if self._crowd.any_downloading():
-            return self._rng.choice(unserved), "nobody has it (downloaders without ids)"
-        return unserved[0], "nobody else has it"
-
-    def _split_ranks(self, indices: list[int]) -> dict[int, tuple[int, bool]]:
-        """For each index: how many downloading peers (that told their id) come before this
-        node in its rendezvous order (0: its share), and whether one of those is fetching
-        from the mirror now (it may still get there). Empty when there is nobody to split with."""
-        now = self._clock.now()
-        partners = [
-            (node, self._crowd.is_fetching(peer, now))
-            for peer, node in self._crowd.partners(self._node, self._usable)
-        ]
-        if not partners or not self._node:
-            return {}
-        return self._rendezvous.ranks(self._node, partners, indices)
-
-    def _unserved(self) -> list[int]:
-        if self._trust.in_use is None:
-            if self._lists_pending() or self._askable_peers():
-                return []  # a list is coming: the peers may have everything
-            servers = [
-                s for s in self._table if self._crowd.is_downloading(s.peer) and self._eligible(s)
-            ]
-        else:
-            servers = [
-                s for s in self._table if s.list_state is ListState.PENDING or self._eligible(s)
-            ]
-            if any(s.have is None and not s.not_held and not s.slow for s in servers):
-                return []  # a complete peer can serve every piece
-        # A slow peer (one that let a request go overdue) covers nothing: what it holds is the
-        # mirror's to fetch too, or a slowloris would set the pace of the whole download.
-        servers = [s for s in servers if not s.slow]
-        # One pass over the peers, then one over the pieces: this runs on every event.
-        covered = self._crowd.fetched(self._clock.now(), self._usable)
-        for s in servers:
-            covered |= (s.have if s.have is not None else self._progress.all_pieces) - s.not_held
-        return [
-            index
-            for index in self._progress.ahead()
-            if not (
-                self._progress.has(index)
-                or self._trust.is_held(index)
-                or index in self._refused
-                or index in covered
-                or self._live_request(index)
-            )
-        ]
-
-    def _mirror_wants(self, index: int) -> bool:
-        """The stream goes on into `index` only if the mirror would be asked for it anyway
-        (referee, overdue piece, corroboration, or no usable peer can serve it): once peers
-        can deliver, every piece the stream takes is mirror traffic the swarm could have saved."""
-        if self._progress.has(index) or index in self._refused:
-            return False
-        if index in self._trust.referee_indices(self.is_accepted):
-            return True
-        if self._trust.is_held(index) or self._live_request(index):
-            return False
-        if self._deadline_passed:
-            unserved = self._unserved()
-            if index in unserved:
-                # Among downloaders, only into this node's share (the rest is others' first).
-                ranks = self._split_ranks(unserved)
-                if not ranks or ranks[index][0] == 0:
-                    return True
-        return self._mirror_target() == index
-
-    def _peers_can_deliver(self) -> bool:
-        """Some eligible peer holds a piece that is still to be fetched."""
-        missing = [i for i in self._progress.missing() if not self._trust.is_held(i)]
-        return any(self._eligible(s) and any(s.holds(i) for i in missing) for s in self._table)
+        start = self._mirror.start(self._clock.now())
+        if start is not None:
+            self._emit(start)
 
     def _live_request(self, index: int) -> bool:
         return self._table.live_request(index)
@@ -894,7 +697,7 @@ class SwarmScheduler:
             return not (
                 self._progress.has(index)
                 or self._trust.is_held(index)
-                or index == self._mirror_claim
+                or index == self._mirror.claim
                 or index in referee
                 or self._live_request(index)
             )
@@ -925,8 +728,8 @@ class SwarmScheduler:
 
     def _check_stuck(self) -> None:
         if (
-            not self._deadline_passed
-            or self._mirror_active
+            not self._mirror.deadline_passed
+            or self._mirror.active
             or self._trust.auditing
             or self._lists_pending()
             or self._table.any_requests()
@@ -939,31 +742,17 @@ class SwarmScheduler:
             )
         ):
             return
-        if not self._table.seen and not self._mirror_available:
+        if not self._table.seen and not self._mirror.available:
             self._fail("no peer has the file and no mirror is available")
-        elif self._mirror_available and not self._mirror_usable():
-            self._fail(f"no usable peer left and the mirror failed: {self._mirror_last_error}")
-        elif (target := self._last_resort_piece()) is not None:
+        elif self._mirror.available and not self._mirror_usable():
+            self._fail(f"no usable peer left and the mirror failed: {self._mirror.last_error}")
+        elif (target := self._mirror.last_resort_piece()) is not None:
             # Nothing moves, yet the mirror works: the split of the mirror's pieces left this
             # node waiting on a downloader that will not fetch them (seen in an 8-machine
             # classroom). The mirror rather than a failed response to apt.
-            self._mirror_active = True
-            self._mirror_claim = target
-            self._emit(StartMirror(target, "nothing else moves"))
+            self._emit(self._mirror.begin(target, "nothing else moves"))
         else:
             self._fail("no source left for the missing pieces")
-
-    def _last_resort_piece(self) -> int | None:
-        """The lowest missing piece the mirror has not already sent wrong, if the mirror is
-        usable."""
-        if not self._mirror_usable():
-            return None
-        for index in self._progress.ahead():
-            if not (
-                self._progress.has(index) or self._trust.is_held(index) or index in self._refused
-            ):
-                return index
-        return None
 
     # ---------------------------------------------------------------- helpers
 
@@ -1010,10 +799,10 @@ class SwarmScheduler:
         self._table.exclude(peer, banned=False)
 
     def _mirror_usable(self) -> bool:
-        return self._mirror_available and self._mirror_errors <= self._config.max_mirror_restarts
+        return self._mirror.usable()
 
     def _mirror_allowed(self) -> bool:
-        return self._mirror_usable() and (self._deadline_passed or self._table.seen)
+        return self._mirror.allowed()
 
     def _fail(self, reason: str) -> None:
         if self.failed is None:
