@@ -88,13 +88,13 @@ from dhtdeb.swarm.actions import (
     Source,
     StartMirror,
 )
-from dhtdeb.swarm.inquiry import Check, Inquiry
 from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.mirror_plan import MirrorPlan
 from dhtdeb.swarm.offers import Crowd
 from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
 from dhtdeb.swarm.progress import Progress
+from dhtdeb.swarm.provisional import ProvisionalPieces
 from dhtdeb.swarm.rendezvous import Rendezvous
 
 __all__ = [
@@ -175,10 +175,6 @@ class SwarmScheduler:
 
         self._progress = Progress(self.piece_count)
 
-        self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
-        self._inquiry: Inquiry | None = None  # who lied, after a whole-file mismatch
-        self._provisional_digests: dict[int, bytes] = {}
-
         whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
         self._trust = ListTrust(_Verdicts(self), self._table, whole)
         self._mirror = MirrorPlan(
@@ -191,6 +187,15 @@ class SwarmScheduler:
             crowd=self._crowd,
             trust=self._trust,
             progress=self._progress,
+        )
+        self._offered = ProvisionalPieces(
+            config,
+            rng,
+            self._span,
+            crowd=self._crowd,
+            trust=self._trust,
+            rendezvous=self._rendezvous,
+            node=node,
         )
 
     # ------------------------------------------------------------------ events
@@ -338,48 +343,35 @@ class SwarmScheduler:
         goes on after the liar's pieces are retracted. Otherwise the download fails."""
         if self.failed is not None:
             return
-        if self._provisional and self._mirror_usable():
-            if self._inquiry is None:
-                config = self._config
-                self._inquiry = Inquiry(
-                    self._rng,
-                    lambda index: piece_span(index, self._size, self._piece_size),
-                    block=config.check_block,
-                    samples=config.check_samples,
-                    parallel=config.check_parallel,
-                )
-            if self._inquiry.open(self._provisional):
-                self.finished = False
-                self._schedule()
-                return
+        if self._offered and self._mirror_usable() and self._offered.open_inquiry():
+            self.finished = False
+            self._schedule()
+            return
         self._whole_file_lost()
 
     def check_result(self, check: CheckPiece, matched: bool | None) -> None:
         """The mirror's bytes for `check` equal the accepted copy's, or not (None: the copy was
         retracted meanwhile, which proves nothing)."""
-        inquiry = self._inquiry
-        if self.failed is not None or inquiry is None:
+        if self.failed is not None or not self._offered.inquiring:
             return
-        verdict = inquiry.result(Check(check.index, check.start, check.end, check.whole), matched)
+        verdict = self._offered.result(check, matched)
         if verdict.liar is not None:
             liar = verdict.liar
-            wrong = self._provisional_digests.get(check.index)
+            wrong = self._offered.digest(check.index)
             if wrong is not None:
                 self._trust.contradicted[check.index] = wrong
             reason = f"piece {check.index} it offered contradicted by the mirror"
             self._ban(liar, reason, lied=True)
-            for index, author in sorted(self._provisional.items()):
-                if author == liar or index in verdict.retract:
-                    self._retract(index)
+            for index in self._offered.taken_from(liar, verdict.retract):
+                self._retract(index)
             if wrong is not None and self._trust.says(check.index, wrong):
                 # The list in use says what the mirror contradicted: it goes, with its rivals,
                 # and a plain download goes on (list_trust.py, `abandon`).
                 self._mirror.clear_refusals()
                 self._trust.abandon()
-        if verdict.confirmed is not None and verdict.confirmed in self._provisional:
-            del self._provisional[verdict.confirmed]
+        if verdict.confirmed is not None and self._offered.confirm(verdict.confirmed):
             self._emit(ConfirmPiece(verdict.confirmed))
-        if not inquiry.busy and self._progress.complete and not self.finished:
+        if not self._offered.busy and self._progress.complete and not self.finished:
             # Nothing was retracted and nothing is left to ask: the file as it is goes to the
             # whole-file check again (which fails it for good when nothing changed).
             self.finished = True
@@ -389,9 +381,9 @@ class SwarmScheduler:
 
     def check_failed(self, check: CheckPiece, error: str) -> None:
         """The mirror could not answer `check`; it is asked again while the mirror is usable."""
-        if self.failed is not None or self._inquiry is None:
+        if self.failed is not None or not self._offered.inquiring:
             return
-        self._inquiry.failed(Check(check.index, check.start, check.end, check.whole))
+        self._offered.failed(check)
         self._mirror.failed(error)
         if not self._mirror_usable():
             self._whole_file_lost()
@@ -400,7 +392,7 @@ class SwarmScheduler:
 
     def _whole_file_lost(self) -> None:
         parties = self._trust.parties()
-        offerers = sorted(set(self._provisional.values()))
+        offerers = self._offered.offerers()
         # With pieces taken on offers in the file, the list may be right and an offer wrong:
         # then the list's parties are suspects like the offerers, not proven liars.
         for peer in parties:
@@ -544,12 +536,12 @@ class SwarmScheduler:
                     self._ban(peer, f"piece {index} does not match what it relays", lied=True)
                 elif (author := self._crowd.author(index, relayed, self._usable)) is not None:
                     self._cancel_others(index, keep=peer)
-                    self._provisional[index] = author
+                    self._offered.take(index, author)
                     self._accept(index, digest=digest, provisional=True)
                 return
             if offered == digest:
                 self._cancel_others(index, keep=peer)
-                self._provisional[index] = peer
+                self._offered.take(index, peer)
                 self._accept(index, digest=digest, provisional=True)
             elif offered is not None:
                 self._ban(peer, f"piece {index} does not match its offer", lied=True)
@@ -633,38 +625,14 @@ class SwarmScheduler:
         self._check_stuck()
 
     def _start_checks(self) -> None:
-        if self._inquiry is None:
-            return
-        for check in self._inquiry.take(self._doubt):
-            self._emit(CheckPiece(check.index, check.start, check.end, check.whole))
-
-    def _doubt(self, index: int) -> tuple[int, int]:
-        """How suspect a piece taken on an offer is (inquiry.py): (0, 0) when a usable
-        downloader offers it with another digest, (2, 0) when one other than its author offers
-        the same, else (1, how many downloaders come before this node to check it)."""
-        mine = self._provisional_digests.get(index)
-        author = self._provisional.get(index)
-        offered = self._crowd.others_offer(index, self._usable, author)
-        if any(digest != mine for digest in offered):
-            return (0, 0)
-        if offered:
-            return (2, 0)
-        if not self._node:
-            return (1, 0)
-        mine_key = self._rendezvous.key(self._node + b"check", index)
-        before = sum(
-            1
-            for peer, node in self._crowd.partners(self._node, self._usable)
-            if peer != author and self._rendezvous.key(node + b"check", index) < mine_key
-        )
-        return (1, before)
+        for check in self._offered.checks():
+            self._emit(check)
 
     def _retract(self, index: int) -> None:
         if not self._progress.retract(index):
             return
         self.finished = False
-        self._provisional.pop(index, None)
-        self._provisional_digests.pop(index, None)
+        self._offered.forget(index)
         self._emit(RetractPiece(index))
 
     def _start_mirror(self) -> None:
@@ -733,7 +701,7 @@ class SwarmScheduler:
             or self._trust.auditing
             or self._lists_pending()
             or self._table.any_requests()
-            or (self._inquiry is not None and self._inquiry.busy)
+            or self._offered.busy
             or self._table.busy(self._clock.now())
             or self._crowd.any_fetching(self._clock.now())
             or any(
@@ -773,7 +741,7 @@ class SwarmScheduler:
         if not digest:
             digest = self._trust.digest(index)
         if provisional:
-            self._provisional_digests[index] = digest
+            self._offered.record(index, digest)
         self._emit(AcceptPiece(index, digest, provisional))
         if self._progress.complete:
             self.finished = True
