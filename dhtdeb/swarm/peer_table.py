@@ -126,6 +126,51 @@ class PeerTable:
         state.inflight[index] = request
         self._requests.setdefault(index, {})[state.peer] = request
 
+    def assign(
+        self,
+        now: float,
+        *,
+        may_serve: Callable[[PeerState], bool],
+        assignable: Callable[[int], bool],
+        ahead: range,
+        mirror_usable: bool,
+    ) -> list[tuple[Peer, int]]:
+        """Request pieces of `ahead` that are `assignable` (asked again after each request)
+        from the peers with a free slot that `may_serve`: each piece, lowest first, from the
+        best-ranked free peer that holds it; a slow peer gets one piece, from the top while the
+        mirror is usable (away from the mirror stream). Returns the requests made, in order."""
+        free = [
+            s
+            for s in self._peers.values()
+            if len(s.inflight) < self.capacity(s, mirror_usable)
+            and s.busy_until <= now
+            and may_serve(s)
+        ]
+        if not free:
+            return []
+        free.sort(key=self.rank, reverse=True)
+        made: list[tuple[Peer, int]] = []
+        for state in [s for s in free if s.slow]:
+            free.remove(state)
+            for index in reversed(ahead) if mirror_usable else ahead:
+                if assignable(index) and index not in state.inflight and state.holds(index):
+                    self.request(state, index, now)
+                    made.append((state.peer, index))
+                    break
+        for index in ahead:
+            if not free:
+                break
+            if not assignable(index):
+                continue
+            for state in free:
+                if index not in state.inflight and state.holds(index):
+                    self.request(state, index, now)
+                    made.append((state.peer, index))
+                    if len(state.inflight) >= self._config.max_requests_per_peer:
+                        free.remove(state)
+                    break
+        return made
+
     def take_request(self, peer: Peer, index: int) -> Request | None:
         state = self._peers.get(peer)
         request = None if state is None else state.inflight.pop(index, None)

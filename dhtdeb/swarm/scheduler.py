@@ -647,19 +647,11 @@ class SwarmScheduler:
         return self._trust.eligible(state)
 
     def _assign_peers(self) -> None:
-        now = self._clock.now()
-        free = [
-            s
-            for s in self._table
-            if len(s.inflight) < self._table.capacity(s, self._mirror_usable())
-            and s.busy_until <= now
-            and self._eligible(s)
-            and (self._trust.in_use is not None or self._crowd.is_downloading(s.peer))
-        ]
-        if not free:
-            return
-        free.sort(key=self._table.rank, reverse=True)
         referee = self._trust.referee_indices(self.is_accepted)
+        in_use = self._trust.in_use is not None
+
+        def may_serve(state: PeerState) -> bool:
+            return self._eligible(state) and (in_use or self._crowd.is_downloading(state.peer))
 
         def assignable(index: int) -> bool:
             return not (
@@ -670,29 +662,15 @@ class SwarmScheduler:
                 or self._live_request(index)
             )
 
-        for state in [s for s in free if s.slow]:
-            free.remove(state)
-            if self._mirror_usable():  # from the top, away from the mirror stream
-                indices: Iterable[int] = range(self.piece_count - 1, self._progress.low - 1, -1)
-            else:
-                indices = self._progress.ahead()
-            for index in indices:
-                if assignable(index) and index not in state.inflight and state.holds(index):
-                    self._request(state, index)
-                    break
-        if not free:
-            return
-        for index in self._progress.ahead():
-            if not assignable(index):
-                continue
-            for state in free:
-                if index not in state.inflight and state.holds(index):
-                    self._request(state, index)
-                    if len(state.inflight) >= self._config.max_requests_per_peer:
-                        free.remove(state)
-                    break
-            if not free:
-                return
+        made = self._table.assign(
+            self._clock.now(),
+            may_serve=may_serve,
+            assignable=assignable,
+            ahead=self._progress.ahead(),
+            mirror_usable=self._mirror_usable(),
+        )
+        for peer, index in made:
+            self._emit(RequestPiece(peer, index))
 
     def _check_stuck(self) -> None:
         if (
@@ -723,10 +701,6 @@ class SwarmScheduler:
             self._fail("no source left for the missing pieces")
 
     # ---------------------------------------------------------------- helpers
-
-    def _request(self, state: PeerState, index: int) -> None:
-        self._table.request(state, index, self._clock.now())
-        self._emit(RequestPiece(state.peer, index))
 
     def _cancel_others(self, index: int, keep: Peer | None) -> None:
         for peer in self._table.requesters(index):
