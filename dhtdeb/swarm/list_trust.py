@@ -175,6 +175,27 @@ class ListTrust:
             if not self._disputes[index]:
                 del self._disputes[index]
 
+    def lists_to_ask(
+        self, wanted: int, mirror_usable: bool, downloading: Callable[[Peer], bool]
+    ) -> list[Peer]:
+        """The best-ranked peers to ask for their list now (marked pending), until `wanted`
+        lists are asked for or in; every peer while no mirror can referee the list in use.
+        A `downloading` peer's offers are no list."""
+        if self.single or self.final:
+            return []
+        states = list(self._peers)
+        active = sum(
+            1 for s in states if s.list_state is not ListState.NOT_ASKED and not downloading(s.peer)
+        )
+        limit = wanted
+        if self._in_use is not None and not mirror_usable:
+            limit = len(states)  # no referee: every peer's word may be needed
+        candidates = sorted(self.askable(), key=self._peers.rank, reverse=True)
+        asked = candidates[: max(0, limit - active)]
+        for state in asked:
+            state.list_state = ListState.PENDING
+        return [state.peer for state in asked]
+
     def add_claim(self, peer: Peer, pieces: PieceList) -> None:
         if self.final:
             assert self._in_use is not None

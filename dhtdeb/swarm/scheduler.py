@@ -582,22 +582,10 @@ class SwarmScheduler:
         self._trust.last_resort(self.is_accepted, self.piece_count)
 
     def _ask_for_lists(self) -> None:
-        if self._trust.single or self._trust.final:
-            return
-        states = list(self._table)
-        # A downloading peer's offers are no list: keep asking until enough lists are in.
-        active = sum(
-            1
-            for s in states
-            if s.list_state is not ListState.NOT_ASKED and not self._crowd.is_downloading(s.peer)
-        )
-        limit = self._config.piece_lists_wanted
-        if self._trust.in_use is not None and not self._mirror_usable():
-            limit = len(states)  # no referee: every peer's word may be needed
-        candidates = sorted(self._askable_peers(), key=self._table.rank, reverse=True)
-        for state in candidates[: max(0, limit - active)]:
-            state.list_state = ListState.PENDING
-            self._emit(RequestPieceList(state.peer))
+        wanted = self._config.piece_lists_wanted
+        is_downloading = self._crowd.is_downloading
+        for peer in self._trust.lists_to_ask(wanted, self._mirror_usable(), is_downloading):
+            self._emit(RequestPieceList(peer))
 
     def _lists_pending(self) -> bool:
         return self._table.lists_pending()
