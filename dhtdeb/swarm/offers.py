@@ -23,7 +23,7 @@ from dhtdeb.discovery import Peer
 from dhtdeb.swarm.actions import SchedulerConfig
 from dhtdeb.swarm.pieces import PieceList
 
-__all__ = ["Crowd"]
+__all__ = ["Crowd", "PieceVerdict"]
 
 Usable = Callable[[Peer], bool]
 
@@ -37,6 +37,17 @@ class _Told:
     refresh_at: float | None = None  # when to ask a downloading peer for its offers again
     fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
     node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
+
+
+@dataclass(frozen=True, slots=True)
+class PieceVerdict:
+    """What a downloading peer's copy of a piece proves, with no list in use: accept it on
+    `author`'s word, `lie` (why the peer is banned), or `mended` (it no longer holds what it
+    relayed: no lie, just not to be asked for that piece again); all empty: nothing."""
+
+    author: Peer | None = None
+    lie: str = ""
+    mended: bool = False
 
 
 class Crowd:
@@ -104,8 +115,30 @@ class Crowd:
         told.offers = None
         told.refresh_at = None
 
-    def drop_relay(self, peer: Peer, index: int) -> None:
-        self._told[peer].relays.pop(index, None)
+    def judge(
+        self, peer: Peer, index: int, digest: bytes, mirror: bytes | None, usable: Usable
+    ) -> PieceVerdict:
+        """`peer` sent piece `index` with `digest`, and the mirror sent this node `mirror` for
+        it (or nothing). An offered piece must match the offer; a relayed one is taken on the
+        word of the downloader whose offer it matches."""
+        told = self._told[peer]
+        offered = (told.offers or {}).get(index)
+        relayed = told.relays.get(index)
+        if offered is None and relayed is not None:
+            mended = mirror == digest or self.author(index, digest, usable) is not None
+            if relayed != digest and mended:
+                # Its copy was a liar's, which its own inquiry retracted and mended since it
+                # told us: the bytes are those someone took from the mirror. No lie.
+                told.relays.pop(index, None)
+                return PieceVerdict(mended=True)
+            if relayed != digest:
+                return PieceVerdict(lie=f"piece {index} does not match what it relays")
+            return PieceVerdict(author=self.author(index, relayed, usable))
+        if offered == digest:
+            return PieceVerdict(author=peer)
+        if offered is not None:
+            return PieceVerdict(lie=f"piece {index} does not match its offer")
+        return PieceVerdict()
 
     def due_refreshes(self, now: float) -> list[Peer]:
         """The downloading peers to ask for their offers again now."""
@@ -127,12 +160,6 @@ class Crowd:
 
     def any_downloading(self) -> bool:
         return any(t.offers is not None for t in self._told.values())
-
-    def offer(self, peer: Peer, index: int) -> bytes | None:
-        return (self._told[peer].offers or {}).get(index)
-
-    def relay(self, peer: Peer, index: int) -> bytes | None:
-        return self._told[peer].relays.get(index)
 
     def servable(self, usable: Usable) -> dict[Peer, frozenset[int]]:
         """What each downloading peer can serve: its own offers, and the pieces it relays whose

@@ -495,13 +495,6 @@ class SwarmScheduler:
     def _usable(self, peer: Peer) -> bool:
         return self._trust.usable(peer)
 
-    def _mended(self, index: int, digest: bytes) -> bool:
-        """`digest` is what the mirror sent for `index` (to this node, or to a usable downloader
-        by its own offer), while a digest the relay told differs: its copy was replaced."""
-        if self._trust.mirror_digests.get(index) == digest:
-            return True
-        return self._crowd.author(index, digest, self._usable) is not None
-
     def _refresh_relays(self) -> None:
         for peer, have in self._crowd.servable(self._usable).items():
             state = self._table.get(peer)
@@ -522,29 +515,17 @@ class SwarmScheduler:
         claim = self._trust.in_use
         if state is None:
             return
-        if claim is None:
-            offered = self._crowd.offer(peer, index)
-            relayed = self._crowd.relay(peer, index)
-            if offered is None and relayed is not None:
-                # Passed on: the downloader whose offer it matches stands behind it.
-                if relayed != digest and self._mended(index, digest):
-                    # Its copy was a liar's, which its own inquiry retracted and mended since it
-                    # told us: the bytes are those someone took from the mirror. No lie.
-                    state.not_held.add(index)
-                    self._crowd.drop_relay(peer, index)
-                elif relayed != digest:
-                    self._ban(peer, f"piece {index} does not match what it relays", lied=True)
-                elif (author := self._crowd.author(index, relayed, self._usable)) is not None:
-                    self._cancel_others(index, keep=peer)
-                    self._offered.take(index, author)
-                    self._accept(index, digest=digest, provisional=True)
-                return
-            if offered == digest:
+        if claim is None:  # a downloader's offer, or what it relays (offers.py)
+            mirror = self._trust.mirror_digests.get(index)
+            verdict = self._crowd.judge(peer, index, digest, mirror, self._usable)
+            if verdict.mended:
+                state.not_held.add(index)
+            elif verdict.lie:
+                self._ban(peer, verdict.lie, lied=True)
+            elif verdict.author is not None:
                 self._cancel_others(index, keep=peer)
-                self._offered.take(index, peer)
+                self._offered.take(index, verdict.author)
                 self._accept(index, digest=digest, provisional=True)
-            elif offered is not None:
-                self._ban(peer, f"piece {index} does not match its offer", lied=True)
             return
         if claim.matches(index, digest):
             self._cancel_others(index, keep=peer)
