@@ -1,13 +1,15 @@
 """The scheduling core of one file's swarm download: events in, actions out, time injected.
 
-Owns: which piece goes to which peer or to the mirror, which piece list is trusted, which pieces are
-accepted, which peers are banned, and when the download has finished or failed (its actions and
-configuration are in actions.py, the rendezvous order of downloaders in rendezvous.py, the inquiry
-after a whole-file mismatch in inquiry.py). Performs no I/O: the
-asyncio driver calls the event methods, pops `poll_actions()`, and re-arms one timer at
-`next_deadline()` (the aioquic split). Trusts nothing a peer says; the whole-file SHA256 from the
-signed index is the only ground truth (a one-piece file's list *is* that hash), and the mirror is
-the referee for piece lists that no second party has confirmed.
+Owns: the event entry points and the order in which its parts decide, which pieces are accepted
+and when the download has finished or failed. The parts: the peers and their requests
+(peer_table.py), the crowd's offers (offers.py), which piece list is trusted and the pieces held
+on its word (list_trust.py), what the mirror fetches (mirror_plan.py), the pieces taken on offers
+and the inquiry into them (provisional.py), the accepted pieces (progress.py); the actions and
+configuration are in actions.py. Performs no I/O: the asyncio driver calls the event methods,
+pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split); the clock is
+read once per event and passed on as `now`. Trusts nothing a peer says; the whole-file SHA256
+from the signed index is the only ground truth (a one-piece file's list *is* that hash), and the
+mirror is the referee for piece lists that no second party has confirmed.
 
 Theory of operation
 -------------------
@@ -15,42 +17,14 @@ Each piece is *missing*, *held* or *accepted*. A piece's bytes are on disk once 
 `piece_received` (the driver writes every copy it receives, so the last copy reported is the one on
 disk; it must not write a copy of a piece that `is_accepted` already). A copy that matches the list
 in use is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
-whose list is refuted goes back to missing, so nothing accepted is ever taken back.
-
-Piece lists are *claims*. The first claim received is the list in use; it is corroborated by an
-identical list from a second peer, a matching piece from a peer that sent no list of its own, a
-matching piece from the mirror, or an audit (a random block of a held peer piece that equals the
-mirror's bytes), provided no rival claim is unresolved. A corroborated list is final
-for this scheduler: a later different list, or a peer piece that does not match it, is a lie (ban,
-lied=True); a mirror piece that does not match it is refused and fetched from a peer instead.
-Rival claims and disputed pieces (a peer's piece that contradicts an uncorroborated list) are
-refereed by the mirror at the lowest index in question; whichever side disagrees with the mirror is
-banned. Without a usable mirror, the claim with more supporters wins (authors, vouchers, mirror
-matches); on a tie the list in use is kept and the others are set aside without a ban, and once
-no party is left to ask, held pieces are accepted together and the whole-file hash decides.
-
-Without any list (a multi-piece file that no peer has described), pieces from the mirror are
-accepted as they arrive, as in a plain mirror download; a list that arrives later must agree with
-every mirror digest seen or its author is banned.
+whose list is refuted goes back to missing, so nothing accepted is ever taken back (except a piece
+taken on a downloader's offer that the inquiry convicts: RetractPiece).
 
 Scheduling: the lowest missing, unclaimed piece goes to the best-ranked peer that holds it and has a
 free slot (ranking: EWMA of per-request throughput divided by 1 + errors; ties broken by a random
-key drawn at admission, so a crowd of downloaders spreads over the seeders). The mirror runs one
-streaming request at a time (and at most one audit beside it); it starts for, in order of
-priority: a referee piece, an overdue peer piece (web seed), a corroboration piece when there is
-no held peer piece to audit, or (after the lookup deadline) the lowest piece no usable
-peer can serve. `mirror_continue` lets the stream go on only through pieces that are missing and
-not claimed by a live peer request.
-
-Downloaders that know each other (offers) split the pieces nobody offers yet by rendezvous
-hashing: piece i is this node's share when hash(node, file, i) is the lowest among this node and
-the downloading peers that told their node id. The mirror stream takes its share first, lowest
-index first, and goes on only through its share; then pieces of downloaders whose mirror
-requests are idle (gone or stuck), nearest in line first and from the top, never those of one
-still working through its share. Two nodes with the same view never pick the same piece; a
-partial view costs a few duplicates, and a peer that lies about its id only changes which
-pieces come first. A downloader that tells no id gets no share: pieces only it could fetch are
-taken at random.
+key drawn at admission, so a crowd of downloaders spreads over the seeders). After each event the
+parts decide in a fixed order: settle the lists, ask for lists, last resort, inquiry checks, audit,
+mirror, peer requests, and whether nothing moves any more.
 
 Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
 harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
@@ -156,10 +130,7 @@ class SwarmScheduler:
         digest = bytes.fromhex(sha256)
         if len(digest) != 32:
             raise ValueError("sha256 must be 64 hex digits")
-        self._sha256 = sha256
-        self._digest = digest
-        self._node = node
-        self._rendezvous = Rendezvous(digest)
+        rendezvous = Rendezvous(digest)
         self._size = size
         self._piece_size = piece_size
         self._clock = clock
@@ -172,7 +143,6 @@ class SwarmScheduler:
         self._actions: list[Action] = []
         self._table = PeerTable(config, self._span)
         self._crowd = Crowd(config, self.piece_count)
-
         self._progress = Progress(self.piece_count)
 
         whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
@@ -181,7 +151,7 @@ class SwarmScheduler:
             config,
             available=mirror_available,
             node=node,
-            rendezvous=self._rendezvous,
+            rendezvous=rendezvous,
             rng=rng,
             peers=self._table,
             crowd=self._crowd,
@@ -194,7 +164,7 @@ class SwarmScheduler:
             self._span,
             crowd=self._crowd,
             trust=self._trust,
-            rendezvous=self._rendezvous,
+            rendezvous=rendezvous,
             node=node,
         )
 
@@ -343,7 +313,7 @@ class SwarmScheduler:
         goes on after the liar's pieces are retracted. Otherwise the download fails."""
         if self.failed is not None:
             return
-        if self._offered and self._mirror_usable() and self._offered.open_inquiry():
+        if self._offered and self._mirror.usable() and self._offered.open_inquiry():
             self.finished = False
             self._schedule()
             return
@@ -385,7 +355,7 @@ class SwarmScheduler:
             return
         self._offered.failed(check)
         self._mirror.failed(error)
-        if not self._mirror_usable():
+        if not self._mirror.usable():
             self._whole_file_lost()
             return
         self._schedule()
@@ -492,11 +462,8 @@ class SwarmScheduler:
         self._refresh_relays()
         return True
 
-    def _usable(self, peer: Peer) -> bool:
-        return self._trust.usable(peer)
-
     def _refresh_relays(self) -> None:
-        for peer, have in self._crowd.servable(self._usable).items():
+        for peer, have in self._crowd.servable(self._trust.usable).items():
             state = self._table.get(peer)
             if state is not None:
                 state.have = have
@@ -517,7 +484,7 @@ class SwarmScheduler:
             return
         if claim is None:  # a downloader's offer, or what it relays (offers.py)
             mirror = self._trust.mirror_digests.get(index)
-            verdict = self._crowd.judge(peer, index, digest, mirror, self._usable)
+            verdict = self._crowd.judge(peer, index, digest, mirror, self._trust.usable)
             if verdict.mended:
                 state.not_held.add(index)
             elif verdict.lie:
@@ -531,7 +498,7 @@ class SwarmScheduler:
             self._cancel_others(index, keep=peer)
             self._trust.peer_piece(peer, index)
         else:
-            self._trust.peer_contradicts(peer, index, digest, self._mirror_usable())
+            self._trust.peer_contradicts(peer, index, digest, self._mirror.usable())
 
     def _mirror_piece(self, index: int, digest: bytes) -> None:
         self._mirror.piece_done(index)
@@ -556,36 +523,30 @@ class SwarmScheduler:
 
     def _last_resort(self) -> None:
         """No mirror and nobody left to ask: accept what the one list says (list_trust.py)."""
-        if not self._mirror.deadline_passed or self._mirror_usable():
+        if not self._mirror.deadline_passed or self._mirror.usable():
             return
-        if self._lists_pending() or self._askable_peers():
+        if self._table.lists_pending() or self._trust.askable():
             return
         self._trust.last_resort(self.is_accepted, self.piece_count)
 
     def _ask_for_lists(self) -> None:
         wanted = self._config.piece_lists_wanted
         is_downloading = self._crowd.is_downloading
-        for peer in self._trust.lists_to_ask(wanted, self._mirror_usable(), is_downloading):
+        for peer in self._trust.lists_to_ask(wanted, self._mirror.usable(), is_downloading):
             self._emit(RequestPieceList(peer))
-
-    def _lists_pending(self) -> bool:
-        return self._table.lists_pending()
-
-    def _askable_peers(self) -> list[PeerState]:
-        return self._trust.askable()
 
     # --------------------------------------------------------------- schedule
 
     def _schedule(self) -> None:
         if self._done():
             return
-        self._trust.settle(self._mirror_usable())
+        self._trust.settle(self._mirror.usable())
         self._ask_for_lists()
         self._last_resort()
         if self._done():
             return
         self._start_checks()
-        if not self._lists_pending() and self._mirror_allowed():
+        if not self._table.lists_pending() and self._mirror.allowed():
             audit = self._trust.start_audit(self._rng, self._span)
             if audit is not None:
                 self._emit(audit)
@@ -609,18 +570,14 @@ class SwarmScheduler:
         if start is not None:
             self._emit(start)
 
-    def _live_request(self, index: int) -> bool:
-        return self._table.live_request(index)
-
-    def _eligible(self, state: PeerState) -> bool:
-        return self._trust.eligible(state)
-
     def _assign_peers(self) -> None:
         referee = self._trust.referee_indices(self.is_accepted)
         in_use = self._trust.in_use is not None
 
         def may_serve(state: PeerState) -> bool:
-            return self._eligible(state) and (in_use or self._crowd.is_downloading(state.peer))
+            return self._trust.eligible(state) and (
+                in_use or self._crowd.is_downloading(state.peer)
+            )
 
         def assignable(index: int) -> bool:
             return not (
@@ -628,7 +585,7 @@ class SwarmScheduler:
                 or self._trust.is_held(index)
                 or index == self._mirror.claim
                 or index in referee
-                or self._live_request(index)
+                or self._table.live_request(index)
             )
 
         made = self._table.assign(
@@ -636,30 +593,28 @@ class SwarmScheduler:
             may_serve=may_serve,
             assignable=assignable,
             ahead=self._progress.ahead(),
-            mirror_usable=self._mirror_usable(),
+            mirror_usable=self._mirror.usable(),
         )
         for peer, index in made:
             self._emit(RequestPiece(peer, index))
 
     def _check_stuck(self) -> None:
+        now = self._clock.now()
         if (
             not self._mirror.deadline_passed
             or self._mirror.active
             or self._trust.auditing
-            or self._lists_pending()
+            or self._table.lists_pending()
             or self._table.any_requests()
             or self._offered.busy
-            or self._table.busy(self._clock.now())
-            or self._crowd.any_fetching(self._clock.now())
-            or any(
-                i >= self._progress.low
-                for i in self._crowd.fetched(self._clock.now(), self._usable)
-            )
+            or self._table.busy(now)
+            or self._crowd.any_fetching(now)
+            or any(i >= self._progress.low for i in self._crowd.fetched(now, self._trust.usable))
         ):
             return
         if not self._table.seen and not self._mirror.available:
             self._fail("no peer has the file and no mirror is available")
-        elif self._mirror.available and not self._mirror_usable():
+        elif self._mirror.available and not self._mirror.usable():
             self._fail(f"no usable peer left and the mirror failed: {self._mirror.last_error}")
         elif (target := self._mirror.last_resort_piece()) is not None:
             # Nothing moves, yet the mirror works: the split of the mirror's pieces left this
@@ -708,12 +663,6 @@ class SwarmScheduler:
             return
         self._remove_peer(peer)
         self._table.exclude(peer, banned=False)
-
-    def _mirror_usable(self) -> bool:
-        return self._mirror.usable()
-
-    def _mirror_allowed(self) -> bool:
-        return self._mirror.allowed()
 
     def _fail(self, reason: str) -> None:
         if self.failed is None:
