@@ -193,7 +193,7 @@ class ListTrust:
         candidates = sorted(self.askable(), key=self._peers.rank, reverse=True)
         asked = candidates[: max(0, limit - active)]
         for state in asked:
-            state.list_state = ListState.PENDING
+            self._peers.asked_list(state)
         return [state.peer for state in asked]
 
     def add_claim(self, peer: Peer, pieces: PieceList) -> None:

@@ -114,6 +114,42 @@ class PeerTable:
     def exclude(self, peer: Peer, *, banned: bool) -> None:
         self._excluded[peer] = banned
 
+    # ------------------------------------------------------- what peers said
+
+    def took_list(self, state: PeerState, have: frozenset[int] | None, piece_count: int) -> None:
+        """It sent its piece list, with the pieces it holds (None: all)."""
+        state.list_state = ListState.RECEIVED
+        state.have = None if have is None else frozenset(i for i in have if 0 <= i < piece_count)
+
+    def took_offers(self, state: PeerState) -> None:
+        """It is downloading and told its offers: what it holds is `set_have`'s from now on."""
+        state.list_state = ListState.RECEIVED
+        state.not_held.clear()
+
+    def asked_list(self, state: PeerState) -> None:
+        state.list_state = ListState.PENDING
+
+    def set_have(self, peer: Peer, have: frozenset[int]) -> None:
+        state = self._peers.get(peer)
+        if state is not None:
+            state.have = have
+
+    def lacks(self, state: PeerState, index: int, *, error: bool) -> None:
+        """It does not have `index` after all (an `error` when it failed a request for it)."""
+        state.not_held.add(index)
+        if error:
+            state.errors += 1
+
+    def back_off(self, state: PeerState, now: float) -> None:
+        """It answered "busy": no requests to it for `busy_backoff`."""
+        state.busy_until = now + self._config.busy_backoff
+
+    def delivered(self, state: PeerState, index: int, request: Request, now: float) -> None:
+        """A request of it came back with a copy: a rate sample, and no longer slow if in time."""
+        self.sample_rate(state, index, now - request.start)
+        if not request.overdue:
+            state.slow = False
+
     # -------------------------------------------------------------- requests
 
     def request(self, state: PeerState, index: int, now: float) -> None:

@@ -65,7 +65,7 @@ from dhtdeb.swarm.actions import (
 from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.mirror_plan import MirrorPlan
 from dhtdeb.swarm.offers import Crowd
-from dhtdeb.swarm.peer_table import ListState, PeerState, PeerTable
+from dhtdeb.swarm.peer_table import PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
 from dhtdeb.swarm.progress import Progress
 from dhtdeb.swarm.provisional import ProvisionalPieces
@@ -213,12 +213,8 @@ class SwarmScheduler:
                 self._crowd.set_node(peer, node)
             self._schedule()
             return
-        state.list_state = ListState.RECEIVED
+        self._table.took_list(state, have, self.piece_count)
         self._crowd.took_list(peer)
-        if have is not None:
-            state.have = frozenset(i for i in have if 0 <= i < self.piece_count)
-        else:
-            state.have = None
         if not self._trust.single:
             self._trust.add_claim(peer, pieces)
         self._schedule()
@@ -254,8 +250,7 @@ class SwarmScheduler:
                 if misbehaved:
                     self._ban(source, reason, lied=False)
                 else:
-                    state.not_held.add(index)
-                    state.errors += 1
+                    self._table.lacks(state, index, error=True)
         self._schedule()
 
     def piece_busy(self, peer: Peer, index: int) -> None:
@@ -267,7 +262,7 @@ class SwarmScheduler:
         if self._done() or state is None or self._table.take_request(peer, index) is None:
             return
         now = self._clock.now()
-        state.busy_until = now + self._config.busy_backoff
+        self._table.back_off(state, now)
         self._mirror.busy(index, now)
         self._schedule()
 
@@ -457,24 +452,19 @@ class SwarmScheduler:
         if wrong is not None:
             self._ban(state.peer, f"offer for piece {wrong} contradicts", lied=True)
             return False
-        state.list_state = ListState.RECEIVED
-        state.not_held.clear()
+        self._table.took_offers(state)
         self._refresh_relays()
         return True
 
     def _refresh_relays(self) -> None:
         for peer, have in self._crowd.servable(self._trust.usable).items():
-            state = self._table.get(peer)
-            if state is not None:
-                state.have = have
+            self._table.set_have(peer, have)
 
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
         state = self._table.get(peer)
         request = self._table.take_request(peer, index)
         if state is not None and request is not None:
-            self._table.sample_rate(state, index, self._clock.now() - request.start)
-            if not request.overdue:
-                state.slow = False
+            self._table.delivered(state, index, request, self._clock.now())
         if self._progress.has(index):
             return
         # The driver wrote this copy: whatever was held for `index` is gone.
@@ -486,7 +476,7 @@ class SwarmScheduler:
             mirror = self._trust.mirror_digests.get(index)
             verdict = self._crowd.judge(peer, index, digest, mirror, self._trust.usable)
             if verdict.mended:
-                state.not_held.add(index)
+                self._table.lacks(state, index, error=False)
             elif verdict.lie:
                 self._ban(peer, verdict.lie, lied=True)
             elif verdict.author is not None:
