@@ -282,13 +282,13 @@ class ListTrust:
         if claim is not None and not self._rivals and not self._disputes and claim.has_evidence():
             self._finalize()
 
-    def last_resort(self, complete: Callable[[int], bool], piece_count: int) -> None:
+    def last_resort(self, accepted: Callable[[int], bool], piece_count: int) -> None:
         """No mirror and nobody left to ask (the caller knows): accept what the one list says
-        once every piece is accepted (`complete`) or held; the whole-file hash is then the only
+        once every piece is `accepted` or held; the whole-file hash is then the only
         check (as for a plain mirror download)."""
         if self.final or self._in_use is None or self._rivals:
             return
-        if all(complete(i) or i in self._held for i in range(piece_count)):
+        if all(accepted(i) or i in self._held for i in range(piece_count)):
             self.last_resort_used = True
             self._finalize()
 

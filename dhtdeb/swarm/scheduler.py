@@ -6,10 +6,10 @@ and when the download has finished or failed. The parts: the peers and their req
 on its word (list_trust.py), what the mirror fetches (mirror_plan.py), the pieces taken on offers
 and the inquiry into them (provisional.py), the accepted pieces (progress.py); the actions and
 configuration are in actions.py. Performs no I/O: the asyncio driver calls the event methods,
-pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split); the clock is
-read once per event and passed on as `now`. Trusts nothing a peer says; the whole-file SHA256
-from the signed index is the only ground truth (a one-piece file's list *is* that hash), and the
-mirror is the referee for piece lists that no second party has confirmed.
+pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split); only this
+class reads the injected clock, its parts get `now` as an argument. Trusts nothing a peer says;
+the whole-file SHA256 from the signed index is the only ground truth (a one-piece file's list *is*
+that hash), and the mirror is the referee for piece lists that no second party has confirmed.
 
 Theory of operation
 -------------------
