@@ -1,13 +1,15 @@
 """The scheduling core of one file's swarm download: events in, actions out, time injected.
 
-Owns: which piece goes to which peer or to the mirror, which piece list is trusted, which pieces are
-accepted, which peers are banned, and when the download has finished or failed (its actions and
-configuration are in actions.py, the rendezvous order of downloaders in rendezvous.py, the inquiry
-after a whole-file mismatch in inquiry.py). Performs no I/O: the
-asyncio driver calls the event methods, pops `poll_actions()`, and re-arms one timer at
-`next_deadline()` (the aioquic split). Trusts nothing a peer says; the whole-file SHA256 from the
-signed index is the only ground truth (a one-piece file's list *is* that hash), and the mirror is
-the referee for piece lists that no second party has confirmed.
+Owns: the event entry points and the order in which its parts decide, which pieces are accepted
+and when the download has finished or failed. The parts: the peers and their requests
+(peer_table.py), the crowd's offers (offers.py), which piece list is trusted and the pieces held
+on its word (list_trust.py), what the mirror fetches (mirror_plan.py), the pieces taken on offers
+and the inquiry into them (provisional.py), the accepted pieces (progress.py); the actions and
+configuration are in actions.py. Performs no I/O: the asyncio driver calls the event methods,
+pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split); only this
+class reads the injected clock, its parts get `now` as an argument. Trusts nothing a peer says;
+the whole-file SHA256 from the signed index is the only ground truth (a one-piece file's list *is*
+that hash), and the mirror is the referee for piece lists that no second party has confirmed.
 
 Theory of operation
 -------------------
@@ -15,42 +17,14 @@ Each piece is *missing*, *held* or *accepted*. A piece's bytes are on disk once 
 `piece_received` (the driver writes every copy it receives, so the last copy reported is the one on
 disk; it must not write a copy of a piece that `is_accepted` already). A copy that matches the list
 in use is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
-whose list is refuted goes back to missing, so nothing accepted is ever taken back.
-
-Piece lists are *claims*. The first claim received is the list in use; it is corroborated by an
-identical list from a second peer, a matching piece from a peer that sent no list of its own, a
-matching piece from the mirror, or an audit (a random block of a held peer piece that equals the
-mirror's bytes), provided no rival claim is unresolved. A corroborated list is final
-for this scheduler: a later different list, or a peer piece that does not match it, is a lie (ban,
-lied=True); a mirror piece that does not match it is refused and fetched from a peer instead.
-Rival claims and disputed pieces (a peer's piece that contradicts an uncorroborated list) are
-refereed by the mirror at the lowest index in question; whichever side disagrees with the mirror is
-banned. Without a usable mirror, the claim with more supporters wins (authors, vouchers, mirror
-matches); on a tie the list in use is kept and the others are set aside without a ban, and once
-no party is left to ask, held pieces are accepted together and the whole-file hash decides.
-
-Without any list (a multi-piece file that no peer has described), pieces from the mirror are
-accepted as they arrive, as in a plain mirror download; a list that arrives later must agree with
-every mirror digest seen or its author is banned.
+whose list is refuted goes back to missing, so nothing accepted is ever taken back (except a piece
+taken on a downloader's offer that the inquiry convicts: RetractPiece).
 
 Scheduling: the lowest missing, unclaimed piece goes to the best-ranked peer that holds it and has a
 free slot (ranking: EWMA of per-request throughput divided by 1 + errors; ties broken by a random
-key drawn at admission, so a crowd of downloaders spreads over the seeders). The mirror runs one
-streaming request at a time (and at most one audit beside it); it starts for, in order of
-priority: a referee piece, an overdue peer piece (web seed), a corroboration piece when there is
-no held peer piece to audit, or (after the lookup deadline) the lowest piece no usable
-peer can serve. `mirror_continue` lets the stream go on only through pieces that are missing and
-not claimed by a live peer request.
-
-Downloaders that know each other (offers) split the pieces nobody offers yet by rendezvous
-hashing: piece i is this node's share when hash(node, file, i) is the lowest among this node and
-the downloading peers that told their node id. The mirror stream takes its share first, lowest
-index first, and goes on only through its share; then pieces of downloaders whose mirror
-requests are idle (gone or stuck), nearest in line first and from the top, never those of one
-still working through its share. Two nodes with the same view never pick the same piece; a
-partial view costs a few duplicates, and a peer that lies about its id only changes which
-pieces come first. A downloader that tells no id gets no share: pieces only it could fetch are
-taken at random.
+key drawn at admission, so a crowd of downloaders spreads over the seeders). After each event the
+parts decide in a fixed order: settle the lists, ask for lists, last resort, inquiry checks, audit,
+mirror, peer requests, and whether nothing moves any more.
 
 Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
 harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
@@ -64,8 +38,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import Enum
 
 from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer
@@ -90,8 +62,13 @@ from dhtdeb.swarm.actions import (
     Source,
     StartMirror,
 )
-from dhtdeb.swarm.inquiry import Check, Inquiry
+from dhtdeb.swarm.list_trust import ListTrust
+from dhtdeb.swarm.mirror_plan import MirrorPlan
+from dhtdeb.swarm.offers import Crowd
+from dhtdeb.swarm.peer_table import PeerState, PeerTable
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count, piece_span
+from dhtdeb.swarm.progress import Progress
+from dhtdeb.swarm.provisional import ProvisionalPieces
 from dhtdeb.swarm.rendezvous import Rendezvous
 
 __all__ = [
@@ -116,64 +93,21 @@ __all__ = [
     "SwarmScheduler",
 ]
 
-_MAX_RIVAL_LISTS = 4
-_MIN_ELAPSED = 1e-6
 
+class _Verdicts:
+    """The list trust's verdicts, carried out by the scheduler (list_trust.Verdicts)."""
 
-class _ListState(Enum):
-    NOT_ASKED = "not asked"
-    PENDING = "pending"
-    RECEIVED = "received"
+    def __init__(self, scheduler: SwarmScheduler) -> None:
+        self._scheduler = scheduler
 
+    def ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
+        self._scheduler._ban(peer, reason, lied=lied)
 
-@dataclass(slots=True)
-class _Request:
-    start: float
-    deadline: float
-    overdue: bool = False
+    def set_aside(self, peer: Peer) -> None:
+        self._scheduler._set_aside(peer)
 
-
-@dataclass(slots=True)
-class _PeerState:
-    peer: Peer
-    tiebreak: float
-    list_state: _ListState = _ListState.NOT_ASKED
-    have: frozenset[int] | None = None  # None: complete (announced, or said "all")
-    not_held: set[int] = field(default_factory=set)
-    rate: float | None = None
-    errors: int = 0
-    inflight: dict[int, _Request] = field(default_factory=dict)
-    offers: dict[int, bytes] | None = None  # a peer still downloading: the pieces it offers
-    # Pieces it took on another downloader's offer and passes on: usable only where their
-    # digest is what a downloader that got the piece from the mirror itself told this node.
-    relays: dict[int, bytes] = field(default_factory=dict)
-    refresh_at: float | None = None  # when to ask a downloading peer for its offers again
-    fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
-    node: bytes = b""  # a downloading peer's node id, for splitting the mirror's pieces
-    busy_until: float = 0.0  # it answered "busy": no requests to it before then
-    # A request of it went overdue, and none has come in time since: one request at a time,
-    # for the highest missing piece, so that a slow peer (or a slowloris) never holds the
-    # pieces the mirror stream is about to take.
-    slow: bool = False
-
-    def holds(self, index: int) -> bool:
-        return (self.have is None or index in self.have) and index not in self.not_held
-
-
-@dataclass(slots=True, eq=False)
-class _Claim:
-    """One distinct piece list and who stands behind it."""
-
-    pieces: PieceList
-    authors: list[Peer]
-    vouchers: set[Peer] = field(default_factory=set)
-    mirror_matches: int = 0
-
-    def support(self) -> int:
-        return len(self.authors) + len(self.vouchers) + self.mirror_matches
-
-    def has_evidence(self) -> bool:
-        return len(self.authors) >= 2 or bool(self.vouchers) or self.mirror_matches > 0
+    def accept(self, index: int) -> None:
+        self._scheduler._accept(index)
 
 
 class SwarmScheduler:
@@ -196,75 +130,55 @@ class SwarmScheduler:
         digest = bytes.fromhex(sha256)
         if len(digest) != 32:
             raise ValueError("sha256 must be 64 hex digits")
-        self._sha256 = sha256
-        self._digest = digest
-        self._node = node
-        self._rendezvous = Rendezvous(digest)
+        rendezvous = Rendezvous(digest)
         self._size = size
         self._piece_size = piece_size
         self._clock = clock
         self._rng = rng
         self._config = config
-        self._mirror_available = mirror_available
         self.piece_count: int = piece_count(size, piece_size)
-        self.accepted: int = 0
         self.finished: bool = False
         self.failed: str | None = None
 
         self._actions: list[Action] = []
-        self._peers: dict[Peer, _PeerState] = {}
-        self._excluded: dict[Peer, bool] = {}  # peer -> banned (True) or set aside (False)
-        self._peers_seen = False
-        self._deadline_passed = False
+        self._table = PeerTable(config, self._span)
+        self._crowd = Crowd(config, self.piece_count)
+        self._progress = Progress(self.piece_count)
 
-        self._accepted_flags = [False] * self.piece_count
-        self._all_pieces = frozenset(range(self.piece_count))
-        self._low = 0  # lowest index not accepted
-        self._held: dict[int, Source] = {}
-        self._requests: dict[int, dict[Peer, _Request]] = {}
-
-        self._mirror_active = False
-        self._mirror_claim: int | None = None
-        self._mirror_errors = 0
-        self._mirror_last_error: str | None = None
-        self._mirror_digests: dict[int, bytes] = {}
-        self._refused: set[int] = set()  # the mirror's copy contradicted the final list
-        self._busy_since: dict[int, float] = {}  # piece -> first "busy" answer since a request
-        self._busy_late: set[int] = set()  # of those, busy for busy_overdue (seen by tick)
-        self._audit: tuple[int, _Claim] | None = None  # the held piece being checked, and its list
-        self._provisional: dict[int, Peer] = {}  # accepted on one downloading peer's offer
-        self._inquiry: Inquiry | None = None  # who lied, after a whole-file mismatch
-        self._provisional_digests: dict[int, bytes] = {}
-        self._contradicted: dict[int, bytes] = {}  # a digest the mirror proved wrong, by piece
-
-        self._single = self.piece_count == 1
-        self._in_use: _Claim | None = None
-        self._rivals: list[_Claim] = []
-        self._final = False
-        self._disputes: dict[int, dict[Peer, bytes]] = {}
-        self._last_resort_used = False
-        if self._single:
-            self._in_use = _Claim(PieceList(size, (digest,), piece_size), authors=[])
-            self._final = True
+        whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
+        self._trust = ListTrust(_Verdicts(self), self._table, whole)
+        self._mirror = MirrorPlan(
+            config,
+            available=mirror_available,
+            node=node,
+            rendezvous=rendezvous,
+            rng=rng,
+            peers=self._table,
+            crowd=self._crowd,
+            trust=self._trust,
+            progress=self._progress,
+        )
+        self._offered = ProvisionalPieces(
+            config,
+            rng,
+            self._span,
+            crowd=self._crowd,
+            trust=self._trust,
+            rendezvous=rendezvous,
+            node=node,
+        )
 
     # ------------------------------------------------------------------ events
 
     def peers_found(self, peers: Iterable[Peer]) -> None:
         if self._done():
             return
-        for peer in peers:
-            if peer in self._peers or peer in self._excluded:
-                continue
-            if len(self._peers) >= self._config.max_peers:
-                break
-            if len(self._excluded) >= 4 * self._config.max_peers:
-                break  # cannot remember more exclusions, so admit nobody new
-            self._peers[peer] = _PeerState(peer, tiebreak=self._rng.random())
-            self._peers_seen = True
+        for peer in self._table.admit(peers, self._rng):
+            self._crowd.admit(peer)
         self._schedule()
 
     def lookup_deadline_passed(self) -> None:
-        self._deadline_passed = True
+        self._mirror.deadline_passed = True
         self._schedule()
 
     def piece_list_received(
@@ -283,7 +197,7 @@ class SwarmScheduler:
         `relayed` ones it took on another downloader's offer; `fetching` are the pieces its
         mirror stream is fetching now (left to it for a while), `node` the id it splits the
         mirror's pieces by."""
-        state = self._peers.get(peer)
+        state = self._table.get(peer)
         if self._done() or state is None:
             return
         if (
@@ -294,24 +208,19 @@ class SwarmScheduler:
             self._ban(peer, "piece list for a different file size", lied=False)
             self._schedule()
             return
-        if offers_only and not self._single:
-            self._offers_received(state, pieces, have or frozenset(), fetching, relayed)
-            state.node = node
+        if offers_only and not self._trust.single:
+            if self._offers_received(state, pieces, have or frozenset(), fetching, relayed):
+                self._crowd.set_node(peer, node)
             self._schedule()
             return
-        state.list_state = _ListState.RECEIVED
-        state.offers = None
-        state.refresh_at = None
-        if have is not None:
-            state.have = frozenset(i for i in have if 0 <= i < self.piece_count)
-        else:
-            state.have = None
-        if not self._single:
-            self._add_claim(peer, pieces)
+        self._table.took_list(state, have, self.piece_count)
+        self._crowd.took_list(peer)
+        if not self._trust.single:
+            self._trust.add_claim(peer, pieces)
         self._schedule()
 
     def piece_list_failed(self, peer: Peer, reason: str, misbehaved: bool) -> None:
-        if self._done() or peer not in self._peers:
+        if self._done() or peer not in self._table:
             return
         if misbehaved:
             self._ban(peer, reason, lied=False)
@@ -334,16 +243,14 @@ class SwarmScheduler:
         if self._done():
             return
         if isinstance(source, MirrorSource):
-            if self._mirror_claim == index:
-                self._mirror_claim = None
+            self._mirror.piece_done(index)
         else:
-            state = self._peers.get(source)
-            if state is not None and self._take_request(source, index) is not None:
+            state = self._table.get(source)
+            if state is not None and self._table.take_request(source, index) is not None:
                 if misbehaved:
                     self._ban(source, reason, lied=False)
                 else:
-                    state.not_held.add(index)
-                    state.errors += 1
+                    self._table.lacks(state, index, error=True)
         self._schedule()
 
     def piece_busy(self, peer: Peer, index: int) -> None:
@@ -351,82 +258,47 @@ class SwarmScheduler:
         again after `busy_backoff`. The piece stays served, so a crowd's busy peers do not send
         everyone to the mirror; after `busy_overdue` of busy answers it counts as overdue."""
         self._check_index(index)
-        state = self._peers.get(peer)
-        if self._done() or state is None or self._take_request(peer, index) is None:
+        state = self._table.get(peer)
+        if self._done() or state is None or self._table.take_request(peer, index) is None:
             return
         now = self._clock.now()
-        state.busy_until = now + self._config.busy_backoff
-        self._busy_since.setdefault(index, now)
+        self._table.back_off(state, now)
+        self._mirror.busy(index, now)
         self._schedule()
 
     def mirror_continue(self, index: int) -> bool:
-        if self._done() or not self._mirror_active or not 0 <= index < self.piece_count:
-            return False
-        if index == self._mirror_claim:
-            return True
-        wanted = self._mirror_wants(index)
-        self._mirror_claim = index if wanted else None
-        return wanted
+        return not self._done() and self._mirror.continue_into(index, self._clock.now())
 
     def mirror_wants(self, index: int) -> bool:
         """Whether the mirror stream would go on into `index` now (a question, no claim)."""
-        if self._done() or not self._mirror_active or not 0 <= index < self.piece_count:
-            return False
-        return index == self._mirror_claim or self._mirror_wants(index)
+        return not self._done() and self._mirror.would_continue(index, self._clock.now())
 
     def mirror_yield(self, index: int) -> bool:
         """The mirror stream is on piece `index`: give it up, because a downloader before this
         node in the piece's rendezvous order says its own mirror stream is on it too (it will
-        offer it). Of the downloaders fetching one piece, the first in that order never yields,
-        so somebody always finishes it. What matters: in a flash crowd every node's first
-        request, made before any lookup found the others, is for piece 0."""
-        if self._done() or not self._mirror_active or not self._node:
-            return False
-        mine = self._rendezvous.key(self._node, index)
-        return any(
-            self._rendezvous.key(state.node, index) < mine and index in self._fresh_claims(state)
-            for state in self._split_partners()
-        )
+        offer it; mirror_plan.py)."""
+        return not self._done() and self._mirror.yields(index, self._clock.now())
 
     def mirror_stopped(self, error: str | None) -> None:
-        if not self._mirror_active:
-            return
-        self._mirror_active = False
-        self._mirror_claim = None
-        if error is not None:
-            self._mirror_errors += 1
-            self._mirror_last_error = error
-        self._schedule()
+        if self._mirror.stopped(error):
+            self._schedule()
 
     def audit_result(self, index: int, matched: bool | None) -> None:
         """The mirror's bytes inside held piece `index` agree with the held copy (or not; None:
         the copy was gone before the comparison, which proves nothing)."""
         self._check_index(index)
-        audit, self._audit = self._audit, None
-        if self._done() or audit is None or audit[0] != index:
+        claim = self._trust.end_audit(index)
+        if self._done() or claim is None:
             return
-        claim = audit[1]
-        if self._final or claim is not self._in_use or matched is None:
-            self._schedule()
-            return
-        if matched:
-            claim.mirror_matches += 1
-        else:
-            # The copy matched the list's entry, the mirror does not: the list is wrong there,
-            # and a peer that sent that copy without being an author vouched for a lie.
-            source = self._held.get(index)
-            self._refute(claim, f"piece list contradicted by the mirror inside piece {index}")
-            if isinstance(source, Peer):
-                self._ban(source, f"piece {index} contradicted by the mirror", lied=True)
+        self._trust.audited(claim, index, matched)
         self._schedule()
 
     def audit_failed(self, error: str) -> None:
         """The mirror could not deliver the audit's bytes."""
-        if self._audit is None:
+        if not self._trust.auditing:
             return
-        self._audit = None
-        self._mirror_errors += 1
-        self._mirror_last_error = error
+        self._trust.end_audit()
+        self._mirror.failed(error)
         self._schedule()
 
     def whole_file_failed(self) -> None:
@@ -436,50 +308,35 @@ class SwarmScheduler:
         goes on after the liar's pieces are retracted. Otherwise the download fails."""
         if self.failed is not None:
             return
-        if self._provisional and self._mirror_usable():
-            if self._inquiry is None:
-                config = self._config
-                self._inquiry = Inquiry(
-                    self._rng,
-                    lambda index: piece_span(index, self._size, self._piece_size),
-                    block=config.check_block,
-                    samples=config.check_samples,
-                    parallel=config.check_parallel,
-                )
-            if self._inquiry.open(self._provisional):
-                self.finished = False
-                self._schedule()
-                return
+        if self._offered and self._mirror.usable() and self._offered.open_inquiry():
+            self.finished = False
+            self._schedule()
+            return
         self._whole_file_lost()
 
     def check_result(self, check: CheckPiece, matched: bool | None) -> None:
         """The mirror's bytes for `check` equal the accepted copy's, or not (None: the copy was
         retracted meanwhile, which proves nothing)."""
-        inquiry = self._inquiry
-        if self.failed is not None or inquiry is None:
+        if self.failed is not None or not self._offered.inquiring:
             return
-        verdict = inquiry.result(Check(check.index, check.start, check.end, check.whole), matched)
+        verdict = self._offered.result(check, matched)
         if verdict.liar is not None:
             liar = verdict.liar
-            wrong = self._provisional_digests.get(check.index)
+            wrong = self._offered.digest(check.index)
             if wrong is not None:
-                self._contradicted[check.index] = wrong
+                self._trust.contradicted[check.index] = wrong
             reason = f"piece {check.index} it offered contradicted by the mirror"
             self._ban(liar, reason, lied=True)
-            for index, author in sorted(self._provisional.items()):
-                if author == liar or index in verdict.retract:
-                    self._retract(index)
-            claim = self._in_use
-            if (
-                claim is not None
-                and wrong is not None
-                and claim.pieces.digests[check.index] == wrong
-            ):
-                self._abandon_list()
-        if verdict.confirmed is not None and verdict.confirmed in self._provisional:
-            del self._provisional[verdict.confirmed]
+            for index in self._offered.taken_from(liar, verdict.retract):
+                self._retract(index)
+            if wrong is not None and self._trust.says(check.index, wrong):
+                # The list in use says what the mirror contradicted: it goes, with its rivals,
+                # and a plain download goes on (list_trust.py, `abandon`).
+                self._mirror.clear_refusals()
+                self._trust.abandon()
+        if verdict.confirmed is not None and self._offered.confirm(verdict.confirmed):
             self._emit(ConfirmPiece(verdict.confirmed))
-        if not inquiry.busy and self.accepted == self.piece_count and not self.finished:
+        if not self._offered.busy and self._progress.complete and not self.finished:
             # Nothing was retracted and nothing is left to ask: the file as it is goes to the
             # whole-file check again (which fails it for good when nothing changed).
             self.finished = True
@@ -489,27 +346,25 @@ class SwarmScheduler:
 
     def check_failed(self, check: CheckPiece, error: str) -> None:
         """The mirror could not answer `check`; it is asked again while the mirror is usable."""
-        if self.failed is not None or self._inquiry is None:
+        if self.failed is not None or not self._offered.inquiring:
             return
-        self._inquiry.failed(Check(check.index, check.start, check.end, check.whole))
-        self._mirror_errors += 1
-        self._mirror_last_error = error
-        if not self._mirror_usable():
+        self._offered.failed(check)
+        self._mirror.failed(error)
+        if not self._mirror.usable():
             self._whole_file_lost()
             return
         self._schedule()
 
     def _whole_file_lost(self) -> None:
-        claim = self._in_use
-        offerers = sorted(set(self._provisional.values()))
-        if claim is not None:
-            # With pieces taken on offers in the file, the list may be right and an offer wrong:
-            # then the list's parties are suspects like the offerers, not proven liars.
-            for peer in [*claim.authors, *sorted(claim.vouchers)]:
-                if offerers:
-                    self._ban(peer, "whole-file hash mismatch with offered pieces", lied=False)
-                else:
-                    self._ban(peer, "whole-file hash mismatch", lied=True)
+        parties = self._trust.parties()
+        offerers = self._offered.offerers()
+        # With pieces taken on offers in the file, the list may be right and an offer wrong:
+        # then the list's parties are suspects like the offerers, not proven liars.
+        for peer in parties:
+            if offerers:
+                self._ban(peer, "whole-file hash mismatch with offered pieces", lied=False)
+            else:
+                self._ban(peer, "whole-file hash mismatch", lied=True)
         # One of them offered a wrong piece, but which one only the mirror could tell: each is
         # kept away for a while (not counted as a lie).
         for peer in offerers:
@@ -520,20 +375,10 @@ class SwarmScheduler:
         if self._done():
             return
         now = self._clock.now()
-        for state in self._peers.values():
-            for index, request in state.inflight.items():
-                if not request.overdue and request.deadline <= now:
-                    request.overdue = True
-                    state.slow = True
-                    self._sample_rate(state, index, now - request.start)
-            if state.refresh_at is not None and state.refresh_at <= now:
-                state.refresh_at = None
-                self._emit(RequestPieceList(state.peer))
-            if 0.0 < state.busy_until <= now:
-                state.busy_until = 0.0
-        for index, since in self._busy_since.items():
-            if since + self._config.busy_overdue <= now:
-                self._busy_late.add(index)
+        self._table.tick(now)
+        self._mirror.tick(now)
+        for peer in self._crowd.due_refreshes(now):
+            self._emit(RequestPieceList(peer))
         self._schedule()
 
     # ----------------------------------------------------------------- outputs
@@ -545,872 +390,269 @@ class SwarmScheduler:
     def next_deadline(self) -> float | None:
         if self._done():
             return None
-        deadlines = [
-            request.deadline
-            for state in self._peers.values()
-            for request in state.inflight.values()
-            if not request.overdue
-        ]
-        deadlines += [s.refresh_at for s in self._peers.values() if s.refresh_at is not None]
-        # Deadlines that tick() has not handled yet, passed or not (else a wake-up that comes
-        # late would lose them).
-        deadlines += [s.busy_until for s in self._peers.values() if s.busy_until > 0.0]
-        timeout = self._config.busy_overdue
-        deadlines += [
-            since + timeout for i, since in self._busy_since.items() if i not in self._busy_late
-        ]
-        return min(deadlines, default=None)
+        deadlines = self._table.deadlines() + self._crowd.refresh_deadlines()
+        return min(deadlines + self._mirror.deadlines(), default=None)
 
     # ------------------------------------------------------------------- views
 
     def peer_rate(self, peer: Peer) -> float | None:
-        state = self._peers.get(peer)
+        state = self._table.get(peer)
         return None if state is None else state.rate
+
+    @property
+    def accepted(self) -> int:
+        """How many pieces are accepted."""
+        return self._progress.count
 
     def is_accepted(self, index: int) -> bool:
         """True once `index` is accepted: the driver must then not overwrite its bytes."""
-        return 0 <= index < self.piece_count and self._accepted_flags[index]
+        return 0 <= index < self.piece_count and self._progress.has(index)
 
     @property
     def list_corroborated(self) -> bool:
         """The list in use agrees with a second party (always true for a one-piece file).
         False after a last-resort acceptance: the driver may then keep the accepted pieces
         from other peers until the whole-file hash has matched."""
-        return self._final and not self._last_resort_used
+        return self._trust.final and not self._trust.last_resort_used
 
     def corroborated_list(self) -> PieceList | None:
         """The list accepted pieces were checked against, once a second party confirmed it
         (what a partial seed may hand to other peers)."""
-        if self._in_use is None or not self.list_corroborated or self._single:
+        if not self.list_corroborated or self._trust.single:
             return None
-        return self._in_use.pieces
+        return self._trust.in_use
+
+    @property
+    def _peers(self) -> PeerTable:
+        """The admitted peers (tests/test_scheduler.py counts them)."""
+        return self._table
 
     # ------------------------------------------------------- piece evaluation
 
     def _offers_received(
         self,
-        state: _PeerState,
+        state: PeerState,
         pieces: PieceList,
         have: frozenset[int],
         fetching: range,
         relayed: frozenset[int],
-    ) -> None:
-        """Take a downloading peer's offers. An offer may never change, and must agree with
-        the mirror's digests and with a corroborated list; it is a claim about one piece.
-        A relayed piece is no claim of the peer's own: it is used only where its digest is an
-        offer another downloader made to this node (`_refresh_relays`)."""
-        wanted = [i for i in sorted(have) if 0 <= i < self.piece_count]
-        offers = {i: pieces.digests[i] for i in wanted if i not in relayed}
-        relays = {i: pieces.digests[i] for i in wanted if i in relayed}
-        known = state.offers or {}
-        for index, digest in offers.items():
-            truth = self._mirror_digests.get(index)
-            if self._final and self._in_use is not None:
-                truth = self._in_use.pieces.digests[index]
-            if (
-                known.get(index, digest) != digest
-                or (truth is not None and truth != digest)
-                or self._contradicted.get(index) == digest
-            ):
-                self._ban(state.peer, f"offer for piece {index} contradicts", lied=True)
-                return
-        state.list_state = _ListState.RECEIVED
-        state.offers = {**known, **offers}
-        state.relays = {i: d for i, d in relays.items() if i not in state.offers}
-        state.not_held.clear()
-        self._refresh_relays()
-        now = self._clock.now()
-        state.fetching = {
-            i: state.fetching.get(i, now)
-            for i in fetching
-            if 0 <= i < self.piece_count and i not in state.offers
-        }
-        state.refresh_at = now + self._config.offers_refresh
-
-    def _offer_author(self, index: int, digest: bytes) -> Peer | None:
-        """A downloader (still usable) that offered piece `index` with `digest` itself."""
-        for state in self._peers.values():
-            if state.offers is not None and state.offers.get(index) == digest:
-                if self._eligible(state):
-                    return state.peer
-        return None
-
-    def _mended(self, index: int, digest: bytes) -> bool:
-        """`digest` is what the mirror sent for `index` (to this node, or to a usable downloader
-        by its own offer), while a digest the relay told differs: its copy was replaced."""
-        if self._mirror_digests.get(index) == digest:
-            return True
-        return any(
-            state.offers is not None and state.offers.get(index) == digest and self._eligible(state)
-            for state in self._peers.values()
+    ) -> bool:
+        """Take a downloading peer's offers (offers.py); false when one contradicts what is
+        known, and the peer is banned for it."""
+        wrong = self._crowd.take_offers(
+            state.peer,
+            pieces,
+            have,
+            fetching,
+            relayed,
+            self._clock.now(),
+            truth=self._trust.truth,
+            wrong=self._trust.contradicted,
         )
+        if wrong is not None:
+            self._ban(state.peer, f"offer for piece {wrong} contradicts", lied=True)
+            return False
+        self._table.took_offers(state)
+        self._refresh_relays()
+        return True
 
     def _refresh_relays(self) -> None:
-        """What each downloading peer can serve: its own offers, and the pieces it relays whose
-        digest some usable downloader offered this node itself. A relay that got a different
-        digest (one of the two was lied to, or lies) is simply not used."""
-        offered: dict[int, set[bytes]] = {}
-        for state in self._peers.values():
-            if state.offers is not None and self._eligible(state):
-                for index, digest in state.offers.items():
-                    offered.setdefault(index, set()).add(digest)
-        for state in self._peers.values():
-            if state.offers is None:
-                continue
-            relays = (i for i, d in state.relays.items() if d in offered.get(i, ()))
-            state.have = frozenset(state.offers).union(relays)
+        for peer, have in self._crowd.servable(self._trust.usable).items():
+            self._table.set_have(peer, have)
 
     def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
-        state = self._peers.get(peer)
-        request = self._take_request(peer, index)
+        state = self._table.get(peer)
+        request = self._table.take_request(peer, index)
         if state is not None and request is not None:
-            self._sample_rate(state, index, self._clock.now() - request.start)
-            if not request.overdue:
-                state.slow = False
-        if self._accepted_flags[index]:
+            self._table.delivered(state, index, request, self._clock.now())
+        if self._progress.has(index):
             return
         # The driver wrote this copy: whatever was held for `index` is gone.
-        self._held.pop(index, None)
-        claim = self._in_use
+        self._trust.release(index)
+        claim = self._trust.in_use
         if state is None:
             return
-        if claim is None:
-            offered = (state.offers or {}).get(index)
-            relayed = state.relays.get(index)
-            if offered is None and relayed is not None:
-                # Passed on: the downloader whose offer it matches stands behind it.
-                if relayed != digest and self._mended(index, digest):
-                    # Its copy was a liar's, which its own inquiry retracted and mended since it
-                    # told us: the bytes are those someone took from the mirror. No lie.
-                    state.not_held.add(index)
-                    state.relays.pop(index, None)
-                elif relayed != digest:
-                    self._ban(peer, f"piece {index} does not match what it relays", lied=True)
-                elif (author := self._offer_author(index, relayed)) is not None:
-                    self._cancel_others(index, keep=peer)
-                    self._provisional[index] = author
-                    self._accept(index, digest=digest, provisional=True)
-                return
-            if offered == digest:
+        if claim is None:  # a downloader's offer, or what it relays (offers.py)
+            mirror = self._trust.mirror_digests.get(index)
+            verdict = self._crowd.judge(peer, index, digest, mirror, self._trust.usable)
+            if verdict.mended:
+                self._table.lacks(state, index, error=False)
+            elif verdict.lie:
+                self._ban(peer, verdict.lie, lied=True)
+            elif verdict.author is not None:
                 self._cancel_others(index, keep=peer)
-                self._provisional[index] = peer
+                self._offered.take(index, verdict.author)
                 self._accept(index, digest=digest, provisional=True)
-            elif offered is not None:
-                self._ban(peer, f"piece {index} does not match its offer", lied=True)
             return
-        if claim.pieces.matches(index, digest):
+        if claim.matches(index, digest):
             self._cancel_others(index, keep=peer)
-            if self._final:
-                self._accept(index)
-            else:
-                self._held[index] = peer
-                if not self._is_author(peer):
-                    claim.vouchers.add(peer)
-            return
-        if self._final or index in self._mirror_digests:
-            self._ban(peer, f"piece {index} does not match the piece list", lied=True)
-        elif self._mirror_usable():
-            self._disputes.setdefault(index, {})[peer] = digest
+            self._trust.peer_piece(peer, index)
         else:
-            self._set_aside(peer)  # its word against the list's author: no referee
+            self._trust.peer_contradicts(peer, index, digest, self._mirror.usable())
 
     def _mirror_piece(self, index: int, digest: bytes) -> None:
-        if self._mirror_claim == index:
-            self._mirror_claim = None
-        if self._accepted_flags[index]:
+        self._mirror.piece_done(index)
+        if self._progress.has(index):
             return
-        self._held.pop(index, None)
-        self._mirror_digests[index] = digest
-        if not self._final:
-            self._mirror_evidence(index, digest)
-        claim = self._in_use
+        self._trust.release(index)
+        self._trust.mirror_piece(index, digest)
+        claim = self._trust.in_use
         if claim is None:
             self._cancel_others(index, keep=None)
             self._accept(index)
-        elif claim.pieces.matches(index, digest):
+        elif claim.matches(index, digest):
             self._cancel_others(index, keep=None)
-            if self._final:
+            if self._trust.final:
                 self._accept(index)
             else:
-                self._held[index] = MIRROR
+                self._trust.hold_mirror_piece(index)
         else:
-            self._refused.add(index)
-
-    def _mirror_evidence(self, index: int, digest: bytes) -> None:
-        disputed = self._disputes.pop(index, {})
-        for claim in self._claims():
-            if claim.pieces.digests[index] == digest:
-                claim.mirror_matches += 1
-            else:
-                self._refute(claim, "piece list contradicted by the mirror")
-        for peer, claimed in sorted(disputed.items()):
-            if claimed != digest:
-                self._ban(peer, f"piece {index} contradicted by the mirror", lied=True)
+            self._mirror.refuse(index)
 
     # ------------------------------------------------------------ piece lists
 
-    def _claims(self) -> list[_Claim]:
-        return ([] if self._in_use is None else [self._in_use]) + list(self._rivals)
-
-    def _is_author(self, peer: Peer) -> bool:
-        return any(peer in claim.authors for claim in self._claims())
-
-    def _add_claim(self, peer: Peer, pieces: PieceList) -> None:
-        if self._final:
-            assert self._in_use is not None
-            if pieces.digests == self._in_use.pieces.digests:
-                if peer not in self._in_use.authors:
-                    self._in_use.authors.append(peer)
-            else:
-                self._ban(peer, "piece list contradicts the corroborated list", lied=True)
-            return
-        for index, digest in self._mirror_digests.items():
-            if pieces.digests[index] != digest:
-                self._ban(peer, f"piece list contradicted by the mirror at {index}", lied=True)
-                return
-        if any(pieces.digests[i] == d for i, d in self._contradicted.items()):
-            self._set_aside(peer)  # it may hand on a list it was fooled into taking
-            return
-        for claim in self._claims():
-            claim.vouchers.discard(peer)
-        for claim in self._claims():
-            if claim.pieces.digests == pieces.digests:
-                if peer not in claim.authors:
-                    claim.authors.append(peer)
-                return
-        claim = _Claim(pieces, authors=[peer], mirror_matches=len(self._mirror_digests))
-        if self._in_use is None:
-            self._in_use = claim
-        elif len(self._rivals) < _MAX_RIVAL_LISTS:
-            self._rivals.append(claim)
-        else:
-            self._set_aside(peer)
-
-    def _refute(self, claim: _Claim, reason: str) -> None:
-        for peer in claim.authors:
-            self._ban(peer, reason, lied=True)
-        if claim is self._in_use:
-            self._in_use = None
-            self._disputes.clear()
-            if self._rivals:
-                best = max(self._rivals, key=self._claim_rank)
-                self._rivals.remove(best)
-                self._in_use = best
-            self._drop_held()
-        else:
-            self._rivals.remove(claim)
-
-    def _claim_rank(self, claim: _Claim) -> tuple[bool, int, tuple[float, float]]:
-        authors = [self._peers[p] for p in claim.authors if p in self._peers]
-        best = max((self._rank(state) for state in authors), default=(0.0, 0.0))
-        return (claim.has_evidence(), claim.support(), best)
-
-    def _drop_held(self) -> None:
-        """The list that held pieces were checked against is gone. Peer copies go back to
-        missing; mirror copies stay held if the new list agrees, and are accepted if there is
-        no list left (a plain mirror download)."""
-        claim = self._in_use
-        for index, source in sorted(self._held.items()):
-            if source is not MIRROR or (
-                claim is not None and not claim.pieces.matches(index, self._mirror_digests[index])
-            ):
-                del self._held[index]
-            elif claim is None:
-                self._accept(index)
-
-    def _settle(self) -> None:
-        """Resolve what can be resolved without new evidence; finalize a corroborated list."""
-        claim = self._in_use
-        if self._final or claim is None:
-            return
-        if not self._mirror_usable():
-            if self._rivals:
-                self._resolve_by_support()
-            for peer in self._disputants():
-                self._set_aside(peer)
-            self._disputes.clear()
-        claim = self._in_use
-        if claim is not None and not self._rivals and not self._disputes and claim.has_evidence():
-            self._finalize()
-
-    def _resolve_by_support(self) -> None:
-        assert self._in_use is not None
-        candidates = [self._in_use, *self._rivals]
-        best = max(candidates, key=lambda c: (c.support(), c is self._in_use))
-        for claim in candidates:
-            if claim is best:
-                continue
-            if best.support() > claim.support():
-                for peer in claim.authors:
-                    self._ban(peer, "piece list outvoted", lied=True)
-            else:
-                for peer in claim.authors:
-                    self._set_aside(peer)
-        switched = best is not self._in_use
-        self._in_use = best
-        self._rivals = []
-        if switched:
-            self._drop_held()
-            self._disputes.clear()
-
-    def _disputants(self) -> list[Peer]:
-        return sorted({peer for by_peer in self._disputes.values() for peer in by_peer})
-
-    def _finalize(self) -> None:
-        self._final = True
-        claim = self._in_use
-        assert claim is not None
-        for peer in self._disputants():
-            self._ban(peer, "piece does not match the piece list", lied=True)
-        self._disputes.clear()
-        for index in sorted(self._held):
-            self._accept(index)
-
     def _last_resort(self) -> None:
-        """No mirror and nobody left to ask: accept what the one list says; the whole-file
-        hash is then the only check (as for a plain mirror download)."""
-        if self._final or self._in_use is None or self._rivals or not self._deadline_passed:
+        """No mirror and nobody left to ask: accept what the one list says (list_trust.py)."""
+        if not self._mirror.deadline_passed or self._mirror.usable():
             return
-        if self._mirror_usable() or self._lists_pending() or self._askable_peers():
+        if self._table.lists_pending() or self._trust.askable():
             return
-        if all(self._accepted_flags[i] or i in self._held for i in range(self.piece_count)):
-            self._last_resort_used = True
-            self._finalize()
+        self._trust.last_resort(self.is_accepted, self.piece_count)
 
     def _ask_for_lists(self) -> None:
-        if self._single or self._final:
-            return
-        states = list(self._peers.values())
-        # A downloading peer's offers are no list: keep asking until enough lists are in.
-        active = sum(
-            1 for s in states if s.list_state is not _ListState.NOT_ASKED and s.offers is None
-        )
-        limit = self._config.piece_lists_wanted
-        if self._in_use is not None and not self._mirror_usable():
-            limit = len(states)  # no referee: every peer's word may be needed
-        candidates = sorted(self._askable_peers(), key=self._rank, reverse=True)
-        for state in candidates[: max(0, limit - active)]:
-            state.list_state = _ListState.PENDING
-            self._emit(RequestPieceList(state.peer))
-
-    def _lists_pending(self) -> bool:
-        return any(s.list_state is _ListState.PENDING for s in self._peers.values())
-
-    def _askable_peers(self) -> list[_PeerState]:
-        if self._single:
-            return []
-        return [s for s in self._peers.values() if s.list_state is _ListState.NOT_ASKED]
+        wanted = self._config.piece_lists_wanted
+        is_downloading = self._crowd.is_downloading
+        for peer in self._trust.lists_to_ask(wanted, self._mirror.usable(), is_downloading):
+            self._emit(RequestPieceList(peer))
 
     # --------------------------------------------------------------- schedule
 
     def _schedule(self) -> None:
         if self._done():
             return
-        self._settle()
+        self._trust.settle(self._mirror.usable())
         self._ask_for_lists()
         self._last_resort()
         if self._done():
             return
         self._start_checks()
-        self._start_audit()
+        if not self._table.lists_pending() and self._mirror.allowed():
+            audit = self._trust.start_audit(self._rng, self._span)
+            if audit is not None:
+                self._emit(audit)
         self._start_mirror()
         self._assign_peers()
         self._check_stuck()
 
     def _start_checks(self) -> None:
-        if self._inquiry is None:
-            return
-        for check in self._inquiry.take(self._doubt):
-            self._emit(CheckPiece(check.index, check.start, check.end, check.whole))
-
-    def _doubt(self, index: int) -> tuple[int, int]:
-        """How suspect a piece taken on an offer is (inquiry.py): (0, 0) when a usable
-        downloader offers it with another digest, (2, 0) when one other than its author offers
-        the same, else (1, how many downloaders come before this node to check it)."""
-        mine = self._provisional_digests.get(index)
-        author = self._provisional.get(index)
-        vouched = False
-        for state in self._peers.values():
-            offered = None if state.offers is None else state.offers.get(index)
-            if offered is None or state.peer == author or not self._eligible(state):
-                continue
-            if offered != mine:
-                return (0, 0)
-            vouched = True
-        if vouched:
-            return (2, 0)
-        if not self._node:
-            return (1, 0)
-        mine_key = self._rendezvous.key(self._node + b"check", index)
-        before = sum(
-            1
-            for state in self._split_partners()
-            if state.peer != author
-            and self._rendezvous.key(state.node + b"check", index) < mine_key
-        )
-        return (1, before)
-
-    def _abandon_list(self) -> None:
-        """The list in use says what the mirror contradicted, so it goes, with its rivals; a
-        plain download goes on. Its authors are not banned for it: a downloader hands on a list
-        it took as corroborated (the liar's, matching the liar's piece), and a piece that does
-        not match such a list may have been true."""
-        self._in_use = None
-        self._rivals = []
-        self._final = False
-        self._disputes.clear()
-        self._refused.clear()
-        self._drop_held()
+        for check in self._offered.checks():
+            self._emit(check)
 
     def _retract(self, index: int) -> None:
-        if not self._accepted_flags[index]:
+        if not self._progress.retract(index):
             return
-        self._accepted_flags[index] = False
-        self.accepted -= 1
         self.finished = False
-        self._low = min(self._low, index)
-        self._provisional.pop(index, None)
-        self._provisional_digests.pop(index, None)
+        self._offered.forget(index)
         self._emit(RetractPiece(index))
 
-    def _start_audit(self) -> None:
-        """Check a lone list cheaply: a random block of a random held peer piece (which matches
-        the list) against the same bytes from the mirror. The piece was committed to by the list
-        before the block was chosen, so a list entry that lies is caught unless the liar guessed
-        the block; the whole-file hash remains the final check."""
-        claim = self._in_use
-        if (
-            self._audit is not None
-            or claim is None
-            or self._final
-            or self._rivals
-            or self._disputes
-            or self._lists_pending()
-            or not self._mirror_allowed()
-        ):
-            return
-        held = sorted(i for i, source in self._held.items() if source is not MIRROR)
-        if not held:
-            return
-        index = self._rng.choice(held)
-        start, end = piece_span(index, self._size, self._piece_size)
-        offset = start + self._rng.randrange(max(1, end - start - AUDIT_BLOCK + 1))
-        self._audit = (index, claim)
-        self._emit(
-            AuditPiece(index, offset, min(end, offset + AUDIT_BLOCK), claim.pieces.digests[index])
-        )
-
     def _start_mirror(self) -> None:
-        if self._mirror_active or not self._mirror_allowed():
-            return
-        target, why = self._mirror_choice()
-        if target is not None:
-            self._mirror_active = True
-            self._mirror_claim = target
-            self._emit(StartMirror(target, why))
-
-    def _mirror_target(self) -> int | None:
-        return self._mirror_choice()[0]
-
-    def _mirror_choice(self) -> tuple[int | None, str]:
-        """The piece the mirror is needed for most, and what for."""
-        referee = self._referee_indices()
-        if referee:
-            return min(referee), "referee"
-        overdue = [
-            index
-            for index, requests in self._requests.items()
-            if requests
-            and all(r.overdue for r in requests.values())
-            and not self._accepted_flags[index]
-            and index not in self._held
-            and index not in self._refused
-        ]
-        busy = self._busy_too_long()
-        if self._in_use is None and self._deadline_passed:
-            target, why = self._fallback_choice()  # pieces nobody has come before overdue ones
-            if target is not None:
-                return target, why
-        if overdue or busy:
-            target = min(overdue + busy)
-            return target, "overdue at peers" if target in overdue else "peers busy"
-        if (
-            self._in_use is not None
-            and not self._final
-            and not self._lists_pending()
-            and self._audit is None
-            and not any(source is not MIRROR for source in self._held.values())
-            and not self._requests
-            and not self._peers_can_deliver()
-        ):
-            # No peer piece is held or on its way to audit the list with: a whole mirror piece
-            # checks it instead.
-            missing = [i for i in range(self._low, self.piece_count) if not self._accepted_flags[i]]
-            unheld = [i for i in missing if i not in self._held]
-            candidates = unheld or missing
-            if candidates:
-                # Corroborating costs one piece of mirror traffic: take the last piece, the only
-                # one that can be shorter than a full piece, when it is still to be fetched.
-                last = self.piece_count - 1
-                return (last if last in candidates else candidates[0]), "corroborate the list"
-        if not self._deadline_passed:
-            return None, ""
-        return self._fallback_choice()
-
-    def _busy_too_long(self) -> list[int]:
-        """Pieces whose holders have answered "busy" for `busy_overdue` with no request
-        to anyone since: overdue, like a piece no peer delivers in time."""
-        for index in [i for i in self._busy_since if self._accepted_flags[i] or i in self._held]:
-            del self._busy_since[index]
-            self._busy_late.discard(index)
-        return [
-            index
-            for index in sorted(self._busy_late)
-            if index not in self._refused and not self._requests.get(index)
-        ]
-
-    def _fallback_choice(self) -> tuple[int | None, str]:
-        """A missing, unclaimed piece that no usable peer can serve: the lowest (apt reads in
-        order); while other downloaders are known, the lowest of this node's share, else the
-        highest of those it comes next in line for, so that their mirror streams fetch
-        different pieces for the swarm."""
-        unserved = self._unserved()
-        if not unserved:
-            return None, ""
-        ranks = self._split_ranks(unserved)
-        if ranks:
-            share = [i for i in unserved if ranks[i][0] == 0]
-            if share:
-                return share[0], "this node's share of what nobody has"
-            # Then pieces whose owners (and the others before this node in line) are not
-            # fetching anything: gone, or stuck. An owner that is still working through its
-            # share keeps it; the mirror's bandwidth is shared, so taking its pieces would
-            # only fetch them twice. Nearest in line first, from the top (owners go up).
-            free = {i: rank for i, (rank, waits) in ranks.items() if not waits}
-            if not free:
-                return None, ""
-            nearest = min(free.values())
-            target = max(i for i, rank in free.items() if rank == nearest)
-            return target, f"nobody has it, {nearest} idle downloader(s) before this one"
-        if any(s.offers is not None for s in self._peers.values()):
-            return self._rng.choice(unserved), "nobody has it (downloaders without ids)"
-        return unserved[0], "nobody else has it"
-
-    def _split_ranks(self, indices: list[int]) -> dict[int, tuple[int, bool]]:
-        """For each index: how many downloading peers (that told their id) come before this
-        node in its rendezvous order (0: its share), and whether one of those is fetching
-        from the mirror now (it may still get there). Empty when there is nobody to split with."""
-        partners = [(s.node, self._is_fetching(s)) for s in self._split_partners()]
-        if not partners or not self._node:
-            return {}
-        return self._rendezvous.ranks(self._node, partners, indices)
-
-    def _split_partners(self) -> list[_PeerState]:
-        """The usable downloading peers that told their id: those the mirror's pieces are
-        split with."""
-        return [
-            s
-            for s in self._peers.values()
-            if s.offers is not None and s.node and s.node != self._node and self._eligible(s)
-        ]
-
-    def _is_fetching(self, state: _PeerState) -> bool:
-        """The downloading peer said at its last answer that its mirror request is on a piece."""
-        return bool(self._fresh_claims(state))
-
-    def _fresh_claims(self, state: _PeerState) -> list[int]:
-        """The pieces a downloading peer's mirror request is on, by its last answer, that it
-        has not sat on for longer than fetch_claim_ttl."""
-        oldest = self._clock.now() - self._config.fetch_claim_ttl
-        return [index for index, since in state.fetching.items() if since > oldest]
-
-    def _unserved(self) -> list[int]:
-        if self._in_use is None:
-            if self._lists_pending() or self._askable_peers():
-                return []  # a list is coming: the peers may have everything
-            servers = [
-                s for s in self._peers.values() if s.offers is not None and self._eligible(s)
-            ]
-        else:
-            servers = [
-                s
-                for s in self._peers.values()
-                if s.list_state is _ListState.PENDING or self._eligible(s)
-            ]
-            if any(s.have is None and not s.not_held and not s.slow for s in servers):
-                return []  # a complete peer can serve every piece
-        # A slow peer (one that let a request go overdue) covers nothing: what it holds is the
-        # mirror's to fetch too, or a slowloris would set the pace of the whole download.
-        servers = [s for s in servers if not s.slow]
-        # One pass over the peers, then one over the pieces: this runs on every event.
-        covered = self._fetched_by_peers()
-        for s in servers:
-            covered |= (s.have if s.have is not None else self._all_pieces) - s.not_held
-        return [
-            index
-            for index in range(self._low, self.piece_count)
-            if not (
-                self._accepted_flags[index]
-                or index in self._held
-                or index in self._refused
-                or index in covered
-                or self._live_request(index)
-            )
-        ]
-
-    def _fetched_by_peers(self) -> set[int]:
-        """The pieces downloading peers' mirror streams are on (and have not sat on for longer
-        than fetch_claim_ttl): they will offer them soon, the mirror need not send them twice."""
-        fetched: set[int] = set()
-        for state in self._peers.values():
-            if state.fetching and self._eligible(state):
-                fetched.update(self._fresh_claims(state))
-        return fetched
-
-    def _referee_indices(self) -> set[int]:
-        indices = {i for i in self._disputes if not self._accepted_flags[i]}
-        claim = self._in_use
-        if claim is not None and not self._final:
-            for rival in self._rivals:
-                for index, (a, b) in enumerate(
-                    zip(claim.pieces.digests, rival.pieces.digests, strict=True)
-                ):
-                    if a != b:
-                        indices.add(index)
-                        break
-        return indices
-
-    def _mirror_wants(self, index: int) -> bool:
-        """The stream goes on into `index` only if the mirror would be asked for it anyway
-        (referee, overdue piece, corroboration, or no usable peer can serve it): once peers
-        can deliver, every piece the stream takes is mirror traffic the swarm could have saved."""
-        if self._accepted_flags[index] or index in self._refused:
-            return False
-        if index in self._referee_indices():
-            return True
-        if index in self._held or self._live_request(index):
-            return False
-        if self._deadline_passed:
-            unserved = self._unserved()
-            if index in unserved:
-                # Among downloaders, only into this node's share (the rest is others' first).
-                ranks = self._split_ranks(unserved)
-                if not ranks or ranks[index][0] == 0:
-                    return True
-        return self._mirror_target() == index
-
-    def _peers_can_deliver(self) -> bool:
-        """Some eligible peer holds a piece that is still to be fetched."""
-        missing = [
-            i
-            for i in range(self._low, self.piece_count)
-            if not self._accepted_flags[i] and i not in self._held
-        ]
-        return any(
-            self._eligible(s) and any(s.holds(i) for i in missing) for s in self._peers.values()
-        )
-
-    def _live_request(self, index: int) -> bool:
-        return any(not r.overdue for r in self._requests.get(index, {}).values())
-
-    def _eligible(self, state: _PeerState) -> bool:
-        if state.list_state is _ListState.PENDING:
-            return False
-        if not self._disputes and not self._rivals:
-            return True
-        peer = state.peer
-        if any(peer in disputants for disputants in self._disputes.values()):
-            return False
-        return not any(peer in rival.authors for rival in self._rivals)
+        start = self._mirror.start(self._clock.now())
+        if start is not None:
+            self._emit(start)
 
     def _assign_peers(self) -> None:
-        now = self._clock.now()
-        free = [
-            s
-            for s in self._peers.values()
-            if len(s.inflight) < self._capacity(s)
-            and s.busy_until <= now
-            and self._eligible(s)
-            and (self._in_use is not None or s.offers is not None)
-        ]
-        if not free:
-            return
-        free.sort(key=self._rank, reverse=True)
-        referee = self._referee_indices()
+        referee = self._trust.referee_indices(self.is_accepted)
+        in_use = self._trust.in_use is not None
+
+        def may_serve(state: PeerState) -> bool:
+            return self._trust.eligible(state) and (
+                in_use or self._crowd.is_downloading(state.peer)
+            )
 
         def assignable(index: int) -> bool:
             return not (
-                self._accepted_flags[index]
-                or index in self._held
-                or index == self._mirror_claim
+                self._progress.has(index)
+                or self._trust.is_held(index)
+                or index == self._mirror.claim
                 or index in referee
-                or self._live_request(index)
+                or self._table.live_request(index)
             )
 
-        for state in [s for s in free if s.slow]:
-            free.remove(state)
-            if self._mirror_usable():  # from the top, away from the mirror stream
-                indices: Iterable[int] = range(self.piece_count - 1, self._low - 1, -1)
-            else:
-                indices = range(self._low, self.piece_count)
-            for index in indices:
-                if assignable(index) and index not in state.inflight and state.holds(index):
-                    self._request(state, index)
-                    break
-        if not free:
-            return
-        for index in range(self._low, self.piece_count):
-            if not assignable(index):
-                continue
-            for state in free:
-                if index not in state.inflight and state.holds(index):
-                    self._request(state, index)
-                    if len(state.inflight) >= self._config.max_requests_per_peer:
-                        free.remove(state)
-                    break
-            if not free:
-                return
-
-    def _capacity(self, state: _PeerState) -> int:
-        """Requests a peer may have in flight: one while it is slow and the mirror can help."""
-        if state.slow and self._mirror_usable():
-            return 1
-        return self._config.max_requests_per_peer
+        made = self._table.assign(
+            self._clock.now(),
+            may_serve=may_serve,
+            assignable=assignable,
+            ahead=self._progress.ahead(),
+            mirror_usable=self._mirror.usable(),
+        )
+        for peer, index in made:
+            self._emit(RequestPiece(peer, index))
 
     def _check_stuck(self) -> None:
+        now = self._clock.now()
         if (
-            not self._deadline_passed
-            or self._mirror_active
-            or self._audit is not None
-            or self._lists_pending()
-            or self._requests
-            or (self._inquiry is not None and self._inquiry.busy)
-            or any(s.busy_until > self._clock.now() for s in self._peers.values())
-            or any(s.offers is not None and self._is_fetching(s) for s in self._peers.values())
-            or any(i >= self._low for i in self._fetched_by_peers())
+            not self._mirror.deadline_passed
+            or self._mirror.active
+            or self._trust.auditing
+            or self._table.lists_pending()
+            or self._table.any_requests()
+            or self._offered.busy
+            or self._table.busy(now)
+            or self._crowd.any_fetching(now)
+            or any(i >= self._progress.low for i in self._crowd.fetched(now, self._trust.usable))
         ):
             return
-        if not self._peers_seen and not self._mirror_available:
+        if not self._table.seen and not self._mirror.available:
             self._fail("no peer has the file and no mirror is available")
-        elif self._mirror_available and not self._mirror_usable():
-            self._fail(f"no usable peer left and the mirror failed: {self._mirror_last_error}")
-        elif (target := self._last_resort_piece()) is not None:
+        elif self._mirror.available and not self._mirror.usable():
+            self._fail(f"no usable peer left and the mirror failed: {self._mirror.last_error}")
+        elif (target := self._mirror.last_resort_piece()) is not None:
             # Nothing moves, yet the mirror works: the split of the mirror's pieces left this
             # node waiting on a downloader that will not fetch them (seen in an 8-machine
             # classroom). The mirror rather than a failed response to apt.
-            self._mirror_active = True
-            self._mirror_claim = target
-            self._emit(StartMirror(target, "nothing else moves"))
+            self._emit(self._mirror.begin(target, "nothing else moves"))
         else:
             self._fail("no source left for the missing pieces")
 
-    def _last_resort_piece(self) -> int | None:
-        """The lowest missing piece the mirror has not already sent wrong, if the mirror is
-        usable."""
-        if not self._mirror_usable():
-            return None
-        for index in range(self._low, self.piece_count):
-            if not (self._accepted_flags[index] or index in self._held or index in self._refused):
-                return index
-        return None
-
     # ---------------------------------------------------------------- helpers
 
-    def _request(self, state: _PeerState, index: int) -> None:
-        now = self._clock.now()
-        start, end = piece_span(index, self._size, self._piece_size)
-        rate = state.rate if state.rate is not None else self._config.default_rate
-        timeout = max(
-            self._config.min_piece_timeout, self._config.overdue_factor * (end - start) / rate
-        )
-        request = _Request(start=now, deadline=now + timeout)
-        state.inflight[index] = request
-        self._requests.setdefault(index, {})[state.peer] = request
-        self._emit(RequestPiece(state.peer, index))
-
-    def _take_request(self, peer: Peer, index: int) -> _Request | None:
-        state = self._peers.get(peer)
-        request = None if state is None else state.inflight.pop(index, None)
-        by_peer = self._requests.get(index)
-        if by_peer is not None:
-            by_peer.pop(peer, None)
-            if not by_peer:
-                del self._requests[index]
-        return request
-
     def _cancel_others(self, index: int, keep: Peer | None) -> None:
-        for peer in sorted(self._requests.get(index, {})):
+        for peer in self._table.requesters(index):
             if peer != keep:
-                self._take_request(peer, index)
+                self._table.take_request(peer, index)
                 self._emit(CancelPiece(peer, index))
 
-    def _sample_rate(self, state: _PeerState, index: int, elapsed: float) -> None:
-        start, end = piece_span(index, self._size, self._piece_size)
-        sample = (end - start) / max(elapsed, _MIN_ELAPSED)
-        if state.rate is None:
-            state.rate = sample
-        else:
-            weight = self._config.rate_smoothing
-            state.rate = (1.0 - weight) * state.rate + weight * sample
-
-    def _rank(self, state: _PeerState) -> tuple[float, float]:
-        rate = state.rate if state.rate is not None else self._config.default_rate
-        return (rate / (1 + state.errors), state.tiebreak)
-
     def _accept(self, index: int, *, digest: bytes = b"", provisional: bool = False) -> None:
-        if self._accepted_flags[index]:
+        if not self._progress.accept(index):
             return
-        self._held.pop(index, None)
-        self._accepted_flags[index] = True
-        self.accepted += 1
-        claim = self._in_use
+        self._trust.release(index)
         if not digest:
-            digest = (
-                claim.pieces.digests[index] if claim is not None else self._mirror_digests[index]
-            )
+            digest = self._trust.digest(index)
         if provisional:
-            self._provisional_digests[index] = digest
+            self._offered.record(index, digest)
         self._emit(AcceptPiece(index, digest, provisional))
-        while self._low < self.piece_count and self._accepted_flags[self._low]:
-            self._low += 1
-        if self.accepted == self.piece_count:
+        if self._progress.complete:
             self.finished = True
             self._emit(Finished())
 
     def _remove_peer(self, peer: Peer) -> None:
-        state = self._peers.pop(peer, None)
-        if state is not None:
-            if state.offers:
-                self._refresh_relays()  # what others relay of its offers is of no use any more
-            for index in list(state.inflight):
-                by_peer = self._requests.get(index)
-                if by_peer is not None:
-                    by_peer.pop(peer, None)
-                    if not by_peer:
-                        del self._requests[index]
-        for index in list(self._disputes):
-            self._disputes[index].pop(peer, None)
-            if not self._disputes[index]:
-                del self._disputes[index]
+        state = self._table.remove(peer)
+        if state is not None and self._crowd.forget(peer):
+            self._refresh_relays()  # what others relay of its offers is of no use any more
+        self._trust.forget(peer)
 
     def _ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
-        if self._excluded.get(peer):
+        if self._table.is_banned(peer):
             return
         self._remove_peer(peer)
-        self._excluded[peer] = True
+        self._table.exclude(peer, banned=True)
         self._emit(BanPeer(peer, reason, lied))
 
     def _set_aside(self, peer: Peer) -> None:
-        if peer in self._excluded:
+        if self._table.is_excluded(peer):
             return
         self._remove_peer(peer)
-        self._excluded[peer] = False
-
-    def _mirror_usable(self) -> bool:
-        return self._mirror_available and self._mirror_errors <= self._config.max_mirror_restarts
-
-    def _mirror_allowed(self) -> bool:
-        return self._mirror_usable() and (self._deadline_passed or self._peers_seen)
+        self._table.exclude(peer, banned=False)
 
     def _fail(self, reason: str) -> None:
         if self.failed is None:
@@ -1422,6 +664,9 @@ class SwarmScheduler:
 
     def _emit(self, action: Action) -> None:
         self._actions.append(action)
+
+    def _span(self, index: int) -> tuple[int, int]:
+        return piece_span(index, self._size, self._piece_size)
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.piece_count:
