@@ -21,10 +21,10 @@ datagram), the indices of the contacts nearest that key and the peers held for i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import msgpack
@@ -105,6 +105,13 @@ def address_size(family: socket.AddressFamily) -> int:
 
 def family_of(host: str) -> socket.AddressFamily:
     """The address family of an IP literal; RemoteProtocolError when `host` is not one."""
+    if not isinstance(host, str):
+        raise RemoteProtocolError(f"not an IP address: {host!r}")
+    return _family_of(host)
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every contact a node considers; parsing is slow
+def _family_of(host: str) -> socket.AddressFamily:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -114,13 +121,6 @@ def family_of(host: str) -> socket.AddressFamily:
 
 def pack_address(host: str, port: int, family: socket.AddressFamily) -> bytes:
     return socket.inet_pton(family, host) + port.to_bytes(2, "big")
-
-
-def unpack_address(data: bytes, family: socket.AddressFamily) -> Address:
-    size = address_size(family)
-    host = socket.inet_ntop(family, data[:size])
-    port = int.from_bytes(data[size : size + 2], "big")
-    return host, port
 
 
 def encode_nodes(contacts: list[Contact], family: socket.AddressFamily) -> bytes:
@@ -312,7 +312,7 @@ def _decode_body(data: bytes) -> object:
             strict_map_key=False,
             timestamp=3,
             ext_hook=_Ext,
-            object_pairs_hook=partial(_map, odd_keys),
+            object_pairs_hook=functools.partial(_map, odd_keys),
         )
     except msgpack.ExtraData as extra:  # umsgpack read the first object and no further
         body, trailing = extra.unpacked, True
@@ -373,15 +373,18 @@ def _decode_request(msgid: bytes, body: object) -> Request:
 
 def _decode_contacts(value: object, what: str, family: socket.AddressFamily) -> list[Contact]:
     raw = _bytes(value, what, max_size=MAX_DATAGRAM)
-    step = ID_SIZE + address_size(family) + 2
+    size = address_size(family)
+    step = ID_SIZE + size + 2
     if len(raw) % step:
         raise RemoteProtocolError(f"{what}: length is not a multiple of the entry size")
     found = []
+    ntop = socket.inet_ntop
     for offset in range(0, len(raw), step):
-        host, port = unpack_address(raw[offset + ID_SIZE : offset + step], family)
+        at = offset + ID_SIZE  # the address, then the port
+        port = raw[at + size] << 8 | raw[at + size + 1]
         if port == 0:
             raise RemoteProtocolError(f"{what}: port 0")
-        found.append(Contact(raw[offset : offset + ID_SIZE], host, port))
+        found.append(Contact(raw[offset:at], ntop(family, raw[at : at + size]), port))
     return found
 
 
