@@ -13,7 +13,7 @@ least-recently-seen contact through a tracked task instead of an orphaned `ensur
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import socket
 from collections.abc import Callable
 
@@ -30,12 +30,10 @@ class DhtBucket(KBucket):  # type: ignore[misc]
     def __init__(self, lower: int, upper: int, ksize: int, clock: Clock) -> None:
         self._clock = clock
         super().__init__(lower, upper, ksize)
-        # Buckets are halves of halves of the id space: every id in one shares the bits above
-        # `free_bits`, so its XOR distance to a target lies in one aligned interval (see
-        # `DhtRoutingTable.find_neighbors`). None for a range that is not such a half.
         width = upper - lower + 1
-        aligned = width & (width - 1) == 0 and lower % width == 0
-        self.free_bits: int | None = width - 1 if aligned else None
+        if width & (width - 1) or lower % width:
+            # find_neighbors counts on it: ids of a bucket share every bit above its width
+            raise ValueError("a bucket is a half of a half of the id space")
 
     def touch_last_updated(self) -> None:
         self.last_updated = self._clock.now()
@@ -72,7 +70,12 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
 
     def flush(self) -> None:
         self.buckets = [DhtBucket(0, 2**160 - 1, self.ksize, self._clock)]
+        self._lowers = [0]  # each bucket's first id, in order (for bisect)
         self._by_address = {}
+
+    def split_bucket(self, index: int) -> None:
+        super().split_bucket(index)
+        self._lowers.insert(index + 1, self.buckets[index + 1].range[0])
 
     def get_bucket_for(self, node: Node) -> int:
         for index, bucket in enumerate(self.buckets):
@@ -147,43 +150,45 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         """The `k` contacts nearest `node` by XOR distance, nearest first, leaving out `node`'s
         own id and any contact at `exclude`'s address.
 
-        Visits the buckets nearest first and stops once `k` contacts are found: the distances
-        of the ids in one bucket fill an interval that no other bucket's overlaps, so the
-        contacts of a bucket further away can never beat those already found. A get_peers
-        request of 48 keys costs 48 of these; a scan of the whole table each was most of a
-        node's time.
+        Looks only in the buckets near the target: the ids that share the target's first n bits
+        are all nearer to it than any other id, and they are the ids of a run of neighbouring
+        buckets (a bucket is a half of a half of the id space). So the run starts at the bucket
+        that holds the target and widens, one shared bit less at a time, until it holds `k`
+        contacts. A get_peers request of 48 keys costs 48 of these; a scan of the whole table
+        each was most of a node's time.
         """
         k = k or self.ksize
         target = node.long_id
-        ranked: list[tuple[int, int]] = []
-        for index, bucket in enumerate(self.buckets):
-            if not bucket.nodes:
-                continue
-            free = bucket.free_bits
-            if free is None:
-                return self._scan_neighbors(node, k, exclude)
-            ranked.append(((bucket.range[0] ^ target) & ~free, index))
-        ranked.sort()
+        buckets, lowers = self.buckets, self._lowers
+        first = last = bisect.bisect_right(lowers, target) - 1  # the run is [first, last]
         found: list[Node] = []
-        for _, index in ranked:
-            for n in self.buckets[index].nodes.values():
-                if n.id != node.id and (
-                    exclude is None or n.ip != exclude.ip or n.port != exclude.port
-                ):
-                    found.append(n)
+        for index in range(len(buckets)):  # at most this many widenings
+            if index:
+                # widen to the next bucket either side, and whatever else shares as many bits
+                left = (lowers[first - 1] ^ target).bit_length() if first else 161
+                right = (lowers[last + 1] ^ target).bit_length() if last + 1 < len(lowers) else 161
+                bits = min(left, right)
+                if bits > 160:
+                    break
+                new = []
+                while first and (lowers[first - 1] ^ target).bit_length() <= bits:
+                    first -= 1
+                    new.append(first)
+                while last + 1 < len(lowers) and (lowers[last + 1] ^ target).bit_length() <= bits:
+                    last += 1
+                    new.append(last)
+            else:
+                new = [first]
+            for at in new:
+                for n in buckets[at].nodes.values():
+                    if n.id != node.id and (
+                        exclude is None or n.ip != exclude.ip or n.port != exclude.port
+                    ):
+                        found.append(n)
             if len(found) >= k:
                 break
         found.sort(key=lambda n: n.long_id ^ target)
         return found[:k]
-
-    def _scan_neighbors(self, node: Node, k: int, exclude: Node | None) -> list[Node]:
-        candidates = (
-            n
-            for bucket in self.buckets
-            for n in bucket.nodes.values()
-            if n.id != node.id and (exclude is None or not n.same_home_as(exclude))
-        )
-        return heapq.nsmallest(k, candidates, key=lambda n: n.distance_to(node))
 
     def contacts(self) -> list[Node]:
         return [n for bucket in self.buckets for n in bucket.nodes.values()]

@@ -1,4 +1,4 @@
-"""`DhtRoutingTable.find_neighbors` (buckets visited nearest first) gives exactly what a scan of
+"""`DhtRoutingTable.find_neighbors` (only the buckets near the target) gives exactly what a scan of
 the whole table gives: the k nearest contacts by XOR distance, the asked id and the requester's
 address left out."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import socket
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
@@ -91,22 +92,10 @@ def test_nearest_contacts_match_a_full_scan(
     assert table.find_neighbors(node, k=k, exclude=exclude) == expected
 
 
-def test_a_bucket_that_is_not_a_half_falls_back_to_a_scan() -> None:
-    table = DhtRoutingTable(
-        Node(b"\x00" * 20),
-        8,
-        ManualClock(),
-        socket.AF_INET,
-        allow_loopback=False,
-        on_bucket_full=lambda node: None,
-    )
-    table.buckets = [
-        DhtBucket(0, 2**160 - 2, 8, ManualClock()),
-        DhtBucket(2**160 - 1, 2**160 - 1, 8, ManualClock()),
-    ]
-    assert table.buckets[0].free_bits is None
-    nodes = [Node(bytes([i]) * 20, f"10.0.0.{i}", 1) for i in range(1, 12)]
-    for node in nodes:
-        table.buckets[0].add_node(node)
-    target = Node(b"\x05" * 20)
-    assert table.find_neighbors(target, k=4) == _scan(table, target, 4, None)
+def test_a_bucket_is_a_half_of_a_half_of_the_id_space() -> None:
+    clock = ManualClock()
+    DhtBucket(2**159, 2**160 - 1, 8, clock)
+    DhtBucket(3 * 2**100, 4 * 2**100 - 1, 8, clock)
+    for lower, upper in [(0, 2**160 - 2), (1, 2), (2**100, 3 * 2**100 - 1)]:
+        with pytest.raises(ValueError):
+            DhtBucket(lower, upper, 8, clock)
