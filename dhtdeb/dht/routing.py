@@ -78,10 +78,13 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         self._lowers.insert(index + 1, self.buckets[index + 1].range[0])
 
     def get_bucket_for(self, node: Node) -> int:
-        for index, bucket in enumerate(self.buckets):
-            if node.long_id <= bucket.range[1]:
-                return index
-        return len(self.buckets) - 1
+        return bisect.bisect_right(self._lowers, node.long_id) - 1
+
+    def _bucket_of(self, node_id: bytes) -> DhtBucket:
+        bucket: DhtBucket = self.buckets[
+            bisect.bisect_right(self._lowers, int.from_bytes(node_id, "big")) - 1
+        ]
+        return bucket
 
     def lonely_buckets(self, age: float = 3600.0) -> list[DhtBucket]:
         cutoff = self._clock.now() - age
@@ -91,13 +94,13 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         node_id = self._by_address.get(key)
         if node_id is None:
             return None
-        if self.buckets[self.get_bucket_for(Node(node_id))].contains(node_id):
+        if self._bucket_of(node_id).contains(node_id):
             return node_id
         del self._by_address[key]  # fell out of a replacement cache
         return None
 
     def find(self, node_id: bytes) -> Node | None:
-        bucket = self.buckets[self.get_bucket_for(Node(node_id))]
+        bucket = self._bucket_of(node_id)
         found: Node | None = bucket.nodes.get(node_id) or bucket.replacement_nodes.get(node_id)
         return found
 

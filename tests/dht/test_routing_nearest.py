@@ -88,6 +88,11 @@ def test_nearest_contacts_match_a_full_scan(
         home = data.draw(st.sampled_from(added))
         exclude = Node(data.draw(ids), home.ip, home.port)
     node = Node(target)
+    # the bucket of an id, by bisect, is the one whose range holds it
+    for probe in [node, *added]:
+        bucket = table.buckets[table.get_bucket_for(probe)]
+        assert bucket.range[0] <= probe.long_id <= bucket.range[1]
+    assert all(table.find(n.id) is n for n in contacts)
     expected = _scan(table, node, k or table.ksize, exclude)
     assert table.find_neighbors(node, k=k, exclude=exclude) == expected
 
