@@ -4,8 +4,9 @@ Owns: one traversal towards a 160-bit target (find_node or get_peers). Trusts: n
 beyond their shape; contacts found in replies are only *asked*, never added to the routing table
 (the protocol adds a node only when it answers).
 
-Extends kademlia's `SpiderCrawl` (it keeps its `NodeHeap` of the k nearest and its contacted set)
-but replaces `_find`: stock kademlia sends alpha requests, then `gather`s them, so each round lasts
+Extends kademlia's `SpiderCrawl` but replaces its `NodeHeap` (which scanned its whole heap for
+every membership test and every look at the k nearest, several times per reply) with `Candidates`,
+and replaces `_find`: stock kademlia sends alpha requests, then `gather`s them, so each round lasts
 as long as its slowest (or dead: 5 s) node, and `ValueSpiderCrawl` keeps the majority value. Here
 up to alpha requests are in flight; a request older than `slow_after` stops holding a slot (another
 branch opens, as libtorrent does), peer lists from every responder are merged, and the lookup ends
@@ -23,7 +24,8 @@ the honest nodes among the k nearest have answered. And the peers returned are a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kademlia.crawling import SpiderCrawl
@@ -40,6 +42,45 @@ class LookupResult:
     )  # responders, nearest first
     queried: int = 0
     answered: int = 0
+
+
+class Candidates:
+    """The nodes a lookup knows of, ordered by distance to the target; the k nearest are the ones
+    it works on. Same answers as kademlia's `NodeHeap`: a node is known once per id (the first
+    address heard wins), `contacted` remembers ids even after they are removed."""
+
+    def __init__(self, target: Node, ksize: int) -> None:
+        self._target = target.long_id
+        self._ksize = ksize
+        self._order: list[tuple[int, bytes]] = []  # (distance, id), nearest first
+        self._nodes: dict[bytes, Node] = {}
+        self.contacted: set[bytes] = set()
+
+    def push(self, nodes: Iterable[Node]) -> None:
+        for node in nodes:
+            if node.id not in self._nodes:
+                self._nodes[node.id] = node
+                bisect.insort(self._order, (node.long_id ^ self._target, node.id))
+
+    def remove(self, node_ids: Iterable[bytes]) -> None:
+        for node_id in node_ids:
+            node = self._nodes.pop(node_id, None)
+            if node is not None:
+                self._order.remove((node.long_id ^ self._target, node_id))
+
+    def mark_contacted(self, node: Node) -> None:
+        self.contacted.add(node.id)
+
+    def get_uncontacted(self) -> list[Node]:
+        """The k nearest that were not asked yet, nearest first."""
+        return [n for n in self if n.id not in self.contacted]
+
+    def __iter__(self) -> Iterator[Node]:
+        """The k nearest, nearest first."""
+        return (self._nodes[node_id] for _, node_id in self._order[: self._ksize])
+
+    def __len__(self) -> int:
+        return min(len(self._order), self._ksize)
 
 
 @dataclass(frozen=True)
@@ -67,7 +108,9 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         enough_peers: int | None = None,
         on_peers: Callable[[list[Contact]], None] | None = None,
     ) -> None:
-        super().__init__(protocol, target, seeds, ksize, alpha)
+        super().__init__(protocol, target, [], ksize, alpha)
+        self.nearest = Candidates(target, ksize)
+        self.nearest.push(seeds)
         self._on_peers = on_peers
         self._slow_after = slow_after
         self._get_peers = get_peers

@@ -80,11 +80,12 @@ class PeerStore(IStorage):  # type: ignore[misc]
         if not peers:
             return []
         self._expire_key(key, peers, self._clock.now())
-        live = [Contact(node_id, host, port) for (host, port), (_, node_id) in peers.items()]
+        live = list(peers.items())
         if len(live) <= limit:
             self._rng.shuffle(live)
-            return live
-        return self._rng.sample(live, limit)
+        else:
+            live = self._rng.sample(live, limit)  # the entries chosen, before making contacts
+        return [Contact(node_id, host, port) for (host, port), (_, node_id) in live]
 
     def expire(self) -> None:
         now = self._clock.now()

@@ -120,8 +120,13 @@ class DatagramTransport(Protocol):
 
 @dataclass
 class _Pending:
-    future: asyncio.Future[Reply]
+    future: asyncio.Future[Reply | None]  # None: timed out
     address: Address
+
+
+def _expire(future: asyncio.Future[Reply | None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass
@@ -481,13 +486,19 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             bare = len(encode_request(msgid, method, my_id, target, None, 0))
             padding = max(0, math.ceil(expect_reply / self.tuning.amplification) - bare)
         data = encode_request(msgid, method, my_id, target, token, padding)
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply | None] = loop.create_future()
         self._outstanding[msgid] = _Pending(future, address)
         self._send(data, address)
+        # The timeout resolves the future with None (one timer, no task cancellation: this is
+        # on the path of every datagram sent, and asyncio.timeout costs several times as much).
+        expiry = loop.call_at(loop.time() + self.tuning.rpc_timeout, _expire, future)
         try:
-            async with asyncio.timeout(self.tuning.rpc_timeout):
-                reply = await future
-        except TimeoutError:
+            reply = await future
+        finally:
+            expiry.cancel()
+            del self._outstanding[msgid]
+        if reply is None:
             self.counters["timeouts"] += 1
             count, _ = self._silent.pop(address, (0, 0.0))
             self._silent[address] = (count + 1, self.clock.now())
@@ -495,8 +506,6 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 self._silent.popitem(last=False)
             log.debug("DHT: %s to %s:%d timed out", method, *address)
             return None
-        finally:
-            del self._outstanding[msgid]
         if reply.token is not None:
             self._remember_token(address, reply.token)
         return reply

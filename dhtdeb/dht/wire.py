@@ -21,12 +21,13 @@ datagram), the indices of the contacts nearest that key and the peers held for i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
 
-import umsgpack
+import msgpack
 
 from dhtdeb.errors import RemoteProtocolError
 
@@ -104,6 +105,13 @@ def address_size(family: socket.AddressFamily) -> int:
 
 def family_of(host: str) -> socket.AddressFamily:
     """The address family of an IP literal; RemoteProtocolError when `host` is not one."""
+    if not isinstance(host, str):
+        raise RemoteProtocolError(f"not an IP address: {host!r}")
+    return _family_of(host)
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every contact a node considers; parsing is slow
+def _family_of(host: str) -> socket.AddressFamily:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -113,13 +121,6 @@ def family_of(host: str) -> socket.AddressFamily:
 
 def pack_address(host: str, port: int, family: socket.AddressFamily) -> bytes:
     return socket.inet_pton(family, host) + port.to_bytes(2, "big")
-
-
-def unpack_address(data: bytes, family: socket.AddressFamily) -> Address:
-    size = address_size(family)
-    host = socket.inet_ntop(family, data[:size])
-    port = int.from_bytes(data[size : size + 2], "big")
-    return host, port
 
 
 def encode_nodes(contacts: list[Contact], family: socket.AddressFamily) -> bytes:
@@ -161,12 +162,12 @@ def encode_request(
     args: list[Any] = [node_id]
     if method != "ping":
         args += [target, token, b"\x00" * padding]
-    packed: bytes = umsgpack.packb([method, args])
+    packed: bytes = msgpack.packb([method, args], use_bin_type=True)
     return REQUEST + msgid + packed
 
 
 def encode_reply(msgid: bytes, body: dict[str, Any]) -> bytes:
-    packed: bytes = umsgpack.packb(body)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
     return REPLY + msgid + packed
 
 
@@ -186,11 +187,20 @@ def _optional_token(value: object) -> bytes | None:
     return _bytes(value, "token", max_size=TOKEN_MAX)
 
 
-# Our messages nest three deep (a reply's keys: [[nearest, peers], ...]). umsgpack recurses once
-# per level until RecursionError: 1,400 bytes of b"\x91" cost it ~0.6 ms, twenty times a
-# well-formed datagram of that size (bench/fuzz_dht.py), so deep nesting is refused first, without
-# recursion. The exact scan costs about half a decode; a body with few bytes that could open a
-# container (an array or map header) cannot nest deeply enough to be costly and skips it.
+# The body is decoded by msgpack's C decoder (the pure-Python umsgpack, which rpcudp uses and which
+# dhtdeb used before, cost a fifth of a node's time). It is told to accept and refuse what umsgpack
+# did, so that a datagram means what it meant: bytes after the first object are ignored, map keys
+# may be of any hashable type (an array key becomes a tuple), a key twice refuses the datagram, an
+# ext of any code is a value, and a timestamp (ext -1) becomes a datetime. One difference is left:
+# a timestamp whose nanoseconds field is 10**9 or more is refused (umsgpack carried the excess into
+# the seconds). No field of ours is an ext, so such a datagram was of no use anyway.
+# tests/dht/test_wire_msgpack.py compares the two decoders, and our encoding with umsgpack's.
+#
+# Our messages nest three deep (a reply's keys: [[nearest, peers], ...]). Deeper nesting is refused
+# (umsgpack recursed once per level, and 1,400 bytes of b"\x91" cost it ~0.6 ms, twenty times a
+# well-formed datagram of that size: bench/fuzz_dht.py). The rule is checked only for a body with
+# enough bytes that could open a container (an array or map header); a body with few of them is
+# cheap at any depth and is not checked.
 MAX_DEPTH = 4
 _CHEAP_NESTING = 32
 _NOT_CONTAINER_BYTES = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
@@ -204,7 +214,8 @@ _CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # (lengt
 
 def _check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
     """RemoteProtocolError when the msgpack in `data` nests deeper than `limit` (or a container
-    promises more items than there are bytes left). Iterative: costs one step per item."""
+    promises more items than there are bytes left). Iterative: costs one step per item. Reads
+    every byte of `data`, also past its first object."""
     pending: list[int] = []  # items still expected by each open container
     at, end = 0, len(data)
     while at < end:
@@ -245,13 +256,76 @@ def _check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
             pending.pop()
 
 
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether a decoded `value` holds a non-empty container `limit` levels down: what
+    `_check_depth` finds in the bytes of a body that is one object, nothing after it, and no
+    map entry overwritten by a later one."""
+    if type(value) is list:
+        items: list[Any] = value
+    elif type(value) is dict:
+        items = [part for pair in value.items() for part in pair]
+    else:
+        return False
+    if not items:
+        return False
+    return not limit or any(_nests_deeper(item, limit - 1) for item in items)
+
+
+def _tuple_key(value: object) -> object:
+    """An array used as a map key, as umsgpack made it hashable: a tuple, all the way down."""
+    if type(value) is list:
+        return tuple(_tuple_key(item) for item in value)
+    return value
+
+
+def _map(odd_keys: list[bool], pairs: list[tuple[object, object]]) -> dict[object, object]:
+    """A map as umsgpack built it. An array key is noted in `odd_keys`: umsgpack let a later
+    entry with the same array key overwrite an earlier one, whose depth then counts only in
+    the bytes."""
+    found: dict[object, object] = {}
+    for key, value in pairs:
+        if type(key) is list:
+            odd_keys.append(True)
+            key = _tuple_key(key)
+        elif key in found:  # (an unhashable key raises TypeError here)
+            raise RemoteProtocolError("bad msgpack: a map key twice")
+        found[key] = value
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Ext:
+    """A msgpack ext value (none of our fields is one). msgpack's own `ExtType` refuses the
+    codes below 0 that umsgpack let through."""
+
+    code: int
+    data: bytes
+
+
 def _decode_body(data: bytes) -> object:
-    if len(data.translate(None, _NOT_CONTAINER_BYTES)) > _CHEAP_NESTING:
-        _check_depth(data)
+    odd_keys: list[bool] = []
+    trailing = False
     try:
-        return umsgpack.unpackb(data)
-    except Exception as exc:  # umsgpack raises a zoo of types, and RecursionError on deep nesting
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            timestamp=3,
+            ext_hook=_Ext,
+            object_pairs_hook=functools.partial(_map, odd_keys),
+        )
+    except msgpack.ExtraData as extra:  # umsgpack read the first object and no further
+        body, trailing = extra.unpacked, True
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # the decoder's ValueErrors, TypeError for an unhashable key
         raise RemoteProtocolError(f"bad msgpack: {type(exc).__name__}") from None
+    if len(data.translate(None, _NOT_CONTAINER_BYTES)) > _CHEAP_NESTING:
+        if trailing or odd_keys:
+            _check_depth(data)  # rare, and never from us
+        elif _nests_deeper(body, MAX_DEPTH):
+            raise RemoteProtocolError("bad msgpack: nested too deep")
+    return body
 
 
 def decode_datagram(data: bytes, family: socket.AddressFamily) -> Request | Reply:
@@ -299,15 +373,18 @@ def _decode_request(msgid: bytes, body: object) -> Request:
 
 def _decode_contacts(value: object, what: str, family: socket.AddressFamily) -> list[Contact]:
     raw = _bytes(value, what, max_size=MAX_DATAGRAM)
-    step = ID_SIZE + address_size(family) + 2
+    size = address_size(family)
+    step = ID_SIZE + size + 2
     if len(raw) % step:
         raise RemoteProtocolError(f"{what}: length is not a multiple of the entry size")
     found = []
+    ntop = socket.inet_ntop
     for offset in range(0, len(raw), step):
-        host, port = unpack_address(raw[offset + ID_SIZE : offset + step], family)
+        at = offset + ID_SIZE  # the address, then the port
+        port = raw[at + size] << 8 | raw[at + size + 1]
         if port == 0:
             raise RemoteProtocolError(f"{what}: port 0")
-        found.append(Contact(raw[offset : offset + ID_SIZE], host, port))
+        found.append(Contact(raw[offset:at], ntop(family, raw[at : at + size]), port))
     return found
 
 
