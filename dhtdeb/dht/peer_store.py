@@ -46,6 +46,9 @@ class PeerStore(IStorage):  # type: ignore[misc]
         self.max_peers_per_key = max_peers_per_key
         self.ttl = ttl
         self._entries: dict[bytes, dict[Address, tuple[float, bytes]]] = {}
+        # No entry of the key expires before this (a lower bound): a lookup of a popular key
+        # need not scan its hundreds of peers for expired ones at every request.
+        self._earliest: dict[bytes, float] = {}
         self._last_purge = float("-inf")
         self.dropped = 0
 
@@ -62,6 +65,7 @@ class PeerStore(IStorage):  # type: ignore[misc]
                 self.dropped += 1
                 return False
             peers = self._entries[key] = {}
+            self._earliest[key] = now + self.ttl
         if peer not in peers and len(peers) >= self.max_peers_per_key:
             self._expire_key(key, peers, now)
             if len(peers) >= self.max_peers_per_key:
@@ -102,10 +106,15 @@ class PeerStore(IStorage):  # type: ignore[misc]
     def _expire_key(
         self, key: bytes, peers: dict[Address, tuple[float, bytes]], now: float
     ) -> None:
+        if self._earliest.get(key, now) > now:
+            return
         for peer in [p for p, (expires, _) in peers.items() if expires <= now]:
             del peers[peer]
-        if not peers:
+        if peers:
+            self._earliest[key] = min(expires for expires, _ in peers.values())
+        else:
             self._entries.pop(key, None)
+            self._earliest.pop(key, None)
 
     def _purge_if_due(self, now: float) -> None:
         # a full store under flood must not pay a full scan per announce

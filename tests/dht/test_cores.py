@@ -55,6 +55,25 @@ def test_entries_expire_one_by_one(seed: int) -> None:
     assert store.key_count() == 0
 
 
+def test_a_refreshed_entry_outlives_the_scan_it_skipped(seed: int) -> None:
+    """Entries are scanned for expiry only once the key's earliest one may have expired: a
+    refresh in between must neither revive an expired entry nor lose a live one."""
+    clock = ManualClock()
+    store = PeerStore(clock, random.Random(seed), ttl=100)
+    store.add(_key(1), ("10.0.0.1", 1))
+    clock.advance(50)
+    store.add(_key(1), ("10.0.0.2", 1))
+    assert len(store.peers(_key(1), 10)) == 2  # nothing may have expired: no scan
+    clock.advance(40)
+    store.add(_key(1), ("10.0.0.1", 1))  # refreshed: now lives until 190
+    clock.advance(20)  # 110: the first announce of .1 would have expired
+    assert sorted(store.peers(_key(1), 10)) == [("10.0.0.1", 1), ("10.0.0.2", 1)]
+    clock.advance(45)  # 155: .2 expired at 150
+    assert store.peers(_key(1), 10) == [("10.0.0.1", 1)]
+    clock.advance(35)  # 190
+    assert store.peers(_key(1), 10) == [] and store.key_count() == 0
+
+
 def test_full_store_admits_new_keys_once_old_ones_expire(seed: int) -> None:
     clock = ManualClock()
     store = PeerStore(clock, random.Random(seed), max_keys=10, ttl=100)
