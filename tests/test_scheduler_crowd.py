@@ -139,7 +139,6 @@ class Crowd:
             s = SwarmScheduler(
                 sha,
                 self.size,
-                clock=self.clock,
                 rng=rng_k,
                 config=CONFIG,
                 piece_size=PS,
@@ -178,7 +177,9 @@ class Crowd:
 
     def run(self) -> Crowd:
         for node in self.nodes:
-            node.s.lookup_deadline_passed()  # the first lookup ran before anyone announced
+            node.s.lookup_deadline_passed(
+                now=self.clock.now()
+            )  # the first lookup ran before anyone announced
             self.drain(node)
             others = [o.peer for o in self.nodes if o is not node]
             self.at(self.lookups[node.k], functools.partial(self.found, node, others))
@@ -192,7 +193,7 @@ class Crowd:
             self.move_bytes()
             for node in self.nodes:
                 if node.timer is not None and node.timer <= self.clock.now():
-                    node.s.tick()
+                    node.s.tick(now=self.clock.now())
                     self.drain(node)
         return self
 
@@ -202,7 +203,7 @@ class Crowd:
 
     def found(self, node: Node, peers: list[Peer]) -> None:
         if not node.outcome:
-            node.s.peers_found(peers)
+            node.s.peers_found(peers, now=self.clock.now())
             self.drain(node)
 
     def move_bytes(self) -> None:
@@ -222,16 +223,20 @@ class Crowd:
     def arrive(self, flow: Flow) -> None:
         node, index = self.nodes[flow.to], flow.index
         if flow.audit is not None:
-            node.s.audit_result(index, flow.audit.digest == self.true[index])
+            node.s.audit_result(index, flow.audit.digest == self.true[index], now=self.clock.now())
         elif flow.check is not None:  # a liar's bytes differ from the mirror's in every block
             held = node.disk.get(index)
-            node.s.check_result(flow.check, None if held is None else held == self.true[index])
+            node.s.check_result(
+                flow.check, None if held is None else held == self.true[index], now=self.clock.now()
+            )
         elif flow.source is None:  # a mirror piece: ask before the next one, as the driver does
             node.stream = None
             if node.kind == "blind":
                 node.blind.add(index)
-            node.s.piece_received(MIRROR, index, self.true[index])
-            going_on = index + 1 < self.p and node.s.mirror_continue(index + 1)
+            node.s.piece_received(MIRROR, index, self.true[index], now=self.clock.now())
+            going_on = index + 1 < self.p and node.s.mirror_continue(
+                index + 1, now=self.clock.now()
+            )
             if going_on and index == node.last:  # the next request, twice as long
                 node.window = min(2 * node.window, MIRROR_WINDOW_MAX)
                 self.mirror_request(node, index + 1)
@@ -239,28 +244,34 @@ class Crowd:
                 node.stream = self.send(node, index + 1, None)
             else:
                 node.mirror_open = False
-                node.s.mirror_stopped(None)
+                node.s.mirror_stopped(None, now=self.clock.now())
         else:
             server = self.nodes[flow.source]
             node.requests.discard((server.peer, index))
             if index not in server.lies and index not in server.disk:
                 # Retracted by the server while on its way (its author was convicted): the
                 # server's answer ends short, which the driver reports as a failed piece.
-                node.s.piece_failed(server.peer, index, "cut short", misbehaved=False)
+                node.s.piece_failed(
+                    server.peer, index, "cut short", misbehaved=False, now=self.clock.now()
+                )
             else:
                 digest = self.bad(server, index) if index in server.lies else server.disk[index]
-                node.s.piece_received(server.peer, index, digest)
+                node.s.piece_received(server.peer, index, digest, now=self.clock.now())
         self.drain(node)
 
     def maybe_yield(self, node: Node) -> None:
         """As download.py asks while less than half of a mirror piece has come: give it up?"""
         flow = node.stream
-        if flow is None or flow.left <= PS / 2 or not node.s.mirror_yield(flow.index):
+        if (
+            flow is None
+            or flow.left <= PS / 2
+            or not node.s.mirror_yield(flow.index, now=self.clock.now())
+        ):
             return
         self.flows.remove(flow)
         self.given_up += 1
         node.stream, node.mirror_open = None, False
-        node.s.mirror_stopped(None)
+        node.s.mirror_stopped(None, now=self.clock.now())
         self.drain(node)
 
     def mirror_request(self, node: Node, first: int) -> None:
@@ -290,14 +301,18 @@ class Crowd:
         listed = server.s.corroborated_list()
         if server.outcome == "finished":
             node.told[peer] = None
-            node.s.piece_list_received(peer, self.claimed(server, dict(enumerate(self.true))), None)
+            node.s.piece_list_received(
+                peer, self.claimed(server, dict(enumerate(self.true))), None, now=self.clock.now()
+            )
         elif server.outcome:  # its download failed: the partial file is gone
-            node.s.piece_list_failed(peer, "404", misbehaved=False)
+            node.s.piece_list_failed(peer, "404", misbehaved=False, now=self.clock.now())
         elif listed is not None:  # a corroborated list: every piece on disk
             have = frozenset(server.disk)
             node.told[peer] = have
             digests = dict(enumerate(listed.digests))
-            node.s.piece_list_received(peer, self.claimed(server, digests), have)
+            node.s.piece_list_received(
+                peer, self.claimed(server, digests), have, now=self.clock.now()
+            )
         else:  # offers: the pieces it got from the mirror, and relays of others' offers
             offers = {i: d for i, d in sorted(server.disk.items()) if i not in server.provisional}
             if server.liar and self.broad:  # every piece it offers, as it offers them
@@ -310,7 +325,7 @@ class Crowd:
             fetching = range(0)  # as download.py tells it: the piece on its way, and the
             if server.stream is not None:  # next one if the request covers it and it goes on
                 on = server.stream.index
-                going_on = on < server.last and server.s.mirror_wants(on + 1)
+                going_on = on < server.last and server.s.mirror_wants(on + 1, now=self.clock.now())
                 fetching = range(on, on + 1 + going_on)
             node.told[peer] = frozenset(offers)
             node.s.piece_list_received(
@@ -321,6 +336,7 @@ class Crowd:
                 fetching=fetching,
                 node=server.node_id,
                 relayed=relayed,
+                now=self.clock.now(),
             )
         self.drain(node)
 
@@ -336,9 +352,9 @@ class Crowd:
             return  # cancelled or banned meanwhile: the driver cancelled the task
         node.requests.discard((peer, index))
         if busy:
-            node.s.piece_busy(peer, index)
+            node.s.piece_busy(peer, index, now=self.clock.now())
         else:
-            node.s.piece_failed(peer, index, "404", misbehaved=False)
+            node.s.piece_failed(peer, index, "404", misbehaved=False, now=self.clock.now())
         self.drain(node)
 
     # --- the driver ------------------------------------------------------------------------
@@ -397,7 +413,9 @@ class Crowd:
                 node.outcome, node.done_at = "finished", self.clock.now()
                 self.drop_flows(node, lambda f: True)
             else:  # the whole-file SHA256 does not match: the driver tells the core, whose
-                node.s.whole_file_failed()  # inquiry checks the pieces taken on offers
+                node.s.whole_file_failed(
+                    now=self.clock.now()
+                )  # inquiry checks the pieces taken on offers
                 self.drain(node)
         else:
             assert isinstance(action, Failed)

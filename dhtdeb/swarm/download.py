@@ -155,7 +155,7 @@ class SwarmDownload:
         self._size = transfer.size
         self._piece_count = piece_count(self._size)
         self._scheduler = SwarmScheduler(
-            self._sha256, self._size, clock=context.clock, rng=context.rng, node=context.node
+            self._sha256, self._size, rng=context.rng, node=context.node
         )
         self._plan = LookupPlan(self._piece_count, context.race)
         self._wake = asyncio.Event()
@@ -272,7 +272,7 @@ class SwarmDownload:
                         await loop.run_in_executor(self._writer, self._partial.rehash)
                     if self._partial.matches():
                         return
-                    self._scheduler.whole_file_failed()
+                    self._scheduler.whole_file_failed(now=self._now())
                     if self._scheduler.failed is None and not self._scheduler.finished:
                         self._ctx.counters.inquiries.opened += 1
                         log.warning(
@@ -297,7 +297,7 @@ class SwarmDownload:
                         continue
                     except TimeoutError:
                         pass
-                self._scheduler.tick()
+                self._scheduler.tick(now=self._now())
         finally:
             for task in self._tasks.values():
                 task.cancel()
@@ -305,6 +305,10 @@ class SwarmDownload:
             # The partial file may be discarded next: no write may still be on its way to it.
             await asyncio.gather(*self._writes, return_exceptions=True)
             self._writer.shutdown(wait=False)
+
+    def _now(self) -> float:
+        """The time of an event reported to the scheduler (read once for each)."""
+        return self._ctx.clock.now()
 
     def _failure(self, reason: str) -> DhtdebError:
         if self._mirror_status is not None and self._mirror_status >= 400:
@@ -513,7 +517,7 @@ class SwarmDownload:
         plan = self._plan
         if plan.alone():
             # Nobody had any of the last files: the mirror starts now, the lookups run beside.
-            self._scheduler.lookup_deadline_passed()
+            self._scheduler.lookup_deadline_passed(now=self._now())
             self._wake.set()
         hinted = await self._ask_holders(wait=not plan.alone())
         found = bool(hinted) or self._sighted
@@ -523,14 +527,14 @@ class SwarmDownload:
             first = asyncio.ensure_future(self._find_peers(plan))
             try:
                 await asyncio.wait({first}, timeout=plan.mirror_wait(ctx.clock.now()))
-                self._scheduler.lookup_deadline_passed()
+                self._scheduler.lookup_deadline_passed(now=self._now())
                 self._wake.set()
                 found = await asyncio.shield(first) or found
             finally:
                 ctx.background.add(first)  # runs to its end for the race's history
                 first.add_done_callback(ctx.background.discard)
         plan.first_lookup_ended(found)
-        self._scheduler.lookup_deadline_passed()
+        self._scheduler.lookup_deadline_passed(now=self._now())
         self._wake.set()
         for pause in plan.later_lookups():
             await asyncio.sleep(pause)
@@ -573,7 +577,7 @@ class SwarmDownload:
             log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
             for peer in found:
                 ctx.ledger.found(peer, VIA_HOLDER, ctx.clock.now())
-            self._scheduler.peers_found(found)
+            self._scheduler.peers_found(found, now=self._now())
         return found
 
     def _usable(self, sightings: list[Sighting]) -> list[Sighting]:
@@ -615,9 +619,9 @@ class SwarmDownload:
             now = ctx.clock.now()
             for peer in usable:
                 ctx.ledger.found(peer, VIA_DHT, now)
-            self._scheduler.peers_found(usable)
+            self._scheduler.peers_found(usable, now=now)
             if plan is not None and plan.peers_found(now):
-                self._scheduler.lookup_deadline_passed()
+                self._scheduler.lookup_deadline_passed(now=now)
             self._wake.set()
 
         try:
@@ -636,9 +640,9 @@ class SwarmDownload:
             answer = await self._ctx.peers.piece_list(peer, self._sha256, self._size)
         except PeerUnavailable as exc:
             self._unavailable(peer, exc)
-            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False)
+            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False, now=self._now())
         except (PeerMisbehaved, DhtdebError) as exc:
-            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
+            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True, now=self._now())
         else:
             self._plan.peer_answered(peer)
             self._scheduler.piece_list_received(
@@ -649,6 +653,7 @@ class SwarmDownload:
                 fetching=answer.fetching,
                 node=answer.node,
                 relayed=answer.relayed,
+                now=self._now(),
             )
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:
@@ -657,14 +662,14 @@ class SwarmDownload:
         try:
             data = await self._ctx.peers.piece(peer, self._sha256, start, end)
         except PeerBusy:
-            self._scheduler.piece_busy(peer, index)
+            self._scheduler.piece_busy(peer, index, now=self._now())
             return
         except PeerUnavailable as exc:
             self._unavailable(peer, exc)
-            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False)
+            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False, now=self._now())
             return
         except (PeerMisbehaved, DhtdebError) as exc:
-            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True)
+            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True, now=self._now())
             return
         self._plan.peer_answered(peer)
         self._ctx.counters.bytes.from_peers += len(data)
@@ -674,38 +679,42 @@ class SwarmDownload:
         digest = await _piece_digest(data)
         await self._room_for(len(data))
         if not self._hold(index, data, digest):
-            self._scheduler.piece_failed(peer, index, "no room to hold the piece", misbehaved=False)
+            self._scheduler.piece_failed(
+                peer, index, "no room to hold the piece", misbehaved=False, now=self._now()
+            )
         else:
-            self._scheduler.piece_received(peer, index, digest)
+            self._scheduler.piece_received(peer, index, digest, now=self._now())
 
     async def _audit(self, audit: AuditPiece) -> None:
         """Compare a block of a held piece with the same bytes from the mirror."""
         copy = self._copies.get(audit.index, {}).get(audit.digest)
         if copy is None:  # accepted or dropped meanwhile: nothing to compare
-            self._scheduler.audit_result(audit.index, matched=None)
+            self._scheduler.audit_result(audit.index, matched=None, now=self._now())
             return
         try:
             data = await self._mirror_block(audit.start, audit.end)
         except DhtdebError as exc:
-            self._scheduler.audit_failed(str(exc))
+            self._scheduler.audit_failed(str(exc), now=self._now())
             return
         offset = audit.start - audit.index * PIECE_SIZE
-        self._scheduler.audit_result(audit.index, copy[offset : offset + len(data)] == data)
+        self._scheduler.audit_result(
+            audit.index, copy[offset : offset + len(data)] == data, now=self._now()
+        )
 
     async def _check(self, check: CheckPiece) -> None:
         """Compare the mirror's bytes [start, end) with the accepted copy of a piece taken on an
         offer (the inquiry after a whole-file mismatch)."""
         if check.index not in self._accepted or check.index not in self._written:
-            self._scheduler.check_result(check, matched=None)
+            self._scheduler.check_result(check, matched=None, now=self._now())
             return
         try:
             data = await self._mirror_block(check.start, check.end)
         except DhtdebError as exc:
-            self._scheduler.check_failed(check, str(exc))
+            self._scheduler.check_failed(check, str(exc), now=self._now())
             return
         self._ctx.counters.inquiries.check_bytes += len(data)
         if check.index not in self._written:  # retracted while the mirror answered
-            self._scheduler.check_result(check, matched=None)
+            self._scheduler.check_result(check, matched=None, now=self._now())
             return
         copy = self._partial.peek(check.start, check.end - check.start)
         matched = copy == data
@@ -717,7 +726,7 @@ class SwarmDownload:
                 check.start,
                 check.end - 1,
             )
-        self._scheduler.check_result(check, matched=matched)
+        self._scheduler.check_result(check, matched=matched, now=self._now())
 
     async def _mirror_block(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file from the mirror, counted as mirror traffic (an audit's
@@ -758,7 +767,9 @@ class SwarmDownload:
         error: str | None = None
         index, window = first, 1
         try:
-            while index < self._piece_count and self._scheduler.mirror_continue(index):
+            while index < self._piece_count and self._scheduler.mirror_continue(
+                index, now=self._now()
+            ):
                 last = window_end(index, window, self._piece_count, self._scheduler.is_accepted)
                 after = await self._mirror_window(index, last)
                 if after is None:
@@ -770,7 +781,7 @@ class SwarmDownload:
             error = "cancelled"
             raise
         finally:
-            self._scheduler.mirror_stopped(error)
+            self._scheduler.mirror_stopped(error, now=self._now())
             self._wake.set()
 
     async def _mirror_window(self, first: int, last: int) -> int | None:
@@ -788,7 +799,7 @@ class SwarmDownload:
         parts: list[bytes] = []
         got = 0
         while got < size // 2:
-            if self._scheduler.mirror_yield(index):
+            if self._scheduler.mirror_yield(index, now=self._now()):
                 self._ctx.counters.bytes.from_mirror += got
                 self.bytes_from_mirror += got
                 log.debug(
@@ -812,11 +823,13 @@ class SwarmDownload:
                 if self._transfer.last_modified is None:
                     self._transfer.last_modified = last_modified
             index = first
-            while index <= last and (index == first or self._scheduler.mirror_continue(index)):
+            while index <= last and (
+                index == first or self._scheduler.mirror_continue(index, now=self._now())
+            ):
                 # Told to other downloaders: the piece on its way, and the next one if this
                 # request covers it and the stream means to go on into it (a claim on a piece
                 # the stream will not take would keep that piece's owner away for nothing).
-                going_on = index < last and self._scheduler.mirror_wants(index + 1)
+                going_on = index < last and self._scheduler.mirror_wants(index + 1, now=self._now())
                 self._mirror_window_now = range(index, index + 1 + going_on)
                 piece_start = index * PIECE_SIZE
                 data = await self._mirror_piece(
@@ -836,7 +849,7 @@ class SwarmDownload:
                 await self._room_for(len(data))
                 if not self._hold(index, data, digest):
                     raise SwarmFailed("no room to hold the piece")
-                self._scheduler.piece_received(MIRROR, index, digest)
+                self._scheduler.piece_received(MIRROR, index, digest, now=self._now())
                 self._wake.set()
                 index += 1
             if index <= last:
