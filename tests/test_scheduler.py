@@ -29,7 +29,10 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
     MirrorSource,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -93,6 +96,16 @@ class Harness:
     def deliver(self, source: Peer | MirrorSource, index: int) -> list[Action]:
         self.s.piece_received(source, index, self.true[index], now=self.clock.now())
         return self.pop()
+
+    def mirror_goes_on(self, index: int) -> bool:
+        """The mirror stream, done with the piece before `index`, is ready for a request from
+        it: whether it goes on (claiming `index`)."""
+        return isinstance(self.s.mirror_stream_ready(index, now=self.now), MirrorWindow)
+
+    def mirror_gives_up(self, index: int) -> bool:
+        """No byte of piece `index` has come from the stream yet: whether it gives it up."""
+        answer = self.s.mirror_piece_progress(index, 0, now=self.now)
+        return isinstance(answer, GiveUpMirrorPiece)
 
 
 BAD = _digest("not the piece")
@@ -195,7 +208,7 @@ def test_a_failed_audit_bans_the_list_author_and_the_mirror_takes_over() -> None
     assert not h.s.is_accepted(0)
     for i in range(2):
         assert h.deliver(MIRROR, i) == [AcceptPiece(i)]
-        assert h.s.mirror_continue(i + 1, now=h.now)
+        assert h.mirror_goes_on(i + 1)
     assert h.deliver(MIRROR, 2) == [AcceptPiece(2), Finished()]
 
 
@@ -249,7 +262,7 @@ def test_conflicting_lists_are_refereed_by_the_mirror_honest_first() -> None:
         AcceptPiece(2),
         RequestPiece(A, 5),
     ]
-    assert h.s.mirror_continue(3, now=h.now) is False
+    assert h.mirror_goes_on(3) is False
 
 
 def test_conflicting_lists_are_refereed_by_the_mirror_liar_first() -> None:
@@ -304,7 +317,7 @@ def test_mirror_piece_contradicting_the_corroborated_list_is_refetched_from_a_pe
     assert h.pop() == [StartMirror(0)]  # both overdue; the lowest goes to the web seed
     h.s.piece_received(MIRROR, 0, BAD, now=h.now)
     assert h.pop() == []  # not accepted, nobody banned: the driver counts a mirror failure
-    assert h.s.mirror_continue(1, now=h.now) is True  # B's request is overdue too
+    assert h.mirror_goes_on(1) is True  # B's request is overdue too
     assert h.deliver(MIRROR, 1) == [CancelPiece(B, 1), AcceptPiece(1), RequestPiece(B, 0)]
     h.s.mirror_stopped(None, now=h.now)
     assert h.pop() == []  # the refused piece never goes back to the mirror
@@ -354,7 +367,7 @@ def test_no_peers_means_one_mirror_stream_for_the_whole_file() -> None:
     assert h.pop() == [StartMirror(0)]
     for i in range(4):
         assert h.deliver(MIRROR, i) == [AcceptPiece(i)]
-        assert h.s.mirror_continue(i + 1, now=h.now) is True
+        assert h.mirror_goes_on(i + 1) is True
     assert h.deliver(MIRROR, 4) == [AcceptPiece(4), Finished()]
     h.s.mirror_stopped(None, now=h.now)
     assert h.pop() == []
@@ -365,9 +378,9 @@ def test_peers_found_mid_stream_take_over_and_the_mirror_stops_at_a_claimed_piec
     h.s.lookup_deadline_passed(now=h.now)
     assert h.pop() == [StartMirror(0)]
     assert h.deliver(MIRROR, 0) == [AcceptPiece(0)]
-    assert h.s.mirror_continue(1, now=h.now)
+    assert h.mirror_goes_on(1)
     assert h.deliver(MIRROR, 1) == [AcceptPiece(1)]
-    assert h.s.mirror_continue(2, now=h.now)
+    assert h.mirror_goes_on(2)
     h.s.peers_found([A], now=h.now)
     assert h.pop() == [RequestPieceList(A)]
     # The list agrees with the two mirror pieces already accepted: corroborated at once.
@@ -375,7 +388,7 @@ def test_peers_found_mid_stream_take_over_and_the_mirror_stops_at_a_claimed_piec
     assert h.pop() == [RequestPiece(A, i) for i in (3, 4, 5, 6)]
     assert h.s.list_corroborated
     assert h.deliver(MIRROR, 2) == [AcceptPiece(2)]
-    assert h.s.mirror_continue(3, now=h.now) is False
+    assert h.mirror_goes_on(3) is False
     h.s.mirror_stopped(None, now=h.now)
     assert h.pop() == []
     assert h.deliver(A, 3) == [AcceptPiece(3), RequestPiece(A, 7)]
@@ -389,13 +402,13 @@ def test_a_late_list_contradicting_accepted_mirror_pieces_bans_its_author() -> N
     h.s.lookup_deadline_passed(now=h.now)
     assert h.pop() == [StartMirror(0)]
     assert h.deliver(MIRROR, 0) == [AcceptPiece(0)]
-    assert h.s.mirror_continue(1, now=h.now)
+    assert h.mirror_goes_on(1)
     h.s.peers_found([A], now=h.now)
     assert h.pop() == [RequestPieceList(A)]
     h.s.piece_list_received(A, h.pieces({0: BAD}), None, now=h.now)
     assert h.pop() == [BanPeer(A, "piece list contradicted by the mirror at 0", True)]
     assert h.deliver(MIRROR, 1) == [AcceptPiece(1)]
-    assert h.s.mirror_continue(2, now=h.now)
+    assert h.mirror_goes_on(2)
 
 
 def test_partial_peers_have_sets_and_not_held() -> None:
@@ -411,7 +424,7 @@ def test_partial_peers_have_sets_and_not_held() -> None:
     h.s.lookup_deadline_passed(now=h.now)
     assert h.pop() == [StartMirror(3)]
     assert h.deliver(MIRROR, 3) == [AcceptPiece(3)]
-    assert h.s.mirror_continue(4, now=h.now) is False  # B is fetching it
+    assert h.mirror_goes_on(4) is False  # B is fetching it
     h.s.mirror_stopped(None, now=h.now)
     assert h.pop() == []
     for i in (0, 1, 2, 4):
@@ -436,7 +449,7 @@ def test_all_peers_banned_the_mirror_takes_over() -> None:
     ]
     for i in range(3):
         assert h.deliver(MIRROR, i) == [AcceptPiece(i)]
-        assert h.s.mirror_continue(i + 1, now=h.now)
+        assert h.mirror_goes_on(i + 1)
     assert h.deliver(MIRROR, 3) == [AcceptPiece(3), Finished()]
 
 
@@ -472,7 +485,7 @@ def test_mirror_errors_allow_two_restarts() -> None:
     h.s.lookup_deadline_passed(now=h.now)
     assert h.pop() == [StartMirror(0)]
     assert h.deliver(MIRROR, 0) == [AcceptPiece(0)]
-    assert h.s.mirror_continue(1, now=h.now)
+    assert h.mirror_goes_on(1)
     h.s.piece_failed(MIRROR, 1, "connection reset", False, now=h.now)
     h.s.mirror_stopped("connection reset", now=h.now)
     assert h.pop() == [StartMirror(1)]
@@ -522,7 +535,7 @@ def test_disputed_piece_is_refereed_by_the_mirror() -> None:
         RequestPieceList(B),
     ]
     # B's list is on its way: B may hold everything, so the stream stops rather than race on.
-    assert h.s.mirror_continue(2, now=h.now) is False
+    assert h.mirror_goes_on(2) is False
     h.s.mirror_stopped(None, now=h.now)
     h.s.piece_list_received(B, h.pieces(), None, now=h.now)
     assert h.s.list_corroborated  # B's list agrees with the mirror's piece 1
@@ -580,9 +593,7 @@ def test_offer_that_changes_or_contradicts_the_mirror_is_a_lie() -> None:
         BanPeer(B, "piece 2 it offered contradicted by the mirror", True),
         RetractPiece(2),
     ]
-    assert h.s.mirror_continue(
-        2, now=h.now
-    )  # the mirror stream of pieces 0, 1 and 3 goes on into it
+    assert h.mirror_goes_on(2)  # the mirror stream of pieces 0, 1 and 3 goes on into it
     assert h.deliver(MIRROR, 2) == [AcceptPiece(2), Finished()]
     assert h.s.failed is None
 
@@ -910,7 +921,7 @@ def test_downloaders_split_the_mirror_pieces_by_rendezvous_hashing() -> None:
         while True:
             order.append(target)
             h.deliver(MIRROR, target)
-            if target + 1 < n and h.s.mirror_continue(target + 1, now=h.now):
+            if target + 1 < n and h.mirror_goes_on(target + 1):
                 target += 1
             else:
                 break
@@ -942,10 +953,10 @@ def test_a_downloader_still_fetching_keeps_its_share_until_it_stops() -> None:
         assert starts == [index]
         h.deliver(MIRROR, index)
         if index + 1 < n and index + 1 in mine:
-            assert h.s.mirror_continue(index + 1, now=h.now)
+            assert h.mirror_goes_on(index + 1)
             starts = [index + 1]
             continue
-        assert index + 1 >= n or not h.s.mirror_continue(index + 1, now=h.now)
+        assert index + 1 >= n or not h.mirror_goes_on(index + 1)
         h.s.mirror_stopped(None, now=h.now)
         starts = [a.first for a in h.pop() if isinstance(a, StartMirror)]
     # A is still on its share: nothing of it is fetched twice, and nothing has failed.
@@ -1176,7 +1187,7 @@ class Simulation:
             assert self.mirror_up and not self.mirror_busy, "second mirror stream"
             self.mirror_starts += 1
             self.mirror_busy = True
-            self.mirror_read(action.first)
+            self.mirror_request(action.first)
         elif isinstance(action, AuditPiece):
             assert self.mirror_up and not self.auditing, "second audit"
             self.auditing = True
@@ -1244,7 +1255,21 @@ class Simulation:
             delay = PS / sim.rate * self.rng.uniform(0.8, 1.5)
             self.at(delay, lambda: done(digest), owner)
 
-    def mirror_read(self, index: int) -> None:
+    def mirror_request(self, first: int) -> None:
+        """As download.py streams: the window the scheduler answers with, piece by piece."""
+        window = self.s.mirror_stream_ready(first, now=self.clock.now())
+        if isinstance(window, MirrorWindow):
+            self.mirror_piece(first, window.last)
+        else:
+            self.stop_mirror(None)
+
+    def mirror_piece(self, index: int, last: int) -> None:
+        if isinstance(self.s.mirror_piece_starting(index, now=self.clock.now()), ReadMirrorPiece):
+            self.mirror_read(index, last)
+        else:
+            self.stop_mirror(None)
+
+    def mirror_read(self, index: int, last: int) -> None:
         def arrived() -> None:
             if self.rng.random() < self.mirror_flaky:
                 self.s.piece_failed(MIRROR, index, "connection reset", False, now=self.clock.now())
@@ -1253,10 +1278,10 @@ class Simulation:
             if index not in self.accepted:
                 self.disk[index] = self.true[index]
             self.s.piece_received(MIRROR, index, self.true[index], now=self.clock.now())
-            if index + 1 < self.n and self.s.mirror_continue(index + 1, now=self.clock.now()):
-                self.mirror_read(index + 1)
+            if index == last:
+                self.mirror_request(index + 1)
             else:
-                self.stop_mirror(None)
+                self.mirror_piece(index + 1, last)
 
         self.at(PS / 20_000 * self.rng.uniform(0.9, 1.1), arrived, "mirror")
 
@@ -1347,7 +1372,7 @@ def test_a_blind_mirror_piece_is_given_up_only_to_a_downloader_before_this_one()
     h = Harness(4, node=me, config=SchedulerConfig(max_requests_per_peer=1))
     h.s.lookup_deadline_passed(now=h.now)
     assert h.pop() == [StartMirror(0)]  # blind: nobody known yet
-    assert not h.s.mirror_yield(0, now=h.now)
+    assert not h.mirror_gives_up(0)
     ids = {A: b"\x01" * 20, B: b"\x02" * 20}
     before = [p for p, n in ids.items() if _split_key(n, h.sha, 0) < _split_key(me, h.sha, 0)]
     after = [p for p in ids if p not in before]
@@ -1364,7 +1389,7 @@ def test_a_blind_mirror_piece_is_given_up_only_to_a_downloader_before_this_one()
             node=ids[peer],
             now=h.now,
         )
-    assert not h.s.mirror_yield(0, now=h.now)
+    assert not h.mirror_gives_up(0)
     for peer in before:  # one before this node in line: it will offer piece 0
         h.s.piece_list_received(
             peer,
@@ -1375,5 +1400,5 @@ def test_a_blind_mirror_piece_is_given_up_only_to_a_downloader_before_this_one()
             node=ids[peer],
             now=h.now,
         )
-    assert h.s.mirror_yield(0, now=h.now)
-    assert not h.s.mirror_yield(1, now=h.now)  # nobody else is on piece 1
+    assert h.mirror_gives_up(0)
+    assert not h.mirror_gives_up(1)  # nobody else is on piece 1

@@ -37,6 +37,9 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -49,7 +52,6 @@ PS = 1000  # bytes per piece: the core only sees digests, so small pieces cost n
 DT = 0.05  # seconds per simulation step
 LATENCY = 0.02  # seconds for a piece list, a 404 or a 503 to come back
 TIME_LIMIT = 120.0  # virtual seconds; a crowd still running then has stalled
-MIRROR_WINDOW_MAX = 64  # pieces per mirror request, as in download.py
 VOID = bytes(32)  # a piece list's entry for a piece that is not offered
 WEB_SEED = ("overdue at peers", "peers busy")  # StartMirror reasons: a peer was too slow
 LIST_CHECK = ("referee", "corroborate the list")
@@ -89,8 +91,8 @@ class Node:
     timer: float | None = None  # when the driver calls tick() next
     mirror_open: bool = False
     stream: Flow | None = None  # the piece its mirror stream is on
-    window: int = 1  # pieces per mirror request, doubling while the core says go on
     last: int = 0  # the last piece of the mirror request in flight
+    fetching: range = range(0)  # what its stream is on, as the core's ReadMirrorPiece says
     kind: str = ""  # what the mirror stream is for: blind, split, web seed, list check
     told: dict[Peer, frozenset[int] | None] = field(default_factory=dict)  # None: everything
     lists_pending: set[Peer] = field(default_factory=set)
@@ -234,17 +236,10 @@ class Crowd:
             if node.kind == "blind":
                 node.blind.add(index)
             node.s.piece_received(MIRROR, index, self.true[index], now=self.clock.now())
-            going_on = index + 1 < self.p and node.s.mirror_continue(
-                index + 1, now=self.clock.now()
-            )
-            if going_on and index == node.last:  # the next request, twice as long
-                node.window = min(2 * node.window, MIRROR_WINDOW_MAX)
+            if index == node.last:  # the next request (its window is the core's)
                 self.mirror_request(node, index + 1)
-            elif going_on:
-                node.stream = self.send(node, index + 1, None)
             else:
-                node.mirror_open = False
-                node.s.mirror_stopped(None, now=self.clock.now())
+                self.mirror_piece(node, index + 1)
         else:
             server = self.nodes[flow.source]
             node.requests.discard((server.peer, index))
@@ -260,25 +255,48 @@ class Crowd:
         self.drain(node)
 
     def maybe_yield(self, node: Node) -> None:
-        """As download.py asks while less than half of a mirror piece has come: give it up?"""
+        """As download.py reports a mirror piece's progress while less than half of it has
+        come: does the core give it up?"""
         flow = node.stream
         if (
             flow is None
             or flow.left <= PS / 2
-            or not node.s.mirror_yield(flow.index, now=self.clock.now())
+            or node.s.mirror_piece_progress(flow.index, self.got(flow), now=self.clock.now())
+            is None
         ):
             return
         self.flows.remove(flow)
         self.given_up += 1
-        node.stream, node.mirror_open = None, False
-        node.s.mirror_stopped(None, now=self.clock.now())
+        self.stop_stream(node)
         self.drain(node)
 
+    def got(self, flow: Flow) -> int:
+        start, end = piece_span(flow.index, self.size, PS)
+        return int(end - start - flow.left)
+
     def mirror_request(self, node: Node, first: int) -> None:
-        """One request for pieces first..last, never into a piece already accepted."""
-        last = min(self.p, first + node.window) - 1
-        node.last = next((j - 1 for j in range(first + 1, last + 1) if node.s.is_accepted(j)), last)
-        node.stream = self.send(node, first, None)
+        """The stream's next request: the window the core answers with, or the end."""
+        window = node.s.mirror_stream_ready(first, now=self.clock.now())
+        if isinstance(window, MirrorWindow):
+            node.last = window.last
+            self.mirror_piece(node, first)
+        else:
+            self.stop_stream(node)
+
+    def mirror_piece(self, node: Node, index: int) -> None:
+        """The next piece of the request, if the core goes on into it."""
+        step = node.s.mirror_piece_starting(index, now=self.clock.now())
+        if isinstance(step, ReadMirrorPiece):
+            node.fetching = step.fetching
+            node.stream = self.send(node, index, None)
+            return
+        if isinstance(step, GiveUpMirrorPiece):
+            self.given_up += 1
+        self.stop_stream(node)
+
+    def stop_stream(self, node: Node) -> None:
+        node.stream, node.mirror_open, node.fetching = None, False, range(0)
+        node.s.mirror_stopped(None, now=self.clock.now())
 
     def send(self, node: Node, index: int, source: int | None) -> Flow:
         start, end = piece_span(index, self.size, PS)
@@ -322,11 +340,9 @@ class Crowd:
                 server.lies.update(() if first is None else (first,))
             relayed = frozenset(server.provisional) if RELAYS else frozenset()
             offers.update((i, server.disk[i]) for i in relayed)
-            fetching = range(0)  # as download.py tells it: the piece on its way, and the
-            if server.stream is not None:  # next one if the request covers it and it goes on
-                on = server.stream.index
-                going_on = on < server.last and server.s.mirror_wants(on + 1, now=self.clock.now())
-                fetching = range(on, on + 1 + going_on)
+            # As download.py tells it: the piece on its way, and the next one if the request
+            # covers it and the stream goes on into it.
+            fetching = server.fetching if server.stream is not None else range(0)
             node.told[peer] = frozenset(offers)
             node.s.piece_list_received(
                 peer,
@@ -361,9 +377,10 @@ class Crowd:
 
     def drain(self, node: Node) -> None:
         """Perform the core's actions, then re-arm its one timer (download.py `run`)."""
-        for action in node.s.poll_actions():
-            self.trace.append(f"{self.clock.now():.2f} {node.k} {action!r}")
-            self.perform(node, action)
+        while actions := node.s.poll_actions():  # a stream that stops at once has some more
+            for action in actions:
+                self.trace.append(f"{self.clock.now():.2f} {node.k} {action!r}")
+                self.perform(node, action)
         node.timer = node.s.next_deadline()
 
     def perform(self, node: Node, action: Action) -> None:
@@ -375,7 +392,7 @@ class Crowd:
             self.request(node, action.peer, action.index)
         elif isinstance(action, StartMirror):
             assert not node.mirror_open, f"node {node.k}: a second mirror stream"
-            node.mirror_open, node.window = True, 1
+            node.mirror_open = True
             node.kind = self.kind(node, action.why)
             self.mirror_request(node, action.first)
         elif isinstance(action, AuditPiece):

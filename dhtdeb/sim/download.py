@@ -3,15 +3,16 @@ drives it, with the simulated network in place of sockets and bytes.
 
 Owns: the I/O the scheduler asks for, done on the simulated internet: DHT lookups (the node's
 real `DhtNode.find_peers`), piece lists and pieces from other simulated nodes, one mirror stream
-at a time in doubling windows, audit blocks. The policy is the daemon's own: `LookupPlan` and
-`MirrorRace` (swarm/lookup_plan.py) for the lookups and the mirror's wait, the window growth
-there, bans as in `PeerPenalties`. Trusts: the scheduler's verdicts. Every piece carries its
+at a time in the windows the scheduler answers with, audit blocks. The policy is the daemon's
+own: `LookupPlan` and `MirrorRace` (swarm/lookup_plan.py) for the lookups and the mirror's wait,
+the scheduler's stream events for the mirror (swarm/mirror_plan.py), bans as in `PeerPenalties`.
+Trusts: the scheduler's verdicts. Every piece carries its
 true digest (the simulated peers are honest), so the check that each accepted piece has the true
 digest stands for the whole-file SHA256.
 
 Not modelled: holder hints (`POST /v1/have`), waiting for a peer that is fetching the same
-one-piece file, apt reading the bytes as they come, giving up a mirror piece half-way (asked at
-the piece's start only).
+one-piece file, apt reading the bytes as they come, giving up a mirror piece half-way (a piece
+is given up only at its start: no `mirror_piece_progress` reports).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dhtdeb.discovery import Peer
 from dhtdeb.sim.network import TransferAborted
 from dhtdeb.swarm.download import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
-from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, next_window, window_end
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
 from dhtdeb.swarm.pieces import PieceList, piece_count, piece_span
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -36,6 +37,8 @@ from dhtdeb.swarm.scheduler import (
     CancelPiece,
     CheckPiece,
     ConfirmPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -379,14 +382,13 @@ class SimDownload:
 
     async def _mirror_stream(self, first: int) -> None:
         error: str | None = None
-        index, window = first, 1
         try:
-            while index < self.pieces and self.scheduler.mirror_continue(index, now=self._now()):
-                last = window_end(index, window, self.pieces, self.scheduler.is_accepted)
-                after = await self._mirror_request(index, last)
+            step = self.scheduler.mirror_stream_ready(first, now=self._now())
+            while isinstance(step, MirrorWindow):
+                after = await self._mirror_request(step.first, step.last)
                 if after is None:
                     break
-                index, window = after, next_window(window)
+                step = self.scheduler.mirror_stream_ready(after, now=self._now())
         except TransferAborted as exc:
             error = str(exc) or "mirror transfer aborted"
         finally:
@@ -396,21 +398,15 @@ class SimDownload:
 
     async def _mirror_request(self, first: int, last: int) -> int | None:
         await asyncio.sleep(2 * self.node.world.mirror_half(self.node))
-        index = first
-        while index <= last and (
-            index == first or self.scheduler.mirror_continue(index, now=self._now())
-        ):
-            going_on = index < last and self.scheduler.mirror_wants(index + 1, now=self._now())
-            self.mirror_window = range(index, index + 1 + going_on)
-            if self.scheduler.mirror_yield(index, now=self._now()):
-                return None
+        for index in range(first, last + 1):
+            step = self.scheduler.mirror_piece_starting(index, now=self._now())
+            if not isinstance(step, ReadMirrorPiece):
+                return None  # stopped, or given up to a downloader before this one
+            self.mirror_window = step.fetching
             start, end = piece_span(index, self.size)
             await self.node.from_mirror(end - start)
             self._received(MIRROR, index)
-            index += 1
-        if index <= last:
-            return None
-        return index
+        return last + 1
 
     async def _mirror_check(self, index: int, size: int) -> None:
         """An audit: a block of a held piece compared with the mirror's bytes."""

@@ -34,13 +34,7 @@ from dhtdeb.swarm.holders import (
     keep_waiting,
     worth_waiting_for,
 )
-from dhtdeb.swarm.lookup_plan import (
-    LOOKUP_DEADLINE,
-    LookupPlan,
-    MirrorRace,
-    next_window,
-    window_end,
-)
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, MirrorRace
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
     PeerClient,
@@ -60,6 +54,9 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -75,7 +72,7 @@ BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
-YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two asks whether to give it up
+YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two progress reports (it may be given up)
 # Seconds apt may be kept waiting at a piece taken on a downloading peer's word before the bytes
 # after it flow anyway (a wrong one then cuts apt's response, and apt retries): well inside apt's
 # own timeout for a silent connection, for a big file in a crowd behind a slow mirror.
@@ -757,24 +754,16 @@ class SwarmDownload:
             yield response, response.status == 200
 
     async def _mirror_stream(self, first: int) -> None:
-        """Pieces from the mirror, from `first` on, while the scheduler wants them.
-
-        Requests are bounded windows of pieces, starting at one and doubling while the scheduler
-        keeps saying yes: an open-ended request would have the mirror push megabytes into socket
-        buffers that are wasted when peers take over (or when one piece was all that was needed
-        to check a peer's piece list).
-        """
+        """Pieces from the mirror, from `first` on, in the requests the scheduler answers with
+        (bounded windows that grow while it goes on: mirror_plan.py), until it says stop."""
         error: str | None = None
-        index, window = first, 1
         try:
-            while index < self._piece_count and self._scheduler.mirror_continue(
-                index, now=self._now()
-            ):
-                last = window_end(index, window, self._piece_count, self._scheduler.is_accepted)
-                after = await self._mirror_window(index, last)
+            step = self._scheduler.mirror_stream_ready(first, now=self._now())
+            while isinstance(step, MirrorWindow):
+                after = await self._mirror_window(step)
                 if after is None:
                     break
-                index, window = after, next_window(window)
+                step = self._scheduler.mirror_stream_ready(after, now=self._now())
         except DhtdebError as exc:
             error = str(exc)
         except asyncio.CancelledError:
@@ -784,30 +773,37 @@ class SwarmDownload:
             self._scheduler.mirror_stopped(error, now=self._now())
             self._wake.set()
 
-    async def _mirror_window(self, first: int, last: int) -> int | None:
-        """Fetch pieces first..last in one request: the next index, or None once the scheduler
-        stopped wanting pieces inside the window."""
-        self._mirror_window_now = range(first, first + 1)
+    async def _mirror_window(self, window: MirrorWindow) -> int | None:
+        """Fetch the window's pieces in one request: the next index, or None once the scheduler
+        ended the stream inside the window."""
+        self._mirror_window_now = window.fetching
         try:
-            return await self._mirror_request(first, last)
+            return await self._mirror_request(window.first, window.last)
         finally:
             self._mirror_window_now = range(0)
 
-    async def _mirror_piece(self, response: MirrorResponse, index: int, size: int) -> bytes | None:
-        """The piece's bytes from the stream, or None when the scheduler has it give the piece
-        up (asked while less than half of it has come; the request is then dropped)."""
+    def _gave_up(self, index: int, got: int) -> None:
+        self._ctx.counters.bytes.from_mirror += got
+        self.bytes_from_mirror += got
+        log.debug("%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got)
+
+    async def _mirror_piece(
+        self, response: MirrorResponse, read: ReadMirrorPiece, size: int
+    ) -> bytes | None:
+        """The piece's bytes from the stream, or None when the scheduler gives the piece up
+        while less than `read.watch` bytes of it have come (the request is then dropped)."""
         parts: list[bytes] = []
         got = 0
-        while got < size // 2:
-            if self._scheduler.mirror_yield(index, now=self._now()):
-                self._ctx.counters.bytes.from_mirror += got
-                self.bytes_from_mirror += got
-                log.debug(
-                    "%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got
-                )
-                return None
+        while got < read.watch:
             parts.append(await response.read_exactly(min(YIELD_STEP, size - got)))
             got += len(parts[-1])
+            if (
+                got < read.watch
+                and self._scheduler.mirror_piece_progress(read.index, got, now=self._now())
+                is not None
+            ):
+                self._gave_up(read.index, got)
+                return None
         parts.append(await response.read_exactly(size - got))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -817,23 +813,25 @@ class SwarmDownload:
         async with self._mirror_range(start, end) as (response, whole_file):
             if whole_file:
                 last = self._piece_count - 1  # take pieces as they come
+                self._scheduler.mirror_range_ignored(now=self._now())
             last_modified = response.headers.get("Last-Modified")
             if last_modified:
                 self.last_modified = last_modified
                 if self._transfer.last_modified is None:
                     self._transfer.last_modified = last_modified
-            index = first
-            while index <= last and (
-                index == first or self._scheduler.mirror_continue(index, now=self._now())
-            ):
+            for index in range(first, last + 1):
+                step = self._scheduler.mirror_piece_starting(index, now=self._now())
+                if isinstance(step, GiveUpMirrorPiece):
+                    self._gave_up(index, 0)
+                if not isinstance(step, ReadMirrorPiece):
+                    return None  # stopped, or given up to a downloader before this one
                 # Told to other downloaders: the piece on its way, and the next one if this
                 # request covers it and the stream means to go on into it (a claim on a piece
                 # the stream will not take would keep that piece's owner away for nothing).
-                going_on = index < last and self._scheduler.mirror_wants(index + 1, now=self._now())
-                self._mirror_window_now = range(index, index + 1 + going_on)
+                self._mirror_window_now = step.fetching
                 piece_start = index * PIECE_SIZE
                 data = await self._mirror_piece(
-                    response, index, min(PIECE_SIZE, self._size - piece_start)
+                    response, step, min(PIECE_SIZE, self._size - piece_start)
                 )
                 if data is None:
                     return None  # given up to a downloader before this one: it offers it
@@ -841,7 +839,7 @@ class SwarmDownload:
                     "%s: piece %d from the mirror%s",
                     self._sha256[:12],
                     index,
-                    " (already accepted)" if self._scheduler.is_accepted(index) else "",
+                    " (already accepted)" if index in self._accepted else "",
                 )
                 self._ctx.counters.bytes.from_mirror += len(data)
                 self.bytes_from_mirror += len(data)
@@ -851,7 +849,4 @@ class SwarmDownload:
                     raise SwarmFailed("no room to hold the piece")
                 self._scheduler.piece_received(MIRROR, index, digest, now=self._now())
                 self._wake.set()
-                index += 1
-            if index <= last:
-                return None
-        return index
+        return last + 1

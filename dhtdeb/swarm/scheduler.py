@@ -16,8 +16,8 @@ Theory of operation
 -------------------
 Each piece is *missing*, *held* or *accepted*. A piece's bytes are on disk once the driver reports
 `piece_received` (the driver writes every copy it receives, so the last copy reported is the one on
-disk; it must not write a copy of a piece that `is_accepted` already). A copy that matches the list
-in use is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
+disk; it must not write a copy of a piece already accepted). A copy that matches the list in use
+is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
 whose list is refuted goes back to missing, so nothing accepted is ever taken back (except a piece
 taken on a downloader's offer that the inquiry convicts: RetractPiece).
 
@@ -27,12 +27,14 @@ key drawn at admission, so a crowd of downloaders spreads over the seeders). Aft
 parts decide in a fixed order: settle the lists, ask for lists, last resort, inquiry checks, audit,
 mirror, peer requests, and whether nothing moves any more.
 
-Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
-harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
-request to that peer (the core has already forgotten them). A copy that arrives after its
-CancelPiece may still be reported (it is evaluated like any other, unless already accepted). The
-per-request rate includes the time shared with the peer's other requests in flight: it ranks peers
-against each other and sets overdue deadlines, it is not the peer's link speed.
+Driver contract: StartMirror(first) claims `first`; the stream then reports its progress with
+`mirror_stream_ready`, `mirror_piece_starting`, `mirror_piece_progress` (and
+`mirror_range_ignored`), whose return values say what it does next (mirror_plan.py, "The
+stream"), and ends with `mirror_stopped`. BanPeer means: drop every request to that peer (the
+core has already forgotten them). A copy that arrives after its CancelPiece may still be
+reported (it is evaluated like any other, unless already accepted). The per-request rate
+includes the time shared with the peer's other requests in flight: it ranks peers against each
+other and sets overdue deadlines, it is not the peer's link speed.
 """
 
 from __future__ import annotations
@@ -54,13 +56,18 @@ from dhtdeb.swarm.actions import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
     MirrorSource,
+    MirrorStep,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
     SchedulerConfig,
     Source,
     StartMirror,
+    StopMirror,
 )
 from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.mirror_plan import MirrorPlan
@@ -83,13 +90,18 @@ __all__ = [
     "ConfirmPiece",
     "Failed",
     "Finished",
+    "GiveUpMirrorPiece",
     "MirrorSource",
+    "MirrorStep",
+    "MirrorWindow",
+    "ReadMirrorPiece",
     "RequestPiece",
     "RequestPieceList",
     "RetractPiece",
     "SchedulerConfig",
     "Source",
     "StartMirror",
+    "StopMirror",
     "SwarmScheduler",
 ]
 
@@ -266,18 +278,40 @@ class SwarmScheduler:
         self._mirror.busy(index, now)
         self._schedule(now)
 
-    def mirror_continue(self, index: int, *, now: float) -> bool:
-        return not self._done() and self._mirror.continue_into(index, now)
+    # The mirror stream's events answer with what the stream does next (mirror_plan.py, "The
+    # stream"); they queue nothing for poll_actions().
 
-    def mirror_wants(self, index: int, *, now: float) -> bool:
-        """Whether the mirror stream would go on into `index` now (a question, no claim)."""
-        return not self._done() and self._mirror.would_continue(index, now)
+    def mirror_stream_ready(self, first: int, *, now: float) -> MirrorWindow | StopMirror:
+        """The stream is ready for a request from `first`: StartMirror's `first` when it
+        starts, or the piece after a window it has delivered in full. Answers the window to
+        request, or StopMirror."""
+        return self._mirror.next_request(first, now, done=self._done())
 
-    def mirror_yield(self, index: int, *, now: float) -> bool:
-        """The mirror stream is on piece `index`: give it up, because a downloader before this
-        node in the piece's rendezvous order says its own mirror stream is on it too (it will
-        offer it; mirror_plan.py)."""
-        return not self._done() and self._mirror.yields(index, now)
+    def mirror_range_ignored(self, *, now: float) -> None:
+        """The mirror answered the open request with the whole file: the stream takes pieces as
+        they come, up to the file's end."""
+        del now  # nothing to decide yet: the next piece's event decides
+        self._mirror.whole_file()
+
+    def mirror_piece_starting(
+        self, index: int, *, now: float
+    ) -> ReadMirrorPiece | GiveUpMirrorPiece | StopMirror:
+        """The stream is about to read piece `index` of its open request (the first piece once
+        the mirror has answered, each following one once the one before was reported with
+        `piece_received`)."""
+        self._check_index(index)
+        size = self._span(index)[1] - self._span(index)[0]
+        return self._mirror.piece_starting(index, size, now, done=self._done())
+
+    def mirror_piece_progress(
+        self, index: int, got: int, *, now: float
+    ) -> GiveUpMirrorPiece | None:
+        """`got` bytes of piece `index` have come from the stream (reported while fewer than
+        ReadMirrorPiece.watch have): GiveUpMirrorPiece when a downloader before this node in the
+        piece's rendezvous order says its own mirror stream is on it too (it will offer it)."""
+        self._check_index(index)
+        size = self._span(index)[1] - self._span(index)[0]
+        return self._mirror.piece_progress(index, got, size, now, done=self._done())
 
     def mirror_stopped(self, error: str | None, *, now: float) -> None:
         if self._mirror.stopped(error):
