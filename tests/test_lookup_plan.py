@@ -12,8 +12,6 @@ from dhtdeb.swarm.lookup_plan import (
     RACE_SAMPLES_MIN,
     LookupPlan,
     MirrorRace,
-    next_window,
-    window_end,
 )
 
 
@@ -113,10 +111,3 @@ def test_later_lookups_stop_once_enough_peers_answered() -> None:
     assert plan.wants_more_peers()
     plan.peer_answered("last")
     assert not plan.wants_more_peers()
-
-
-def test_mirror_windows_double_and_stop_before_accepted_pieces() -> None:
-    assert [next_window(w) for w in (1, 2, 32, 64)] == [2, 4, 64, 64]
-    assert window_end(0, 1, 10, lambda i: False) == 0
-    assert window_end(2, 8, 10, lambda i: False) == 9  # the file's end
-    assert window_end(2, 8, 10, lambda i: i == 6) == 5  # not into an accepted piece

@@ -37,6 +37,9 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -49,7 +52,6 @@ PS = 1000  # bytes per piece: the core only sees digests, so small pieces cost n
 DT = 0.05  # seconds per simulation step
 LATENCY = 0.02  # seconds for a piece list, a 404 or a 503 to come back
 TIME_LIMIT = 120.0  # virtual seconds; a crowd still running then has stalled
-MIRROR_WINDOW_MAX = 64  # pieces per mirror request, as in download.py
 VOID = bytes(32)  # a piece list's entry for a piece that is not offered
 WEB_SEED = ("overdue at peers", "peers busy")  # StartMirror reasons: a peer was too slow
 LIST_CHECK = ("referee", "corroborate the list")
@@ -89,8 +91,8 @@ class Node:
     timer: float | None = None  # when the driver calls tick() next
     mirror_open: bool = False
     stream: Flow | None = None  # the piece its mirror stream is on
-    window: int = 1  # pieces per mirror request, doubling while the core says go on
     last: int = 0  # the last piece of the mirror request in flight
+    fetching: range = range(0)  # what its stream is on, as the core's ReadMirrorPiece says
     kind: str = ""  # what the mirror stream is for: blind, split, web seed, list check
     told: dict[Peer, frozenset[int] | None] = field(default_factory=dict)  # None: everything
     lists_pending: set[Peer] = field(default_factory=set)
@@ -139,7 +141,6 @@ class Crowd:
             s = SwarmScheduler(
                 sha,
                 self.size,
-                clock=self.clock,
                 rng=rng_k,
                 config=CONFIG,
                 piece_size=PS,
@@ -178,7 +179,9 @@ class Crowd:
 
     def run(self) -> Crowd:
         for node in self.nodes:
-            node.s.lookup_deadline_passed()  # the first lookup ran before anyone announced
+            node.s.lookup_deadline_passed(
+                now=self.clock.now()
+            )  # the first lookup ran before anyone announced
             self.drain(node)
             others = [o.peer for o in self.nodes if o is not node]
             self.at(self.lookups[node.k], functools.partial(self.found, node, others))
@@ -192,7 +195,7 @@ class Crowd:
             self.move_bytes()
             for node in self.nodes:
                 if node.timer is not None and node.timer <= self.clock.now():
-                    node.s.tick()
+                    node.s.tick(now=self.clock.now())
                     self.drain(node)
         return self
 
@@ -202,7 +205,7 @@ class Crowd:
 
     def found(self, node: Node, peers: list[Peer]) -> None:
         if not node.outcome:
-            node.s.peers_found(peers)
+            node.s.peers_found(peers, now=self.clock.now())
             self.drain(node)
 
     def move_bytes(self) -> None:
@@ -222,52 +225,78 @@ class Crowd:
     def arrive(self, flow: Flow) -> None:
         node, index = self.nodes[flow.to], flow.index
         if flow.audit is not None:
-            node.s.audit_result(index, flow.audit.digest == self.true[index])
+            node.s.audit_result(index, flow.audit.digest == self.true[index], now=self.clock.now())
         elif flow.check is not None:  # a liar's bytes differ from the mirror's in every block
             held = node.disk.get(index)
-            node.s.check_result(flow.check, None if held is None else held == self.true[index])
+            node.s.check_result(
+                flow.check, None if held is None else held == self.true[index], now=self.clock.now()
+            )
         elif flow.source is None:  # a mirror piece: ask before the next one, as the driver does
             node.stream = None
             if node.kind == "blind":
                 node.blind.add(index)
-            node.s.piece_received(MIRROR, index, self.true[index])
-            going_on = index + 1 < self.p and node.s.mirror_continue(index + 1)
-            if going_on and index == node.last:  # the next request, twice as long
-                node.window = min(2 * node.window, MIRROR_WINDOW_MAX)
+            node.s.piece_received(MIRROR, index, self.true[index], now=self.clock.now())
+            if index == node.last:  # the next request (its window is the core's)
                 self.mirror_request(node, index + 1)
-            elif going_on:
-                node.stream = self.send(node, index + 1, None)
             else:
-                node.mirror_open = False
-                node.s.mirror_stopped(None)
+                self.mirror_piece(node, index + 1)
         else:
             server = self.nodes[flow.source]
             node.requests.discard((server.peer, index))
             if index not in server.lies and index not in server.disk:
                 # Retracted by the server while on its way (its author was convicted): the
                 # server's answer ends short, which the driver reports as a failed piece.
-                node.s.piece_failed(server.peer, index, "cut short", misbehaved=False)
+                node.s.piece_failed(
+                    server.peer, index, "cut short", misbehaved=False, now=self.clock.now()
+                )
             else:
                 digest = self.bad(server, index) if index in server.lies else server.disk[index]
-                node.s.piece_received(server.peer, index, digest)
+                node.s.piece_received(server.peer, index, digest, now=self.clock.now())
         self.drain(node)
 
     def maybe_yield(self, node: Node) -> None:
-        """As download.py asks while less than half of a mirror piece has come: give it up?"""
+        """As download.py reports a mirror piece's progress while less than half of it has
+        come: does the core give it up?"""
         flow = node.stream
-        if flow is None or flow.left <= PS / 2 or not node.s.mirror_yield(flow.index):
+        if (
+            flow is None
+            or flow.left <= PS / 2
+            or node.s.mirror_piece_progress(flow.index, self.got(flow), now=self.clock.now())
+            is None
+        ):
             return
         self.flows.remove(flow)
         self.given_up += 1
-        node.stream, node.mirror_open = None, False
-        node.s.mirror_stopped(None)
+        self.stop_stream(node)
         self.drain(node)
 
+    def got(self, flow: Flow) -> int:
+        start, end = piece_span(flow.index, self.size, PS)
+        return int(end - start - flow.left)
+
     def mirror_request(self, node: Node, first: int) -> None:
-        """One request for pieces first..last, never into a piece already accepted."""
-        last = min(self.p, first + node.window) - 1
-        node.last = next((j - 1 for j in range(first + 1, last + 1) if node.s.is_accepted(j)), last)
-        node.stream = self.send(node, first, None)
+        """The stream's next request: the window the core answers with, or the end."""
+        window = node.s.mirror_stream_ready(first, now=self.clock.now())
+        if isinstance(window, MirrorWindow):
+            node.last = window.last
+            self.mirror_piece(node, first)
+        else:
+            self.stop_stream(node)
+
+    def mirror_piece(self, node: Node, index: int) -> None:
+        """The next piece of the request, if the core goes on into it."""
+        step = node.s.mirror_piece_starting(index, now=self.clock.now())
+        if isinstance(step, ReadMirrorPiece):
+            node.fetching = step.fetching
+            node.stream = self.send(node, index, None)
+            return
+        if isinstance(step, GiveUpMirrorPiece):
+            self.given_up += 1
+        self.stop_stream(node)
+
+    def stop_stream(self, node: Node) -> None:
+        node.stream, node.mirror_open, node.fetching = None, False, range(0)
+        node.s.mirror_stopped(None, now=self.clock.now())
 
     def send(self, node: Node, index: int, source: int | None) -> Flow:
         start, end = piece_span(index, self.size, PS)
@@ -290,14 +319,18 @@ class Crowd:
         listed = server.s.corroborated_list()
         if server.outcome == "finished":
             node.told[peer] = None
-            node.s.piece_list_received(peer, self.claimed(server, dict(enumerate(self.true))), None)
+            node.s.piece_list_received(
+                peer, self.claimed(server, dict(enumerate(self.true))), None, now=self.clock.now()
+            )
         elif server.outcome:  # its download failed: the partial file is gone
-            node.s.piece_list_failed(peer, "404", misbehaved=False)
+            node.s.piece_list_failed(peer, "404", misbehaved=False, now=self.clock.now())
         elif listed is not None:  # a corroborated list: every piece on disk
             have = frozenset(server.disk)
             node.told[peer] = have
             digests = dict(enumerate(listed.digests))
-            node.s.piece_list_received(peer, self.claimed(server, digests), have)
+            node.s.piece_list_received(
+                peer, self.claimed(server, digests), have, now=self.clock.now()
+            )
         else:  # offers: the pieces it got from the mirror, and relays of others' offers
             offers = {i: d for i, d in sorted(server.disk.items()) if i not in server.provisional}
             if server.liar and self.broad:  # every piece it offers, as it offers them
@@ -307,11 +340,9 @@ class Crowd:
                 server.lies.update(() if first is None else (first,))
             relayed = frozenset(server.provisional) if RELAYS else frozenset()
             offers.update((i, server.disk[i]) for i in relayed)
-            fetching = range(0)  # as download.py tells it: the piece on its way, and the
-            if server.stream is not None:  # next one if the request covers it and it goes on
-                on = server.stream.index
-                going_on = on < server.last and server.s.mirror_wants(on + 1)
-                fetching = range(on, on + 1 + going_on)
+            # As download.py tells it: the piece on its way, and the next one if the request
+            # covers it and the stream goes on into it.
+            fetching = server.fetching if server.stream is not None else range(0)
             node.told[peer] = frozenset(offers)
             node.s.piece_list_received(
                 peer,
@@ -321,6 +352,7 @@ class Crowd:
                 fetching=fetching,
                 node=server.node_id,
                 relayed=relayed,
+                now=self.clock.now(),
             )
         self.drain(node)
 
@@ -336,18 +368,19 @@ class Crowd:
             return  # cancelled or banned meanwhile: the driver cancelled the task
         node.requests.discard((peer, index))
         if busy:
-            node.s.piece_busy(peer, index)
+            node.s.piece_busy(peer, index, now=self.clock.now())
         else:
-            node.s.piece_failed(peer, index, "404", misbehaved=False)
+            node.s.piece_failed(peer, index, "404", misbehaved=False, now=self.clock.now())
         self.drain(node)
 
     # --- the driver ------------------------------------------------------------------------
 
     def drain(self, node: Node) -> None:
         """Perform the core's actions, then re-arm its one timer (download.py `run`)."""
-        for action in node.s.poll_actions():
-            self.trace.append(f"{self.clock.now():.2f} {node.k} {action!r}")
-            self.perform(node, action)
+        while actions := node.s.poll_actions():  # a stream that stops at once has some more
+            for action in actions:
+                self.trace.append(f"{self.clock.now():.2f} {node.k} {action!r}")
+                self.perform(node, action)
         node.timer = node.s.next_deadline()
 
     def perform(self, node: Node, action: Action) -> None:
@@ -359,7 +392,7 @@ class Crowd:
             self.request(node, action.peer, action.index)
         elif isinstance(action, StartMirror):
             assert not node.mirror_open, f"node {node.k}: a second mirror stream"
-            node.mirror_open, node.window = True, 1
+            node.mirror_open = True
             node.kind = self.kind(node, action.why)
             self.mirror_request(node, action.first)
         elif isinstance(action, AuditPiece):
@@ -397,7 +430,9 @@ class Crowd:
                 node.outcome, node.done_at = "finished", self.clock.now()
                 self.drop_flows(node, lambda f: True)
             else:  # the whole-file SHA256 does not match: the driver tells the core, whose
-                node.s.whole_file_failed()  # inquiry checks the pieces taken on offers
+                node.s.whole_file_failed(
+                    now=self.clock.now()
+                )  # inquiry checks the pieces taken on offers
                 self.drain(node)
         else:
             assert isinstance(action, Failed)

@@ -10,10 +10,20 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
+
 from dhtdeb.discovery import Peer
-from dhtdeb.swarm.actions import AUDIT_BLOCK, AuditPiece, SchedulerConfig, StartMirror
+from dhtdeb.swarm.actions import (
+    AUDIT_BLOCK,
+    AuditPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
+    SchedulerConfig,
+    StartMirror,
+    StopMirror,
+)
 from dhtdeb.swarm.list_trust import ListTrust
-from dhtdeb.swarm.mirror_plan import MirrorPlan
+from dhtdeb.swarm.mirror_plan import MirrorPlan, next_window, window_end
 from dhtdeb.swarm.offers import Crowd, PieceVerdict
 from dhtdeb.swarm.peer_table import ListState, PeerTable
 from dhtdeb.swarm.pieces import PieceList, piece_span
@@ -286,6 +296,28 @@ def test_mirror_plan_waits_for_the_lookup_then_takes_what_nobody_has() -> None:
     assert plan.continue_into(1, 0.0) and plan.claim == 1
 
 
+def test_mirror_plan_streams_in_windows_that_double() -> None:
+    plan, _, _, progress = _plan()
+    plan.deadline_passed = True
+    assert plan.start(0.0) == StartMirror(0)
+    assert plan.next_request(0, 0.0, done=False) == MirrorWindow(0, 0)
+    with pytest.raises(ValueError):
+        plan.piece_starting(1, PS, 0.0, done=False)  # not in the request
+    plan.whole_file()  # the mirror ignored the range: its answer runs to the file's end
+    step = plan.piece_starting(0, PS, 0.0, done=False)
+    assert step == ReadMirrorPiece(0, going_on=True) and step.fetching == range(0, 2)
+    assert step.watch == PS // 2
+    progress.accept(0)
+    plan.piece_done(0)
+    assert plan.next_request(1, 0.0, done=False) == MirrorWindow(1, 2)  # twice as long
+    assert plan.piece_starting(1, PS, 0.0, done=False) == ReadMirrorPiece(1, going_on=True)
+    progress.accept(1)
+    plan.piece_done(1)
+    assert plan.piece_starting(2, PS, 0.0, done=True) == StopMirror()
+    assert plan.piece_progress(2, 0, PS, 0.0, done=False) is None  # no id: never given up
+    assert plan.next_request(4, 0.0, done=False) == StopMirror()  # past the file
+
+
 def test_mirror_plan_referees_a_rival_list_first() -> None:
     plan, table, trust, _ = _plan(A, B)
     for peer in (A, B):
@@ -313,3 +345,10 @@ def test_mirror_plan_busy_pieces_go_overdue() -> None:
     assert plan.deadlines() == []
     start = plan.start(20.0)
     assert start == StartMirror(1) and start.why == "peers busy"
+
+
+def test_mirror_windows_double_and_stop_before_accepted_pieces() -> None:
+    assert [next_window(w) for w in (1, 2, 32, 64)] == [2, 4, 64, 64]
+    assert window_end(0, 1, 10, lambda i: False) == 0
+    assert window_end(2, 8, 10, lambda i: False) == 9  # the file's end
+    assert window_end(2, 8, 10, lambda i: i == 6) == 5  # not into an accepted piece

@@ -3,15 +3,16 @@ drives it, with the simulated network in place of sockets and bytes.
 
 Owns: the I/O the scheduler asks for, done on the simulated internet: DHT lookups (the node's
 real `DhtNode.find_peers`), piece lists and pieces from other simulated nodes, one mirror stream
-at a time in doubling windows, audit blocks. The policy is the daemon's own: `LookupPlan` and
-`MirrorRace` (swarm/lookup_plan.py) for the lookups and the mirror's wait, the window growth
-there, bans as in `PeerPenalties`. Trusts: the scheduler's verdicts. Every piece carries its
+at a time in the windows the scheduler answers with, audit blocks. The policy is the daemon's
+own: `LookupPlan` and `MirrorRace` (swarm/lookup_plan.py) for the lookups and the mirror's wait,
+the scheduler's stream events for the mirror (swarm/mirror_plan.py), bans as in `PeerPenalties`.
+Trusts: the scheduler's verdicts. Every piece carries its
 true digest (the simulated peers are honest), so the check that each accepted piece has the true
 digest stands for the whole-file SHA256.
 
 Not modelled: holder hints (`POST /v1/have`), waiting for a peer that is fetching the same
-one-piece file, apt reading the bytes as they come, giving up a mirror piece half-way (asked at
-the piece's start only).
+one-piece file, apt reading the bytes as they come, giving up a mirror piece half-way (a piece
+is given up only at its start: no `mirror_piece_progress` reports).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dhtdeb.discovery import Peer
 from dhtdeb.sim.network import TransferAborted
 from dhtdeb.swarm.download import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
-from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, next_window, window_end
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
 from dhtdeb.swarm.pieces import PieceList, piece_count, piece_span
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -36,6 +37,8 @@ from dhtdeb.swarm.scheduler import (
     CancelPiece,
     CheckPiece,
     ConfirmPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -86,7 +89,6 @@ class SimDownload:
         self.scheduler = SwarmScheduler(
             self.sha256,
             self.size,
-            clock=node.world.clock,
             rng=node.derived_rng(),
             node=node.node_id,
         )
@@ -144,7 +146,7 @@ class SimDownload:
                 if self.scheduler.finished:
                     if self._whole_file_matches():
                         return True
-                    self.scheduler.whole_file_failed()
+                    self.scheduler.whole_file_failed(now=self._now())
                     if self.scheduler.failed is None and not self.scheduler.finished:
                         continue
                     return False
@@ -159,11 +161,15 @@ class SimDownload:
                         continue
                     except TimeoutError:
                         pass
-                self.scheduler.tick()
+                self.scheduler.tick(now=self._now())
         finally:
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _now(self) -> float:
+        """The virtual time, read once for each event reported to the scheduler."""
+        return self.node.world.clock.now()
 
     def _whole_file_matches(self) -> bool:
         return len(self.accepted) == self.pieces and all(
@@ -244,7 +250,7 @@ class SimDownload:
 
     def _received(self, source: Source, index: int) -> None:
         self._first_source.setdefault(index, source)
-        self.scheduler.piece_received(source, index, self.digests[index])
+        self.scheduler.piece_received(source, index, self.digests[index], now=self._now())
         self._wake.set()
 
     # -- finding peers ------------------------------------------------------------------------
@@ -254,19 +260,19 @@ class SimDownload:
         clock = self.node.world.clock
         plan = self._plan
         if plan.alone():
-            self.scheduler.lookup_deadline_passed()
+            self.scheduler.lookup_deadline_passed(now=self._now())
             self._wake.set()
         first = asyncio.ensure_future(self._find_peers(plan))
         try:
             await asyncio.wait({first}, timeout=plan.mirror_wait(clock.now()))
-            self.scheduler.lookup_deadline_passed()
+            self.scheduler.lookup_deadline_passed(now=self._now())
             self._wake.set()
             found = await asyncio.shield(first)
         finally:
             self.node.background.add(first)  # runs to its end for the race's history
             first.add_done_callback(self.node.background.discard)
         plan.first_lookup_ended(found)
-        self.scheduler.lookup_deadline_passed()
+        self.scheduler.lookup_deadline_passed(now=self._now())
         self._wake.set()
         for pause in plan.later_lookups():
             await asyncio.sleep(pause)
@@ -298,12 +304,12 @@ class SimDownload:
                 return
             told.update(usable)
             now = world.clock.now()
-            self.scheduler.peers_found(usable)
+            self.scheduler.peers_found(usable, now=now)
             if plan is not None:
                 if holder_after is None and world.holding(self.sha256, usable):
                     holder_after = now - started
                 if plan.peers_found(now):
-                    self.scheduler.lookup_deadline_passed()
+                    self.scheduler.lookup_deadline_passed(now=now)
             self._wake.set()
 
         found(await dht.find_peers(self.sha256, LOOKUP_DEADLINE, found))
@@ -320,12 +326,14 @@ class SimDownload:
         target = world.reachable(peer, self.node)
         if target is None:
             await asyncio.sleep(CONNECT_TIMEOUT)
-            self.scheduler.piece_list_failed(peer, "connect timeout", misbehaved=False)
+            self.scheduler.piece_list_failed(
+                peer, "connect timeout", misbehaved=False, now=self._now()
+            )
             return
         await asyncio.sleep(2 * world.rtt_half(self.node, target))
         answer = target.list_answer(self.sha256) if target.online else None
         if answer is None:
-            self.scheduler.piece_list_failed(peer, "404", misbehaved=False)
+            self.scheduler.piece_list_failed(peer, "404", misbehaved=False, now=self._now())
             return
         self._plan.peer_answered(peer)
         self.scheduler.piece_list_received(
@@ -336,6 +344,7 @@ class SimDownload:
             fetching=answer.fetching,
             node=answer.node,
             relayed=answer.relayed,
+            now=self._now(),
         )
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:
@@ -343,24 +352,26 @@ class SimDownload:
         target = world.reachable(peer, self.node)
         if target is None:
             await asyncio.sleep(CONNECT_TIMEOUT)
-            self.scheduler.piece_failed(peer, index, "connect timeout", misbehaved=False)
+            self.scheduler.piece_failed(
+                peer, index, "connect timeout", misbehaved=False, now=self._now()
+            )
             return
         half = world.rtt_half(self.node, target)
         await asyncio.sleep(half)
         if not target.online or not target.serves(self.sha256, index):
             await asyncio.sleep(half)
-            self.scheduler.piece_failed(peer, index, "416", misbehaved=False)
+            self.scheduler.piece_failed(peer, index, "416", misbehaved=False, now=self._now())
             return
         if not target.upload_slot():
             await asyncio.sleep(half)
-            self.scheduler.piece_busy(peer, index)
+            self.scheduler.piece_busy(peer, index, now=self._now())
             return
         start, end = piece_span(index, self.size)
         try:
             await asyncio.sleep(half)
             await target.upload(end - start, self.node)
         except TransferAborted:
-            self.scheduler.piece_failed(peer, index, "cut short", misbehaved=True)
+            self.scheduler.piece_failed(peer, index, "cut short", misbehaved=True, now=self._now())
             return
         finally:
             target.upload_done()
@@ -371,51 +382,46 @@ class SimDownload:
 
     async def _mirror_stream(self, first: int) -> None:
         error: str | None = None
-        index, window = first, 1
         try:
-            while index < self.pieces and self.scheduler.mirror_continue(index):
-                last = window_end(index, window, self.pieces, self.scheduler.is_accepted)
-                after = await self._mirror_request(index, last)
+            step = self.scheduler.mirror_stream_ready(first, now=self._now())
+            while isinstance(step, MirrorWindow):
+                after = await self._mirror_request(step.first, step.last)
                 if after is None:
                     break
-                index, window = after, next_window(window)
+                step = self.scheduler.mirror_stream_ready(after, now=self._now())
         except TransferAborted as exc:
             error = str(exc) or "mirror transfer aborted"
         finally:
             self.mirror_window = range(0)
-            self.scheduler.mirror_stopped(error)
+            self.scheduler.mirror_stopped(error, now=self._now())
             self._wake.set()
 
     async def _mirror_request(self, first: int, last: int) -> int | None:
         await asyncio.sleep(2 * self.node.world.mirror_half(self.node))
-        index = first
-        while index <= last and (index == first or self.scheduler.mirror_continue(index)):
-            going_on = index < last and self.scheduler.mirror_wants(index + 1)
-            self.mirror_window = range(index, index + 1 + going_on)
-            if self.scheduler.mirror_yield(index):
-                return None
+        for index in range(first, last + 1):
+            step = self.scheduler.mirror_piece_starting(index, now=self._now())
+            if not isinstance(step, ReadMirrorPiece):
+                return None  # stopped, or given up to a downloader before this one
+            self.mirror_window = step.fetching
             start, end = piece_span(index, self.size)
             await self.node.from_mirror(end - start)
             self._received(MIRROR, index)
-            index += 1
-        if index <= last:
-            return None
-        return index
+        return last + 1
 
     async def _mirror_check(self, index: int, size: int) -> None:
         """An audit: a block of a held piece compared with the mirror's bytes."""
         with contextlib.suppress(TransferAborted):
             await asyncio.sleep(2 * self.node.world.mirror_half(self.node))
             await self.node.from_mirror(size)
-            self.scheduler.audit_result(index, matched=True)
+            self.scheduler.audit_result(index, matched=True, now=self._now())
             return
-        self.scheduler.audit_failed("mirror transfer aborted")
+        self.scheduler.audit_failed("mirror transfer aborted", now=self._now())
 
     async def _inquiry_check(self, check: CheckPiece) -> None:
         try:
             await asyncio.sleep(2 * self.node.world.mirror_half(self.node))
             await self.node.from_mirror(check.end - check.start)
         except TransferAborted:
-            self.scheduler.check_failed(check, "mirror transfer aborted")
+            self.scheduler.check_failed(check, "mirror transfer aborted", now=self._now())
             return
-        self.scheduler.check_result(check, matched=check.index in self.accepted)
+        self.scheduler.check_result(check, matched=check.index in self.accepted, now=self._now())

@@ -160,6 +160,57 @@ class Failed:
     reason: str
 
 
+# The mirror stream's answers (mirror_plan.py, "The stream"): returned by the stream's events,
+# never queued for poll_actions().
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorWindow:
+    """Request pieces first..last from the mirror in one request (a range of their bytes)."""
+
+    first: int
+    last: int
+
+    @property
+    def fetching(self) -> range:
+        """What the stream is fetching while the request is on its way, as told to other
+        downloaders: its first piece (ReadMirrorPiece says more once the mirror answers)."""
+        return range(self.first, self.first + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMirrorPiece:
+    """Read piece `index` from the open request. `going_on`: the stream means to go on into
+    the next piece of the request (told to other downloaders with `fetching`). While fewer
+    than `watch` bytes of the piece have come, report `mirror_piece_progress` after each
+    block read (the piece may still be given up); then read the rest at once."""
+
+    index: int
+    going_on: bool
+    watch: int = field(default=0, compare=False)
+
+    @property
+    def fetching(self) -> range:
+        """The pieces the stream is fetching, as told to other downloaders."""
+        return range(self.index, self.index + 1 + self.going_on)
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUpMirrorPiece:
+    """Drop the stream's request on piece `index`: a downloader before this node in the
+    piece's rendezvous order is fetching it too and will offer it. Report `mirror_stopped`."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopMirror:
+    """End the stream: the mirror is not needed for the next piece. Report `mirror_stopped`."""
+
+
+MirrorStep: TypeAlias = MirrorWindow | ReadMirrorPiece | GiveUpMirrorPiece | StopMirror
+
+
 Action: TypeAlias = (
     AuditPiece
     | RequestPieceList

@@ -34,13 +34,7 @@ from dhtdeb.swarm.holders import (
     keep_waiting,
     worth_waiting_for,
 )
-from dhtdeb.swarm.lookup_plan import (
-    LOOKUP_DEADLINE,
-    LookupPlan,
-    MirrorRace,
-    next_window,
-    window_end,
-)
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, MirrorRace
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
     PeerClient,
@@ -60,6 +54,9 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -75,7 +72,7 @@ BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
 MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
-YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two asks whether to give it up
+YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two progress reports (it may be given up)
 # Seconds apt may be kept waiting at a piece taken on a downloading peer's word before the bytes
 # after it flow anyway (a wrong one then cuts apt's response, and apt retries): well inside apt's
 # own timeout for a silent connection, for a big file in a crowd behind a slow mirror.
@@ -155,7 +152,7 @@ class SwarmDownload:
         self._size = transfer.size
         self._piece_count = piece_count(self._size)
         self._scheduler = SwarmScheduler(
-            self._sha256, self._size, clock=context.clock, rng=context.rng, node=context.node
+            self._sha256, self._size, rng=context.rng, node=context.node
         )
         self._plan = LookupPlan(self._piece_count, context.race)
         self._wake = asyncio.Event()
@@ -272,7 +269,7 @@ class SwarmDownload:
                         await loop.run_in_executor(self._writer, self._partial.rehash)
                     if self._partial.matches():
                         return
-                    self._scheduler.whole_file_failed()
+                    self._scheduler.whole_file_failed(now=self._now())
                     if self._scheduler.failed is None and not self._scheduler.finished:
                         self._ctx.counters.inquiries.opened += 1
                         log.warning(
@@ -297,7 +294,7 @@ class SwarmDownload:
                         continue
                     except TimeoutError:
                         pass
-                self._scheduler.tick()
+                self._scheduler.tick(now=self._now())
         finally:
             for task in self._tasks.values():
                 task.cancel()
@@ -305,6 +302,10 @@ class SwarmDownload:
             # The partial file may be discarded next: no write may still be on its way to it.
             await asyncio.gather(*self._writes, return_exceptions=True)
             self._writer.shutdown(wait=False)
+
+    def _now(self) -> float:
+        """The time of an event reported to the scheduler (read once for each)."""
+        return self._ctx.clock.now()
 
     def _failure(self, reason: str) -> DhtdebError:
         if self._mirror_status is not None and self._mirror_status >= 400:
@@ -513,7 +514,7 @@ class SwarmDownload:
         plan = self._plan
         if plan.alone():
             # Nobody had any of the last files: the mirror starts now, the lookups run beside.
-            self._scheduler.lookup_deadline_passed()
+            self._scheduler.lookup_deadline_passed(now=self._now())
             self._wake.set()
         hinted = await self._ask_holders(wait=not plan.alone())
         found = bool(hinted) or self._sighted
@@ -523,14 +524,14 @@ class SwarmDownload:
             first = asyncio.ensure_future(self._find_peers(plan))
             try:
                 await asyncio.wait({first}, timeout=plan.mirror_wait(ctx.clock.now()))
-                self._scheduler.lookup_deadline_passed()
+                self._scheduler.lookup_deadline_passed(now=self._now())
                 self._wake.set()
                 found = await asyncio.shield(first) or found
             finally:
                 ctx.background.add(first)  # runs to its end for the race's history
                 first.add_done_callback(ctx.background.discard)
         plan.first_lookup_ended(found)
-        self._scheduler.lookup_deadline_passed()
+        self._scheduler.lookup_deadline_passed(now=self._now())
         self._wake.set()
         for pause in plan.later_lookups():
             await asyncio.sleep(pause)
@@ -573,7 +574,7 @@ class SwarmDownload:
             log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
             for peer in found:
                 ctx.ledger.found(peer, VIA_HOLDER, ctx.clock.now())
-            self._scheduler.peers_found(found)
+            self._scheduler.peers_found(found, now=self._now())
         return found
 
     def _usable(self, sightings: list[Sighting]) -> list[Sighting]:
@@ -615,9 +616,9 @@ class SwarmDownload:
             now = ctx.clock.now()
             for peer in usable:
                 ctx.ledger.found(peer, VIA_DHT, now)
-            self._scheduler.peers_found(usable)
+            self._scheduler.peers_found(usable, now=now)
             if plan is not None and plan.peers_found(now):
-                self._scheduler.lookup_deadline_passed()
+                self._scheduler.lookup_deadline_passed(now=now)
             self._wake.set()
 
         try:
@@ -636,9 +637,9 @@ class SwarmDownload:
             answer = await self._ctx.peers.piece_list(peer, self._sha256, self._size)
         except PeerUnavailable as exc:
             self._unavailable(peer, exc)
-            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False)
+            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=False, now=self._now())
         except (PeerMisbehaved, DhtdebError) as exc:
-            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True)
+            self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True, now=self._now())
         else:
             self._plan.peer_answered(peer)
             self._scheduler.piece_list_received(
@@ -649,6 +650,7 @@ class SwarmDownload:
                 fetching=answer.fetching,
                 node=answer.node,
                 relayed=answer.relayed,
+                now=self._now(),
             )
 
     async def _fetch_piece(self, peer: Peer, index: int) -> None:
@@ -657,14 +659,14 @@ class SwarmDownload:
         try:
             data = await self._ctx.peers.piece(peer, self._sha256, start, end)
         except PeerBusy:
-            self._scheduler.piece_busy(peer, index)
+            self._scheduler.piece_busy(peer, index, now=self._now())
             return
         except PeerUnavailable as exc:
             self._unavailable(peer, exc)
-            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False)
+            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=False, now=self._now())
             return
         except (PeerMisbehaved, DhtdebError) as exc:
-            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True)
+            self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True, now=self._now())
             return
         self._plan.peer_answered(peer)
         self._ctx.counters.bytes.from_peers += len(data)
@@ -674,38 +676,42 @@ class SwarmDownload:
         digest = await _piece_digest(data)
         await self._room_for(len(data))
         if not self._hold(index, data, digest):
-            self._scheduler.piece_failed(peer, index, "no room to hold the piece", misbehaved=False)
+            self._scheduler.piece_failed(
+                peer, index, "no room to hold the piece", misbehaved=False, now=self._now()
+            )
         else:
-            self._scheduler.piece_received(peer, index, digest)
+            self._scheduler.piece_received(peer, index, digest, now=self._now())
 
     async def _audit(self, audit: AuditPiece) -> None:
         """Compare a block of a held piece with the same bytes from the mirror."""
         copy = self._copies.get(audit.index, {}).get(audit.digest)
         if copy is None:  # accepted or dropped meanwhile: nothing to compare
-            self._scheduler.audit_result(audit.index, matched=None)
+            self._scheduler.audit_result(audit.index, matched=None, now=self._now())
             return
         try:
             data = await self._mirror_block(audit.start, audit.end)
         except DhtdebError as exc:
-            self._scheduler.audit_failed(str(exc))
+            self._scheduler.audit_failed(str(exc), now=self._now())
             return
         offset = audit.start - audit.index * PIECE_SIZE
-        self._scheduler.audit_result(audit.index, copy[offset : offset + len(data)] == data)
+        self._scheduler.audit_result(
+            audit.index, copy[offset : offset + len(data)] == data, now=self._now()
+        )
 
     async def _check(self, check: CheckPiece) -> None:
         """Compare the mirror's bytes [start, end) with the accepted copy of a piece taken on an
         offer (the inquiry after a whole-file mismatch)."""
         if check.index not in self._accepted or check.index not in self._written:
-            self._scheduler.check_result(check, matched=None)
+            self._scheduler.check_result(check, matched=None, now=self._now())
             return
         try:
             data = await self._mirror_block(check.start, check.end)
         except DhtdebError as exc:
-            self._scheduler.check_failed(check, str(exc))
+            self._scheduler.check_failed(check, str(exc), now=self._now())
             return
         self._ctx.counters.inquiries.check_bytes += len(data)
         if check.index not in self._written:  # retracted while the mirror answered
-            self._scheduler.check_result(check, matched=None)
+            self._scheduler.check_result(check, matched=None, now=self._now())
             return
         copy = self._partial.peek(check.start, check.end - check.start)
         matched = copy == data
@@ -717,7 +723,7 @@ class SwarmDownload:
                 check.start,
                 check.end - 1,
             )
-        self._scheduler.check_result(check, matched=matched)
+        self._scheduler.check_result(check, matched=matched, now=self._now())
 
     async def _mirror_block(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file from the mirror, counted as mirror traffic (an audit's
@@ -748,55 +754,56 @@ class SwarmDownload:
             yield response, response.status == 200
 
     async def _mirror_stream(self, first: int) -> None:
-        """Pieces from the mirror, from `first` on, while the scheduler wants them.
-
-        Requests are bounded windows of pieces, starting at one and doubling while the scheduler
-        keeps saying yes: an open-ended request would have the mirror push megabytes into socket
-        buffers that are wasted when peers take over (or when one piece was all that was needed
-        to check a peer's piece list).
-        """
+        """Pieces from the mirror, from `first` on, in the requests the scheduler answers with
+        (bounded windows that grow while it goes on: mirror_plan.py), until it says stop."""
         error: str | None = None
-        index, window = first, 1
         try:
-            while index < self._piece_count and self._scheduler.mirror_continue(index):
-                last = window_end(index, window, self._piece_count, self._scheduler.is_accepted)
-                after = await self._mirror_window(index, last)
+            step = self._scheduler.mirror_stream_ready(first, now=self._now())
+            while isinstance(step, MirrorWindow):
+                after = await self._mirror_window(step)
                 if after is None:
                     break
-                index, window = after, next_window(window)
+                step = self._scheduler.mirror_stream_ready(after, now=self._now())
         except DhtdebError as exc:
             error = str(exc)
         except asyncio.CancelledError:
             error = "cancelled"
             raise
         finally:
-            self._scheduler.mirror_stopped(error)
+            self._scheduler.mirror_stopped(error, now=self._now())
             self._wake.set()
 
-    async def _mirror_window(self, first: int, last: int) -> int | None:
-        """Fetch pieces first..last in one request: the next index, or None once the scheduler
-        stopped wanting pieces inside the window."""
-        self._mirror_window_now = range(first, first + 1)
+    async def _mirror_window(self, window: MirrorWindow) -> int | None:
+        """Fetch the window's pieces in one request: the next index, or None once the scheduler
+        ended the stream inside the window."""
+        self._mirror_window_now = window.fetching
         try:
-            return await self._mirror_request(first, last)
+            return await self._mirror_request(window.first, window.last)
         finally:
             self._mirror_window_now = range(0)
 
-    async def _mirror_piece(self, response: MirrorResponse, index: int, size: int) -> bytes | None:
-        """The piece's bytes from the stream, or None when the scheduler has it give the piece
-        up (asked while less than half of it has come; the request is then dropped)."""
+    def _gave_up(self, index: int, got: int) -> None:
+        self._ctx.counters.bytes.from_mirror += got
+        self.bytes_from_mirror += got
+        log.debug("%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got)
+
+    async def _mirror_piece(
+        self, response: MirrorResponse, read: ReadMirrorPiece, size: int
+    ) -> bytes | None:
+        """The piece's bytes from the stream, or None when the scheduler gives the piece up
+        while less than `read.watch` bytes of it have come (the request is then dropped)."""
         parts: list[bytes] = []
         got = 0
-        while got < size // 2:
-            if self._scheduler.mirror_yield(index):
-                self._ctx.counters.bytes.from_mirror += got
-                self.bytes_from_mirror += got
-                log.debug(
-                    "%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got
-                )
-                return None
+        while got < read.watch:
             parts.append(await response.read_exactly(min(YIELD_STEP, size - got)))
             got += len(parts[-1])
+            if (
+                got < read.watch
+                and self._scheduler.mirror_piece_progress(read.index, got, now=self._now())
+                is not None
+            ):
+                self._gave_up(read.index, got)
+                return None
         parts.append(await response.read_exactly(size - got))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -806,21 +813,25 @@ class SwarmDownload:
         async with self._mirror_range(start, end) as (response, whole_file):
             if whole_file:
                 last = self._piece_count - 1  # take pieces as they come
+                self._scheduler.mirror_range_ignored(now=self._now())
             last_modified = response.headers.get("Last-Modified")
             if last_modified:
                 self.last_modified = last_modified
                 if self._transfer.last_modified is None:
                     self._transfer.last_modified = last_modified
-            index = first
-            while index <= last and (index == first or self._scheduler.mirror_continue(index)):
+            for index in range(first, last + 1):
+                step = self._scheduler.mirror_piece_starting(index, now=self._now())
+                if isinstance(step, GiveUpMirrorPiece):
+                    self._gave_up(index, 0)
+                if not isinstance(step, ReadMirrorPiece):
+                    return None  # stopped, or given up to a downloader before this one
                 # Told to other downloaders: the piece on its way, and the next one if this
                 # request covers it and the stream means to go on into it (a claim on a piece
                 # the stream will not take would keep that piece's owner away for nothing).
-                going_on = index < last and self._scheduler.mirror_wants(index + 1)
-                self._mirror_window_now = range(index, index + 1 + going_on)
+                self._mirror_window_now = step.fetching
                 piece_start = index * PIECE_SIZE
                 data = await self._mirror_piece(
-                    response, index, min(PIECE_SIZE, self._size - piece_start)
+                    response, step, min(PIECE_SIZE, self._size - piece_start)
                 )
                 if data is None:
                     return None  # given up to a downloader before this one: it offers it
@@ -828,7 +839,7 @@ class SwarmDownload:
                     "%s: piece %d from the mirror%s",
                     self._sha256[:12],
                     index,
-                    " (already accepted)" if self._scheduler.is_accepted(index) else "",
+                    " (already accepted)" if index in self._accepted else "",
                 )
                 self._ctx.counters.bytes.from_mirror += len(data)
                 self.bytes_from_mirror += len(data)
@@ -836,9 +847,6 @@ class SwarmDownload:
                 await self._room_for(len(data))
                 if not self._hold(index, data, digest):
                     raise SwarmFailed("no room to hold the piece")
-                self._scheduler.piece_received(MIRROR, index, digest)
+                self._scheduler.piece_received(MIRROR, index, digest, now=self._now())
                 self._wake.set()
-                index += 1
-            if index <= last:
-                return None
-        return index
+        return last + 1

@@ -2,8 +2,9 @@
 
 Owns: the lookup cadence of one download (the first lookup, a few early repeats, then one every
 `LOOKUP_INTERVAL`), how long the mirror waits for the first lookup, the node-wide memory that
-sets that wait (`MirrorRace`, with the `LoneStreak` of downloads that found nobody), and the growth
-of the mirror's request windows. Trusts: what the driver reports, with the time it happened.
+sets that wait (`MirrorRace`, with the `LoneStreak` of downloads that found nobody); the growth of
+the mirror's request windows is the core's (swarm/mirror_plan.py). Trusts: what the driver
+reports, with the time it happened.
 
 Sans-I/O: every method takes `now`; the daemon's driver (swarm/download.py) and the simulation's
 (sim/download.py) both follow it, so the simulation measures the daemon's policy, not a copy.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # Seconds a lookup may take. Short: a lookup that has found nobody waits for late replies until
@@ -42,7 +43,6 @@ LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (ot
 # The first repeats come sooner: in a flash crowd every node's first lookup runs before the
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
 EARLY_LOOKUPS = (0.25, 0.5, 1.0)  # pauses before the 2nd, 3rd and 4th lookup
-MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
 # Peers that have answered (a piece list or a piece) after which the later lookups stop: more
 # rarely help, and each lookup is a dozen datagrams to nodes that have their own work. A
 # classroom's crowd (up to 8 machines) never gets there.
@@ -163,16 +163,3 @@ class LookupPlan:
         piece, nor with holders at hand."""
         early = () if self._hinted or self._small else EARLY_LOOKUPS
         return itertools.chain(early, itertools.repeat(LOOKUP_INTERVAL))
-
-
-def next_window(window: int) -> int:
-    """The mirror's next request window, in pieces: doubling from one up to the maximum (an
-    open-ended request would push megabytes into socket buffers, wasted once peers take over)."""
-    return min(window * 2, MIRROR_WINDOW_MAX)
-
-
-def window_end(first: int, window: int, pieces: int, accepted: Callable[[int], bool]) -> int:
-    """The last piece of a window from `first`: never past the file, and never into a piece
-    already accepted (e.g. the last one, checked early)."""
-    last = min(pieces, first + window) - 1
-    return next((j - 1 for j in range(first + 1, last + 1) if accepted(j)), last)

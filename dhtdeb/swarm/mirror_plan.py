@@ -1,6 +1,7 @@
 """What the mirror should fetch next for one file's swarm download, and when it stands aside.
 
-Owns: the mirror's streaming request (running or not, the piece it has claimed), its errors and
+Owns: the mirror's streaming request (running or not, the piece it has claimed, its window),
+its errors and
 whether it is still usable, whether the lookup deadline has passed, the pieces the mirror sent
 wrong (refused: fetched from a peer instead), and the pieces whose holders keep answering "busy".
 Trusts: the other parts of the scheduler for what they know (peer table, the crowd's offers, the
@@ -26,20 +27,68 @@ still working through its share. Two nodes with the same view never pick the sam
 partial view costs a few duplicates, and a peer that lies about its id only changes which
 pieces come first. A downloader that tells no id gets no share: pieces only it could fetch are
 taken at random.
+
+The stream
+----------
+The driver does the stream's I/O and reports what happens; the plan answers with what the
+stream does next. StartMirror(first) starts it; then, through SwarmScheduler:
+`mirror_stream_ready(first)` (at the start, and after a request delivered its whole window)
+answers MirrorWindow(first, last) or StopMirror; `mirror_piece_starting(i)` (once the mirror has
+answered, and after each piece reported with `piece_received`) answers ReadMirrorPiece, whose
+`going_on` says whether the stream means to go on into the request's next piece (the driver
+tells other downloaders: `fetching`), GiveUpMirrorPiece or StopMirror; `mirror_piece_progress`
+(while less than half of a piece has come) may answer GiveUpMirrorPiece; `mirror_range_ignored`
+says the mirror's answer runs to the file's end. The driver reports `mirror_stopped` when the
+stream ends, whatever the reason. A request's first piece is claimed with the request; each
+following one only when the stream starts it, so a peer or another downloader that takes it
+meanwhile keeps it. Windows start at one piece and double up to MIRROR_WINDOW_MAX while the
+stream goes on, never past the file nor into an accepted piece: an open-ended request would
+push megabytes into socket buffers, wasted once peers take over.
+
+Why these answers are the events' return values and not poll_actions(): the stream is one
+sequential task that needs its answer before its next read, and the answers move no other part
+(they claim or release a piece, decide nothing for the peers), so they neither wait for the
+driver's next poll nor run the scheduling round that other events run. The exact-action lists of
+poll_actions() (tests/test_scheduler.py) therefore stay what they were: the stream's decisions
+are made at the same moments as before, by the same rules, and show up in poll_actions() only
+through the events that follow them (`piece_received`, `mirror_stopped`).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
-from dhtdeb.swarm.actions import SchedulerConfig, StartMirror
+from dhtdeb.swarm.actions import (
+    GiveUpMirrorPiece,
+    MirrorWindow,
+    ReadMirrorPiece,
+    SchedulerConfig,
+    StartMirror,
+    StopMirror,
+)
 from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.offers import Crowd
 from dhtdeb.swarm.peer_table import ListState, PeerTable
 from dhtdeb.swarm.progress import Progress
 from dhtdeb.swarm.rendezvous import Rendezvous
 
-__all__ = ["MirrorPlan"]
+__all__ = ["MIRROR_WINDOW_MAX", "MirrorPlan", "next_window", "window_end"]
+
+MIRROR_WINDOW_MAX = 64  # pieces per mirror request once the window has grown
+
+
+def next_window(window: int) -> int:
+    """The mirror's next request window, in pieces: doubling from one up to the maximum (an
+    open-ended request would push megabytes into socket buffers, wasted once peers take over)."""
+    return min(window * 2, MIRROR_WINDOW_MAX)
+
+
+def window_end(first: int, window: int, pieces: int, accepted: Callable[[int], bool]) -> int:
+    """The last piece of a window from `first`: never past the file, and never into a piece
+    already accepted (e.g. the last one, checked early)."""
+    last = min(pieces, first + window) - 1
+    return next((j - 1 for j in range(first + 1, last + 1) if accepted(j)), last)
 
 
 class MirrorPlan:
@@ -73,6 +122,9 @@ class MirrorPlan:
         self._refused: set[int] = set()  # the mirror's copy contradicted the final list
         self._busy_since: dict[int, float] = {}  # piece -> first "busy" answer since a request
         self._busy_late: set[int] = set()  # of those, busy for busy_overdue (seen by tick)
+        self._window = 1  # pieces in the stream's next request
+        self._request: tuple[int, int] | None = None  # the open request's first and last piece
+        self._unread: int | None = None  # its first piece, until the driver starts it
 
     # ------------------------------------------------------------------ state
 
@@ -93,6 +145,7 @@ class MirrorPlan:
             return False
         self.active = False
         self.claim = None
+        self._request = self._unread = None
         if error is not None:
             self.failed(error)
         return True
@@ -136,6 +189,8 @@ class MirrorPlan:
     def begin(self, target: int, why: str) -> StartMirror:
         self.active = True
         self.claim = target
+        self._window = 1
+        self._request = self._unread = None
         return StartMirror(target, why)
 
     def last_resort_piece(self) -> int | None:
@@ -149,6 +204,49 @@ class MirrorPlan:
         return None
 
     # ----------------------------------------------------------- the stream
+
+    def next_request(self, first: int, now: float, *, done: bool) -> MirrorWindow | StopMirror:
+        """The stream is ready for a request from `first`: the window it asks for (claiming
+        `first`), or the end of the stream."""
+        self._request = self._unread = None
+        if done or not self.continue_into(first, now):
+            return StopMirror()
+        last = window_end(first, self._window, self._progress.piece_count, self._progress.has)
+        self._window = next_window(self._window)
+        self._request, self._unread = (first, last), first
+        return MirrorWindow(first, last)
+
+    def whole_file(self) -> None:
+        """The mirror ignored the request's range: its answer goes on to the file's end."""
+        if self._request is not None:
+            self._request = (self._request[0], self._progress.piece_count - 1)
+
+    def piece_starting(
+        self, index: int, size: int, now: float, *, done: bool
+    ) -> ReadMirrorPiece | GiveUpMirrorPiece | StopMirror:
+        """The stream is about to read piece `index` (of `size` bytes) of its open request.
+        The first piece was claimed with the request; each following one is claimed now, or
+        the stream ends before it."""
+        request = self._request
+        if request is None or not request[0] <= index <= request[1]:
+            raise ValueError(f"piece {index} is not in the mirror stream's open request")
+        first, self._unread = index == self._unread, None
+        if not first and (done or not self.continue_into(index, now)):
+            return StopMirror()
+        going_on = not done and index < request[1] and self.would_continue(index + 1, now)
+        watch = size // 2  # a piece may be given up while less than half of it has come
+        if watch > 0 and not done and self.yields(index, now):
+            return GiveUpMirrorPiece(index)
+        return ReadMirrorPiece(index, going_on, watch)
+
+    def piece_progress(
+        self, index: int, got: int, size: int, now: float, *, done: bool
+    ) -> GiveUpMirrorPiece | None:
+        """`got` bytes of piece `index` have come: give it up (`yields`) while less than half
+        of it has."""
+        if done or got >= size // 2 or not self.yields(index, now):
+            return None
+        return GiveUpMirrorPiece(index)
 
     def continue_into(self, index: int, now: float) -> bool:
         """Whether the stream goes on into `index` (claiming it if so)."""

@@ -6,8 +6,9 @@ and when the download has finished or failed. The parts: the peers and their req
 on its word (list_trust.py), what the mirror fetches (mirror_plan.py), the pieces taken on offers
 and the inquiry into them (provisional.py), the accepted pieces (progress.py); the actions and
 configuration are in actions.py. Performs no I/O: the asyncio driver calls the event methods,
-pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split); only this
-class reads the injected clock, its parts get `now` as an argument. Trusts nothing a peer says;
+pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split). It reads
+no clock: every event method takes `now` (the driver's clock, read once per event) and hands it to
+its parts; `next_deadline()` is an absolute time on that clock. Trusts nothing a peer says;
 the whole-file SHA256 from the signed index is the only ground truth (a one-piece file's list *is*
 that hash), and the mirror is the referee for piece lists that no second party has confirmed.
 
@@ -15,8 +16,8 @@ Theory of operation
 -------------------
 Each piece is *missing*, *held* or *accepted*. A piece's bytes are on disk once the driver reports
 `piece_received` (the driver writes every copy it receives, so the last copy reported is the one on
-disk; it must not write a copy of a piece that `is_accepted` already). A copy that matches the list
-in use is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
+disk; it must not write a copy of a piece already accepted). A copy that matches the list in use
+is *held* while that list is not yet corroborated and *accepted* once it is; a held piece
 whose list is refuted goes back to missing, so nothing accepted is ever taken back (except a piece
 taken on a downloader's offer that the inquiry convicts: RetractPiece).
 
@@ -26,12 +27,14 @@ key drawn at admission, so a crowd of downloaders spreads over the seeders). Aft
 parts decide in a fixed order: settle the lists, ask for lists, last resort, inquiry checks, audit,
 mirror, peer requests, and whether nothing moves any more.
 
-Driver contract: StartMirror(first) claims `first` (calling `mirror_continue(first)` too is
-harmless); `mirror_continue(i)` is asked before each following piece. BanPeer means: drop every
-request to that peer (the core has already forgotten them). A copy that arrives after its
-CancelPiece may still be reported (it is evaluated like any other, unless already accepted). The
-per-request rate includes the time shared with the peer's other requests in flight: it ranks peers
-against each other and sets overdue deadlines, it is not the peer's link speed.
+Driver contract: StartMirror(first) claims `first`; the stream then reports its progress with
+`mirror_stream_ready`, `mirror_piece_starting`, `mirror_piece_progress` (and
+`mirror_range_ignored`), whose return values say what it does next (mirror_plan.py, "The
+stream"), and ends with `mirror_stopped`. BanPeer means: drop every request to that peer (the
+core has already forgotten them). A copy that arrives after its CancelPiece may still be
+reported (it is evaluated like any other, unless already accepted). The per-request rate
+includes the time shared with the peer's other requests in flight: it ranks peers against each
+other and sets overdue deadlines, it is not the peer's link speed.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from dhtdeb.clock import Clock
 from dhtdeb.discovery import Peer
 from dhtdeb.swarm.actions import (
     AUDIT_BLOCK,
@@ -54,13 +56,18 @@ from dhtdeb.swarm.actions import (
     ConfirmPiece,
     Failed,
     Finished,
+    GiveUpMirrorPiece,
     MirrorSource,
+    MirrorStep,
+    MirrorWindow,
+    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
     SchedulerConfig,
     Source,
     StartMirror,
+    StopMirror,
 )
 from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.mirror_plan import MirrorPlan
@@ -83,13 +90,18 @@ __all__ = [
     "ConfirmPiece",
     "Failed",
     "Finished",
+    "GiveUpMirrorPiece",
     "MirrorSource",
+    "MirrorStep",
+    "MirrorWindow",
+    "ReadMirrorPiece",
     "RequestPiece",
     "RequestPieceList",
     "RetractPiece",
     "SchedulerConfig",
     "Source",
     "StartMirror",
+    "StopMirror",
     "SwarmScheduler",
 ]
 
@@ -116,7 +128,6 @@ class SwarmScheduler:
         sha256: str,
         size: int,
         *,
-        clock: Clock,
         rng: random.Random,
         config: SchedulerConfig = DEFAULT_CONFIG,
         mirror_available: bool = True,
@@ -133,7 +144,6 @@ class SwarmScheduler:
         rendezvous = Rendezvous(digest)
         self._size = size
         self._piece_size = piece_size
-        self._clock = clock
         self._rng = rng
         self._config = config
         self.piece_count: int = piece_count(size, piece_size)
@@ -170,16 +180,16 @@ class SwarmScheduler:
 
     # ------------------------------------------------------------------ events
 
-    def peers_found(self, peers: Iterable[Peer]) -> None:
+    def peers_found(self, peers: Iterable[Peer], *, now: float) -> None:
         if self._done():
             return
         for peer in self._table.admit(peers, self._rng):
             self._crowd.admit(peer)
-        self._schedule()
+        self._schedule(now)
 
-    def lookup_deadline_passed(self) -> None:
+    def lookup_deadline_passed(self, *, now: float) -> None:
         self._mirror.deadline_passed = True
-        self._schedule()
+        self._schedule(now)
 
     def piece_list_received(
         self,
@@ -191,6 +201,7 @@ class SwarmScheduler:
         fetching: range = range(0),
         node: bytes = b"",
         relayed: frozenset[int] = frozenset(),
+        now: float,
     ) -> None:
         """A peer's piece list. With `offers_only` the peer is itself downloading and only the
         entries of the pieces in `have` mean anything: those it got from the mirror, and the
@@ -206,39 +217,41 @@ class SwarmScheduler:
             or len(pieces) != self.piece_count
         ):
             self._ban(peer, "piece list for a different file size", lied=False)
-            self._schedule()
+            self._schedule(now)
             return
         if offers_only and not self._trust.single:
-            if self._offers_received(state, pieces, have or frozenset(), fetching, relayed):
+            if self._offers_received(state, pieces, have or frozenset(), fetching, relayed, now):
                 self._crowd.set_node(peer, node)
-            self._schedule()
+            self._schedule(now)
             return
         self._table.took_list(state, have, self.piece_count)
         self._crowd.took_list(peer)
         if not self._trust.single:
             self._trust.add_claim(peer, pieces)
-        self._schedule()
+        self._schedule(now)
 
-    def piece_list_failed(self, peer: Peer, reason: str, misbehaved: bool) -> None:
+    def piece_list_failed(self, peer: Peer, reason: str, misbehaved: bool, *, now: float) -> None:
         if self._done() or peer not in self._table:
             return
         if misbehaved:
             self._ban(peer, reason, lied=False)
         else:
             self._set_aside(peer)
-        self._schedule()
+        self._schedule(now)
 
-    def piece_received(self, source: Source, index: int, digest: bytes) -> None:
+    def piece_received(self, source: Source, index: int, digest: bytes, *, now: float) -> None:
         self._check_index(index)
         if self._done():
             return
         if isinstance(source, MirrorSource):
             self._mirror_piece(index, digest)
         else:
-            self._peer_piece(source, index, digest)
-        self._schedule()
+            self._peer_piece(source, index, digest, now)
+        self._schedule(now)
 
-    def piece_failed(self, source: Source, index: int, reason: str, misbehaved: bool) -> None:
+    def piece_failed(
+        self, source: Source, index: int, reason: str, misbehaved: bool, *, now: float
+    ) -> None:
         self._check_index(index)
         if self._done():
             return
@@ -251,9 +264,9 @@ class SwarmScheduler:
                     self._ban(source, reason, lied=False)
                 else:
                     self._table.lacks(state, index, error=True)
-        self._schedule()
+        self._schedule(now)
 
-    def piece_busy(self, peer: Peer, index: int) -> None:
+    def piece_busy(self, peer: Peer, index: int, *, now: float) -> None:
         """The peer holds the piece but is at its upload limit: ask it (or another holder)
         again after `busy_backoff`. The piece stays served, so a crowd's busy peers do not send
         everyone to the mirror; after `busy_overdue` of busy answers it counts as overdue."""
@@ -261,29 +274,50 @@ class SwarmScheduler:
         state = self._table.get(peer)
         if self._done() or state is None or self._table.take_request(peer, index) is None:
             return
-        now = self._clock.now()
         self._table.back_off(state, now)
         self._mirror.busy(index, now)
-        self._schedule()
+        self._schedule(now)
 
-    def mirror_continue(self, index: int) -> bool:
-        return not self._done() and self._mirror.continue_into(index, self._clock.now())
+    # The mirror stream's events answer with what the stream does next (mirror_plan.py, "The
+    # stream"); they queue nothing for poll_actions().
 
-    def mirror_wants(self, index: int) -> bool:
-        """Whether the mirror stream would go on into `index` now (a question, no claim)."""
-        return not self._done() and self._mirror.would_continue(index, self._clock.now())
+    def mirror_stream_ready(self, first: int, *, now: float) -> MirrorWindow | StopMirror:
+        """The stream is ready for a request from `first`: StartMirror's `first` when it
+        starts, or the piece after a window it has delivered in full. Answers the window to
+        request, or StopMirror."""
+        return self._mirror.next_request(first, now, done=self._done())
 
-    def mirror_yield(self, index: int) -> bool:
-        """The mirror stream is on piece `index`: give it up, because a downloader before this
-        node in the piece's rendezvous order says its own mirror stream is on it too (it will
-        offer it; mirror_plan.py)."""
-        return not self._done() and self._mirror.yields(index, self._clock.now())
+    def mirror_range_ignored(self, *, now: float) -> None:
+        """The mirror answered the open request with the whole file: the stream takes pieces as
+        they come, up to the file's end."""
+        del now  # nothing to decide yet: the next piece's event decides
+        self._mirror.whole_file()
 
-    def mirror_stopped(self, error: str | None) -> None:
+    def mirror_piece_starting(
+        self, index: int, *, now: float
+    ) -> ReadMirrorPiece | GiveUpMirrorPiece | StopMirror:
+        """The stream is about to read piece `index` of its open request (the first piece once
+        the mirror has answered, each following one once the one before was reported with
+        `piece_received`)."""
+        self._check_index(index)
+        size = self._span(index)[1] - self._span(index)[0]
+        return self._mirror.piece_starting(index, size, now, done=self._done())
+
+    def mirror_piece_progress(
+        self, index: int, got: int, *, now: float
+    ) -> GiveUpMirrorPiece | None:
+        """`got` bytes of piece `index` have come from the stream (reported while fewer than
+        ReadMirrorPiece.watch have): GiveUpMirrorPiece when a downloader before this node in the
+        piece's rendezvous order says its own mirror stream is on it too (it will offer it)."""
+        self._check_index(index)
+        size = self._span(index)[1] - self._span(index)[0]
+        return self._mirror.piece_progress(index, got, size, now, done=self._done())
+
+    def mirror_stopped(self, error: str | None, *, now: float) -> None:
         if self._mirror.stopped(error):
-            self._schedule()
+            self._schedule(now)
 
-    def audit_result(self, index: int, matched: bool | None) -> None:
+    def audit_result(self, index: int, matched: bool | None, *, now: float) -> None:
         """The mirror's bytes inside held piece `index` agree with the held copy (or not; None:
         the copy was gone before the comparison, which proves nothing)."""
         self._check_index(index)
@@ -291,17 +325,17 @@ class SwarmScheduler:
         if self._done() or claim is None:
             return
         self._trust.audited(claim, index, matched)
-        self._schedule()
+        self._schedule(now)
 
-    def audit_failed(self, error: str) -> None:
+    def audit_failed(self, error: str, *, now: float) -> None:
         """The mirror could not deliver the audit's bytes."""
         if not self._trust.auditing:
             return
         self._trust.end_audit()
         self._mirror.failed(error)
-        self._schedule()
+        self._schedule(now)
 
-    def whole_file_failed(self) -> None:
+    def whole_file_failed(self, *, now: float) -> None:
         """The whole file, every piece accepted, does not match its SHA256. With pieces taken
         on offers in it and a usable mirror, an inquiry finds the author of the wrong piece
         (inquiry.py): `finished` is false again, CheckPiece actions follow, and the download
@@ -310,11 +344,11 @@ class SwarmScheduler:
             return
         if self._offered and self._mirror.usable() and self._offered.open_inquiry():
             self.finished = False
-            self._schedule()
+            self._schedule(now)
             return
         self._whole_file_lost()
 
-    def check_result(self, check: CheckPiece, matched: bool | None) -> None:
+    def check_result(self, check: CheckPiece, matched: bool | None, *, now: float) -> None:
         """The mirror's bytes for `check` equal the accepted copy's, or not (None: the copy was
         retracted meanwhile, which proves nothing)."""
         if self.failed is not None or not self._offered.inquiring:
@@ -342,9 +376,9 @@ class SwarmScheduler:
             self.finished = True
             self._emit(Finished())
             return
-        self._schedule()
+        self._schedule(now)
 
-    def check_failed(self, check: CheckPiece, error: str) -> None:
+    def check_failed(self, check: CheckPiece, error: str, *, now: float) -> None:
         """The mirror could not answer `check`; it is asked again while the mirror is usable."""
         if self.failed is not None or not self._offered.inquiring:
             return
@@ -353,7 +387,7 @@ class SwarmScheduler:
         if not self._mirror.usable():
             self._whole_file_lost()
             return
-        self._schedule()
+        self._schedule(now)
 
     def _whole_file_lost(self) -> None:
         parties = self._trust.parties()
@@ -371,15 +405,14 @@ class SwarmScheduler:
             self._ban(peer, "whole-file hash mismatch after its offered pieces", lied=False)
         self._fail("whole-file hash mismatch")
 
-    def tick(self) -> None:
+    def tick(self, *, now: float) -> None:
         if self._done():
             return
-        now = self._clock.now()
         self._table.tick(now)
         self._mirror.tick(now)
         for peer in self._crowd.due_refreshes(now):
             self._emit(RequestPieceList(peer))
-        self._schedule()
+        self._schedule(now)
 
     # ----------------------------------------------------------------- outputs
 
@@ -436,6 +469,7 @@ class SwarmScheduler:
         have: frozenset[int],
         fetching: range,
         relayed: frozenset[int],
+        now: float,
     ) -> bool:
         """Take a downloading peer's offers (offers.py); false when one contradicts what is
         known, and the peer is banned for it."""
@@ -445,7 +479,7 @@ class SwarmScheduler:
             have,
             fetching,
             relayed,
-            self._clock.now(),
+            now,
             truth=self._trust.truth,
             wrong=self._trust.contradicted,
         )
@@ -460,11 +494,11 @@ class SwarmScheduler:
         for peer, have in self._crowd.servable(self._trust.usable).items():
             self._table.set_have(peer, have)
 
-    def _peer_piece(self, peer: Peer, index: int, digest: bytes) -> None:
+    def _peer_piece(self, peer: Peer, index: int, digest: bytes, now: float) -> None:
         state = self._table.get(peer)
         request = self._table.take_request(peer, index)
         if state is not None and request is not None:
-            self._table.delivered(state, index, request, self._clock.now())
+            self._table.delivered(state, index, request, now)
         if self._progress.has(index):
             return
         # The driver wrote this copy: whatever was held for `index` is gone.
@@ -527,7 +561,7 @@ class SwarmScheduler:
 
     # --------------------------------------------------------------- schedule
 
-    def _schedule(self) -> None:
+    def _schedule(self, now: float) -> None:
         if self._done():
             return
         self._trust.settle(self._mirror.usable())
@@ -540,9 +574,9 @@ class SwarmScheduler:
             audit = self._trust.start_audit(self._rng, self._span)
             if audit is not None:
                 self._emit(audit)
-        self._start_mirror()
-        self._assign_peers()
-        self._check_stuck()
+        self._start_mirror(now)
+        self._assign_peers(now)
+        self._check_stuck(now)
 
     def _start_checks(self) -> None:
         for check in self._offered.checks():
@@ -555,12 +589,12 @@ class SwarmScheduler:
         self._offered.forget(index)
         self._emit(RetractPiece(index))
 
-    def _start_mirror(self) -> None:
-        start = self._mirror.start(self._clock.now())
+    def _start_mirror(self, now: float) -> None:
+        start = self._mirror.start(now)
         if start is not None:
             self._emit(start)
 
-    def _assign_peers(self) -> None:
+    def _assign_peers(self, now: float) -> None:
         referee = self._trust.referee_indices(self.is_accepted)
         in_use = self._trust.in_use is not None
 
@@ -579,7 +613,7 @@ class SwarmScheduler:
             )
 
         made = self._table.assign(
-            self._clock.now(),
+            now,
             may_serve=may_serve,
             assignable=assignable,
             ahead=self._progress.ahead(),
@@ -588,8 +622,7 @@ class SwarmScheduler:
         for peer, index in made:
             self._emit(RequestPiece(peer, index))
 
-    def _check_stuck(self) -> None:
-        now = self._clock.now()
+    def _check_stuck(self, now: float) -> None:
         if (
             not self._mirror.deadline_passed
             or self._mirror.active
