@@ -107,7 +107,6 @@ def test_resumed_sweep_runs_only_points_without_their_run(swept: Swept, tmp_path
 
 
 def test_plot_draws_what_the_reports_vary_in(swept: Swept, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="plots need the sim extra (pip install '.[sim]')")
     plots = tmp_path / "plots"
     reports = [str(swept.out / f"nodes-{n}.json") for n in VALUES]
 
