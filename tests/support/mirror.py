@@ -514,10 +514,16 @@ class Mirror:
                     chunk = data[start + sent : start + sent + chunk_size]
                 if not chunk:
                     break  # file shrank underneath us
-                await response.write(chunk)
+                # Counted as it is handed to the socket: a client may have read the last chunk
+                # (and the test asserted on the count) before this coroutine runs again.
+                self._count(relative, len(chunk))
+                try:
+                    await response.write(chunk)
+                except BaseException:
+                    self._count(relative, -len(chunk))  # never handed over
+                    raise
                 sent += len(chunk)
                 progress.sent = sent
-                self._count(relative, len(chunk))
                 if rate is not None:
                     # Pacing the sender is the point of throttling, not a synchronisation device.
                     delay = began + sent / rate - time.monotonic()
