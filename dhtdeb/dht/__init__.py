@@ -131,10 +131,9 @@ class DhtNode:
         This node is left out by its id (it listens on the same port as everyone else, under
         an address only the others know). `on_peers` hears of them as they are found."""
         key = dht_key(sha256_hex)
-        own = self._server.node.id
 
-        def peers(found: list[Contact]) -> list[Peer]:
-            return [Peer(p.host, p.port, p.node_id) for p in found if p.node_id != own]
+        def peers(found: list[Contact]) -> list[Peer]:  # the server leaves our own entries out
+            return [Peer(p.host, p.port, p.node_id) for p in found]
 
         def tell(found: list[Contact]) -> None:
             if on_peers is not None and (fresh := peers(found)):

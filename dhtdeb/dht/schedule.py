@@ -26,6 +26,7 @@ class AnnounceSchedule:
         self._due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         self._reached: set[str] = set()  # keys whose last announce some node accepted
+        self._withheld: set[str] = set()  # keys not announced: this node looks unreachable
 
     def _set(self, key: str, at: float) -> None:
         self._due[key] = at
@@ -34,6 +35,7 @@ class AnnounceSchedule:
     def announced(self, key: str, ok: bool) -> None:
         """Record an announce attempt; a failed one is retried soon (with jitter)."""
         now = self._clock.now()
+        self._withheld.discard(key)
         if ok:
             self._reached.add(key)
             self._set(key, now + self._interval * (1.0 - self._jitter * self._rng.random()))
@@ -43,8 +45,9 @@ class AnnounceSchedule:
 
     def withheld(self, key: str) -> None:
         """Not announced (this node looks unreachable): tried again after RETRY_AFTER, and not
-        among the `unreached` keys that are queued again at once."""
-        self._reached.add(key)
+        among the `unreached` keys that are queued again at once (nor counted as reached)."""
+        self._reached.discard(key)
+        self._withheld.add(key)
         self._set(key, self._clock.now() + RETRY_AFTER * (1.0 + self._rng.random()))
 
     def forget(self, key: str) -> None:
@@ -52,7 +55,7 @@ class AnnounceSchedule:
 
     def unreached(self) -> list[str]:
         """Keys whose last announce no node accepted (a node alone in the network)."""
-        return [key for key in self._due if key not in self._reached]
+        return [key for key in self._due if key not in self._reached and key not in self._withheld]
 
     def reached(self) -> int:
         return sum(1 for key in self._due if key in self._reached)

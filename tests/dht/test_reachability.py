@@ -62,6 +62,9 @@ async def test_a_node_nobody_reaches_unasked_withholds_its_announces(
         assert protocol.reachability.unreachable
         assert not await node.engine.announce(sha("withheld"))
         assert protocol.counters["announces_withheld"] == 1
+        schedule = node.engine.schedule
+        assert schedule.reached() == 1  # "first" only: a withheld key is not announced
+        assert sha("withheld") not in schedule.unreached()  # and not queued again at once
         assert not any(
             n.engine.storage.entries(bytes.fromhex(sha("withheld"))[:20], 10) for n in swarm.nodes
         )
