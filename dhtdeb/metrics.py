@@ -36,7 +36,7 @@ LookupHistograms = Callable[[], Mapping[str, Histogram]]
 # missing key there is a zero, anywhere else a bug.
 _SPARSE_GROUPS = frozenset({"dht_datagrams"})
 # dht/wire.py's METHODS (not imported: with --no-dht the kademlia package is never loaded)
-_DHT_METHODS = ("ping", "find_node", "get_peers", "announce_peer")
+_DHT_METHODS = ("ping", "find_node", "get_peers", "announce_peer", "dial_back", "dial")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,11 +336,23 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "dhtdeb_dht_announces",
         "counter",
-        "Announces of this node's files, by result: accepted (by at least one node) or "
-        "unaccepted (by none).",
+        "Announces of this node's files, by result: accepted (by at least one node), "
+        "unaccepted (by none), or withheld (this node looks unreachable).",
         "dht_datagrams",
-        {"accepted": "announces_accepted", "unaccepted": "announces_unaccepted"},
+        {
+            "accepted": "announces_accepted",
+            "unaccepted": "announces_unaccepted",
+            "withheld": "announces_withheld",
+        },
         "result",
+    ),
+    Family(
+        "dhtdeb_dht_announces_direct",
+        "counter",
+        "Announces sent straight to the nodes of the file's last lookup, with their tokens, "
+        "without a lookup of their own.",
+        "dht_datagrams",
+        "announces_direct",
     ),
     Family(
         "dhtdeb_dht_announces_received",
@@ -440,6 +452,20 @@ FAMILIES: tuple[Family, ...] = (
         "DHT replies not sent: too big even when emptied.",
         "dht_datagrams",
         "replies_refused",
+    ),
+    Family(
+        "dhtdeb_dht_reachability_tests",
+        "counter",
+        "Dial-back tests of this node, by verdict: unreachable (behind NAT or a firewall: it "
+        "announces nothing until a later test or a stranger's request), reachable, or "
+        "inconclusive (every node that could dial it had been written to lately).",
+        "dht_datagrams",
+        {
+            "reachable": "dial_tests_reachable",
+            "unreachable": "dial_tests_unreachable",
+            "inconclusive": "dial_tests_inconclusive",
+        },
+        "verdict",
     ),
     Family(
         "dhtdeb_dht_socket_errors",

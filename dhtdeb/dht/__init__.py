@@ -70,6 +70,8 @@ class DhtNode:
         self.address = HostPort(server.address[0], server.address[1])
         self._maintenance: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
+        self._tester: asyncio.Task[None] | None = None
+        self._tested = asyncio.Event()  # the last dial test (dial.py) is over: announces may go
         self._queued: dict[str, None] = {}  # announce_later keys, in order
         self._announcing = 0  # keys of the batch being announced
         self._queue_changed = asyncio.Event()
@@ -100,6 +102,7 @@ class DhtNode:
     async def _announce_queued(self) -> None:
         while True:
             await self._queue_changed.wait()
+            await self._tested.wait()  # a node behind NAT learns it before it announces
             await asyncio.sleep(ANNOUNCE_GATHER)  # let a batch of apt's files gather
             self._queue_changed.clear()
             await self._announce_batches()
@@ -181,8 +184,25 @@ class DhtNode:
         """The routing table got its first contact: what no node could take while this one was
         alone (a fleet whose machines start one after another) is announced now, not at the
         next retry a minute or two later."""
+        if self._announcer is not None:  # joined while running (not during open_dht's join)
+            self._test_reachability()
         for key in self._server.schedule.unreached():
             self.announce_later(key)
+
+    def _test_reachability(self) -> None:
+        """Run a dial test (dial.py) now; announces wait for its end."""
+        if self._closed or (self._tester is not None and not self._tester.done()):
+            return
+        self._tested.clear()
+        self._tester = asyncio.get_running_loop().create_task(self._dial_test())
+
+    async def _dial_test(self) -> None:
+        try:
+            await self._server.protocol.dials.test()
+        except Exception as exc:  # upkeep must go on: the test is evidence, not a duty
+            self._server.protocol.quiet.warn("dial", "DHT: reachability test failed: %r", exc)
+        finally:
+            self._tested.set()
 
     def counters(self) -> dict[str, int]:
         """Datagram counters: malformed, rate_limited, bad_tokens, timeouts, bytes_sent, ..."""
@@ -211,6 +231,7 @@ class DhtNode:
     def _start(self, *, maintenance: bool) -> None:
         loop = asyncio.get_running_loop()
         self._announcer = loop.create_task(self._announce_queued())
+        self._test_reachability()
         if maintenance:
             self._maintenance = loop.create_task(self._maintenance_loop())
 
@@ -219,7 +240,7 @@ class DhtNode:
         if self._closed:
             return
         self._closed = True
-        for task in (self._maintenance, self._announcer):
+        for task in (self._maintenance, self._announcer, self._tester):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

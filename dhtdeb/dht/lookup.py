@@ -42,6 +42,9 @@ class LookupResult:
     )  # responders, nearest first
     queried: int = 0
     answered: int = 0
+    # Ended because the k nearest live candidates had answered: `closest` are the nearest nodes
+    # the network knows of (not cut by the deadline, nor by enough peers found early).
+    converged: bool = False
 
 
 class Candidates:
@@ -152,6 +155,7 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
             for task in self._in_flight.values():
                 task.cancel()
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        self._result.converged = bool(self._answered) and self._settled()
         self._result.peers = self._merged()
         self._result.closest = sorted(
             self._answered.values(), key=lambda pair: pair[0].distance_to(self.node)
@@ -244,6 +248,9 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
     def _done(self) -> bool:
         if self._enough_peers is not None and self._counted >= self._enough_peers:
             return True
+        return self._settled()
+
+    def _settled(self) -> bool:
         # Done when every one of the k nearest live candidates has answered, or is late enough
         # to be presumed dead, and nothing nearer is still waiting to be asked.
         # A get_peers lookup that found nobody yet still waits for its late requests (up to the

@@ -40,6 +40,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from dhtdeb.clock import Clock
+from dhtdeb.dht.dial import Dials
 from dhtdeb.dht.guards import QuietLog, SourceLimiter, WriteTokens, source_key
 from dhtdeb.dht.peer_store import PeerStore
 from dhtdeb.dht.reachability import SILENT_WINDOW, Reachability
@@ -108,6 +109,10 @@ class DhtTuning:
     bucket_refresh: float = 15 * 60.0
     maintenance_interval: float = 60.0
     save_interval: float = 600.0
+    # Keys whose nearest nodes are remembered after a lookup (nearest.py): announces go
+    # straight to them while their tokens are young, later lookups of the key start there.
+    remembered_keys: int = 4096
+    remembered_for: float = 3600.0
 
 
 class DatagramTransport(Protocol):
@@ -185,6 +190,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         # (a dead node stays in the tables of nodes that never ask it, which keep handing it out).
         self._silent: OrderedDict[Address, tuple[int, float]] = OrderedDict()
         self.reachability = Reachability()
+        self.dials = Dials(self)
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; a typo must stay a typo
@@ -251,7 +257,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- serving requests --------------------------------------------------------------------
     def _accept_request(self, request: Request, address: Address, size: int) -> None:
         self.counters[f"requests_{request.method}"] += 1
-        self.reachability.request_from(address, self.clock.now())
+        if self.reachability.request_from(address, self.clock.now()):
+            self.dials.proof.set()
         if len(request.keys) > 1:
             self.counters["batched_keys"] += len(request.keys)
         body: dict[str, Any] = {"id": self.source_node.id}
@@ -269,14 +276,20 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             else:
                 body["ok"] = False
                 self.counters["bad_tokens"] += 1
-            self._reply(request.msgid, body, [], address, limit)
+            self.send_reply(request.msgid, body, [], address, limit)
+        elif request.method == "dial_back":
+            self.dials.serve_dial_back(request, address, limit)
+        elif request.method == "dial":
+            self.dials.serve_dial(request, address, limit)
         elif request.method == "ping":
             body["token"] = self.tokens.issue(address)
-            self._reply(request.msgid, body, [], address, limit)
+            self.send_reply(request.msgid, body, [], address, limit)
         elif request.method == "find_node":
             assert request.target is not None
             body["token"] = self.tokens.issue(address)
-            self._reply(request.msgid, body, self._nearest(request.target, sender), address, limit)
+            self.send_reply(
+                request.msgid, body, self._nearest(request.target, sender), address, limit
+            )
         elif request.method == "get_peers":
             body["token"] = self.tokens.issue(address)
             # An unproven requester gets one key answered: its reply is small anyway.
@@ -335,7 +348,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         known = self.router.find(request.node_id)
         return known is not None and (known.ip, known.port) == address
 
-    def _reply(
+    def send_reply(
         self,
         msgid: bytes,
         body: dict[str, Any],
@@ -424,7 +437,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         ):
             return
         self._probing.add(address)
-        self._spawn(self._probe(sender, address))
+        self.spawn(self._probe(sender, address))
 
     async def _probe(self, node: Node, address: Address, moved_to: Node | None = None) -> None:
         try:
@@ -440,9 +453,9 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if address in self._probing or len(self._probing) >= self.tuning.max_probes:
             return
         self._probing.add(address)
-        self._spawn(self._probe(contact, address, moved_to))
+        self.spawn(self._probe(contact, address, moved_to))
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         if self._closing:
             coro.close()
             return
@@ -471,8 +484,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         token: bytes | None = None,
         *,
         expect_reply: int = 0,
+        patience: float | None = None,
     ) -> Reply | None:
-        """Send one request; the reply, or None after the timeout. Never raises for the peer."""
+        """Send one request; the reply, or None after `patience` seconds (the RPC timeout
+        unless given). Never raises for the peer."""
         if self.transport is None or len(self._outstanding) >= self.tuning.max_outstanding:
             self.counters["requests_refused"] += 1
             return None
@@ -480,7 +495,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         my_id = self.source_node.id
         padding = 0
         if method in ("find_node", "get_peers") and token is None:
-            token = self._remote_token(address)
+            token = self.remote_token(address)
         if token is None and expect_reply:
             # Like QUIC's padded Initial: an unproven requester pays for the reply it wants.
             bare = len(encode_request(msgid, method, my_id, target, None, 0))
@@ -492,7 +507,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._send(data, address)
         # The timeout resolves the future with None (one timer, no task cancellation: this is
         # on the path of every datagram sent, and asyncio.timeout costs several times as much).
-        expiry = loop.call_at(loop.time() + self.tuning.rpc_timeout, _expire, future)
+        wait = self.tuning.rpc_timeout if patience is None else patience
+        expiry = loop.call_at(loop.time() + wait, _expire, future)
         try:
             reply = await future
         finally:
@@ -536,7 +552,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         count, since = self._silent.get(address, (0, 0.0))
         return count >= SILENT_AFTER and self.clock.now() - since < SILENT_FOR
 
-    def _remote_token(self, address: Address) -> bytes | None:
+    def remote_token(self, address: Address) -> bytes | None:
+        """The token `address` gave us, if it is young enough to announce with."""
         held = self._remote_tokens.get(address)
         if held is None:
             return None
@@ -592,7 +609,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         """A get_peers call for one key; calls to one address in one loop turn share a datagram
         once the address gave us a token."""
         address = (node.ip, node.port)
-        if self._remote_token(address) is not None:
+        if self.remote_token(address) is not None:
             return await self._batched("get_peers", node, key, None)
         # Without a token, pay for a reply of k contacts or 24 peers (a node holding peers
         # answers with peers first); the token in that reply earns a full reply next time.
@@ -651,7 +668,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 if not waiter.done():
                     waiter.set_result(None)
             return
-        self._spawn(self._send_batch(method, batch))
+        self.spawn(self._send_batch(method, batch))
 
     async def _send_batch(self, method: str, batch: _Batch) -> None:
         address = (batch.node.ip, batch.node.port)

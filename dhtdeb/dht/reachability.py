@@ -13,8 +13,17 @@ seconds is taken to be unreachable, until a stranger asks. An unreachable node s
 and downloads, but announces nothing: every downloader that tried a holder nobody can connect to
 lost a connect timeout and sent the file to the mirror (docs/simulation.md).
 
-Small fleets are never judged: with a handful of machines the others may well only ever answer
-this node, and on a LAN every host is reachable.
+Small fleets are never judged by silence: with a handful of machines the others may well only
+ever answer this node, and on a LAN every host is reachable.
+
+Silence takes ten minutes, and a machine behind NAT announces its whole upgrade in its first
+minutes; what it announced stays in the others' stores for the peer TTL. So a node also asks for
+a test (wire.py, `dial_back`): when it starts, and again while it is taken to be unreachable.
+Helpers name the node that will ping it (`dial_expected`); a ping from one of them, or any
+stranger's request, proves it reachable; nothing from any of them within the test's wait proves
+it unreachable (`dial_test_failed`), at once. A test is conclusive only if this node had not
+sent to the named dialer lately (its own router would let the ping in): in a fleet of a few
+machines that all talk to each other, tests are inconclusive and change nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ class Reachability:
         self._sent: OrderedDict[Address, float] = OrderedDict()  # oldest first
         self._stranger_at: float | None = None
         self._known_since: float | None = None  # contacts enough for strangers to ask, since
+        self._dialers: dict[Address, float] = {}  # named by a dial test, when
+        self._dial_failed_at: float | None = None  # a conclusive dial test heard nobody
         self.unreachable = False
 
     def sent(self, address: Address, now: float) -> None:
@@ -42,12 +53,42 @@ class Reachability:
         if len(self._sent) > _SENT_MAX:
             self._sent.popitem(last=False)
 
-    def request_from(self, address: Address, now: float) -> None:
-        """A request arrived: a stranger's proves that others reach this node."""
+    def request_from(self, address: Address, now: float) -> bool:
+        """A request arrived: a stranger's (or a named dialer's) proves that others reach this
+        node. Whether it did."""
         last = self._sent.get(address)
-        if last is None or now - last > NAT_WINDOW:
+        if address in self._dialers or last is None or now - last > NAT_WINDOW:
             self._stranger_at = now
             self.unreachable = False
+            return True
+        return False
+
+    def dial_expected(self, address: Address, now: float) -> bool:
+        """A dial test's helper named the node that will ping this one from `address`. Whether
+        its ping would prove anything: not if this node sent there lately."""
+        last = self._sent.get(address)
+        if last is not None and now - last <= NAT_WINDOW:
+            return False
+        self._dialers[address] = now
+        return True
+
+    def proven_since(self, since: float) -> bool:
+        """A stranger or a dialer has asked this node something at or after `since`."""
+        return self._stranger_at is not None and self._stranger_at >= since
+
+    def dial_test_ended(self, now: float, *, heard: bool) -> None:
+        """A conclusive dial test ended: `heard` from a dialer or stranger, or from nobody."""
+        self._dialers.clear()
+        if heard:
+            self._dial_failed_at = None
+            self.unreachable = False
+        else:
+            self._dial_failed_at = now
+            self.unreachable = True
+
+    @property
+    def dial_failed_at(self) -> float | None:
+        return self._dial_failed_at
 
     def judge(self, now: float, contacts: int) -> bool:
         """The verdict now, given the routing table's size: True when this node looks
@@ -58,7 +99,10 @@ class Reachability:
         elif self._known_since is None:
             self._known_since = now
         heard = self._stranger_at is not None and now - self._stranger_at <= SILENT_WINDOW
-        self.unreachable = (
+        failed = self._dial_failed_at is not None and (
+            self._stranger_at is None or self._stranger_at < self._dial_failed_at
+        )
+        self.unreachable = failed or (
             not heard and self._known_since is not None and now - self._known_since >= SILENT_WINDOW
         )
         return self.unreachable

@@ -25,6 +25,7 @@ from kademlia.node import Node
 from dhtdeb.clock import Clock
 from dhtdeb.dht import state as state_file
 from dhtdeb.dht.lookup import Lookup, LookupResult
+from dhtdeb.dht.nearest import NearestMemory
 from dhtdeb.dht.peer_store import PeerStore
 from dhtdeb.dht.protocol import DatagramTransport, DhtProtocol, DhtTuning
 from dhtdeb.dht.schedule import AnnounceSchedule
@@ -89,6 +90,7 @@ class DhtServer(Server):  # type: ignore[misc]
         # Durations (by the injected clock) of lookups that had nodes to ask, by purpose; the
         # counts of all lookups are in protocol.counters ("lookups_<purpose>").
         self.lookup_seconds = {purpose: Histogram() for purpose in LOOKUP_PURPOSES}
+        self.nearest = NearestMemory(tuning.remembered_keys, tuning.remembered_for)
 
     def _create_protocol(self) -> DhtProtocol:
         return DhtProtocol(
@@ -167,10 +169,15 @@ class DhtServer(Server):  # type: ignore[misc]
         purpose = purpose or ("announce" if get_peers else "find_node")
         self.protocol.counters[f"lookups_{purpose}"] += 1
         node = Node(target)
-        seeds = self.protocol.router.find_neighbors(node, k=self.ksize)
+        started = self.clock.now()
+        # Twice k from the table: when the k nearest it lists are dead (a node that has not
+        # asked them since they left keeps them), the next ones are there to ask.
+        seeds = self.protocol.router.find_neighbors(node, k=2 * self.ksize)
+        if get_peers:  # the nodes its last lookup ended at, if any: they answer first
+            known = {seed.id for seed in seeds}
+            seeds += [n for n in self.nearest.recall(target, started) if n.id not in known]
         if not seeds:
             return LookupResult()
-        started = self.clock.now()
         crawl = Lookup(
             self.protocol,
             node,
@@ -183,7 +190,10 @@ class DhtServer(Server):  # type: ignore[misc]
             on_peers=on_peers,
         )
         result: LookupResult = await crawl.find(deadline)
-        self.lookup_seconds[purpose].observe(self.clock.now() - started)
+        now = self.clock.now()
+        self.lookup_seconds[purpose].observe(now - started)
+        if get_peers and result.converged:
+            self.nearest.remember(target, [n for n, _ in result.closest], now)
         return result
 
     async def find_peers(
@@ -222,55 +232,91 @@ class DhtServer(Server):  # type: ignore[misc]
 
     async def announce_key(self, key: bytes) -> int:
         """Announce this node for `key` to the k nearest nodes; how many accepted."""
-        result = await self.lookup(key, get_peers=True)
-        calls = [
-            self.protocol.call_announce(node, key, token)
-            for node, token in result.closest
-            if token is not None
-        ]
-        accepted = await asyncio.gather(*calls)
-        return sum(1 for ok in accepted if ok)
+        (accepted,) = await self._announce_keys([key])
+        return accepted
 
     async def announce_many(self, sha256s: Sequence[str]) -> int:
-        """Announce many files at once: every lookup first, then the announces all in one loop
-        turn, so that each node near several keys gets them in one datagram (a machine that
-        just fetched an upgrade stores hundreds of files; one announce datagram per key and
-        node, sent as each lookup ended, arrived at the others in bursts their sockets
-        dropped). How many files some node accepted."""
+        """Announce many files at once (see `_announce_keys`). How many files some node
+        accepted."""
         for sha256 in sha256s:
             self.schedule.forget(sha256)
         if self._withhold(sha256s):
             return 0
-        keys = [dht_key(sha256) for sha256 in sha256s]
-        results = await asyncio.gather(*(self.lookup(key, get_peers=True) for key in keys))
-        calls = [
-            [
-                self.protocol.call_announce(node, key, token)
-                for node, token in result.closest
-                if token is not None
-            ]
-            for key, result in zip(keys, results, strict=True)
-        ]
-        flat = await asyncio.gather(*(call for per_key in calls for call in per_key))
-        reached = 0
-        position = 0
-        for sha256, per_key in zip(sha256s, calls, strict=True):
-            accepted = any(flat[position : position + len(per_key)])
-            position += len(per_key)
-            self.schedule.announced(sha256, accepted)
-            self._count_announce(accepted)
-            reached += accepted
-        return reached
+        accepted = await self._announce_keys([dht_key(sha256) for sha256 in sha256s])
+        for sha256, count in zip(sha256s, accepted, strict=True):
+            self.schedule.announced(sha256, count > 0)
+            self._count_announce(count > 0)
+        return sum(1 for count in accepted if count)
 
     async def announce(self, sha256_hex: str) -> bool:
-        key = dht_key(sha256_hex)
-        self.schedule.forget(sha256_hex)
-        if self._withhold([sha256_hex]):
-            return False
-        accepted = await self.announce_key(key)
-        self.schedule.announced(sha256_hex, accepted > 0)
-        self._count_announce(accepted > 0)
-        return accepted > 0
+        return await self.announce_many([sha256_hex]) > 0
+
+    async def _announce_keys(self, keys: Sequence[bytes]) -> list[int]:
+        """Announce each key to its k nearest nodes; how many accepted, per key.
+
+        A key looked up lately (a download's find_peers) goes straight to the nodes that lookup
+        ended at, with the tokens they gave (BEP 5's get_peers then announce_peer). The others,
+        and a key none of whose remembered nodes accepted, are looked up first. Every lookup
+        runs first, then the announces go out in one loop turn, so that each node near several
+        keys gets them in one datagram (a machine that just fetched an upgrade stores hundreds
+        of files; one announce datagram per key and node, sent as each lookup ended, arrived
+        at the others in bursts their sockets dropped)."""
+        now = self.clock.now()
+        remembered = [self._remembered_targets(key, now) for key in keys]
+        direct = [i for i, targets in enumerate(remembered) if targets]
+        fresh = [i for i, targets in enumerate(remembered) if not targets]
+        self.protocol.counters["announces_direct"] += len(direct)
+        accepted = [0] * len(keys)
+        direct_accepted, fresh_targets = await asyncio.gather(
+            self._announce_to([keys[i] for i in direct], [remembered[i] for i in direct]),
+            self._looked_up([keys[i] for i in fresh]),
+        )
+        for i, count in zip(direct, direct_accepted, strict=True):
+            accepted[i] = count
+        # Nobody of the remembered accepted (gone, or their token aged): look those up too.
+        again = [i for i, count in zip(direct, direct_accepted, strict=True) if not count]
+        again_targets = await self._looked_up([keys[i] for i in again])
+        fresh += again
+        fresh_targets += again_targets
+        fresh_accepted = await self._announce_to([keys[i] for i in fresh], fresh_targets)
+        for i, count in zip(fresh, fresh_accepted, strict=True):
+            accepted[i] = count
+        return accepted
+
+    async def _looked_up(self, keys: Sequence[bytes]) -> list[list[tuple[Node, bytes]]]:
+        """Each key's nearest responders with the tokens they gave, by a lookup per key."""
+        results = await asyncio.gather(*(self.lookup(key, get_peers=True) for key in keys))
+        return [
+            [(node, token) for node, token in result.closest if token is not None]
+            for result in results
+        ]
+
+    def _remembered_targets(self, key: bytes, now: float) -> list[tuple[Node, bytes]]:
+        """The nodes of the key's last lookup with young tokens, if at least half of them
+        still have one (otherwise a lookup finds the current nearest)."""
+        nodes = self.nearest.recall(key, now, max_age=self.tuning.remote_token_max_age)
+        targets = [
+            (node, token)
+            for node in nodes
+            if (token := self.protocol.remote_token((node.ip, node.port))) is not None
+        ]
+        return targets if targets and 2 * len(targets) >= len(nodes) else []
+
+    async def _announce_to(
+        self, keys: Sequence[bytes], targets: Sequence[Sequence[tuple[Node, bytes]]]
+    ) -> list[int]:
+        """One announce_peer per key and node, all sent in this loop turn; accepted per key."""
+        calls = [
+            [self.protocol.call_announce(node, key, token) for node, token in per_key]
+            for key, per_key in zip(keys, targets, strict=True)
+        ]
+        flat = await asyncio.gather(*(call for per_key in calls for call in per_key))
+        accepted: list[int] = []
+        position = 0
+        for per_key in calls:
+            accepted.append(sum(1 for ok in flat[position : position + len(per_key)] if ok))
+            position += len(per_key)
+        return accepted
 
     def _withhold(self, sha256s: Sequence[str]) -> bool:
         """Whether this node looks unreachable (reachability.py): then nothing is announced,
@@ -300,6 +346,8 @@ class DhtServer(Server):  # type: ignore[misc]
         if not len(self.protocol.router) and self.join_addresses:
             await self.bootstrap(list(self.join_addresses))
         await self._refresh_table()
+        if self.protocol.dials.due(self.clock.now()):
+            await self.protocol.dials.test()  # still behind NAT? (its files wait meanwhile)
         due = self.schedule.due(self.tuning.reannounce_batch)
         for start in range(0, len(due), _REANNOUNCE_CONCURRENCY):
             await self.announce_many(due[start : start + _REANNOUNCE_CONCURRENCY])

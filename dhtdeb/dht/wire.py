@@ -17,6 +17,12 @@ works in batches: a node that fetched 300 files announces 300 keys, and a fleet 
 would otherwise send each of its neighbours one request per key. A `get_peers` reply lists the
 contacts once (`nodes`) and, per key it answered (a prefix of those asked, as many as fit in one
 datagram), the indices of the contacts nearest that key and the peers held for it.
+
+`dial_back` and `dial` tell a node whether others can reach it (reachability.py): A asks B
+(`dial_back`, with the token B gave it: A receives at that address); B asks a contact C of its own
+(`dial`, carrying A's address and port, compact); C pings A, and B's reply to A names C. A ping
+from C, an address A never sent to, can only pass a NAT or firewall in front of A that lets
+strangers in.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ PADDING_MAX = 1200
 REQUEST = b"\x00"
 REPLY = b"\x01"
 
-METHODS = ("ping", "find_node", "get_peers", "announce_peer")
+METHODS = ("ping", "find_node", "get_peers", "announce_peer", "dial_back", "dial")
 MAX_KEYS = 48  # keys in one get_peers / announce_peer request (48 * 20 bytes fit any path)
 
 Address = tuple[str, int]
@@ -63,6 +69,7 @@ class Request:
     target: bytes | None = None  # find_node target / the first key of get_peers, announce_peer
     token: bytes | None = None
     keys: tuple[bytes, ...] = ()  # get_peers, announce_peer: every key asked about
+    dial_to: Address | None = None  # dial: the address to ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +165,8 @@ def encode_request(
     token: bytes | None = None,
     padding: int = 0,
 ) -> bytes:
-    """`target`: the find_node target, or the keys of get_peers / announce_peer (concatenated)."""
+    """`target`: the find_node target, the keys of get_peers / announce_peer (concatenated),
+    the packed address of dial (`pack_address`), empty for dial_back."""
     args: list[Any] = [node_id]
     if method != "ping":
         args += [target, token, b"\x00" * padding]
@@ -336,13 +344,13 @@ def decode_datagram(data: bytes, family: socket.AddressFamily) -> Request | Repl
         raise RemoteProtocolError("datagram too long")
     kind, msgid, body = data[:1], data[1:HEADER_SIZE], _decode_body(data[HEADER_SIZE:])
     if kind == REQUEST:
-        return _decode_request(msgid, body)
+        return _decode_request(msgid, body, family)
     if kind == REPLY:
         return _decode_reply(msgid, body, family)
     raise RemoteProtocolError("unknown datagram kind")
 
 
-def _decode_request(msgid: bytes, body: object) -> Request:
+def _decode_request(msgid: bytes, body: object, family: socket.AddressFamily) -> Request:
     if not isinstance(body, list) or len(body) != 2:
         raise RemoteProtocolError("request: expected [method, args]")
     method, args = body
@@ -358,8 +366,14 @@ def _decode_request(msgid: bytes, body: object) -> Request:
     token = _optional_token(args[2]) if len(args) > 2 else None
     if len(args) > 3:
         _bytes(args[3], "padding", max_size=PADDING_MAX)
-    if method == "announce_peer" and token is None:
-        raise RemoteProtocolError("announce_peer without token")
+    if method in ("announce_peer", "dial_back") and token is None:
+        raise RemoteProtocolError(f"{method} without token")
+    if method == "dial_back":
+        return Request(msgid, method, node_id, None, token)
+    if method == "dial":
+        return Request(
+            msgid, method, node_id, None, token, dial_to=_decode_address(args[1], family)
+        )
     if method == "find_node":
         return Request(msgid, method, node_id, _bytes(args[1], "target", size=ID_SIZE), token)
     raw = _bytes(args[1], "keys", max_size=MAX_KEYS * ID_SIZE)
@@ -386,6 +400,15 @@ def _decode_contacts(value: object, what: str, family: socket.AddressFamily) -> 
             raise RemoteProtocolError(f"{what}: port 0")
         found.append(Contact(raw[offset:at], ntop(family, raw[at : at + size]), port))
     return found
+
+
+def _decode_address(value: object, family: socket.AddressFamily) -> Address:
+    size = address_size(family)
+    raw = _bytes(value, "address", size=size + 2)
+    port = raw[size] << 8 | raw[size + 1]
+    if port == 0:
+        raise RemoteProtocolError("address: port 0")
+    return socket.inet_ntop(family, raw[:size]), port
 
 
 def _decode_answers(

@@ -13,6 +13,7 @@ from dhtdeb.dht.transport import DatagramNetwork
 from dhtdeb.netaddr import HostPort
 
 GUARD = 10.0  # bound on waits for what must happen; a failure, not a timing
+FLEET_PORT = 9978  # every host of a fleet on the default port
 
 
 def sha(label: str) -> str:
@@ -116,3 +117,33 @@ async def until_routed(node: DhtNode, node_id: bytes, address: HostPort) -> None
                 await changed.wait()
     finally:
         protocol.on_contact = None
+
+
+async def fleet(
+    tmp: Path, size: int, network: DatagramNetwork, seed: int, clock: Clock | None = None
+) -> list[DhtNode]:
+    """`size` nodes at 10.9.0.1 … on port 9978, each bootstrapped from the first."""
+    rng = random.Random(seed)
+    nodes: list[DhtNode] = []
+    for i in range(size):
+        nodes.append(
+            await open_dht(
+                DhtConfig(
+                    HostPort(f"10.9.0.{i + 1}", FLEET_PORT),
+                    tmp / f"host{i + 1}",
+                    bootstrap=(HostPort("10.9.0.1", FLEET_PORT),) if i else (),
+                    lan=False,
+                    allow_loopback_peers=False,
+                ),
+                rng=random.Random(rng.getrandbits(64)),
+                clock=clock,
+                network=network,
+                maintenance=False,
+            )
+        )
+    await asyncio.gather(*(n.engine.lookup(n.engine.node.id, get_peers=False) for n in nodes))
+    return nodes
+
+
+def counter(nodes: list[DhtNode], name: str) -> int:
+    return sum(n.counters().get(name, 0) for n in nodes)

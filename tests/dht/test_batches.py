@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kademlia.node import Node
 
-from dhtdeb.clock import Clock, ManualClock
+from dhtdeb.clock import ManualClock
 from dhtdeb.dht import DhtConfig, DhtNode, DhtTuning, MemoryNetwork, dht_key, open_dht
 from dhtdeb.dht.protocol import SILENT_AFTER
 from dhtdeb.dht.wire import (
@@ -34,39 +34,7 @@ from dhtdeb.dht.wire import (
 from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.netaddr import HostPort
 
-from .swarm import GUARD, sha, until_routed
-
-PORT = 9978  # every host of a fleet on the default port
-
-
-async def _fleet(
-    tmp: Path, size: int, network: MemoryNetwork, seed: int, clock: Clock | None = None
-) -> list[DhtNode]:
-    """`size` nodes at 10.9.0.1 … on port 9978, each bootstrapped from the first."""
-    rng = random.Random(seed)
-    nodes: list[DhtNode] = []
-    for i in range(size):
-        nodes.append(
-            await open_dht(
-                DhtConfig(
-                    HostPort(f"10.9.0.{i + 1}", PORT),
-                    tmp / f"host{i + 1}",
-                    bootstrap=(HostPort("10.9.0.1", PORT),) if i else (),
-                    lan=False,
-                    allow_loopback_peers=False,
-                ),
-                rng=random.Random(rng.getrandbits(64)),
-                clock=clock,
-                network=network,
-                maintenance=False,
-            )
-        )
-    await asyncio.gather(*(n.engine.lookup(n.engine.node.id, get_peers=False) for n in nodes))
-    return nodes
-
-
-def _counter(nodes: list[DhtNode], name: str) -> int:
-    return sum(n.counters().get(name, 0) for n in nodes)
+from .swarm import FLEET_PORT, GUARD, counter, fleet, sha, until_routed
 
 
 def test_several_keys_travel_in_one_request_and_reply() -> None:
@@ -145,7 +113,7 @@ async def test_an_upgrades_worth_of_keys_stays_within_the_rate_limits(
     (an upgrade: apt asks for hundreds of files). No request is rate limited, the keys share
     datagrams, and every file is found."""
     network = MemoryNetwork()
-    nodes = await _fleet(tmp_path, 5, network, seed)
+    nodes = await fleet(tmp_path, 5, network, seed)
     try:
         first, second = nodes[1], nodes[2]
         files = [sha(f"package-{i}") for i in range(300)]
@@ -156,11 +124,11 @@ async def test_an_upgrades_worth_of_keys_stays_within_the_rate_limits(
         assert first.statistics().announced == len(files)
         found = await asyncio.gather(*(second.find_peers(f, GUARD) for f in files))
         assert all([p.node for p in peers] == [first.engine.node.id] for peers in found)
-        assert _counter(nodes, "rate_limited") == 0
+        assert counter(nodes, "rate_limited") == 0
         # 300 keys to up to 4 nodes each, twice (announce: lookup + announce; find: lookup)
-        requests = _counter(nodes, "requests_get_peers") + _counter(nodes, "requests_announce_peer")
+        requests = counter(nodes, "requests_get_peers") + counter(nodes, "requests_announce_peer")
         assert requests < 300 * 3, f"{requests} requests: keys did not share datagrams"
-        assert _counter(nodes, "batched_keys") > 0
+        assert counter(nodes, "batched_keys") > 0
     finally:
         await asyncio.gather(*(n.close() for n in nodes))
 
@@ -168,11 +136,11 @@ async def test_an_upgrades_worth_of_keys_stays_within_the_rate_limits(
 async def test_a_flood_from_one_address_is_still_limited(tmp_path: Path, seed: int) -> None:
     network = MemoryNetwork()
     clock = ManualClock()  # no refill while the flood arrives
-    nodes = await _fleet(tmp_path, 2, network, seed, clock)
+    nodes = await fleet(tmp_path, 2, network, seed, clock)
     target = nodes[0]
     try:
         # 2000 single-key requests in one burst from one address (a flood, not a fleet host)
-        flooder = ("10.9.0.66", PORT)
+        flooder = ("10.9.0.66", FLEET_PORT)
         rng = random.Random(seed)
         for _ in range(2000):
             datagram = encode_request(
@@ -193,9 +161,9 @@ async def _two(tmp: Path, seed: int, tuning: DhtTuning | None = None) -> list[Dh
         nodes.append(
             await open_dht(
                 DhtConfig(
-                    HostPort(f"10.9.0.{i}", PORT),
+                    HostPort(f"10.9.0.{i}", FLEET_PORT),
                     tmp / f"host{i}",
-                    bootstrap=(HostPort("10.9.0.1", PORT),) if i == 2 else (),
+                    bootstrap=(HostPort("10.9.0.1", FLEET_PORT),) if i == 2 else (),
                     lan=False,
                     allow_loopback_peers=False,
                 ),
@@ -218,7 +186,9 @@ async def test_keys_with_many_peers_are_all_answered_without_tripping_the_limit(
         keys = [dht_key(sha(f"pkg{i}")) for i in range(MAX_KEYS)]
         for key in keys:
             for host in range(40):
-                responder.engine.storage.add(key, (f"10.8.0.{host}", PORT), bytes([host]) * 20)
+                responder.engine.storage.add(
+                    key, (f"10.8.0.{host}", FLEET_PORT), bytes([host]) * 20
+                )
         contact = next(iter(asker.engine.protocol.router.contacts()))
         replies = await asyncio.gather(
             *(asker.engine.protocol.call_get_peers(contact, key) for key in keys)
@@ -234,23 +204,26 @@ async def test_keys_with_many_peers_are_all_answered_without_tripping_the_limit(
 async def test_a_batch_reply_fits_one_datagram_whatever_the_routing_table_holds(
     tmp_path: Path, seed: int
 ) -> None:
-    """A responder with 600 contacts asked about 48 keys at once answers the keys that fit in
+    """A responder with 300 contacts asked about 48 keys at once answers the keys that fit in
     one datagram (each key worked out only if it fits), never more than 256 contacts."""
     responder, asker = await _two(tmp_path, seed)
     try:
         rng = random.Random(seed)
         router = responder.engine.protocol.router
-        for i in range(600):
-            router.add_contact(Node(rng.randbytes(20), f"10.{i // 250}.{i % 250}.1", PORT))
+        # Random ids fill ~8 contacts per bucket: 600 of them keep 250-300 (seed 57604038: 253).
+        for i in range(3000):
+            if len(router) > 300:
+                break
+            router.add_contact(Node(rng.randbytes(20), f"10.{i // 250}.{i % 250}.1", FLEET_PORT))
         assert len(router) > 256
-        token = responder.engine.protocol.tokens.issue(("10.9.0.2", PORT))
+        token = responder.engine.protocol.tokens.issue(("10.9.0.2", FLEET_PORT))
         keys = b"".join(rng.randbytes(20) for _ in range(MAX_KEYS))
         sent: list[bytes] = []
         network_send = responder.engine.protocol._send
         responder.engine.protocol._send = lambda data, address: sent.append(data)
         try:
             datagram = encode_request(b"m" * 20, "get_peers", b"q" * 20, keys, token)
-            responder.engine.protocol.datagram_received(datagram, ("10.9.0.2", PORT))
+            responder.engine.protocol.datagram_received(datagram, ("10.9.0.2", FLEET_PORT))
         finally:
             responder.engine.protocol._send = network_send
         [reply_bytes] = [d for d in sent if d[1:21] == b"m" * 20]
@@ -268,7 +241,7 @@ async def test_a_forged_entry_with_our_id_does_not_hide_an_honest_peer(
     """A hostile node lists an honest peer's address under our id (ours is public): we must
     still find the honest peer through the others, not drop it as ourselves."""
     network = MemoryNetwork()
-    nodes = await _fleet(tmp_path, 5, network, seed)
+    nodes = await fleet(tmp_path, 5, network, seed)
     try:
         asker, honest = nodes[0], nodes[1]
         await honest.announce(sha("file"))
@@ -291,7 +264,7 @@ async def test_an_announce_batch_reports_each_key(tmp_path: Path, seed: int) -> 
     try:
         protocol = asker.engine.protocol
         contact = next(iter(protocol.router.contacts()))
-        token = protocol._remote_token((contact.ip, contact.port))
+        token = protocol.remote_token((contact.ip, contact.port))
         assert token is not None
         keys = [dht_key(sha(f"k{i}")) for i in range(5)]
         results = await asyncio.gather(*(protocol.call_announce(contact, k, token) for k in keys))
@@ -312,7 +285,7 @@ async def test_what_a_node_announced_alone_is_announced_when_its_first_neighbour
     async def host(i: int, bootstrap: tuple[HostPort, ...]) -> DhtNode:
         return await open_dht(
             DhtConfig(
-                HostPort(f"10.9.0.{i}", PORT),
+                HostPort(f"10.9.0.{i}", FLEET_PORT),
                 tmp_path / f"host{i}",
                 bootstrap=bootstrap,
                 lan=False,
@@ -349,7 +322,7 @@ async def test_a_lookup_does_not_wait_again_on_a_node_that_let_it_time_out(
     """A dead machine stays in the tables of nodes that never ask it, and they keep handing it
     out; a node whose request to it timed out does not ask it again for a while."""
     network = MemoryNetwork()
-    nodes = await _fleet(tmp_path, 5, network, seed)
+    nodes = await fleet(tmp_path, 5, network, seed)
     try:
         asker, dead = nodes[1], nodes[4]
         await dead.close()

@@ -64,11 +64,12 @@ async def test_lookup_round_does_not_wait_for_silent_nodes(tmp_path: Path, seed:
         # ask silent nodes, while the other holders still answer with the peer.
         key = bytes.fromhex(sha("x"))[:20]
         announcer_address = (announcer.address.host, announcer.address.port)
-        holders = sorted(
+        asker_address = (asker.address.host, asker.address.port)
+        holders = sorted(  # the asker may hold the key itself: it must not go silent
             (n.address.host, n.address.port)
             for n in swarm.nodes
             if n.engine.storage.peers(key, 1)
-            and (n.address.host, n.address.port) != announcer_address
+            and (n.address.host, n.address.port) not in (announcer_address, asker_address)
         )
         silent.update(holders[::3])
         contacts = asker.engine.protocol.router.contacts()

@@ -200,7 +200,9 @@ def bodies(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=1500, deadline=None)
 @given(body=bodies())
-@example(body=b"\x82\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x92\x01\x02\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\xc0")
+@example(
+    body=b"\x82\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x92\x01\x02\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\xc0"
+)
 def test_bodies_decode_as_umsgpack_decoded_them(body: bytes) -> None:
     assert _outcome(wire._decode_body, body) == _outcome(_reference, body)
 

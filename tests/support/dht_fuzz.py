@@ -38,6 +38,7 @@ from dhtdeb.dht.wire import (
     encode_nodes,
     encode_reply,
     encode_request,
+    pack_address,
 )
 from dhtdeb.errors import RemoteProtocolError
 
@@ -102,7 +103,13 @@ class DatagramFuzzer:
         method = rng.choice(METHODS)
         keys = b"".join(self._id() for _ in range(rng.randrange(1, 6)))
         target = self._id() if method == "find_node" else keys
-        token = rng.randbytes(8) if method == "announce_peer" or rng.random() < 0.3 else None
+        if method == "dial":
+            contact = self._contact()
+            target = pack_address(contact.host, contact.port, self.family)
+        elif method == "dial_back":
+            target = b""
+        needs_token = method in ("announce_peer", "dial_back")
+        token = rng.randbytes(8) if needs_token or rng.random() < 0.3 else None
         return encode_request(
             self._id(), method, self._id(), target, token, rng.choice((0, 0, 40, 400))
         )

@@ -1,0 +1,171 @@
+"""Dial-back tests: whether a node this one never wrote to can reach it.
+
+Owns: the three parts of a test (wire.py, `dial_back` and `dial`): running one (this node asks
+helpers, waits for a dialer's ping), relaying one (a helper picks a dialer among its contacts and
+names it in its reply), and dialing (a ping to the address a helper gave). Trusts: a `dial_back`
+only from an address that brought back this node's token (it receives there); a `dial` from any
+node, but an address is pinged at most once per `DIAL_SPACING`, so nobody can aim this node at
+a victim (a ping is smaller than the request that asked for it). The verdict is reachability.py's.
+
+Why: a machine behind NAT that announces files sends every downloader that finds it into a
+connect timeout and then to the mirror; the machine cannot tell from the inside. Silence
+(reachability.py) tells it after ten minutes, when its upgrade has long been announced. A test
+tells it within a few round trips of starting, before its first announce (`DhtNode` holds the
+announces until the first test is over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from dhtdeb.dht.wire import Address, Contact, Request, pack_address
+
+if TYPE_CHECKING:
+    from kademlia.node import Node
+
+    from dhtdeb.dht.protocol import DhtProtocol
+
+HELPERS = 3  # helpers asked at once: one lost datagram or unhelpful helper must not decide
+# Rounds of helpers while no named dialer could prove anything (this node wrote to it lately:
+# right after joining, a node has written to a good part of a small network).
+ROUNDS = 3
+WAIT = 2.0  # seconds, after the helpers' replies, for a dialer's ping to arrive
+RETEST = 600.0  # seconds between tests while this node is taken to be unreachable
+DIAL_SPACING = 60.0  # seconds before a dialer pings the same address again
+MAX_RELAYS = 16  # dial_back requests a helper relays at once
+_DIALED_MAX = 1024  # addresses a dialer remembers having pinged
+
+
+class Dials:
+    def __init__(self, protocol: DhtProtocol) -> None:
+        self._protocol = protocol
+        self._dialed: OrderedDict[Address, float] = OrderedDict()
+        self._relaying: set[Address] = set()
+        self.proof = asyncio.Event()  # set when a stranger or a named dialer asks this node
+        self.last_test: float | None = None
+
+    # -- running a test ---------------------------------------------------------------------
+
+    async def test(self) -> bool | None:
+        """Ask up to HELPERS contacts (ones that gave us a token) for a dial-back; True: some
+        stranger or dialer reached this node, False: none did although one was named that
+        would have proved it, None: the test could not tell (no helper, no dialer named, or
+        every named dialer is a node this node wrote to lately)."""
+        protocol = self._protocol
+        reachability = protocol.reachability
+        started = protocol.clock.now()
+        self.last_test = started
+        helpers = [
+            (contact, token)
+            for contact in protocol.router.contacts()
+            if (token := protocol.remote_token((contact.ip, contact.port))) is not None
+        ]
+        protocol.rng.shuffle(helpers)
+        if not helpers:
+            return None
+        self.proof.clear()
+        conclusive = 0
+        heard = False
+        for round_ in range(ROUNDS):
+            picks = {(round_ * HELPERS + i) % len(helpers) for i in range(HELPERS)}
+            conclusive += await self._ask([helpers[i] for i in sorted(picks)])
+            heard = reachability.proven_since(started)
+            if heard or conclusive:
+                break
+        if not heard and conclusive:
+            try:
+                async with asyncio.timeout(WAIT):
+                    await self.proof.wait()
+            except TimeoutError:
+                pass
+            heard = reachability.proven_since(started)
+        if not heard and not conclusive:
+            protocol.counters["dial_tests_inconclusive"] += 1
+            return None
+        reachability.dial_test_ended(protocol.clock.now(), heard=heard)
+        protocol.counters["dial_tests_reachable" if heard else "dial_tests_unreachable"] += 1
+        return heard
+
+    async def _ask(self, helpers: list[tuple[Node, bytes]]) -> int:
+        """One round: dial-backs asked of `helpers`; how many named a dialer whose ping would
+        prove something."""
+        protocol = self._protocol
+        patience = 2 * protocol.tuning.rpc_timeout  # the helper waits for its dialer first
+        replies = await asyncio.gather(
+            *(
+                protocol.request((c.ip, c.port), "dial_back", b"", token, patience=patience)
+                for c, token in helpers
+            )
+        )
+        now = protocol.clock.now()
+        return sum(
+            protocol.reachability.dial_expected((reply.nodes[0].host, reply.nodes[0].port), now)
+            for reply in replies
+            if reply is not None and reply.ok and len(reply.nodes) == 1
+        )
+
+    def due(self, now: float) -> bool:
+        """Whether to test again: this node is taken to be unreachable and its last test (or
+        none) is RETEST old. A reachable node hears strangers anyway."""
+        if not self._protocol.reachability.unreachable:
+            return False
+        return self.last_test is None or now - self.last_test >= RETEST
+
+    # -- helping another node's test ----------------------------------------------------------
+
+    def serve_dial_back(self, request: Request, address: Address, limit: int) -> None:
+        """A node asks to be dialed: a contact of ours pings it; the reply names that contact
+        (or says ok: False when there is nobody to ask, or the requester is not proven)."""
+        protocol = self._protocol
+        dialer = self._pick_dialer(address)
+        if (
+            dialer is None
+            or not protocol.tokens.check(request.token, address)
+            or address in self._relaying
+            or len(self._relaying) >= MAX_RELAYS
+        ):
+            protocol.send_reply(
+                request.msgid, {"id": protocol.source_node.id, "ok": False}, [], address, limit
+            )
+            return
+        self._relaying.add(address)
+        protocol.spawn(self._relay(request, address, dialer, limit))
+
+    def _pick_dialer(self, address: Address) -> Node | None:
+        """A contact on another host than the requester (a dialer on its host proves nothing)."""
+        protocol = self._protocol
+        others = [c for c in protocol.router.contacts() if c.ip != address[0]]
+        return protocol.rng.choice(others) if others else None
+
+    async def _relay(self, request: Request, address: Address, dialer: Node, limit: int) -> None:
+        protocol = self._protocol
+        try:
+            target = pack_address(address[0], address[1], protocol.family)
+            reply = await protocol.request((dialer.ip, dialer.port), "dial", target)
+        finally:
+            self._relaying.discard(address)
+        ok = reply is not None and reply.ok
+        named = [Contact(dialer.id, dialer.ip, dialer.port)] if ok else []
+        body = {"id": protocol.source_node.id, "ok": ok}
+        protocol.send_reply(request.msgid, body, named, address, limit)
+
+    # -- dialing --------------------------------------------------------------------------------
+
+    def serve_dial(self, request: Request, address: Address, limit: int) -> None:
+        """A helper asks us to ping an address: once per DIAL_SPACING per address."""
+        protocol = self._protocol
+        target = request.dial_to
+        now = protocol.clock.now()
+        last = self._dialed.get(target) if target is not None else None
+        ok = target is not None and (last is None or now - last >= DIAL_SPACING)
+        if ok and target is not None:
+            self._dialed.pop(target, None)
+            self._dialed[target] = now
+            while len(self._dialed) > _DIALED_MAX:
+                self._dialed.popitem(last=False)
+            protocol.spawn(protocol.request(target, "ping"))
+        protocol.send_reply(
+            request.msgid, {"id": protocol.source_node.id, "ok": ok}, [], address, limit
+        )
