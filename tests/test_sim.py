@@ -72,6 +72,9 @@ def test_every_file_verified_and_counted(runs: list[dict[str, Any]]) -> None:
     assert r["mirror_bytes_per_node"] == pytest.approx(r["bytes_mirror_sent"] / NODES), context
     offload = r["bytes_from_peers"] / r["bytes_requested"]
     assert 0.0 < r["offload"] == pytest.approx(offload, abs=1e-6), context  # 6 digits in the JSON
+    # the ceilings: every file's first finished copy (and, with NAT, every copy finished before
+    # a reachable machine had one) from the mirror, every other from peers
+    assert 0.0 < r["offload_ceiling_nat"] <= r["offload_ceiling"] < 1.0, context
     assert r["lookups_with_holder"] > 0, context
     assert sum(r["lookup_histogram"]["counts"]) == r["lookups_with_holder"], context
     assert 0.0 < r["lookup_success"] <= 1.0, context

@@ -64,6 +64,12 @@ class SimNode:
         self.joins = 0
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def announcing(self) -> bool:
+        """Online, and its DHT does not take itself to be unreachable (dht/reachability.py)."""
+        dht = self.dht
+        return self.online and dht is not None and not dht.engine.protocol.reachability.unreachable
+
     def derived_rng(self) -> random.Random:
         return random.Random(self.rng.getrandbits(64))
 

@@ -98,11 +98,14 @@ class World:
         return self.internet.one_way(a.host, MIRROR_HOST)
 
     def announced_holders(self, sha256: str, now: float, asker: SimNode) -> int:
-        """Online machines other than `asker` that stored the file a while ago."""
+        """Online machines other than `asker` that stored the file a while ago and announce
+        (a machine that found itself unreachable withholds its announces)."""
         return sum(
             1
             for node in self.nodes_holding(sha256)
-            if node is not asker and node.online and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
+            if node is not asker
+            and node.announcing
+            and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
         )
 
     def holding(self, sha256: str, peers: list[Peer]) -> int:
