@@ -20,9 +20,10 @@ from dhtdeb.clock import Clock, MonotonicClock
 from dhtdeb.download_events import DownloadEvents, DownloadStarted, FileStored
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorClient
+from dhtdeb.partial_file import PartialFile
 from dhtdeb.recent_transfers import RecentTransfers, TransferRecord, top_peer
 from dhtdeb.stats import Counters
-from dhtdeb.store import ContentStore
+from dhtdeb.store import ContentStore, StoredFile
 from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
 from dhtdeb.swarm.peer_ledger import address
 from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
@@ -194,6 +195,7 @@ class Downloads:
         pieces: PieceList | None = None
         sources = _Sources()
         started = self._clock.now()
+        committing = False
         try:
             if announce and self._swarm is not None:
                 last_modified, pieces = await self._from_swarm(self._swarm, transfer, url, sources)
@@ -204,11 +206,11 @@ class Downloads:
             # Verified: the held-back tail may go to apt now. Making the file durable (fsync,
             # rename, directory fsync) need not keep apt waiting.
             transfer.verified()
-            stored = await asyncio.to_thread(
-                self._store.commit, partial, mtime=_http_date(last_modified)
-            )
+            committing = True
+            stored = await self._commit(partial, last_modified)
         except asyncio.CancelledError:
-            partial.discard()
+            if not committing:
+                partial.discard()
             transfer.failed(MirrorError(f"{url}: download cancelled"))
             raise
         except (DhtdebError, OSError) as exc:
@@ -234,6 +236,23 @@ class Downloads:
         transfer.finished(stored)
         if announce:
             self._events.publish(FileStored(stored, pieces))
+
+    async def _commit(self, partial: PartialFile, last_modified: str | None) -> StoredFile:
+        """Commit a verified file. A stop that comes meanwhile (apt has had every byte, and the
+        daemon is stopped right after apt's last request) waits for the commit to end, then
+        goes on: the file is kept, not thrown away while a thread renames it into place."""
+        commit = asyncio.ensure_future(
+            asyncio.to_thread(self._store.commit, partial, mtime=_http_date(last_modified))
+        )
+        try:
+            return await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            await asyncio.wait({commit})
+            if commit.cancelled() or commit.exception() is not None:
+                partial.discard()  # the stop's error is the one to report
+            else:
+                self._note_committed()
+            raise
 
     def _record(
         self, url: str, transfer: Transfer, sources: _Sources, started: float, error: str | None

@@ -69,6 +69,7 @@ def test_every_file_verified_and_counted(runs: list[dict[str, Any]]) -> None:
     assert r["bytes_mirror_sent"] >= r["bytes_from_mirror"], context  # plus audits, cut streams
     assert r["bytes_peers_sent"] >= r["bytes_from_peers"], context
     assert sum(r["mirror_bytes_series"]["bytes"]) == r["bytes_mirror_sent"], context
+    assert sum(r["mirror_bytes_by_reason"].values()) == r["bytes_from_mirror"], context
     assert r["mirror_bytes_per_node"] == pytest.approx(r["bytes_mirror_sent"] / NODES), context
     offload = r["bytes_from_peers"] / r["bytes_requested"]
     assert 0.0 < r["offload"] == pytest.approx(offload, abs=1e-6), context  # 6 digits in the JSON

@@ -33,8 +33,12 @@ HELPERS = 3  # helpers asked at once: one lost datagram or unhelpful helper must
 ROUNDS = 3
 WAIT = 2.0  # seconds, after the helpers' replies, for a dialer's ping to arrive
 RETEST = 600.0  # seconds between tests while this node is taken to be unreachable
+# After a test that could not tell (a young network where this node has written to everyone):
+# again after this many seconds, doubling each time up to RETEST.
+RETRY = 60.0
 DIAL_SPACING = 60.0  # seconds before a dialer pings the same address again
 MAX_RELAYS = 16  # dial_back requests a helper relays at once
+DIALERS = 3  # contacts a helper asks to dial, at once; its reply names those that agreed
 _DIALED_MAX = 1024  # addresses a dialer remembers having pinged
 
 
@@ -45,6 +49,7 @@ class Dials:
         self._relaying: set[Address] = set()
         self.proof = asyncio.Event()  # set when a stranger or a named dialer asks this node
         self.last_test: float | None = None
+        self._untold = 0  # tests in a row that could not tell
 
     # -- running a test ---------------------------------------------------------------------
 
@@ -64,6 +69,7 @@ class Dials:
         ]
         protocol.rng.shuffle(helpers)
         if not helpers:
+            self._untold += 1
             return None
         self.proof.clear()
         conclusive = 0
@@ -83,7 +89,9 @@ class Dials:
             heard = reachability.proven_since(started)
         if not heard and not conclusive:
             protocol.counters["dial_tests_inconclusive"] += 1
+            self._untold += 1
             return None
+        self._untold = 0
         reachability.dial_test_ended(protocol.clock.now(), heard=heard)
         protocol.counters["dial_tests_reachable" if heard else "dial_tests_unreachable"] += 1
         return heard
@@ -100,28 +108,36 @@ class Dials:
             )
         )
         now = protocol.clock.now()
-        return sum(
-            protocol.reachability.dial_expected((reply.nodes[0].host, reply.nodes[0].port), now)
+        named = {
+            (contact.host, contact.port)
             for reply in replies
-            if reply is not None and reply.ok and len(reply.nodes) == 1
-        )
+            if reply is not None and reply.ok
+            for contact in reply.nodes[:DIALERS]
+        }
+        return sum(protocol.reachability.dial_expected(address, now) for address in named)
 
     def due(self, now: float) -> bool:
-        """Whether to test again: this node is taken to be unreachable and its last test (or
-        none) is RETEST old. A reachable node hears strangers anyway."""
-        if not self._protocol.reachability.unreachable:
-            return False
-        return self.last_test is None or now - self.last_test >= RETEST
+        """Whether to test again: this node is taken to be unreachable and its last test is
+        RETEST old, or its last tests could not tell and the pause after them (RETRY, doubled
+        each time) is over. A node found reachable hears strangers anyway."""
+        if self.last_test is None:
+            return True
+        if self._protocol.reachability.unreachable:
+            return now - self.last_test >= RETEST
+        if self._untold:
+            pause: float = min(RETEST, RETRY * 2 ** (self._untold - 1))
+            return now - self.last_test >= pause
+        return False
 
     # -- helping another node's test ----------------------------------------------------------
 
     def serve_dial_back(self, request: Request, address: Address, limit: int) -> None:
-        """A node asks to be dialed: a contact of ours pings it; the reply names that contact
+        """A node asks to be dialed: contacts of ours ping it; the reply names those that agreed
         (or says ok: False when there is nobody to ask, or the requester is not proven)."""
         protocol = self._protocol
-        dialer = self._pick_dialer(address)
+        dialers = self._pick_dialers(address)
         if (
-            dialer is None
+            not dialers
             or not protocol.tokens.check(request.token, address)
             or address in self._relaying
             or len(self._relaying) >= MAX_RELAYS
@@ -131,24 +147,33 @@ class Dials:
             )
             return
         self._relaying.add(address)
-        protocol.spawn(self._relay(request, address, dialer, limit))
+        protocol.spawn(self._relay(request, address, dialers, limit))
 
-    def _pick_dialer(self, address: Address) -> Node | None:
-        """A contact on another host than the requester (a dialer on its host proves nothing)."""
+    def _pick_dialers(self, address: Address) -> list[Node]:
+        """DIALERS contacts on other hosts than the requester's (a dialer on its host proves
+        nothing). Several: a contact behind NAT that has not written to us lately never gets
+        the request."""
         protocol = self._protocol
         others = [c for c in protocol.router.contacts() if c.ip != address[0]]
-        return protocol.rng.choice(others) if others else None
+        return protocol.rng.sample(others, min(DIALERS, len(others)))
 
-    async def _relay(self, request: Request, address: Address, dialer: Node, limit: int) -> None:
+    async def _relay(
+        self, request: Request, address: Address, dialers: list[Node], limit: int
+    ) -> None:
         protocol = self._protocol
+        target = pack_address(address[0], address[1], protocol.family)
         try:
-            target = pack_address(address[0], address[1], protocol.family)
-            reply = await protocol.request((dialer.ip, dialer.port), "dial", target)
+            replies = await asyncio.gather(
+                *(protocol.request((d.ip, d.port), "dial", target) for d in dialers)
+            )
         finally:
             self._relaying.discard(address)
-        ok = reply is not None and reply.ok
-        named = [Contact(dialer.id, dialer.ip, dialer.port)] if ok else []
-        body = {"id": protocol.source_node.id, "ok": ok}
+        named = [
+            Contact(dialer.id, dialer.ip, dialer.port)
+            for dialer, reply in zip(dialers, replies, strict=True)
+            if reply is not None and reply.ok
+        ]
+        body = {"id": protocol.source_node.id, "ok": bool(named)}
         protocol.send_reply(request.msgid, body, named, address, limit)
 
     # -- dialing --------------------------------------------------------------------------------

@@ -57,7 +57,11 @@ class Reachability:
         """A request arrived: a stranger's (or a named dialer's) proves that others reach this
         node. Whether it did."""
         last = self._sent.get(address)
-        if address in self._dialers or last is None or now - last > NAT_WINDOW:
+        named = self._dialers.get(address)
+        # A named dialer proves it unless this node has written to it since (then its own
+        # router may have let it in, as with any node it asked).
+        dialer = named is not None and (last is None or last <= named)
+        if dialer or last is None or now - last > NAT_WINDOW:
             self._stranger_at = now
             self.unreachable = False
             return True

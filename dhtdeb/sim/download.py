@@ -103,6 +103,10 @@ class SimDownload:
         self.wrong_digests = 0
         self.mirror_window: range = range(0)
         self.started = node.world.clock.now()
+        # The diagnosis of its mirror bytes: what the first mirror stream was for, and whether
+        # a reachable machine held the file when this download started.
+        self.mirror_reason: str | None = None
+        self.reachable_holder = node.world.reachable_holder(self.sha256, node)
 
     # -- what this node's peer server may share while it downloads (Downloads.partial) -------
 
@@ -183,6 +187,8 @@ class SimDownload:
             key = ("piece", action.peer, action.index)
             self._spawn(key, self._fetch_piece(action.peer, action.index))
         elif isinstance(action, StartMirror):
+            if self.mirror_reason is None:
+                self.mirror_reason = action.why
             self._spawn("mirror", self._mirror_stream(action.first))
         elif isinstance(action, AuditPiece):
             self._spawn("audit", self._mirror_check(action.index, action.end - action.start))
@@ -325,6 +331,7 @@ class SimDownload:
         world = self.node.world
         target = world.reachable(peer, self.node)
         if target is None:
+            world.tally.connect_timeouts += 1
             await asyncio.sleep(CONNECT_TIMEOUT)
             self.scheduler.piece_list_failed(
                 peer, "connect timeout", misbehaved=False, now=self._now()
@@ -351,6 +358,7 @@ class SimDownload:
         world = self.node.world
         target = world.reachable(peer, self.node)
         if target is None:
+            world.tally.connect_timeouts += 1
             await asyncio.sleep(CONNECT_TIMEOUT)
             self.scheduler.piece_failed(
                 peer, index, "connect timeout", misbehaved=False, now=self._now()

@@ -42,6 +42,7 @@ class Tally:
     mirror_moved: int = 0  # every byte the mirror sent (audits, duplicates, cut transfers)
     peer_moved: int = 0
     bans: int = 0
+    connect_timeouts: int = 0  # requests to peers nobody can connect to (NAT, gone)
     batches: list[int] = field(default_factory=list)
     # First lookup of each download while some other online node had held the file for a while:
     # (virtual seconds, found a holder).
@@ -54,6 +55,9 @@ class Tally:
     # taken from peers, by each of two rules.
     first_copy_bytes: int = 0  # the first finished copy of each file
     before_reachable_bytes: int = 0  # copies finished before a reachable machine had one
+    # Mirror bytes of finished files by what their first mirror stream was for, and whether a
+    # reachable machine held the file when the download started.
+    mirror_reasons: Counter[str] = field(default_factory=Counter)
     _finished_files: set[str] = field(default_factory=set)
     _reachable_holders: set[str] = field(default_factory=set)
     now: float = 0.0  # set by the world before each count (the loop's time)
@@ -67,6 +71,10 @@ class Tally:
             return
         self.files_finished += 1
         self.bytes_requested += download.size
+        if download.from_mirror:
+            reason = _reason(download.mirror_reason)
+            held = "reachable holder" if download.reachable_holder else "no reachable holder"
+            self.mirror_reasons[f"{reason}; {held}"] += download.from_mirror
         sha256 = download.sha256
         if sha256 not in self._finished_files:
             self._finished_files.add(sha256)
@@ -97,6 +105,15 @@ class Tally:
 
     def dht_left(self, counters: dict[str, int]) -> None:
         self.dht_counters.update(counters)
+
+
+def _reason(why: str | None) -> str:
+    """A mirror stream's reason (swarm/mirror_plan.py) without its counts."""
+    if why is None:
+        return "unrecorded"
+    if why.startswith("nobody has it") or why == "nobody else has it":
+        return "nobody has it"
+    return why
 
 
 def _share(part: int, whole: int) -> float:
@@ -147,15 +164,17 @@ def report(
         "files_abandoned": tally.files_abandoned,
         "wrong_pieces": tally.wrong_pieces,
         "bans": tally.bans,
+        "peer_connect_timeouts": tally.connect_timeouts,
         "batch_files_p50": percentile([float(b) for b in tally.batches], 0.5),
         "batch_files_max": max(tally.batches, default=0),
         "dht_datagrams": {
             key: tally.dht_counters[key]
             for key in sorted(tally.dht_counters)
-            if key.startswith(("lookups_", "requests_", "announces_", "datagrams_"))
+            if key.startswith(("lookups_", "requests_", "announces_", "datagrams_", "dial_tests_"))
             or key in ("bytes_sent", "timeouts", "rate_limited", "batched_requests")
         },
         "mirror_bytes_series": {"step_s": SERIES_STEP, "bytes": series},
+        "mirror_bytes_by_reason": dict(sorted(tally.mirror_reasons.items())),
         "params": params,
         "wall_s": round(wall, 2),
     }

@@ -108,6 +108,18 @@ class World:
             and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
         )
 
+    def reachable_holder(self, sha256: str, asker: SimNode) -> bool:
+        """Whether some online machine that accepts connections had stored the file a while
+        ago (the diagnosis of mirror bytes in the report)."""
+        now = self.clock.now()
+        return any(
+            node is not asker
+            and node.online
+            and not node.plan.nat
+            and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
+            for node in self.nodes_holding(sha256)
+        )
+
     def holding(self, sha256: str, peers: list[Peer]) -> int:
         nodes = (self.by_host.get(peer.host) for peer in peers)
         return sum(1 for node in nodes if node is not None and sha256 in node.store)
