@@ -301,7 +301,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                     EXTRA_KEY_COST * (len(answers) - 1),
                 )
             self._reply_peers(request.msgid, body, answers, address, limit)
-        self._consider_sender(sender)
+        if not request.read_only:  # nobody could reach it unasked: kept out of the table
+            self._consider_sender(sender)
 
     def _answers(self, keys: tuple[bytes, ...], sender: Node, limit: int) -> list[KeyAnswer]:
         """Answers to the first keys of a get_peers request, as many as fit in `limit` bytes
@@ -494,13 +495,15 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         msgid = self.rng.randbytes(20)
         my_id = self.source_node.id
         padding = 0
+        # Found unreachable unasked: others should not list this node (BEP 43's read-only).
+        hidden = self.reachability.unreachable
         if method in ("find_node", "get_peers") and token is None:
             token = self.remote_token(address)
         if token is None and expect_reply:
             # Like QUIC's padded Initial: an unproven requester pays for the reply it wants.
-            bare = len(encode_request(msgid, method, my_id, target, None, 0))
+            bare = len(encode_request(msgid, method, my_id, target, None, 0, read_only=hidden))
             padding = max(0, math.ceil(expect_reply / self.tuning.amplification) - bare)
-        data = encode_request(msgid, method, my_id, target, token, padding)
+        data = encode_request(msgid, method, my_id, target, token, padding, read_only=hidden)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply | None] = loop.create_future()
         self._outstanding[msgid] = _Pending(future, address)

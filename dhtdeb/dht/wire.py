@@ -18,6 +18,10 @@ would otherwise send each of its neighbours one request per key. A `get_peers` r
 contacts once (`nodes`) and, per key it answered (a prefix of those asked, as many as fit in one
 datagram), the indices of the contacts nearest that key and the peers held for it.
 
+A request may carry a fifth argument, flags; bit 0 says the sender is read-only (BEP 43): it
+found itself unreachable unasked (behind NAT, reachability.py), so others answer it but do not
+add it to their routing tables, where every lookup that reached it would wait out a timeout.
+
 `dial_back` and `dial` tell a node whether others can reach it (reachability.py): A asks B
 (`dial_back`, with the token B gave it: A receives at that address); B asks a contact C of its own
 (`dial`, carrying A's address and port, compact); C pings A, and B's reply to A names C. A ping
@@ -48,6 +52,7 @@ REPLY = b"\x01"
 
 METHODS = ("ping", "find_node", "get_peers", "announce_peer", "dial_back", "dial")
 MAX_KEYS = 48  # keys in one get_peers / announce_peer request (48 * 20 bytes fit any path)
+FLAG_READ_ONLY = 1  # a request's fifth argument, flags: bit 0, BEP 43's read-only node
 
 Address = tuple[str, int]
 
@@ -70,6 +75,7 @@ class Request:
     token: bytes | None = None
     keys: tuple[bytes, ...] = ()  # get_peers, announce_peer: every key asked about
     dial_to: Address | None = None  # dial: the address to ping
+    read_only: bool = False  # the sender cannot be reached unasked: not for routing tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +170,17 @@ def encode_request(
     target: bytes | None = None,
     token: bytes | None = None,
     padding: int = 0,
+    *,
+    read_only: bool = False,
 ) -> bytes:
     """`target`: the find_node target, the keys of get_peers / announce_peer (concatenated),
-    the packed address of dial (`pack_address`), empty for dial_back."""
+    the packed address of dial (`pack_address`), empty for dial_back. `read_only`: the sender
+    cannot be reached unasked (BEP 43's read-only node): do not add it to routing tables."""
     args: list[Any] = [node_id]
-    if method != "ping":
+    if method != "ping" or read_only:
         args += [target, token, b"\x00" * padding]
+    if read_only:
+        args.append(FLAG_READ_ONLY)
     packed: bytes = msgpack.packb([method, args], use_bin_type=True)
     return REQUEST + msgid + packed
 
@@ -359,30 +370,37 @@ def _decode_request(msgid: bytes, body: object, family: socket.AddressFamily) ->
     if not isinstance(args, list) or not args:
         raise RemoteProtocolError("request: args must be a non-empty list")
     node_id = _bytes(args[0], "node id", size=ID_SIZE)
-    if method == "ping":
-        return Request(msgid, method, node_id)
-    if not 2 <= len(args) <= 4:
+    if not 1 <= len(args) <= 5 or (method != "ping" and len(args) < 2):
         raise RemoteProtocolError("request: wrong number of args")
+    read_only = len(args) == 5 and _flags(args[4]) & FLAG_READ_ONLY != 0
+    if method == "ping":
+        return Request(msgid, method, node_id, read_only=read_only)
     token = _optional_token(args[2]) if len(args) > 2 else None
     if len(args) > 3:
         _bytes(args[3], "padding", max_size=PADDING_MAX)
     if method in ("announce_peer", "dial_back") and token is None:
         raise RemoteProtocolError(f"{method} without token")
     if method == "dial_back":
-        return Request(msgid, method, node_id, None, token)
+        return Request(msgid, method, node_id, None, token, read_only=read_only)
     if method == "dial":
-        return Request(
-            msgid, method, node_id, None, token, dial_to=_decode_address(args[1], family)
-        )
+        address = _decode_address(args[1], family)
+        return Request(msgid, method, node_id, None, token, dial_to=address, read_only=read_only)
     if method == "find_node":
-        return Request(msgid, method, node_id, _bytes(args[1], "target", size=ID_SIZE), token)
+        target = _bytes(args[1], "target", size=ID_SIZE)
+        return Request(msgid, method, node_id, target, token, read_only=read_only)
     raw = _bytes(args[1], "keys", max_size=MAX_KEYS * ID_SIZE)
     if not raw or len(raw) % ID_SIZE:
         raise RemoteProtocolError("keys: not a whole number of 20-byte keys")
     keys = tuple(raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE))
     if len(set(keys)) != len(keys):
         raise RemoteProtocolError("keys: a key asked twice")
-    return Request(msgid, method, node_id, keys[0], token, keys)
+    return Request(msgid, method, node_id, keys[0], token, keys, read_only=read_only)
+
+
+def _flags(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+        raise RemoteProtocolError("flags: expected an integer 0..255")
+    return value
 
 
 def _decode_contacts(value: object, what: str, family: socket.AddressFamily) -> list[Contact]:

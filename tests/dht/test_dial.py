@@ -19,7 +19,7 @@ from dhtdeb.dht.wire import Address, Request, decode_datagram, encode_request, p
 from dhtdeb.errors import RemoteProtocolError
 from dhtdeb.netaddr import HostPort
 
-from .swarm import FLEET_PORT, GUARD, fleet, sha
+from .swarm import FLEET_PORT, GUARD, fleet, sha, until_routed
 
 
 class HomeRouter:
@@ -37,12 +37,14 @@ class HomeRouter:
         return opened is None or src in opened
 
 
-async def _join(tmp: Path, network: MemoryNetwork, host: str, seed: int) -> DhtNode:
+async def _join(
+    tmp: Path, network: MemoryNetwork, host: str, seed: int, *, bootstrap: bool = True
+) -> DhtNode:
     return await open_dht(
         DhtConfig(
             HostPort(host, FLEET_PORT),
             tmp / host,
-            bootstrap=(HostPort("10.9.0.1", FLEET_PORT),),
+            bootstrap=(HostPort("10.9.0.1", FLEET_PORT),) if bootstrap else (),
             lan=False,
             allow_loopback_peers=False,
         ),
@@ -178,3 +180,45 @@ def test_reachability_verdict_from_dial_tests() -> None:
     assert seen.dial_expected(c, 600.0)
     seen.sent(c, 601.0)  # written to after it was named: its router may let it in now
     assert not seen.request_from(c, 602.0)
+
+
+async def test_a_node_found_unreachable_asks_read_only_and_stays_out_of_tables(
+    tmp_path: Path, seed: int
+) -> None:
+    """BEP 43: once a node knows nobody reaches it unasked, its requests say so, and the nodes it
+    asks answer without taking it into their routing tables (every lookup that reached it there
+    would wait out a timeout). A node that is reachable is verified and taken in as before."""
+    network = MemoryNetwork()
+    responder = await _join(tmp_path, network, "10.9.0.1", seed)
+    hidden = await _join(tmp_path, network, "10.9.2.1", seed + 1, bootstrap=False)
+    open_ = await _join(tmp_path, network, "10.9.2.2", seed + 2, bootstrap=False)
+    try:
+        hidden.engine.protocol.reachability.dial_test_ended(0.0, heard=False)
+        target = b"t" * 20
+        for node in (hidden, open_):
+            reply = await node.engine.protocol.request(
+                ("10.9.0.1", FLEET_PORT), "find_node", target
+            )
+            assert reply is not None  # answered either way
+        assert responder.counters()["requests_find_node"] >= 2
+        await until_routed(responder, open_.engine.node.id, open_.address)
+        assert responder.engine.protocol.router.find(hidden.engine.node.id) is None
+    finally:
+        await asyncio.gather(*(n.close() for n in (responder, hidden, open_)))
+
+
+def test_read_only_requests_parse() -> None:
+    node = b"n" * 20
+    for method, target, token in (
+        ("ping", None, None),
+        ("find_node", b"t" * 20, None),
+        ("get_peers", b"k" * 20 + b"j" * 20, b"x" * 8),
+        ("announce_peer", b"k" * 20, b"x" * 8),
+    ):
+        for read_only in (False, True):
+            data = encode_request(b"m" * 20, method, node, target, token, read_only=read_only)
+            request = decode_datagram(data, socket.AF_INET)
+            assert isinstance(request, Request) and request.read_only is read_only, method
+    bad = encode_request(b"m" * 20, "find_node", node, b"t" * 20, None, read_only=True)
+    with pytest.raises(RemoteProtocolError):
+        decode_datagram(bad[:-1] + b"\xcc", socket.AF_INET)  # flags cut short

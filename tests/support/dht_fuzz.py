@@ -111,7 +111,13 @@ class DatagramFuzzer:
         needs_token = method in ("announce_peer", "dial_back")
         token = rng.randbytes(8) if needs_token or rng.random() < 0.3 else None
         return encode_request(
-            self._id(), method, self._id(), target, token, rng.choice((0, 0, 40, 400))
+            self._id(),
+            method,
+            self._id(),
+            target,
+            token,
+            rng.choice((0, 0, 40, 400)),
+            read_only=rng.random() < 0.2,
         )
 
     def valid_reply(self, msgid: bytes | None = None) -> bytes:
