@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,17 +242,23 @@ class Downloads:
         """Commit a verified file. A stop that comes meanwhile (apt has had every byte, and the
         daemon is stopped right after apt's last request) waits for the commit to end, then
         goes on: the file is kept, not thrown away while a thread renames it into place."""
-        commit = asyncio.ensure_future(
-            asyncio.to_thread(self._store.commit, partial, mtime=_http_date(last_modified))
-        )
+        thread_done = threading.Event()  # the thread's own end, whatever becomes of the task
+
+        def commit_now() -> StoredFile:
+            try:
+                return self._store.commit(partial, mtime=_http_date(last_modified))
+            finally:
+                thread_done.set()
+
+        commit = asyncio.ensure_future(asyncio.to_thread(commit_now))
         try:
             return await asyncio.shield(commit)
         except asyncio.CancelledError:
-            await asyncio.wait({commit})
-            if commit.cancelled() or commit.exception() is not None:
-                partial.discard()  # the stop's error is the one to report
-            else:
+            await asyncio.to_thread(thread_done.wait)
+            if self._store.lookup(partial.sha256) is not None:
                 self._note_committed()
+            else:
+                partial.discard()  # the commit failed; the stop is what is reported
             raise
 
     def _record(

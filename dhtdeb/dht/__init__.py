@@ -86,6 +86,7 @@ class DhtNode:
         """Tell the k nodes nearest the file's key that we hold it, now; re-announced until
         close. Announces made in one turn of the event loop share datagrams."""
         self._queued.pop(sha256_hex, None)
+        await self._tested.wait()  # a node behind NAT learns it before it announces
         await self._server.announce(sha256_hex)
 
     def announce_later(self, sha256_hex: str) -> None:

@@ -1,11 +1,16 @@
 """Dial-back tests: whether a node this one never wrote to can reach it.
 
 Owns: the three parts of a test (wire.py, `dial_back` and `dial`): running one (this node asks
-helpers, waits for a dialer's ping), relaying one (a helper picks a dialer among its contacts and
-names it in its reply), and dialing (a ping to the address a helper gave). Trusts: a `dial_back`
-only from an address that brought back this node's token (it receives there); a `dial` from any
-node, but an address is pinged at most once per `DIAL_SPACING`, so nobody can aim this node at
-a victim (a ping is smaller than the request that asked for it). The verdict is reachability.py's.
+helpers, waits for a dialer's ping), relaying one (a helper asks dialers among its contacts and
+names those that agreed in its reply), and dialing (a ping to the address a helper gave).
+Trusts: a `dial_back` only from an address that brought back this node's token (it receives
+there), and a `dial` likewise (a helper this node answered lately; nobody can hide behind a
+forged source). A dialer pings a host at most once per `DIAL_SPACING`, never a loopback,
+multicast or unspecified address (unless the node allows loopback peers), and has at most
+`MAX_DIALS` pings in flight, so a test cannot be aimed at a victim nor fill the node's own
+request slots. The verdict is reachability.py's: unreachable only when two helpers named a
+dialer whose ping would have proved it and nothing came (one lost datagram, or one lying
+helper naming made-up dialers, must not decide).
 
 Why: a machine behind NAT that announces files sends every downloader that finds it into a
 connect timeout and then to the mirror; the machine cannot tell from the inside. Silence
@@ -17,6 +22,7 @@ announces until the first test is over).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -36,28 +42,41 @@ RETEST = 600.0  # seconds between tests while this node is taken to be unreachab
 # After a test that could not tell (a young network where this node has written to everyone):
 # again after this many seconds, doubling each time up to RETEST.
 RETRY = 60.0
-DIAL_SPACING = 60.0  # seconds before a dialer pings the same address again
+DIAL_SPACING = 60.0  # seconds before a dialer pings the same host again
 MAX_RELAYS = 16  # dial_back requests a helper relays at once
+MAX_DIALS = 16  # pings of dial requests in flight at once
+SILENT_HELPERS = 2  # helpers whose named dialers stayed silent before the verdict
 DIALERS = 3  # contacts a helper asks to dial, at once; its reply names those that agreed
-_DIALED_MAX = 1024  # addresses a dialer remembers having pinged
+_DIALED_MAX = 1024  # hosts a dialer remembers having pinged
 
 
 class Dials:
     def __init__(self, protocol: DhtProtocol) -> None:
         self._protocol = protocol
-        self._dialed: OrderedDict[Address, float] = OrderedDict()
+        self._dialed: OrderedDict[str, float] = OrderedDict()  # host -> when it was pinged
         self._relaying: set[Address] = set()
-        self.proof = asyncio.Event()  # set when a stranger or a named dialer asks this node
+        self.proof = asyncio.Event()  # set when a stranger (a dialer, say) asks this node
         self.last_test: float | None = None
         self._untold = 0  # tests in a row that could not tell
+        self._running = False
+        self._pinging = 0  # dial pings in flight
 
     # -- running a test ---------------------------------------------------------------------
 
     async def test(self) -> bool | None:
-        """Ask up to HELPERS contacts (ones that gave us a token) for a dial-back; True: some
-        stranger or dialer reached this node, False: none did although one was named that
-        would have proved it, None: the test could not tell (no helper, no dialer named, or
-        every named dialer is a node this node wrote to lately)."""
+        """Ask contacts that gave us a token for dial-backs, HELPERS at a time; True: some
+        stranger or dialer reached this node, False: nothing did although SILENT_HELPERS
+        helpers named dialers whose ping would have proved it, None: the test could not tell
+        (no helper, too few such dialers named, or a test is already running)."""
+        if self._running:
+            return None
+        self._running = True
+        try:
+            return await self._test()
+        finally:
+            self._running = False
+
+    async def _test(self) -> bool | None:
         protocol = self._protocol
         reachability = protocol.reachability
         started = protocol.clock.now()
@@ -72,22 +91,22 @@ class Dials:
             self._untold += 1
             return None
         self.proof.clear()
-        conclusive = 0
+        telling: set[bytes] = set()  # helpers that named a dialer whose ping would prove it
         heard = False
         for round_ in range(ROUNDS):
             picks = {(round_ * HELPERS + i) % len(helpers) for i in range(HELPERS)}
-            conclusive += await self._ask([helpers[i] for i in sorted(picks)])
+            telling |= await self._ask([helpers[i] for i in sorted(picks)])
             heard = reachability.proven_since(started)
-            if heard or conclusive:
+            if heard or len(telling) >= SILENT_HELPERS:
                 break
-        if not heard and conclusive:
+        if not heard and telling:
             try:
                 async with asyncio.timeout(WAIT):
                     await self.proof.wait()
             except TimeoutError:
                 pass
             heard = reachability.proven_since(started)
-        if not heard and not conclusive:
+        if not heard and len(telling) < SILENT_HELPERS:
             protocol.counters["dial_tests_inconclusive"] += 1
             self._untold += 1
             return None
@@ -96,11 +115,11 @@ class Dials:
         protocol.counters["dial_tests_reachable" if heard else "dial_tests_unreachable"] += 1
         return heard
 
-    async def _ask(self, helpers: list[tuple[Node, bytes]]) -> int:
-        """One round: dial-backs asked of `helpers`; how many named a dialer whose ping would
-        prove something."""
+    async def _ask(self, helpers: list[tuple[Node, bytes]]) -> set[bytes]:
+        """One round: dial-backs asked of `helpers`; the ids of those that named a dialer whose
+        ping would prove something."""
         protocol = self._protocol
-        patience = 2 * protocol.tuning.rpc_timeout  # the helper waits for its dialer first
+        patience = 2 * protocol.tuning.rpc_timeout  # the helper waits for its dialers first
         replies = await asyncio.gather(
             *(
                 protocol.request((c.ip, c.port), "dial_back", b"", token, patience=patience)
@@ -108,13 +127,16 @@ class Dials:
             )
         )
         now = protocol.clock.now()
-        named = {
-            (contact.host, contact.port)
-            for reply in replies
-            if reply is not None and reply.ok
-            for contact in reply.nodes[:DIALERS]
+        return {
+            helper.id
+            for (helper, _), reply in zip(helpers, replies, strict=True)
+            if reply is not None
+            and reply.ok
+            and any(
+                protocol.reachability.dial_expected((c.host, c.port), now)
+                for c in reply.nodes[:DIALERS]
+            )
         }
-        return sum(protocol.reachability.dial_expected(address, now) for address in named)
 
     def due(self, now: float) -> bool:
         """Whether to test again: this node is taken to be unreachable and its last test is
@@ -149,28 +171,32 @@ class Dials:
         self._relaying.add(address)
         protocol.spawn(self._relay(request, address, dialers, limit))
 
-    def _pick_dialers(self, address: Address) -> list[Node]:
+    def _pick_dialers(self, address: Address) -> list[tuple[Node, bytes]]:
         """DIALERS contacts on other hosts than the requester's (a dialer on its host proves
-        nothing). Several: a contact behind NAT that has not written to us lately never gets
-        the request."""
+        nothing) that gave us a token (a dialer only dials for a helper it answered), with it.
+        Several: a contact behind NAT that has not written to us lately never gets the request."""
         protocol = self._protocol
-        others = [c for c in protocol.router.contacts() if c.ip != address[0]]
+        others = [
+            (c, token)
+            for c in protocol.router.contacts()
+            if c.ip != address[0] and (token := protocol.remote_token((c.ip, c.port))) is not None
+        ]
         return protocol.rng.sample(others, min(DIALERS, len(others)))
 
     async def _relay(
-        self, request: Request, address: Address, dialers: list[Node], limit: int
+        self, request: Request, address: Address, dialers: list[tuple[Node, bytes]], limit: int
     ) -> None:
         protocol = self._protocol
         target = pack_address(address[0], address[1], protocol.family)
         try:
             replies = await asyncio.gather(
-                *(protocol.request((d.ip, d.port), "dial", target) for d in dialers)
+                *(protocol.request((d.ip, d.port), "dial", target, token) for d, token in dialers)
             )
         finally:
             self._relaying.discard(address)
         named = [
             Contact(dialer.id, dialer.ip, dialer.port)
-            for dialer, reply in zip(dialers, replies, strict=True)
+            for (dialer, _), reply in zip(dialers, replies, strict=True)
             if reply is not None and reply.ok
         ]
         body = {"id": protocol.source_node.id, "ok": bool(named)}
@@ -179,18 +205,43 @@ class Dials:
     # -- dialing --------------------------------------------------------------------------------
 
     def serve_dial(self, request: Request, address: Address, limit: int) -> None:
-        """A helper asks us to ping an address: once per DIAL_SPACING per address."""
+        """A helper (one that holds our token) asks us to ping an address: a host at most once
+        per DIAL_SPACING, MAX_DIALS at a time, never a loopback, multicast or unspecified one
+        unless this node allows loopback peers (a test fleet on one host)."""
         protocol = self._protocol
         target = request.dial_to
         now = protocol.clock.now()
-        last = self._dialed.get(target) if target is not None else None
-        ok = target is not None and (last is None or now - last >= DIAL_SPACING)
+        ok = (
+            target is not None
+            and protocol.tokens.check(request.token, address)
+            and self._pinging < MAX_DIALS
+            and (protocol.allow_loopback or routable(target[0]))
+        )
         if ok and target is not None:
-            self._dialed.pop(target, None)
-            self._dialed[target] = now
+            last = self._dialed.get(target[0])
+            ok = last is None or now - last >= DIAL_SPACING
+        if ok and target is not None:
+            self._dialed.pop(target[0], None)
+            self._dialed[target[0]] = now
             while len(self._dialed) > _DIALED_MAX:
                 self._dialed.popitem(last=False)
-            protocol.spawn(protocol.request(target, "ping"))
+            self._pinging += 1
+            protocol.spawn(self._ping(target))
         protocol.send_reply(
             request.msgid, {"id": protocol.source_node.id, "ok": ok}, [], address, limit
         )
+
+    async def _ping(self, target: Address) -> None:
+        try:
+            await self._protocol.request(target, "ping")
+        finally:
+            self._pinging -= 1
+
+
+def routable(host: str) -> bool:
+    """Whether a dialer may ping `host`: not loopback, multicast, unspecified or reserved."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_multicast or ip.is_unspecified or ip.is_reserved)

@@ -21,7 +21,7 @@ minutes; what it announced stays in the others' stores for the peer TTL. So a no
 a test (wire.py, `dial_back`): when it starts, and again while it is taken to be unreachable.
 Helpers name the node that will ping it (`dial_expected`); a ping from one of them, or any
 stranger's request, proves it reachable; nothing from any of them within the test's wait proves
-it unreachable (`dial_test_failed`), at once. A test is conclusive only if this node had not
+it unreachable (`dial_test_ended`), at once. A test is conclusive only if this node had not
 sent to the named dialer lately (its own router would let the ping in): in a fleet of a few
 machines that all talk to each other, tests are inconclusive and change nothing.
 """
@@ -35,46 +35,47 @@ from dhtdeb.dht.wire import Address
 NAT_WINDOW = 180.0  # seconds a router keeps a UDP mapping open, at most
 SILENT_WINDOW = 600.0  # seconds without a stranger before the verdict
 EVIDENCE_CONTACTS = 24  # routing-table contacts of a network where strangers would ask
-_SENT_MAX = 65_536  # addresses remembered; the oldest go first (they are past the window anyway)
+_SENT_MAX = 65_536  # hosts remembered; the oldest go first (they are past the window anyway)
+
+
+def _host_key(address: Address) -> str | Address:
+    """What `Reachability` remembers a send under: the host (a router that filters by address
+    alone lets in every port of a host this node wrote to, so a request from another port of it
+    proves nothing), except on loopback, where test fleets run many nodes on one host."""
+    host = address[0]
+    return address if host.startswith("127.") or host == "::1" else host
 
 
 class Reachability:
     def __init__(self) -> None:
-        self._sent: OrderedDict[Address, float] = OrderedDict()  # oldest first
+        self._sent: OrderedDict[str | Address, float] = OrderedDict()  # oldest first
         self._stranger_at: float | None = None
         self._known_since: float | None = None  # contacts enough for strangers to ask, since
-        self._dialers: dict[Address, float] = {}  # named by a dial test, when
         self._dial_failed_at: float | None = None  # a conclusive dial test heard nobody
         self.unreachable = False
 
     def sent(self, address: Address, now: float) -> None:
-        self._sent[address] = now
-        self._sent.move_to_end(address)
+        key = _host_key(address)
+        self._sent[key] = now
+        self._sent.move_to_end(key)
         if len(self._sent) > _SENT_MAX:
             self._sent.popitem(last=False)
 
     def request_from(self, address: Address, now: float) -> bool:
-        """A request arrived: a stranger's (or a named dialer's) proves that others reach this
-        node. Whether it did."""
-        last = self._sent.get(address)
-        named = self._dialers.get(address)
-        # A named dialer proves it unless this node has written to it since (then its own
-        # router may have let it in, as with any node it asked).
-        dialer = named is not None and (last is None or last <= named)
-        if dialer or last is None or now - last > NAT_WINDOW:
+        """A request arrived: a stranger's (a host this node has not written to lately, such
+        as a dialer of a test) proves that others reach this node. Whether it did."""
+        last = self._sent.get(_host_key(address))
+        if last is None or now - last > NAT_WINDOW:
             self._stranger_at = now
             self.unreachable = False
             return True
         return False
 
     def dial_expected(self, address: Address, now: float) -> bool:
-        """A dial test's helper named the node that will ping this one from `address`. Whether
-        its ping would prove anything: not if this node sent there lately."""
-        last = self._sent.get(address)
-        if last is not None and now - last <= NAT_WINDOW:
-            return False
-        self._dialers[address] = now
-        return True
+        """A dial test's helper named a node that will ping this one from `address`: whether
+        its ping would prove anything (not if this node wrote to its host lately)."""
+        last = self._sent.get(_host_key(address))
+        return last is None or now - last > NAT_WINDOW
 
     def proven_since(self, since: float) -> bool:
         """A stranger or a dialer has asked this node something at or after `since`."""
@@ -82,17 +83,12 @@ class Reachability:
 
     def dial_test_ended(self, now: float, *, heard: bool) -> None:
         """A conclusive dial test ended: `heard` from a dialer or stranger, or from nobody."""
-        self._dialers.clear()
         if heard:
             self._dial_failed_at = None
             self.unreachable = False
         else:
             self._dial_failed_at = now
             self.unreachable = True
-
-    @property
-    def dial_failed_at(self) -> float | None:
-        return self._dial_failed_at
 
     def judge(self, now: float, contacts: int) -> bool:
         """The verdict now, given the routing table's size: True when this node looks
@@ -113,7 +109,7 @@ class Reachability:
 
     def _prune(self, now: float) -> None:
         while self._sent:
-            address, at = next(iter(self._sent.items()))
+            key, at = next(iter(self._sent.items()))
             if now - at <= NAT_WINDOW:
                 return
-            del self._sent[address]
+            del self._sent[key]

@@ -265,7 +265,6 @@ class DhtServer(Server):  # type: ignore[misc]
         remembered = [self._remembered_targets(key, now) for key in keys]
         direct = [i for i, targets in enumerate(remembered) if targets]
         fresh = [i for i, targets in enumerate(remembered) if not targets]
-        self.protocol.counters["announces_direct"] += len(direct)
         accepted = [0] * len(keys)
         direct_accepted, fresh_targets = await asyncio.gather(
             self._announce_to([keys[i] for i in direct], [remembered[i] for i in direct]),
@@ -273,6 +272,7 @@ class DhtServer(Server):  # type: ignore[misc]
         )
         for i, count in zip(direct, direct_accepted, strict=True):
             accepted[i] = count
+        self.protocol.counters["announces_direct"] += sum(1 for count in direct_accepted if count)
         # Nobody of the remembered accepted (gone, or their token aged): look those up too.
         again = [i for i, count in zip(direct, direct_accepted, strict=True) if not count]
         again_targets = await self._looked_up([keys[i] for i in again])

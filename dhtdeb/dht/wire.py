@@ -18,9 +18,11 @@ would otherwise send each of its neighbours one request per key. A `get_peers` r
 contacts once (`nodes`) and, per key it answered (a prefix of those asked, as many as fit in one
 datagram), the indices of the contacts nearest that key and the peers held for it.
 
-A request may carry a fifth argument, flags; bit 0 says the sender is read-only (BEP 43): it
-found itself unreachable unasked (behind NAT, reachability.py), so others answer it but do not
-add it to their routing tables, where every lookup that reached it would wait out a timeout.
+The first byte of a request's padding carries flags (a padding of zeros has none, and older
+nodes ignore its bytes; a ping with flags has the other arguments too, which older nodes also
+ignore). Bit 0 says the sender is read-only (BEP 43): it found itself unreachable unasked
+(behind NAT, reachability.py), so others answer it but do not add it to their routing tables,
+where every lookup that reached it would wait out a timeout.
 
 `dial_back` and `dial` tell a node whether others can reach it (reachability.py): A asks B
 (`dial_back`, with the token B gave it: A receives at that address); B asks a contact C of its own
@@ -52,7 +54,7 @@ REPLY = b"\x01"
 
 METHODS = ("ping", "find_node", "get_peers", "announce_peer", "dial_back", "dial")
 MAX_KEYS = 48  # keys in one get_peers / announce_peer request (48 * 20 bytes fit any path)
-FLAG_READ_ONLY = 1  # a request's fifth argument, flags: bit 0, BEP 43's read-only node
+FLAG_READ_ONLY = 1  # in a request's padding, first byte (flags): BEP 43's read-only node
 
 Address = tuple[str, int]
 
@@ -178,9 +180,10 @@ def encode_request(
     cannot be reached unasked (BEP 43's read-only node): do not add it to routing tables."""
     args: list[Any] = [node_id]
     if method != "ping" or read_only:
-        args += [target, token, b"\x00" * padding]
-    if read_only:
-        args.append(FLAG_READ_ONLY)
+        pad = b"\x00" * padding
+        if read_only:  # the flags byte, in place of the first byte of padding
+            pad = bytes([FLAG_READ_ONLY]) + pad[1:]
+        args += [target, token, pad]
     packed: bytes = msgpack.packb([method, args], use_bin_type=True)
     return REQUEST + msgid + packed
 
@@ -370,14 +373,13 @@ def _decode_request(msgid: bytes, body: object, family: socket.AddressFamily) ->
     if not isinstance(args, list) or not args:
         raise RemoteProtocolError("request: args must be a non-empty list")
     node_id = _bytes(args[0], "node id", size=ID_SIZE)
-    if not 1 <= len(args) <= 5 or (method != "ping" and len(args) < 2):
+    if len(args) > 4 or (method != "ping" and len(args) < 2):
         raise RemoteProtocolError("request: wrong number of args")
-    read_only = len(args) == 5 and _flags(args[4]) & FLAG_READ_ONLY != 0
+    padding = _bytes(args[3], "padding", max_size=PADDING_MAX) if len(args) > 3 else b""
+    read_only = bool(padding) and padding[0] & FLAG_READ_ONLY != 0
     if method == "ping":
         return Request(msgid, method, node_id, read_only=read_only)
     token = _optional_token(args[2]) if len(args) > 2 else None
-    if len(args) > 3:
-        _bytes(args[3], "padding", max_size=PADDING_MAX)
     if method in ("announce_peer", "dial_back") and token is None:
         raise RemoteProtocolError(f"{method} without token")
     if method == "dial_back":
@@ -395,12 +397,6 @@ def _decode_request(msgid: bytes, body: object, family: socket.AddressFamily) ->
     if len(set(keys)) != len(keys):
         raise RemoteProtocolError("keys: a key asked twice")
     return Request(msgid, method, node_id, keys[0], token, keys, read_only=read_only)
-
-
-def _flags(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
-        raise RemoteProtocolError("flags: expected an integer 0..255")
-    return value
 
 
 def _decode_contacts(value: object, what: str, family: socket.AddressFamily) -> list[Contact]:

@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import umsgpack
 
 from dhtdeb.clock import ManualClock
 from dhtdeb.dht import DhtConfig, DhtNode, MemoryNetwork, open_dht
@@ -110,12 +111,18 @@ async def test_a_dialer_pings_an_address_once_a_minute(tmp_path: Path, seed: int
         victim = ("10.66.0.1", 4242)
         target = pack_address(*victim, socket.AF_INET)
         contact = (dialer.address.host, dialer.address.port)
+        unproven = await asker.engine.protocol.request(contact, "dial", target, b"x" * 8)
+        assert unproven is not None and not unproven.ok  # only for a helper it answered
+        token = asker.engine.protocol.remote_token(contact)
         replies = []
         for _ in range(5):
-            replies.append(await asker.engine.protocol.request(contact, "dial", target))
+            replies.append(await asker.engine.protocol.request(contact, "dial", target, token))
         clock.advance(61.0)
-        replies.append(await asker.engine.protocol.request(contact, "dial", target))
+        replies.append(await asker.engine.protocol.request(contact, "dial", target, token))
         assert [r is not None and r.ok for r in replies] == [True, False, False, False, False, True]
+        loopback = pack_address("127.0.0.1", 4242, socket.AF_INET)
+        refused = await asker.engine.protocol.request(contact, "dial", loopback, token)
+        assert refused is not None and not refused.ok  # not aimed at the dialer's own host
         pings = [1 for src, dst in sent if dst == victim]
         assert len(pings) == 2
     finally:
@@ -219,6 +226,10 @@ def test_read_only_requests_parse() -> None:
             data = encode_request(b"m" * 20, method, node, target, token, read_only=read_only)
             request = decode_datagram(data, socket.AF_INET)
             assert isinstance(request, Request) and request.read_only is read_only, method
-    bad = encode_request(b"m" * 20, "find_node", node, b"t" * 20, None, read_only=True)
-    with pytest.raises(RemoteProtocolError):
-        decode_datagram(bad[:-1] + b"\xcc", socket.AF_INET)  # flags cut short
+    # The flags ride in the padding's first byte: four arguments, as older nodes expect, and a
+    # padded request keeps its length.
+    padded = encode_request(b"m" * 20, "find_node", node, b"t" * 20, None, 100, read_only=True)
+    assert len(padded) == len(encode_request(b"m" * 20, "find_node", node, b"t" * 20, None, 100))
+    request = decode_datagram(padded, socket.AF_INET)
+    assert isinstance(request, Request) and request.read_only
+    assert len(umsgpack.unpackb(padded[21:])[1]) == 4

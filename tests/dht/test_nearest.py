@@ -90,7 +90,7 @@ async def test_an_announce_whose_remembered_nodes_are_gone_looks_up_the_live_one
         alive = [n for n in nodes if n.engine.node.id not in gone]
 
         await downloader.announce(file)  # the remembered time out; a lookup finds the rest
-        assert downloader.counters()["announces_direct"] == 1
+        assert downloader.counters().get("announces_direct", 0) == 0  # nobody accepted there
         assert downloader.counters()["lookups_announce"] == 1
         assert downloader.statistics().announced == 1
         finder = next(n for n in alive if n is not downloader)
