@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from kademlia.node import Node
 
     from dhtdeb.dht.protocol import DhtProtocol
+
+log = logging.getLogger("dhtdeb.dht")
 
 HELPERS = 3  # helpers asked at once: one lost datagram or unhelpful helper must not decide
 # Rounds of helpers while no named dialer could prove anything (this node wrote to it lately:
@@ -111,8 +114,20 @@ class Dials:
             self._untold += 1
             return None
         self._untold = 0
+        before = reachability.unreachable
         reachability.dial_test_ended(protocol.clock.now(), heard=heard)
         protocol.counters["dial_tests_reachable" if heard else "dial_tests_unreachable"] += 1
+        if reachability.unreachable != before:
+            protocol.counters["reachability_changes"] += 1
+            if heard:
+                log.info("DHT: a reachability test reached this node: announcing files again")
+            else:
+                log.warning(
+                    "DHT: a reachability test found that nodes this one never wrote to cannot"
+                    " reach it (NAT, or a firewall on the DHT's UDP and the peers' TCP port);"
+                    " it announces nothing and asks read-only until a later test or a"
+                    " stranger's request reaches it"
+                )
         return heard
 
     async def _ask(self, helpers: list[tuple[Node, bytes]]) -> set[bytes]:

@@ -57,7 +57,7 @@ async def _join(
 
 @pytest.mark.parametrize("nat", [True, False], ids=["behind-nat", "reachable"])
 async def test_a_node_learns_whether_it_is_reachable_before_it_announces(
-    tmp_path: Path, seed: int, nat: bool
+    tmp_path: Path, seed: int, nat: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """60 machines on the internet; one more joins, behind a home router or not, and queues a
     file it holds at once (the store announced on start). Behind NAT its first test says so,
@@ -75,6 +75,8 @@ async def test_a_node_learns_whether_it_is_reachable_before_it_announces(
         assert counters.get("dial_tests_unreachable", 0) == int(nat)
         assert counters.get("dial_tests_reachable", 0) == int(not nat)
         assert counters.get("announces_withheld", 0) == int(nat)
+        told = [r for r in caplog.records if "a reachability test found" in r.getMessage()]
+        assert len(told) == int(nat)  # the admin is told once, with what to do
         found = await nodes[7].find_peers(sha("hello_2.10-3_amd64.deb"), GUARD)
         assert [p.node for p in found] == ([] if nat else [newcomer.engine.node.id])
     finally:
