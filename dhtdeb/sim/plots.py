@@ -142,14 +142,35 @@ def _offload_plot(
     lines: dict[tuple[float, ...], list[Report]] = {}
     for report in reports:
         lines.setdefault(tuple(d.read(report) for d in others), []).append(report)
-    for group in lines.values():
+    ceilings = False
+    for number, group in enumerate(lines.values()):
         runs = sorted(group, key=along.read)
-        axes.plot(
-            [along.read(r) for r in runs],
+        xs = [along.read(r) for r in runs]
+        (line,) = axes.plot(
+            xs,
             [r["offload"] for r in runs],
             marker="o",
-            label=label(runs[0], others) if others else None,
+            label=label(runs[0], others) if others else "offload",
         )
+        if all("offload_ceiling_nat" in r for r in runs):  # reports of this version on
+            ceilings = True
+            first = number == 0
+            axes.plot(
+                xs,
+                [r["offload_ceiling"] for r in runs],
+                linestyle=":",
+                color=line.get_color(),
+                label="ceiling: every file's first copy from the mirror" if first else None,
+            )
+            axes.plot(
+                xs,
+                [r["offload_ceiling_nat"] for r in runs],
+                linestyle="--",
+                color=line.get_color(),
+                label="ceiling with NAT: and every copy before a reachable holder"
+                if first
+                else None,
+            )
     if plot.log:
         axes.set_xscale("log")
         axes.set_xticks(sorted({along.read(r) for r in reports}))
@@ -160,7 +181,7 @@ def _offload_plot(
     axes.set_ylabel("offload (bytes from peers / bytes fetched)")
     axes.set_title(plot.title)
     axes.grid(alpha=0.3)
-    _save(figure, path, legend=bool(others))
+    _save(figure, path, legend=bool(others) or ceilings)
 
 
 def _lookup_cdf(reports: Sequence[Report], varying: Sequence[Dimension], path: Path) -> None:
