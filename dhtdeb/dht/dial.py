@@ -4,13 +4,14 @@ Owns: the three parts of a test (wire.py, `dial_back` and `dial`): running one (
 helpers, waits for a dialer's ping), relaying one (a helper asks dialers among its contacts and
 names those that agreed in its reply), and dialing (a ping to the address a helper gave).
 Trusts: a `dial_back` only from an address that brought back this node's token (it receives
-there), and a `dial` likewise (a helper this node answered lately; nobody can hide behind a
-forged source). A dialer pings a host at most once per `DIAL_SPACING`, never a loopback,
-multicast or unspecified address (unless the node allows loopback peers), and has at most
-`MAX_DIALS` pings in flight, so a test cannot be aimed at a victim nor fill the node's own
-request slots. The verdict is reachability.py's: unreachable only when two helpers named a
-dialer whose ping would have proved it and nothing came (one lost datagram, or one lying
-helper naming made-up dialers, must not decide).
+there), and a `dial` only from a helper that proves its address likewise or is a contact of
+this node's routing table at that address (nobody can hide behind a forged source). A dialer
+pings a host at most once per `DIAL_SPACING`, never a loopback, multicast or unspecified
+address (unless the node allows loopback peers), and has at most `MAX_DIALS` pings in flight,
+so a test cannot be aimed at a victim nor fill the node's own request slots. The verdict is
+reachability.py's: unreachable only when two helpers named a dialer whose ping would have
+proved it and nothing came (one lost datagram, or one lying helper naming made-up dialers,
+must not decide).
 
 Why: a machine behind NAT that announces files sends every downloader that finds it into a
 connect timeout and then to the mirror; the machine cannot tell from the inside. Silence
@@ -186,20 +187,22 @@ class Dials:
         self._relaying.add(address)
         protocol.spawn(self._relay(request, address, dialers, limit))
 
-    def _pick_dialers(self, address: Address) -> list[tuple[Node, bytes]]:
+    def _pick_dialers(self, address: Address) -> list[tuple[Node, bytes | None]]:
         """DIALERS contacts on other hosts than the requester's (a dialer on its host proves
-        nothing) that gave us a token (a dialer only dials for a helper it answered), with it.
-        Several: a contact behind NAT that has not written to us lately never gets the request."""
+        nothing), with the token each gave us if any (a dialer dials only for a helper that
+        proves its address: by that token, or by being in the dialer's routing table). Several:
+        a contact behind NAT that has not written to us lately never gets the request."""
         protocol = self._protocol
-        others = [
-            (c, token)
-            for c in protocol.router.contacts()
-            if c.ip != address[0] and (token := protocol.remote_token((c.ip, c.port))) is not None
-        ]
-        return protocol.rng.sample(others, min(DIALERS, len(others)))
+        others = [c for c in protocol.router.contacts() if c.ip != address[0]]
+        picked = protocol.rng.sample(others, min(DIALERS, len(others)))
+        return [(c, protocol.remote_token((c.ip, c.port))) for c in picked]
 
     async def _relay(
-        self, request: Request, address: Address, dialers: list[tuple[Node, bytes]], limit: int
+        self,
+        request: Request,
+        address: Address,
+        dialers: list[tuple[Node, bytes | None]],
+        limit: int,
     ) -> None:
         protocol = self._protocol
         target = pack_address(address[0], address[1], protocol.family)
@@ -220,7 +223,8 @@ class Dials:
     # -- dialing --------------------------------------------------------------------------------
 
     def serve_dial(self, request: Request, address: Address, limit: int) -> None:
-        """A helper (one that holds our token) asks us to ping an address: a host at most once
+        """A helper (one that holds our token, or a contact of ours at that address) asks us to
+        ping an address: a host at most once
         per DIAL_SPACING, MAX_DIALS at a time, never a loopback, multicast or unspecified one
         unless this node allows loopback peers (a test fleet on one host)."""
         protocol = self._protocol
@@ -228,7 +232,7 @@ class Dials:
         now = protocol.clock.now()
         ok = (
             target is not None
-            and protocol.tokens.check(request.token, address)
+            and protocol.is_proven(address, request)
             and self._pinging < MAX_DIALS
             and (protocol.allow_loopback or routable(target[0]))
         )

@@ -263,7 +263,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             self.counters["batched_keys"] += len(request.keys)
         body: dict[str, Any] = {"id": self.source_node.id}
         sender = Node(request.node_id, address[0], address[1])
-        proven = self._is_proven(address, request)
+        proven = self.is_proven(address, request)
         limit = self.tuning.max_reply if proven else self.tuning.amplification * size
         if request.method == "announce_peer":
             if self.tokens.check(request.token, address):
@@ -343,7 +343,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             for n in self.router.find_neighbors(Node(target), exclude=sender)
         ]
 
-    def _is_proven(self, address: Address, request: Request) -> bool:
+    def is_proven(self, address: Address, request: Request) -> bool:
         if request.method != "announce_peer" and self.tokens.check(request.token, address):
             return True
         known = self.router.find(request.node_id)

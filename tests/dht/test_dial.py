@@ -107,14 +107,17 @@ async def test_a_dialer_pings_an_address_once_a_minute(tmp_path: Path, seed: int
         sent.append((src, dst))
         return True
 
-    nodes = await fleet(tmp_path, 3, MemoryNetwork(route=route), seed, clock)
+    network = MemoryNetwork(route=route)
+    nodes = await fleet(tmp_path, 3, network, seed, clock)
     try:
         dialer, asker = nodes[1], nodes[2]
         victim = ("10.66.0.1", 4242)
         target = pack_address(*victim, socket.AF_INET)
         contact = (dialer.address.host, dialer.address.port)
-        unproven = await asker.engine.protocol.request(contact, "dial", target, b"x" * 8)
-        assert unproven is not None and not unproven.ok  # only for a helper it answered
+        stranger = await _join(tmp_path, network, "10.9.5.5", seed + 9, bootstrap=False)
+        unproven = await stranger.engine.protocol.request(contact, "dial", target, b"x" * 8)
+        await stranger.close()
+        assert unproven is not None and not unproven.ok  # neither its token nor its contact
         token = asker.engine.protocol.remote_token(contact)
         replies = []
         for _ in range(5):
