@@ -11,7 +11,8 @@ address (unless the node allows loopback peers), and has at most `MAX_DIALS` pin
 so a test cannot be aimed at a victim nor fill the node's own request slots. The verdict is
 reachability.py's: unreachable only when two helpers named a dialer whose ping would have
 proved it and nothing came (one lost datagram, or one lying helper naming made-up dialers,
-must not decide).
+must not decide for long: one helper's silent dialers make the node hold its announces and test
+again after a minute).
 
 Why: a machine behind NAT that announces files sends every downloader that finds it into a
 connect timeout and then to the mirror; the machine cannot tell from the inside. Silence
@@ -64,14 +65,16 @@ class Dials:
         self._untold = 0  # tests in a row that could not tell
         self._running = False
         self._pinging = 0  # dial pings in flight
+        self._suspected = False  # the last verdict rests on one helper's dialers
 
     # -- running a test ---------------------------------------------------------------------
 
     async def test(self) -> bool | None:
         """Ask contacts that gave us a token for dial-backs, HELPERS at a time; True: some
-        stranger or dialer reached this node, False: nothing did although SILENT_HELPERS
-        helpers named dialers whose ping would have proved it, None: the test could not tell
-        (no helper, too few such dialers named, or a test is already running)."""
+        stranger or dialer reached this node, False: nothing did although a helper named a
+        dialer whose ping would have proved it (SILENT_HELPERS of them: a verdict; fewer: a
+        suspicion, tested again after RETRY), None: the test could not tell (no helper, no
+        such dialer named, or a test is already running)."""
         if self._running:
             return None
         self._running = True
@@ -110,11 +113,14 @@ class Dials:
             except TimeoutError:
                 pass
             heard = reachability.proven_since(started)
-        if not heard and len(telling) < SILENT_HELPERS:
+        if not heard and not telling:
             protocol.counters["dial_tests_inconclusive"] += 1
             self._untold += 1
             return None
         self._untold = 0
+        # One helper's silent dialers are a suspicion, not proof (a lost ping, a lying helper):
+        # the node withholds its announces as if unreachable, but tests again after RETRY.
+        self._suspected = not heard and len(telling) < SILENT_HELPERS
         before = reachability.unreachable
         reachability.dial_test_ended(protocol.clock.now(), heard=heard)
         protocol.counters["dial_tests_reachable" if heard else "dial_tests_unreachable"] += 1
@@ -161,7 +167,7 @@ class Dials:
         if self.last_test is None:
             return True
         if self._protocol.reachability.unreachable:
-            return now - self.last_test >= RETEST
+            return now - self.last_test >= (RETRY if self._suspected else RETEST)
         if self._untold:
             pause: float = min(RETEST, RETRY * 2 ** (self._untold - 1))
             return now - self.last_test >= pause
