@@ -1379,7 +1379,8 @@ def test_a_blind_mirror_piece_is_given_up_only_to_a_downloader_before_this_one()
     assert before and after  # the ids were chosen so: one on each side of this node
     h.s.peers_found([A, B], now=h.now)
     h.pop()
-    for peer in after:  # fetching piece 0 too, but after this node in line: keep it
+
+    def fetching_piece_0(peer: Peer) -> None:
         h.s.piece_list_received(
             peer,
             h.pieces(),
@@ -1389,16 +1390,11 @@ def test_a_blind_mirror_piece_is_given_up_only_to_a_downloader_before_this_one()
             node=ids[peer],
             now=h.now,
         )
+
+    for peer in after:  # fetching piece 0 too, but after this node in line: keep it
+        fetching_piece_0(peer)
     assert not h.mirror_gives_up(0)
     for peer in before:  # one before this node in line: it will offer piece 0
-        h.s.piece_list_received(
-            peer,
-            h.pieces(),
-            frozenset(),
-            offers_only=True,
-            fetching=range(1),
-            node=ids[peer],
-            now=h.now,
-        )
+        fetching_piece_0(peer)
     assert h.mirror_gives_up(0)
     assert not h.mirror_gives_up(1)  # nobody else is on piece 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
     from kademlia.node import Node
 
     from dhtdeb.dht.protocol import DhtProtocol
-
-log = logging.getLogger("dhtdeb.dht")
 
 HELPERS = 3  # helpers asked at once: one lost datagram or unhelpful helper must not decide
 # Rounds of helpers while no named dialer could prove anything (this node wrote to it lately:
@@ -124,17 +121,12 @@ class Dials:
         before = reachability.unreachable
         reachability.dial_test_ended(protocol.clock.now(), heard=heard)
         protocol.counters["dial_tests_reachable" if heard else "dial_tests_unreachable"] += 1
-        if reachability.unreachable != before:
-            protocol.counters["reachability_changes"] += 1
-            if heard:
-                log.info("DHT: a reachability test reached this node: announcing files again")
-            else:
-                log.warning(
-                    "DHT: a reachability test found that nodes this one never wrote to cannot"
-                    " reach it (NAT, or a firewall on the DHT's UDP and the peers' TCP port);"
-                    " it announces nothing and asks read-only until a later test or a"
-                    " stranger's request reaches it"
-                )
+        protocol.verdict_changed(
+            before,
+            "a reachability test reached this node"
+            if heard
+            else "a reachability test found that nodes this one never wrote to cannot reach it",
+        )
         return heard
 
     async def _ask(self, helpers: list[tuple[Node, bytes]]) -> set[bytes]:
@@ -179,13 +171,13 @@ class Dials:
         """A node asks to be dialed: contacts of ours ping it; the reply names those that agreed
         (or says ok: False when there is nobody to ask, or the requester is not proven)."""
         protocol = self._protocol
-        dialers = self._pick_dialers(address)
-        if (
-            not dialers
-            or not protocol.tokens.check(request.token, address)
-            or address in self._relaying
-            or len(self._relaying) >= MAX_RELAYS
-        ):
+        relayable = (
+            protocol.tokens.check(request.token, address)
+            and address not in self._relaying
+            and len(self._relaying) < MAX_RELAYS
+        )
+        dialers = self._pick_dialers(address) if relayable else []
+        if not dialers:
             protocol.send_reply(
                 request.msgid, {"id": protocol.source_node.id, "ok": False}, [], address, limit
             )
@@ -229,22 +221,11 @@ class Dials:
     # -- dialing --------------------------------------------------------------------------------
 
     def serve_dial(self, request: Request, address: Address, limit: int) -> None:
-        """A helper (one that holds our token, or a contact of ours at that address) asks us to
-        ping an address: a host at most once
-        per DIAL_SPACING, MAX_DIALS at a time, never a loopback, multicast or unspecified one
-        unless this node allows loopback peers (a test fleet on one host)."""
+        """A helper asks us to ping an address (see `_may_dial`); ok: we do."""
         protocol = self._protocol
-        target = request.dial_to
         now = protocol.clock.now()
-        ok = (
-            target is not None
-            and protocol.is_proven(address, request)
-            and self._pinging < MAX_DIALS
-            and (protocol.allow_loopback or routable(target[0]))
-        )
-        if ok and target is not None:
-            last = self._dialed.get(target[0])
-            ok = last is None or now - last >= DIAL_SPACING
+        target = request.dial_to
+        ok = target is not None and self._may_dial(target, request, address, now)
         if ok and target is not None:
             self._dialed.pop(target[0], None)
             self._dialed[target[0]] = now
@@ -255,6 +236,18 @@ class Dials:
         protocol.send_reply(
             request.msgid, {"id": protocol.source_node.id, "ok": ok}, [], address, limit
         )
+
+    def _may_dial(self, target: Address, request: Request, address: Address, now: float) -> bool:
+        """For a helper that proves its address (our token, or a contact of ours there): a
+        host at most once per DIAL_SPACING, MAX_DIALS at a time, never a loopback, multicast
+        or unspecified one unless this node allows loopback peers (a test fleet on one host)."""
+        protocol = self._protocol
+        if self._pinging >= MAX_DIALS or not protocol.is_proven(address, request):
+            return False
+        if not (protocol.allow_loopback or routable(target[0])):
+            return False
+        last = self._dialed.get(target[0])
+        return last is None or now - last >= DIAL_SPACING
 
     async def _ping(self, target: Address) -> None:
         try:

@@ -534,20 +534,31 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         network to be asked: behind NAT (reachability.py). Logged when the verdict changes."""
         before = self.reachability.unreachable
         verdict = self.reachability.judge(self.clock.now(), len(self.router))
-        if verdict != before:
-            self.counters["reachability_changes"] += 1
-            if verdict:
-                log.warning(
-                    "DHT: no node has contacted this one unasked for %.0f minutes although %d"
-                    " are known: it looks unreachable from outside (NAT, or a firewall on the"
-                    " DHT's UDP and the peers' TCP port); it stops announcing its files until"
-                    " one does",
-                    SILENT_WINDOW / 60,
-                    len(self.router),
-                )
-            else:
-                log.info("DHT: contacted unasked again: announcing files again")
+        self.verdict_changed(
+            before,
+            f"no node has contacted this one unasked for {SILENT_WINDOW / 60:.0f} minutes"
+            f" although {len(self.router)} are known"
+            if verdict
+            else "contacted unasked again",
+        )
         return verdict
+
+    def verdict_changed(self, before: bool, cause: str) -> None:
+        """The reachability verdict may have changed from `before`, for `cause` (silence,
+        reachability.py, or a dial test, dial.py): counted and logged once when it did."""
+        verdict = self.reachability.unreachable
+        if verdict == before:
+            return
+        self.counters["reachability_changes"] += 1
+        if verdict:
+            log.warning(
+                "DHT: %s: it looks unreachable from outside (NAT, or a firewall on the DHT's"
+                " UDP and the peers' TCP port); it announces nothing and asks read-only until"
+                " a stranger's request or a later test reaches it",
+                cause,
+            )
+        else:
+            log.info("DHT: %s: announcing files again", cause)
 
     def recently_silent(self, address: Address) -> bool:
         """SILENT_AFTER requests of ours to `address` in a row timed out, the last within

@@ -265,23 +265,19 @@ class DhtServer(Server):  # type: ignore[misc]
         remembered = [self._remembered_targets(key, now) for key in keys]
         direct = [i for i, targets in enumerate(remembered) if targets]
         fresh = [i for i, targets in enumerate(remembered) if not targets]
-        accepted = [0] * len(keys)
         direct_accepted, fresh_targets = await asyncio.gather(
             self._announce_to([keys[i] for i in direct], [remembered[i] for i in direct]),
             self._looked_up([keys[i] for i in fresh]),
         )
-        for i, count in zip(direct, direct_accepted, strict=True):
-            accepted[i] = count
+        accepted = dict(zip(direct, direct_accepted, strict=True))
         self.protocol.counters["announces_direct"] += sum(1 for count in direct_accepted if count)
         # Nobody of the remembered accepted (gone, or their token aged): look those up too.
-        again = [i for i, count in zip(direct, direct_accepted, strict=True) if not count]
-        again_targets = await self._looked_up([keys[i] for i in again])
+        again = [i for i in direct if not accepted[i]]
+        fresh_targets += await self._looked_up([keys[i] for i in again])
         fresh += again
-        fresh_targets += again_targets
         fresh_accepted = await self._announce_to([keys[i] for i in fresh], fresh_targets)
-        for i, count in zip(fresh, fresh_accepted, strict=True):
-            accepted[i] = count
-        return accepted
+        accepted.update(zip(fresh, fresh_accepted, strict=True))
+        return [accepted[i] for i in range(len(keys))]
 
     async def _looked_up(self, keys: Sequence[bytes]) -> list[list[tuple[Node, bytes]]]:
         """Each key's nearest responders with the tokens they gave, by a lookup per key."""

@@ -24,11 +24,11 @@ ignore). Bit 0 says the sender is read-only (BEP 43): it found itself unreachabl
 (behind NAT, reachability.py), so others answer it but do not add it to their routing tables,
 where every lookup that reached it would wait out a timeout.
 
-`dial_back` and `dial` tell a node whether others can reach it (reachability.py): A asks B
-(`dial_back`, with the token B gave it: A receives at that address); B asks a contact C of its own
-(`dial`, carrying A's address and port, compact); C pings A, and B's reply to A names C. A ping
-from C, an address A never sent to, can only pass a NAT or firewall in front of A that lets
-strangers in.
+`dial_back` and `dial` tell a node whether others can reach it (dial.py, reachability.py): A asks
+B (`dial_back`, with the token B gave it: A receives at that address); B asks contacts C of its
+own (`dial`, carrying A's address and port, compact, and C's token if B has one); each C pings A,
+and B's reply to A names the Cs that agreed. A ping from a C, a host A never sent to, can only
+pass a NAT or firewall in front of A that lets strangers in.
 """
 
 from __future__ import annotations

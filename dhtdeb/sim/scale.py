@@ -17,6 +17,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,27 +98,25 @@ class World:
     def mirror_half(self, a: SimNode) -> float:
         return self.internet.one_way(a.host, MIRROR_HOST)
 
+    def _settled_holders(self, sha256: str, now: float, asker: SimNode) -> Iterator[SimNode]:
+        """Machines other than `asker` that stored the file a while ago (online or not)."""
+        return (
+            node
+            for node in self.nodes_holding(sha256)
+            if node is not asker and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
+        )
+
     def announced_holders(self, sha256: str, now: float, asker: SimNode) -> int:
         """Online machines other than `asker` that stored the file a while ago and announce
         (a machine that found itself unreachable withholds its announces)."""
-        return sum(
-            1
-            for node in self.nodes_holding(sha256)
-            if node is not asker
-            and node.announcing
-            and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
-        )
+        return sum(1 for node in self._settled_holders(sha256, now, asker) if node.announcing)
 
     def reachable_holder(self, sha256: str, asker: SimNode) -> bool:
         """Whether some online machine that accepts connections had stored the file a while
         ago (the diagnosis of mirror bytes in the report)."""
-        now = self.clock.now()
         return any(
-            node is not asker
-            and node.online
-            and not node.plan.nat
-            and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
-            for node in self.nodes_holding(sha256)
+            node.online and not node.plan.nat
+            for node in self._settled_holders(sha256, self.clock.now(), asker)
         )
 
     def holding(self, sha256: str, peers: list[Peer]) -> int:
