@@ -106,6 +106,8 @@ class DhtTuning:
     peers_per_batched_key: int = 8  # in a reply to several keys: a random few for each
     max_outstanding: int = 512
     max_probes: int = 16  # verification pings of unknown requesters in flight
+    # A contact heard from this lately is "good" (BEP 5): not pinged to make room for another.
+    good_for: float = 15 * 60.0
     bucket_refresh: float = 15 * 60.0
     maintenance_interval: float = 60.0
     save_interval: float = 600.0
@@ -169,6 +171,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             family,
             allow_loopback=allow_loopback,
             on_bucket_full=self._recheck,
+            good_for=tuning.good_for,
         )
         self._wait_timeout = tuning.rpc_timeout
         self._outstanding: dict[bytes, _Pending] = {}
@@ -435,6 +438,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             address in self._probing
             or len(self._probing) >= self.tuning.max_probes
             or not self.router.admissible(sender)
+            or not self.router.has_room(sender)
         ):
             return
         self._probing.add(address)

@@ -9,11 +9,19 @@ Extends kademlia's `KBucket`/`RoutingTable` (subclasses): the bucket clock is in
 run hundreds of nodes on 127.0.0.1), a known id keeps its address (no hijack by a later claimant),
 only contacts of the node's own address family, and a full bucket asks the protocol to probe its
 least-recently-seen contact through a tracked task instead of an orphaned `ensure_future`.
+
+A contact heard from within `good_for` seconds (BEP 5's "good" node: 15 minutes) is not pinged
+when a newcomer finds its bucket full: the newcomer waits in the replacement cache. Pinging the
+head on every full-bucket event cost a third of all requests in a 1,000-node fleet, where every
+request from a cached contact meets a full bucket.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
+import math
+import operator
 import socket
 from collections.abc import Callable
 
@@ -34,16 +42,47 @@ class DhtBucket(KBucket):  # type: ignore[misc]
         if width & (width - 1) or lower % width:
             # find_neighbors counts on it: ids of a bucket share every bit above its width
             raise ValueError("a bucket is a half of a half of the id space")
+        self.seen: dict[bytes, float] = {}  # contact id -> when it last answered or asked
 
     def touch_last_updated(self) -> None:
         self.last_updated = self._clock.now()
+
+    def add_node(self, node: Node) -> bool:
+        added: bool = super().add_node(node)
+        self.seen[node.id] = self._clock.now()
+        if len(self.seen) > len(self.nodes) + len(self.replacement_nodes):
+            # the replacement cache overflowed: forget whom it dropped
+            self.seen = {
+                i: t for i, t in self.seen.items() if i in self.nodes or i in self.replacement_nodes
+            }
+        return added
+
+    def remove_node(self, node: Node) -> None:
+        super().remove_node(node)
+        self.seen.pop(node.id, None)
+
+    def head_questionable(self, good_for: float) -> bool:
+        """Whether the least recently seen contact is silent for `good_for` seconds (worth a
+        ping before a newcomer is turned away)."""
+        head: Node = self.head()
+        return self.seen.get(head.id, -math.inf) <= self._clock.now() - good_for
+
+    def depth(self) -> int:
+        """The bits every contact's id shares (kademlia's, without the bit strings)."""
+        ids = [n.long_id for n in self.nodes.values()]
+        if not ids:
+            return 0
+        differs = functools.reduce(operator.or_, (i ^ ids[0] for i in ids), 0)
+        return 160 - differs.bit_length()
 
     def split(self) -> tuple[DhtBucket, DhtBucket]:
         midpoint = (self.range[0] + self.range[1]) // 2
         one = DhtBucket(self.range[0], midpoint, self.ksize, self._clock)
         two = DhtBucket(midpoint + 1, self.range[1], self.ksize, self._clock)
         for node in [*self.nodes.values(), *self.replacement_nodes.values()]:
-            (one if node.long_id <= midpoint else two).add_node(node)
+            half = one if node.long_id <= midpoint else two
+            half.add_node(node)
+            half.seen[node.id] = self.seen.get(node.id, -math.inf)
         return one, two
 
     def contains(self, node_id: bytes) -> bool:
@@ -60,8 +99,10 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         *,
         allow_loopback: bool,
         on_bucket_full: Callable[[Node], None],
+        good_for: float = 15 * 60.0,
     ) -> None:
         self._clock = clock
+        self._good_for = good_for
         self.family = family
         self._allow_loopback = allow_loopback
         self._on_bucket_full = on_bucket_full
@@ -128,12 +169,26 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         if bucket.add_node(node):
             self._by_address[key] = node.id
             return
-        if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
+        if self._splits(bucket):
             self.split_bucket(index)
             self.add_contact(node)
             return
         self._by_address[key] = node.id  # kept in the replacement cache
-        self._on_bucket_full(bucket.head())
+        if bucket.head_questionable(self._good_for):
+            self._on_bucket_full(bucket.head())
+
+    def _splits(self, bucket: DhtBucket) -> bool:
+        return bool(bucket.has_in_range(self.node)) or bucket.depth() % 5 != 0
+
+    def has_room(self, node: Node) -> bool:
+        """Whether `node` could join the table itself rather than wait in a replacement cache
+        (its bucket has room, would split, or has a questionable contact to ping)."""
+        bucket: DhtBucket = self.buckets[self.get_bucket_for(node)]
+        return (
+            len(bucket) < bucket.ksize
+            or self._splits(bucket)
+            or bucket.head_questionable(self._good_for)
+        )
 
     def remove_contact(self, node: Node) -> None:
         known = self.find(node.id)

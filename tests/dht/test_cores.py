@@ -186,3 +186,43 @@ def test_routing_table_stays_bounded_under_many_ids(seed: int) -> None:
         )
     assert len(table) <= 8 * 160
     assert sum(len(b.replacement_nodes) for b in table.buckets) <= 40 * len(table.buckets)
+
+
+def test_a_full_bucket_pings_its_head_only_after_fifteen_silent_minutes(seed: int) -> None:
+    """BEP 5's good nodes: a contact heard from lately is not pinged to make room for another,
+    and a requester that could only wait in the replacement cache is not probed (at 1,000
+    nodes, those pings were a third of all requests)."""
+    rng = random.Random(seed)
+    clock = ManualClock()
+    pinged: list[Node] = []
+    table = DhtRoutingTable(
+        Node(b"\x00" * 20),
+        8,
+        clock,
+        socket.AF_INET,
+        allow_loopback=False,
+        on_bucket_full=pinged.append,
+    )
+
+    def far(i: int) -> Node:  # ids sharing exactly 5 bits: their bucket does not split
+        return Node(bytes([0x80 | (i % 2) << 2]) + rng.randbytes(19), f"10.0.0.{i + 1}", 1)
+
+    contacts = [far(i) for i in range(8)]
+    for contact in contacts:
+        table.add_contact(contact)
+    table.add_contact(Node(b"\x01" + rng.randbytes(19), "10.0.1.1", 1))  # splits off our half
+    newcomer = far(8)
+    assert len(table) == 9
+    assert not table.has_room(newcomer)
+    table.add_contact(newcomer)  # kept in the replacement cache; every contact is good
+    assert pinged == []
+    assert table.find(newcomer.id) == newcomer
+    clock.advance(15 * 60 - 1)
+    table.add_contact(contacts[1])  # heard from again
+    assert not table.has_room(newcomer)
+    clock.advance(2)
+    assert table.has_room(newcomer)
+    table.add_contact(newcomer)
+    assert pinged == [contacts[0]]  # the least recently seen, silent for 15 minutes
+    table.remove_contact(contacts[0])  # it did not answer: the newcomer takes its place
+    assert newcomer in table.buckets[table.get_bucket_for(newcomer)].nodes.values()
