@@ -104,6 +104,26 @@ def test_peer_table_request_deadline_overdue_and_rate() -> None:
     assert not table.any_requests() and table.deadlines() == []
 
 
+def test_first_requests_to_a_peer_get_the_time_a_home_uplink_needs() -> None:
+    """Before a peer has delivered, its deadlines assume `first_request_rate` (a 1 MiB piece:
+    4 s); afterwards, its own measured pace (here 8 MiB/s: the 2 s floor)."""
+    mib = 1024 * 1024
+    table = PeerTable(CONFIG, lambda index: piece_span(index, 4 * mib, mib))
+    table.admit([A], random.Random(0))
+    state = table.get(A)
+    assert state is not None
+    table.request(state, 0, now=0.0)
+    first = CONFIG.overdue_factor * mib / CONFIG.first_request_rate
+    assert first == 4.0 and table.deadlines() == [first]
+    table.tick(now=first - 0.01)
+    assert not state.slow and table.live_request(0)
+    request = table.take_request(A, 0)
+    assert request is not None
+    table.delivered(state, 0, request, now=0.125)
+    table.request(state, 1, now=1.0)
+    assert table.deadlines() == [1.0 + CONFIG.min_piece_timeout]
+
+
 def test_peer_table_assigns_lowest_pieces_to_the_best_ranked_holder() -> None:
     table = _table(A, B)
     a, b = table.get(A), table.get(B)

@@ -154,7 +154,7 @@ class PeerTable:
 
     def request(self, state: PeerState, index: int, now: float) -> None:
         start, end = self._span(index)
-        rate = state.rate if state.rate is not None else self._config.default_rate
+        rate = state.rate if state.rate is not None else self._config.first_request_rate
         timeout = max(
             self._config.min_piece_timeout, self._config.overdue_factor * (end - start) / rate
         )
