@@ -15,34 +15,30 @@ import contextlib
 import functools
 import hashlib
 import logging
-import random
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from dhtdeb.clock import Clock
-from dhtdeb.discovery import Peer, PeerDiscovery
+from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
-from dhtdeb.mirror import MirrorClient, MirrorResponse
-from dhtdeb.stats import Counters
+from dhtdeb.mirror import MirrorResponse
+from dhtdeb.swarm.context import SwarmContext
 from dhtdeb.swarm.holders import (
     WAIT_MAX_PIECES,
     WAIT_POLL,
-    HaveQueries,
     Sighting,
     keep_waiting,
     worth_waiting_for,
 )
-from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, MirrorRace
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
-    PeerClient,
     PeerIsSelf,
     PeerMisbehaved,
     PeerUnavailable,
 )
-from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER, PeerLedger
+from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER
+from dhtdeb.swarm.penalties import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
     MIRROR,
@@ -68,8 +64,6 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
-MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
 HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
 INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
 YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two progress reports (it may be given up)
@@ -97,49 +91,6 @@ class SwarmFailed(DhtdebError):
 
 class SwarmVerificationError(VerificationError):
     """Every piece matched its list, yet the whole file did not match the signed index."""
-
-
-@dataclass
-class PeerPenalties:
-    """Node-wide memory of peers that lied or misbehaved: they are skipped for BAN_SECONDS."""
-
-    clock: Clock
-    _until: dict[Peer, float] = field(default_factory=dict)
-
-    def ban(self, peer: Peer, seconds: float = BAN_SECONDS) -> None:
-        if len(self._until) > 10_000:
-            now = self.clock.now()
-            self._until = {p: t for p, t in self._until.items() if t > now}
-        self._until[peer] = self.clock.now() + seconds
-
-    def allowed(self, peer: Peer) -> bool:
-        until = self._until.get(peer)
-        return until is None or until <= self.clock.now()
-
-
-@dataclass(frozen=True)
-class SwarmContext:
-    """What every swarm download of this node shares."""
-
-    discovery: PeerDiscovery
-    peers: PeerClient
-    mirror: MirrorClient
-    counters: Counters
-    penalties: PeerPenalties
-    clock: Clock
-    rng: random.Random
-    node: bytes = b""  # this node's id: told with offers, splits the mirror's pieces
-    holders: HaveQueries | None = None  # peers that served us lately, asked before the DHT
-    # Addresses that answered with this node's own id (it listens on 0.0.0.0 and may find
-    # itself under an address only the others know).
-    own_addresses: set[Peer] = field(default_factory=set)
-    race: MirrorRace = field(default_factory=MirrorRace)  # how long the mirror waits for lookups
-    # First lookups that outlive their download (they report to `race` when they end).
-    background: set[asyncio.Task[bool]] = field(default_factory=set)
-    ledger: PeerLedger = field(default_factory=PeerLedger)  # the peers known, for people
-
-    def is_self(self, peer: Peer) -> bool:
-        return bool(self.node and peer.node == self.node) or peer in self.own_addresses
 
 
 class SwarmDownload:
