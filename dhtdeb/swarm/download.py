@@ -1,27 +1,24 @@
 """SwarmDownload: the asyncio driver around one file's `SwarmScheduler`.
 
 Owns: the I/O the scheduler asks for — DHT lookup, piece-list and piece requests to peers, one
-streaming mirror request at a time — and turning accepted pieces into verified bytes for apt (the
-`Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
-digests computed here. Every received copy of a piece is kept in memory, keyed by its digest, until
-the scheduler accepts one; only the accepted copy is written, so a late or lying duplicate can never
-overwrite accepted bytes.
+streaming mirror request at a time — and handing every received piece and every verdict on it to
+the file's `Assembly` (swarm/assembly.py), which turns accepted pieces into verified bytes for apt
+(the `Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
+digests the assembly computes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dhtdeb.discovery import Peer
 from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
 from dhtdeb.mirror import MirrorResponse
+from dhtdeb.swarm.assembly import Assembly, SwarmFailed
 from dhtdeb.swarm.context import SwarmContext
 from dhtdeb.swarm.holders import (
     WAIT_MAX_PIECES,
@@ -64,29 +61,7 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
-INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
 YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two progress reports (it may be given up)
-# Seconds apt may be kept waiting at a piece taken on a downloading peer's word before the bytes
-# after it flow anyway (a wrong one then cuts apt's response, and apt retries): well inside apt's
-# own timeout for a silent connection, for a big file in a crowd behind a slow mirror.
-PROVISIONAL_HOLD_MAX = 30.0
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-async def _piece_digest(data: bytes) -> bytes:
-    """A piece's SHA256: on a worker thread for a large piece, right here for a small one
-    (a thread hand-off costs more than hashing a few hundred KiB)."""
-    if len(data) <= INLINE_HASH_MAX:
-        return _sha256(data)
-    return await asyncio.to_thread(_sha256, data)
-
-
-class SwarmFailed(DhtdebError):
-    """No source could deliver the file."""
 
 
 class SwarmVerificationError(VerificationError):
@@ -97,7 +72,6 @@ class SwarmDownload:
     def __init__(self, context: SwarmContext, transfer: Transfer, url: str) -> None:
         self._ctx = context
         self._transfer = transfer
-        self._partial = transfer.partial
         self._url = url
         self._sha256 = transfer.sha256
         self._size = transfer.size
@@ -108,23 +82,7 @@ class SwarmDownload:
         self._plan = LookupPlan(self._piece_count, context.race)
         self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
-        self._copies: dict[int, dict[bytes, bytes]] = {}
-        self._held_bytes = 0
-        self._accepted: set[int] = set()
-        self._accepted_digests: dict[int, bytes] = {}
-        self._provisional: set[int] = set()  # accepted on a peer's offer: never offered on
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhtdeb-writer")
-        self._writes: list[asyncio.Future[int]] = []
-        self._room = asyncio.Event()
-        self._write_error: BaseException | None = None
-        self._on_disk: set[int] = set()  # touched by the writer thread only
-        self._written: set[int] = set()  # on disk and hashed; what peers may be served
-        self._next_to_hash = 0
-        self._trusted = 0  # pieces below are on disk and on nobody's word: apt may read them
-        self._rehash = False  # a piece was retracted after the whole file was hashed
-        self._held_since: float | None = None  # apt waits at a provisional piece since then
-        self._released = 0  # bytes apt may have read
-        self._apt_read_a_lie = False  # a retracted piece was among them: apt's response is cut
+        self._assembly = Assembly(transfer, context.clock, self._wake)
         self._mirror_status: int | None = None
         self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
         self._awaiting_bytes = False  # waiting for a peer that is fetching this file
@@ -146,7 +104,7 @@ class SwarmDownload:
         return self._scheduler.corroborated_list()
 
     def have(self) -> frozenset[int]:
-        return frozenset(self._written)
+        return self._assembly.have()
 
     def fetching_now(self) -> bool:
         """Bytes of this file are on their way: a mirror request or a piece request runs, or
@@ -169,12 +127,12 @@ class SwarmDownload:
     def offers(self) -> dict[int, bytes]:
         """Pieces on disk that came from the mirror, by digest: what this node may offer to
         other downloaders before it has a corroborated list, on its own word."""
-        return {i: self._accepted_digests[i] for i in self._written if i not in self._provisional}
+        return self._assembly.offers()
 
     def relays(self) -> dict[int, bytes]:
         """Pieces on disk taken on another downloader's offer, by digest: passed on as relayed,
         so that downloaders check them against that downloader's offer, not this node's word."""
-        return {i: self._accepted_digests[i] for i in self._written if i in self._provisional}
+        return self._assembly.relays()
 
     @property
     def peers_used(self) -> int:
@@ -187,14 +145,10 @@ class SwarmDownload:
     def assembled_piece_list(self) -> PieceList | None:
         """The digests of the pieces as accepted; it is the file's true piece list once the
         whole-file SHA256 has matched (so the peer server need not hash the file again)."""
-        if len(self._accepted_digests) != self._piece_count:
-            return None
-        return PieceList(
-            self._size, tuple(self._accepted_digests[i] for i in range(self._piece_count))
-        )
+        return self._assembly.assembled_piece_list()
 
     def path(self) -> Path:
-        return self._partial.path
+        return self._assembly.path
 
     async def run(self) -> None:
         """Return once every piece is accepted and hashed in order; raise SwarmFailed otherwise."""
@@ -204,7 +158,7 @@ class SwarmDownload:
                 self._wake.clear()
                 for action in self._scheduler.poll_actions():
                     self._apply(action)
-                if self._apt_read_a_lie:
+                if self._assembly.apt_read_a_lie:
                     # Released after PROVISIONAL_HOLD_MAX: apt has bytes of the liar's piece,
                     # so its response must end in an error (apt retries), never be mended.
                     raise SwarmVerificationError(
@@ -213,12 +167,7 @@ class SwarmDownload:
                 if isinstance(self._scheduler.failed, str):
                     raise self._failure(self._scheduler.failed)
                 if self._scheduler.finished:
-                    await self._drain_writes()
-                    if self._rehash:
-                        self._rehash = False
-                        loop = asyncio.get_running_loop()
-                        await loop.run_in_executor(self._writer, self._partial.rehash)
-                    if self._partial.matches():
+                    if await self._assembly.whole_file_matches():
                         return
                     self._scheduler.whole_file_failed(now=self._now())
                     if self._scheduler.failed is None and not self._scheduler.finished:
@@ -250,9 +199,7 @@ class SwarmDownload:
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            # The partial file may be discarded next: no write may still be on its way to it.
-            await asyncio.gather(*self._writes, return_exceptions=True)
-            self._writer.shutdown(wait=False)
+            await self._assembly.close()
 
     def _now(self) -> float:
         """The time of an event reported to the scheduler (read once for each)."""
@@ -282,16 +229,16 @@ class SwarmDownload:
         elif isinstance(action, CheckPiece):
             self._spawn(("check", action.index, action.start), self._check(action))
         elif isinstance(action, RetractPiece):
-            self._retract(action.index)
+            self._assembly.retract(action.index)
+            self._ctx.counters.inquiries.retracted_pieces += 1
         elif isinstance(action, ConfirmPiece):
-            self._provisional.discard(action.index)
-            self._advance_trusted()
+            self._assembly.confirm(action.index)
         elif isinstance(action, CancelPiece):
             task = self._tasks.pop(("piece", action.peer, action.index), None)
             if task is not None:
                 task.cancel()
         elif isinstance(action, AcceptPiece):
-            self._accept(action.index, action.digest, action.provisional)
+            self._assembly.accept(action.index, action.digest, action.provisional)
         elif isinstance(action, BanPeer):
             self._ban(action.peer, action.reason, action.lied)
         elif isinstance(action, (Finished, Failed)):
@@ -332,127 +279,6 @@ class SwarmDownload:
         for key, task in list(self._tasks.items()):
             if isinstance(key, tuple) and len(key) > 1 and key[1] == peer:
                 task.cancel()
-
-    def _accept(self, index: int, digest: bytes, provisional: bool) -> None:
-        copies = self._copies.pop(index, {})
-        data = copies.pop(digest, None)
-        self._held_bytes -= sum(len(d) for d in copies.values())  # the accepted copy stays counted
-        if data is None:
-            raise SwarmFailed(f"{self._sha256}: accepted piece {index} is not held")
-        self._accepted.add(index)
-        self._accepted_digests[index] = digest
-        if provisional:
-            self._provisional.add(index)
-        # Writing and hashing run on one writer thread, in acceptance order, so the event loop
-        # keeps moving bytes; a piece counts as held (for apt and peers) once it is on disk.
-        loop = asyncio.get_running_loop()
-        if self._partial.in_memory:
-            # A file held in memory (store.py): putting the piece down is a memory copy and its
-            # hash at most a megabyte of SHA256, cheaper than a hand-off to the writer thread.
-            job: asyncio.Future[int] = loop.create_future()
-            try:
-                job.set_result(self._write_piece(index, data))
-            except (DhtdebError, OSError) as exc:
-                job.set_exception(exc)
-        else:
-            job = loop.run_in_executor(self._writer, self._write_piece, index, data)
-        self._writes.append(job)
-        job.add_done_callback(functools.partial(self._written_cb, index=index, size=len(data)))
-
-    def _retract(self, index: int) -> None:
-        """Forget a provisional piece whose author lied: not served, not readable by apt (it
-        never was: provisional pieces are beyond `_trusted`), hashed again once replaced."""
-        self._accepted.discard(index)
-        self._accepted_digests.pop(index, None)
-        self._provisional.discard(index)
-        self._written.discard(index)
-        self._on_disk.discard(index)
-        self._rehash = True
-        self._ctx.counters.inquiries.retracted_pieces += 1
-        if index * PIECE_SIZE < self._released:
-            self._apt_read_a_lie = True
-
-    def _advance_trusted(self) -> None:
-        while self._trusted in self._written and self._trusted not in self._provisional:
-            self._trusted += 1
-
-    def _servable(self, hashed: int) -> int:
-        """What apt may read: the hashed prefix, up to the first piece that is missing or was
-        taken on a downloading peer's word (a liar's piece must be repairable, so apt does not
-        see it before the whole-file SHA256 has matched), unless apt has waited there for
-        PROVISIONAL_HOLD_MAX."""
-        bound = self._trusted * PIECE_SIZE
-        if hashed <= bound or self._rehash:
-            self._held_since = None
-            return min(hashed, bound)
-        now = self._ctx.clock.now()
-        if self._held_since is None:
-            self._held_since = now
-        if now - self._held_since < PROVISIONAL_HOLD_MAX:
-            return bound
-        return hashed
-
-    def _write_piece(self, index: int, data: bytes) -> int:
-        """On the writer thread: put the piece down, extend the in-order hash; bytes hashed."""
-        self._partial.write_at(index * PIECE_SIZE, data)
-        self._on_disk.add(index)
-        while self._next_to_hash in self._on_disk:
-            piece_start = self._next_to_hash * PIECE_SIZE
-            piece_end = min(piece_start + PIECE_SIZE, self._size)
-            first = data if self._next_to_hash == index else None
-            self._partial.hash_through(piece_end, first)
-            self._next_to_hash += 1
-        return self._partial.written
-
-    async def _room_for(self, size: int) -> None:
-        """Back-pressure: wait while pieces queued for the writer fill the memory bound."""
-        while self._held_bytes + size > HELD_BYTES_LIMIT and any(
-            not job.done() for job in self._writes
-        ):
-            self._room.clear()
-            await self._room.wait()
-
-    def _written_cb(self, done: asyncio.Future[int], *, index: int, size: int) -> None:
-        self._held_bytes -= size
-        self._room.set()
-        if done.cancelled():
-            return
-        error = done.exception()
-        if error is not None:
-            self._write_error = error
-        else:
-            self._written.add(index)
-            # Every piece on disk was verified against a digest (the mirror's bytes, a piece
-            # list, or the offering peer's statement); apt reads none taken on a statement,
-            # and the transfer holds back the last bytes until the whole-file SHA256 matched,
-            # so apt can never complete a wrong file.
-            self._advance_trusted()
-            servable = self._servable(done.result())
-            self._released = max(self._released, servable)
-            self._transfer.progress(servable)
-        self._wake.set()
-
-    async def _drain_writes(self) -> None:
-        """Wait for every accepted piece to be on disk and hashed."""
-        while self._writes:
-            pending, self._writes = self._writes, []
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self._write_error is not None:
-            raise SwarmFailed(f"{self._sha256}: writing failed: {self._write_error}")
-
-    def _hold(self, index: int, data: bytes, digest: bytes) -> bool:
-        """Keep a received copy under its digest until the scheduler decides; False only when
-        the memory bound leaves no room. A copy of a piece already accepted (the loser of a race
-        between a peer and the mirror) is simply dropped."""
-        if index in self._accepted:
-            return True
-        copies = self._copies.setdefault(index, {})
-        if digest not in copies:
-            if self._held_bytes + len(data) > HELD_BYTES_LIMIT:
-                return False
-            copies[digest] = data
-            self._held_bytes += len(data)
-        return True
 
     # -- I/O tasks ----------------------------------------------------------------------------
 
@@ -624,9 +450,8 @@ class SwarmDownload:
         self.bytes_from_peers += len(data)
         self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + len(data)
         self._ctx.ledger.received(peer, len(data), self._ctx.clock.now())
-        digest = await _piece_digest(data)
-        await self._room_for(len(data))
-        if not self._hold(index, data, digest):
+        digest = await self._assembly.hold(index, data)
+        if digest is None:
             self._scheduler.piece_failed(
                 peer, index, "no room to hold the piece", misbehaved=False, now=self._now()
             )
@@ -635,7 +460,7 @@ class SwarmDownload:
 
     async def _audit(self, audit: AuditPiece) -> None:
         """Compare a block of a held piece with the same bytes from the mirror."""
-        copy = self._copies.get(audit.index, {}).get(audit.digest)
+        copy = self._assembly.held_copy(audit.index, audit.digest)
         if copy is None:  # accepted or dropped meanwhile: nothing to compare
             self._scheduler.audit_result(audit.index, matched=None, now=self._now())
             return
@@ -652,7 +477,8 @@ class SwarmDownload:
     async def _check(self, check: CheckPiece) -> None:
         """Compare the mirror's bytes [start, end) with the accepted copy of a piece taken on an
         offer (the inquiry after a whole-file mismatch)."""
-        if check.index not in self._accepted or check.index not in self._written:
+        assembly = self._assembly
+        if not (assembly.is_accepted(check.index) and assembly.is_written(check.index)):
             self._scheduler.check_result(check, matched=None, now=self._now())
             return
         try:
@@ -661,10 +487,10 @@ class SwarmDownload:
             self._scheduler.check_failed(check, str(exc), now=self._now())
             return
         self._ctx.counters.inquiries.check_bytes += len(data)
-        if check.index not in self._written:  # retracted while the mirror answered
+        if not assembly.is_written(check.index):  # retracted while the mirror answered
             self._scheduler.check_result(check, matched=None, now=self._now())
             return
-        copy = self._partial.peek(check.start, check.end - check.start)
+        copy = assembly.peek(check.start, check.end - check.start)
         matched = copy == data
         if not matched:
             log.warning(
@@ -790,13 +616,12 @@ class SwarmDownload:
                     "%s: piece %d from the mirror%s",
                     self._sha256[:12],
                     index,
-                    " (already accepted)" if index in self._accepted else "",
+                    " (already accepted)" if self._assembly.is_accepted(index) else "",
                 )
                 self._ctx.counters.bytes.from_mirror += len(data)
                 self.bytes_from_mirror += len(data)
-                digest = await _piece_digest(data)
-                await self._room_for(len(data))
-                if not self._hold(index, data, digest):
+                digest = await self._assembly.hold(index, data)
+                if digest is None:
                     raise SwarmFailed("no room to hold the piece")
                 self._scheduler.piece_received(MIRROR, index, digest, now=self._now())
                 self._wake.set()
