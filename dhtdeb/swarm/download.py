@@ -1,23 +1,23 @@
 """SwarmDownload: the asyncio driver around one file's `SwarmScheduler`.
 
-Owns: the I/O the scheduler asks for — DHT lookup, piece-list and piece requests to peers, one
-streaming mirror request at a time — and handing every received piece and every verdict on it to
-the file's `Assembly` (swarm/assembly.py), which turns accepted pieces into verified bytes for apt
-(the `Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
+Owns: the loop that polls the scheduler, re-arms its one timer and carries out its actions; the
+I/O it asks for on the peers' side — holder questions and DHT lookups (as `LookupPlan` paces them),
+piece-list and piece requests to peers, bans — with the bytes each peer sent; the audits and
+inquiry checks that compare a copy with the mirror's bytes. The mirror's requests are the
+`MirrorStream`'s (swarm/mirror_stream.py); every received piece and every verdict on it go to the
+file's `Assembly` (swarm/assembly.py), which turns accepted pieces into verified bytes for apt (the
+`Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
 digests the assembly computes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dhtdeb.discovery import Peer
-from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
-from dhtdeb.mirror import MirrorResponse
+from dhtdeb.errors import DhtdebError, VerificationError
 from dhtdeb.swarm.assembly import Assembly, SwarmFailed
 from dhtdeb.swarm.context import SwarmContext
 from dhtdeb.swarm.holders import (
@@ -28,6 +28,7 @@ from dhtdeb.swarm.holders import (
     worth_waiting_for,
 )
 from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
+from dhtdeb.swarm.mirror_stream import MirrorStream
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
     PeerIsSelf,
@@ -38,7 +39,6 @@ from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER
 from dhtdeb.swarm.penalties import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
-    MIRROR,
     AcceptPiece,
     AuditPiece,
     BanPeer,
@@ -47,9 +47,6 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
-    GiveUpMirrorPiece,
-    MirrorWindow,
-    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -61,8 +58,6 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two progress reports (it may be given up)
-
 
 class SwarmVerificationError(VerificationError):
     """Every piece matched its list, yet the whole file did not match the signed index."""
@@ -71,7 +66,6 @@ class SwarmVerificationError(VerificationError):
 class SwarmDownload:
     def __init__(self, context: SwarmContext, transfer: Transfer, url: str) -> None:
         self._ctx = context
-        self._transfer = transfer
         self._url = url
         self._sha256 = transfer.sha256
         self._size = transfer.size
@@ -83,14 +77,13 @@ class SwarmDownload:
         self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._assembly = Assembly(transfer, context.clock, self._wake)
-        self._mirror_status: int | None = None
-        self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
+        self._mirror_stream = MirrorStream(
+            context, transfer, url, self._scheduler, self._assembly, self._wake
+        )
         self._awaiting_bytes = False  # waiting for a peer that is fetching this file
         self.bytes_from_peers = 0
         self._bytes_by_peer: dict[Peer, int] = {}  # what each peer sent (verified or not)
         self._sighted = False  # a hinted peer said it holds, fetches or starts this file
-        self.bytes_from_mirror = 0
-        self.last_modified: str | None = None
 
     # -- what the peer server may share while we download (PartialView) ----------------------
 
@@ -118,7 +111,7 @@ class SwarmDownload:
 
     def fetching(self) -> range:
         """The pieces the mirror request in flight is fetching (told to other downloaders)."""
-        return self._mirror_window_now
+        return self._mirror_stream.fetching
 
     def node(self) -> bytes:
         """This node's id, told with offers so that downloaders split the mirror's pieces."""
@@ -133,6 +126,16 @@ class SwarmDownload:
         """Pieces on disk taken on another downloader's offer, by digest: passed on as relayed,
         so that downloaders check them against that downloader's offer, not this node's word."""
         return self._assembly.relays()
+
+    @property
+    def bytes_from_mirror(self) -> int:
+        """The bytes the mirror sent for this file (audit blocks and given-up pieces included)."""
+        return self._mirror_stream.bytes_received
+
+    @property
+    def last_modified(self) -> str | None:
+        """The mirror's Last-Modified for the file, if a mirror request ran and said it."""
+        return self._mirror_stream.last_modified
 
     @property
     def peers_used(self) -> int:
@@ -206,10 +209,9 @@ class SwarmDownload:
         return self._ctx.clock.now()
 
     def _failure(self, reason: str) -> DhtdebError:
-        if self._mirror_status is not None and self._mirror_status >= 400:
-            return UpstreamRefused(
-                self._mirror_status, f"{self._url}: mirror answered {self._mirror_status}"
-            )
+        status = self._mirror_stream.status
+        if status is not None and status >= 400:
+            return UpstreamRefused(status, f"{self._url}: mirror answered {status}")
         return SwarmFailed(f"{self._url}: {reason}")
 
     # -- actions ------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ class SwarmDownload:
             )
         elif isinstance(action, StartMirror):
             log.debug("%s: mirror from piece %d: %s", self._sha256[:12], action.first, action.why)
-            self._spawn("mirror", self._mirror_stream(action.first))
+            self._spawn("mirror", self._mirror_stream.run(action.first))
         elif isinstance(action, AuditPiece):
             self._spawn("audit", self._audit(action))
         elif isinstance(action, CheckPiece):
@@ -465,7 +467,7 @@ class SwarmDownload:
             self._scheduler.audit_result(audit.index, matched=None, now=self._now())
             return
         try:
-            data = await self._mirror_block(audit.start, audit.end)
+            data = await self._mirror_stream.block(audit.start, audit.end)
         except DhtdebError as exc:
             self._scheduler.audit_failed(str(exc), now=self._now())
             return
@@ -482,7 +484,7 @@ class SwarmDownload:
             self._scheduler.check_result(check, matched=None, now=self._now())
             return
         try:
-            data = await self._mirror_block(check.start, check.end)
+            data = await self._mirror_stream.block(check.start, check.end)
         except DhtdebError as exc:
             self._scheduler.check_failed(check, str(exc), now=self._now())
             return
@@ -501,128 +503,3 @@ class SwarmDownload:
                 check.end - 1,
             )
         self._scheduler.check_result(check, matched=matched, now=self._now())
-
-    async def _mirror_block(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the file from the mirror, counted as mirror traffic (an audit's
-        or a check's block, compared with a copy held here)."""
-        async with self._mirror_range(start, end) as (response, _):
-            data = await response.read_exactly(end - start)
-        self._ctx.counters.bytes.from_mirror += len(data)
-        self.bytes_from_mirror += len(data)
-        return data
-
-    @contextlib.asynccontextmanager
-    async def _mirror_range(
-        self, start: int, end: int
-    ) -> AsyncIterator[tuple[MirrorResponse, bool]]:
-        """The mirror's answer to a request for bytes [start, end), positioned at `start`, and
-        whether the mirror ignored the Range (then the body goes on to the end of the file)."""
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        async with await self._ctx.mirror.request("GET", self._url, headers) as response:
-            self._mirror_status = response.status
-            if response.status == 200:
-                await response.read_exactly(start)
-            elif response.status != 206:
-                raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
-            elif not response.headers.get("Content-Range", "").startswith(
-                f"bytes {start}-{end - 1}/"
-            ):
-                raise MirrorError(f"{self._url}: wrong Content-Range from the mirror")
-            yield response, response.status == 200
-
-    async def _mirror_stream(self, first: int) -> None:
-        """Pieces from the mirror, from `first` on, in the requests the scheduler answers with
-        (bounded windows that grow while it goes on: mirror_plan.py), until it says stop."""
-        error: str | None = None
-        try:
-            step = self._scheduler.mirror_stream_ready(first, now=self._now())
-            while isinstance(step, MirrorWindow):
-                after = await self._mirror_window(step)
-                if after is None:
-                    break
-                step = self._scheduler.mirror_stream_ready(after, now=self._now())
-        except DhtdebError as exc:
-            error = str(exc)
-        except asyncio.CancelledError:
-            error = "cancelled"
-            raise
-        finally:
-            self._scheduler.mirror_stopped(error, now=self._now())
-            self._wake.set()
-
-    async def _mirror_window(self, window: MirrorWindow) -> int | None:
-        """Fetch the window's pieces in one request: the next index, or None once the scheduler
-        ended the stream inside the window."""
-        self._mirror_window_now = window.fetching
-        try:
-            return await self._mirror_request(window.first, window.last)
-        finally:
-            self._mirror_window_now = range(0)
-
-    def _gave_up(self, index: int, got: int) -> None:
-        self._ctx.counters.bytes.from_mirror += got
-        self.bytes_from_mirror += got
-        log.debug("%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got)
-
-    async def _mirror_piece(
-        self, response: MirrorResponse, read: ReadMirrorPiece, size: int
-    ) -> bytes | None:
-        """The piece's bytes from the stream, or None when the scheduler gives the piece up
-        while less than `read.watch` bytes of it have come (the request is then dropped)."""
-        parts: list[bytes] = []
-        got = 0
-        while got < read.watch:
-            parts.append(await response.read_exactly(min(YIELD_STEP, size - got)))
-            got += len(parts[-1])
-            if (
-                got < read.watch
-                and self._scheduler.mirror_piece_progress(read.index, got, now=self._now())
-                is not None
-            ):
-                self._gave_up(read.index, got)
-                return None
-        parts.append(await response.read_exactly(size - got))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def _mirror_request(self, first: int, last: int) -> int | None:
-        start = first * PIECE_SIZE
-        end = min((last + 1) * PIECE_SIZE, self._size)
-        async with self._mirror_range(start, end) as (response, whole_file):
-            if whole_file:
-                last = self._piece_count - 1  # take pieces as they come
-                self._scheduler.mirror_range_ignored(now=self._now())
-            last_modified = response.headers.get("Last-Modified")
-            if last_modified:
-                self.last_modified = last_modified
-                if self._transfer.last_modified is None:
-                    self._transfer.last_modified = last_modified
-            for index in range(first, last + 1):
-                step = self._scheduler.mirror_piece_starting(index, now=self._now())
-                if isinstance(step, GiveUpMirrorPiece):
-                    self._gave_up(index, 0)
-                if not isinstance(step, ReadMirrorPiece):
-                    return None  # stopped, or given up to a downloader before this one
-                # Told to other downloaders: the piece on its way, and the next one if this
-                # request covers it and the stream means to go on into it (a claim on a piece
-                # the stream will not take would keep that piece's owner away for nothing).
-                self._mirror_window_now = step.fetching
-                piece_start = index * PIECE_SIZE
-                data = await self._mirror_piece(
-                    response, step, min(PIECE_SIZE, self._size - piece_start)
-                )
-                if data is None:
-                    return None  # given up to a downloader before this one: it offers it
-                log.debug(
-                    "%s: piece %d from the mirror%s",
-                    self._sha256[:12],
-                    index,
-                    " (already accepted)" if self._assembly.is_accepted(index) else "",
-                )
-                self._ctx.counters.bytes.from_mirror += len(data)
-                self.bytes_from_mirror += len(data)
-                digest = await self._assembly.hold(index, data)
-                if digest is None:
-                    raise SwarmFailed("no room to hold the piece")
-                self._scheduler.piece_received(MIRROR, index, digest, now=self._now())
-                self._wake.set()
-        return last + 1
