@@ -41,11 +41,12 @@ from dhtdeb.recent_transfers import RecentTransfers
 from dhtdeb.sdnotify import Notifier, keepalive
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore
-from dhtdeb.swarm.download import PeerPenalties, SwarmContext
+from dhtdeb.swarm.context import SwarmContext
 from dhtdeb.swarm.holders import HaveQueries, HolderHints
 from dhtdeb.swarm.peer_client import PeerClient
 from dhtdeb.swarm.peer_ledger import VIA_LAN, PeerLedger
 from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS, PeerServer
+from dhtdeb.swarm.penalties import PeerPenalties
 
 log = logging.getLogger(__name__)
 

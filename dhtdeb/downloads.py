@@ -25,7 +25,8 @@ from dhtdeb.partial_file import PartialFile
 from dhtdeb.recent_transfers import RecentTransfers, TransferRecord, top_peer
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
-from dhtdeb.swarm.download import SwarmContext, SwarmDownload, SwarmVerificationError
+from dhtdeb.swarm.context import SwarmContext
+from dhtdeb.swarm.download import SwarmDownload, SwarmVerificationError
 from dhtdeb.swarm.peer_ledger import address
 from dhtdeb.swarm.pieces import DIGEST_SIZE, PieceList, piece_count
 from dhtdeb.swarm.wire import HAVE_FETCHING, HAVE_NONE, HAVE_STARTING

@@ -1256,7 +1256,7 @@ class Simulation:
             self.at(delay, lambda: done(digest), owner)
 
     def mirror_request(self, first: int) -> None:
-        """As download.py streams: the window the scheduler answers with, piece by piece."""
+        """As mirror_stream.py streams: the window the scheduler answers with, piece by piece."""
         window = self.s.mirror_stream_ready(first, now=self.clock.now())
         if isinstance(window, MirrorWindow):
             self.mirror_piece(first, window.last)

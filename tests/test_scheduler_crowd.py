@@ -255,7 +255,7 @@ class Crowd:
         self.drain(node)
 
     def maybe_yield(self, node: Node) -> None:
-        """As download.py reports a mirror piece's progress while less than half of it has
+        """As mirror_stream.py reports a mirror piece's progress while less than half of it has
         come: does the core give it up?"""
         flow = node.stream
         if (
@@ -340,7 +340,7 @@ class Crowd:
                 server.lies.update(() if first is None else (first,))
             relayed = frozenset(server.provisional) if RELAYS else frozenset()
             offers.update((i, server.disk[i]) for i in relayed)
-            # As download.py tells it: the piece on its way, and the next one if the request
+            # As mirror_stream.py tells it: the piece on its way, and the next one if the request
             # covers it and the stream goes on into it.
             fetching = server.fetching if server.stream is not None else range(0)
             node.told[peer] = frozenset(offers)
@@ -585,7 +585,7 @@ def test_rendezvous_ids_split_the_mirror_pieces() -> None:
     With ids, the split pieces stay at most 1.5 x P per seed. (Measured over seeds 0-199
     while a mirror request claimed the next piece in any case: median 0.89 P, at most
     1.375 P; that claim kept an owner away from its own piece after the claiming stream had
-    stopped. download.py now claims the next piece only when its stream means to go on into
+    stopped. The mirror stream now claims the next piece only when its stream means to go on into
     it.) In totals over seeds 200-211: median 1.44 P with ids, 2.02 P without (random picks)."""
     ratios: dict[bool, list[float]] = {True: [], False: []}  # mirror pieces / P, by ids
     for seed in SPLIT_SEEDS:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from dhtdeb.discovery import Peer
 from dhtdeb.sim.network import TransferAborted
-from dhtdeb.swarm.download import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
+from dhtdeb.swarm.penalties import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.pieces import PieceList, piece_count, piece_span
 from dhtdeb.swarm.scheduler import (
     MIRROR,

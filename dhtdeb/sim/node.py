@@ -24,8 +24,8 @@ from dhtdeb.netaddr import HostPort
 from dhtdeb.sim.download import ListAnswer, SimDownload, true_digests
 from dhtdeb.sim.network import DHT_PORT, Link, TransferAborted
 from dhtdeb.sim.workload import DebFile, MachinePlan
-from dhtdeb.swarm.download import PeerPenalties
 from dhtdeb.swarm.lookup_plan import MirrorRace
+from dhtdeb.swarm.penalties import PeerPenalties
 from dhtdeb.swarm.pieces import PieceList
 
 if TYPE_CHECKING:

@@ -1,51 +1,44 @@
 """SwarmDownload: the asyncio driver around one file's `SwarmScheduler`.
 
-Owns: the I/O the scheduler asks for — DHT lookup, piece-list and piece requests to peers, one
-streaming mirror request at a time — and turning accepted pieces into verified bytes for apt (the
+Owns: the loop that polls the scheduler, re-arms its one timer and carries out its actions; the
+I/O it asks for on the peers' side — holder questions and DHT lookups (as `LookupPlan` paces them),
+piece-list and piece requests to peers, bans — with the bytes each peer sent; the audits and
+inquiry checks that compare a copy with the mirror's bytes. The mirror's requests are the
+`MirrorStream`'s (swarm/mirror_stream.py); every received piece and every verdict on it go to the
+file's `Assembly` (swarm/assembly.py), which turns accepted pieces into verified bytes for apt (the
 `Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
-digests computed here. Every received copy of a piece is kept in memory, keyed by its digest, until
-the scheduler accepts one; only the accepted copy is written, so a late or lying duplicate can never
-overwrite accepted bytes.
+digests the assembly computes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import hashlib
 import logging
-import random
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from dhtdeb.clock import Clock
-from dhtdeb.discovery import Peer, PeerDiscovery
-from dhtdeb.errors import DhtdebError, MirrorError, VerificationError
-from dhtdeb.mirror import MirrorClient, MirrorResponse
-from dhtdeb.stats import Counters
+from dhtdeb.discovery import Peer
+from dhtdeb.errors import DhtdebError, VerificationError
+from dhtdeb.swarm.assembly import Assembly, SwarmFailed
+from dhtdeb.swarm.context import SwarmContext
 from dhtdeb.swarm.holders import (
     WAIT_MAX_PIECES,
     WAIT_POLL,
-    HaveQueries,
     Sighting,
     keep_waiting,
     worth_waiting_for,
 )
-from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan, MirrorRace
+from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
+from dhtdeb.swarm.mirror_stream import MirrorStream
 from dhtdeb.swarm.peer_client import (
     PeerBusy,
-    PeerClient,
     PeerIsSelf,
     PeerMisbehaved,
     PeerUnavailable,
 )
-from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER, PeerLedger
+from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER
+from dhtdeb.swarm.penalties import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
-    MIRROR,
     AcceptPiece,
     AuditPiece,
     BanPeer,
@@ -54,9 +47,6 @@ from dhtdeb.swarm.scheduler import (
     ConfirmPiece,
     Failed,
     Finished,
-    GiveUpMirrorPiece,
-    MirrorWindow,
-    ReadMirrorPiece,
     RequestPiece,
     RequestPieceList,
     RetractPiece,
@@ -68,85 +58,14 @@ from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
 
-BAN_SECONDS = 3600.0  # a peer that lied (bad piece, bad piece list)
-MISBEHAVIOUR_BAN_SECONDS = 600.0  # stalled, cut short, malformed: maybe broken, maybe hostile
-HELD_BYTES_LIMIT = 64 * 1024 * 1024  # unaccepted piece copies kept in memory per download
-INLINE_HASH_MAX = 256 * 1024  # pieces up to this size are hashed on the event loop
-YIELD_STEP = 128 * 1024  # bytes of a mirror piece between two progress reports (it may be given up)
-# Seconds apt may be kept waiting at a piece taken on a downloading peer's word before the bytes
-# after it flow anyway (a wrong one then cuts apt's response, and apt retries): well inside apt's
-# own timeout for a silent connection, for a big file in a crowd behind a slow mirror.
-PROVISIONAL_HOLD_MAX = 30.0
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-async def _piece_digest(data: bytes) -> bytes:
-    """A piece's SHA256: on a worker thread for a large piece, right here for a small one
-    (a thread hand-off costs more than hashing a few hundred KiB)."""
-    if len(data) <= INLINE_HASH_MAX:
-        return _sha256(data)
-    return await asyncio.to_thread(_sha256, data)
-
-
-class SwarmFailed(DhtdebError):
-    """No source could deliver the file."""
-
 
 class SwarmVerificationError(VerificationError):
     """Every piece matched its list, yet the whole file did not match the signed index."""
 
 
-@dataclass
-class PeerPenalties:
-    """Node-wide memory of peers that lied or misbehaved: they are skipped for BAN_SECONDS."""
-
-    clock: Clock
-    _until: dict[Peer, float] = field(default_factory=dict)
-
-    def ban(self, peer: Peer, seconds: float = BAN_SECONDS) -> None:
-        if len(self._until) > 10_000:
-            now = self.clock.now()
-            self._until = {p: t for p, t in self._until.items() if t > now}
-        self._until[peer] = self.clock.now() + seconds
-
-    def allowed(self, peer: Peer) -> bool:
-        until = self._until.get(peer)
-        return until is None or until <= self.clock.now()
-
-
-@dataclass(frozen=True)
-class SwarmContext:
-    """What every swarm download of this node shares."""
-
-    discovery: PeerDiscovery
-    peers: PeerClient
-    mirror: MirrorClient
-    counters: Counters
-    penalties: PeerPenalties
-    clock: Clock
-    rng: random.Random
-    node: bytes = b""  # this node's id: told with offers, splits the mirror's pieces
-    holders: HaveQueries | None = None  # peers that served us lately, asked before the DHT
-    # Addresses that answered with this node's own id (it listens on 0.0.0.0 and may find
-    # itself under an address only the others know).
-    own_addresses: set[Peer] = field(default_factory=set)
-    race: MirrorRace = field(default_factory=MirrorRace)  # how long the mirror waits for lookups
-    # First lookups that outlive their download (they report to `race` when they end).
-    background: set[asyncio.Task[bool]] = field(default_factory=set)
-    ledger: PeerLedger = field(default_factory=PeerLedger)  # the peers known, for people
-
-    def is_self(self, peer: Peer) -> bool:
-        return bool(self.node and peer.node == self.node) or peer in self.own_addresses
-
-
 class SwarmDownload:
     def __init__(self, context: SwarmContext, transfer: Transfer, url: str) -> None:
         self._ctx = context
-        self._transfer = transfer
-        self._partial = transfer.partial
         self._url = url
         self._sha256 = transfer.sha256
         self._size = transfer.size
@@ -157,31 +76,14 @@ class SwarmDownload:
         self._plan = LookupPlan(self._piece_count, context.race)
         self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
-        self._copies: dict[int, dict[bytes, bytes]] = {}
-        self._held_bytes = 0
-        self._accepted: set[int] = set()
-        self._accepted_digests: dict[int, bytes] = {}
-        self._provisional: set[int] = set()  # accepted on a peer's offer: never offered on
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhtdeb-writer")
-        self._writes: list[asyncio.Future[int]] = []
-        self._room = asyncio.Event()
-        self._write_error: BaseException | None = None
-        self._on_disk: set[int] = set()  # touched by the writer thread only
-        self._written: set[int] = set()  # on disk and hashed; what peers may be served
-        self._next_to_hash = 0
-        self._trusted = 0  # pieces below are on disk and on nobody's word: apt may read them
-        self._rehash = False  # a piece was retracted after the whole file was hashed
-        self._held_since: float | None = None  # apt waits at a provisional piece since then
-        self._released = 0  # bytes apt may have read
-        self._apt_read_a_lie = False  # a retracted piece was among them: apt's response is cut
-        self._mirror_status: int | None = None
-        self._mirror_window_now: range = range(0)  # the pieces the mirror request is on
+        self._assembly = Assembly(transfer, context.clock, self._wake)
+        self._mirror_stream = MirrorStream(
+            context, transfer, url, self._scheduler, self._assembly, self._wake
+        )
         self._awaiting_bytes = False  # waiting for a peer that is fetching this file
         self.bytes_from_peers = 0
         self._bytes_by_peer: dict[Peer, int] = {}  # what each peer sent (verified or not)
         self._sighted = False  # a hinted peer said it holds, fetches or starts this file
-        self.bytes_from_mirror = 0
-        self.last_modified: str | None = None
 
     # -- what the peer server may share while we download (PartialView) ----------------------
 
@@ -195,7 +97,7 @@ class SwarmDownload:
         return self._scheduler.corroborated_list()
 
     def have(self) -> frozenset[int]:
-        return frozenset(self._written)
+        return self._assembly.have()
 
     def fetching_now(self) -> bool:
         """Bytes of this file are on their way: a mirror request or a piece request runs, or
@@ -209,7 +111,7 @@ class SwarmDownload:
 
     def fetching(self) -> range:
         """The pieces the mirror request in flight is fetching (told to other downloaders)."""
-        return self._mirror_window_now
+        return self._mirror_stream.fetching
 
     def node(self) -> bytes:
         """This node's id, told with offers so that downloaders split the mirror's pieces."""
@@ -218,12 +120,22 @@ class SwarmDownload:
     def offers(self) -> dict[int, bytes]:
         """Pieces on disk that came from the mirror, by digest: what this node may offer to
         other downloaders before it has a corroborated list, on its own word."""
-        return {i: self._accepted_digests[i] for i in self._written if i not in self._provisional}
+        return self._assembly.offers()
 
     def relays(self) -> dict[int, bytes]:
         """Pieces on disk taken on another downloader's offer, by digest: passed on as relayed,
         so that downloaders check them against that downloader's offer, not this node's word."""
-        return {i: self._accepted_digests[i] for i in self._written if i in self._provisional}
+        return self._assembly.relays()
+
+    @property
+    def bytes_from_mirror(self) -> int:
+        """The bytes the mirror sent for this file (audit blocks and given-up pieces included)."""
+        return self._mirror_stream.bytes_received
+
+    @property
+    def last_modified(self) -> str | None:
+        """The mirror's Last-Modified for the file, if a mirror request ran and said it."""
+        return self._mirror_stream.last_modified
 
     @property
     def peers_used(self) -> int:
@@ -236,14 +148,10 @@ class SwarmDownload:
     def assembled_piece_list(self) -> PieceList | None:
         """The digests of the pieces as accepted; it is the file's true piece list once the
         whole-file SHA256 has matched (so the peer server need not hash the file again)."""
-        if len(self._accepted_digests) != self._piece_count:
-            return None
-        return PieceList(
-            self._size, tuple(self._accepted_digests[i] for i in range(self._piece_count))
-        )
+        return self._assembly.assembled_piece_list()
 
     def path(self) -> Path:
-        return self._partial.path
+        return self._assembly.path
 
     async def run(self) -> None:
         """Return once every piece is accepted and hashed in order; raise SwarmFailed otherwise."""
@@ -253,7 +161,7 @@ class SwarmDownload:
                 self._wake.clear()
                 for action in self._scheduler.poll_actions():
                     self._apply(action)
-                if self._apt_read_a_lie:
+                if self._assembly.apt_read_a_lie:
                     # Released after PROVISIONAL_HOLD_MAX: apt has bytes of the liar's piece,
                     # so its response must end in an error (apt retries), never be mended.
                     raise SwarmVerificationError(
@@ -262,12 +170,7 @@ class SwarmDownload:
                 if isinstance(self._scheduler.failed, str):
                     raise self._failure(self._scheduler.failed)
                 if self._scheduler.finished:
-                    await self._drain_writes()
-                    if self._rehash:
-                        self._rehash = False
-                        loop = asyncio.get_running_loop()
-                        await loop.run_in_executor(self._writer, self._partial.rehash)
-                    if self._partial.matches():
+                    if await self._assembly.whole_file_matches():
                         return
                     self._scheduler.whole_file_failed(now=self._now())
                     if self._scheduler.failed is None and not self._scheduler.finished:
@@ -299,19 +202,16 @@ class SwarmDownload:
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            # The partial file may be discarded next: no write may still be on its way to it.
-            await asyncio.gather(*self._writes, return_exceptions=True)
-            self._writer.shutdown(wait=False)
+            await self._assembly.close()
 
     def _now(self) -> float:
         """The time of an event reported to the scheduler (read once for each)."""
         return self._ctx.clock.now()
 
     def _failure(self, reason: str) -> DhtdebError:
-        if self._mirror_status is not None and self._mirror_status >= 400:
-            return UpstreamRefused(
-                self._mirror_status, f"{self._url}: mirror answered {self._mirror_status}"
-            )
+        status = self._mirror_stream.status
+        if status is not None and status >= 400:
+            return UpstreamRefused(status, f"{self._url}: mirror answered {status}")
         return SwarmFailed(f"{self._url}: {reason}")
 
     # -- actions ------------------------------------------------------------------------------
@@ -325,22 +225,22 @@ class SwarmDownload:
             )
         elif isinstance(action, StartMirror):
             log.debug("%s: mirror from piece %d: %s", self._sha256[:12], action.first, action.why)
-            self._spawn("mirror", self._mirror_stream(action.first))
+            self._spawn("mirror", self._mirror_stream.run(action.first))
         elif isinstance(action, AuditPiece):
             self._spawn("audit", self._audit(action))
         elif isinstance(action, CheckPiece):
             self._spawn(("check", action.index, action.start), self._check(action))
         elif isinstance(action, RetractPiece):
-            self._retract(action.index)
+            self._assembly.retract(action.index)
+            self._ctx.counters.inquiries.retracted_pieces += 1
         elif isinstance(action, ConfirmPiece):
-            self._provisional.discard(action.index)
-            self._advance_trusted()
+            self._assembly.confirm(action.index)
         elif isinstance(action, CancelPiece):
             task = self._tasks.pop(("piece", action.peer, action.index), None)
             if task is not None:
                 task.cancel()
         elif isinstance(action, AcceptPiece):
-            self._accept(action.index, action.digest, action.provisional)
+            self._assembly.accept(action.index, action.digest, action.provisional)
         elif isinstance(action, BanPeer):
             self._ban(action.peer, action.reason, action.lied)
         elif isinstance(action, (Finished, Failed)):
@@ -381,127 +281,6 @@ class SwarmDownload:
         for key, task in list(self._tasks.items()):
             if isinstance(key, tuple) and len(key) > 1 and key[1] == peer:
                 task.cancel()
-
-    def _accept(self, index: int, digest: bytes, provisional: bool) -> None:
-        copies = self._copies.pop(index, {})
-        data = copies.pop(digest, None)
-        self._held_bytes -= sum(len(d) for d in copies.values())  # the accepted copy stays counted
-        if data is None:
-            raise SwarmFailed(f"{self._sha256}: accepted piece {index} is not held")
-        self._accepted.add(index)
-        self._accepted_digests[index] = digest
-        if provisional:
-            self._provisional.add(index)
-        # Writing and hashing run on one writer thread, in acceptance order, so the event loop
-        # keeps moving bytes; a piece counts as held (for apt and peers) once it is on disk.
-        loop = asyncio.get_running_loop()
-        if self._partial.in_memory:
-            # A file held in memory (store.py): putting the piece down is a memory copy and its
-            # hash at most a megabyte of SHA256, cheaper than a hand-off to the writer thread.
-            job: asyncio.Future[int] = loop.create_future()
-            try:
-                job.set_result(self._write_piece(index, data))
-            except (DhtdebError, OSError) as exc:
-                job.set_exception(exc)
-        else:
-            job = loop.run_in_executor(self._writer, self._write_piece, index, data)
-        self._writes.append(job)
-        job.add_done_callback(functools.partial(self._written_cb, index=index, size=len(data)))
-
-    def _retract(self, index: int) -> None:
-        """Forget a provisional piece whose author lied: not served, not readable by apt (it
-        never was: provisional pieces are beyond `_trusted`), hashed again once replaced."""
-        self._accepted.discard(index)
-        self._accepted_digests.pop(index, None)
-        self._provisional.discard(index)
-        self._written.discard(index)
-        self._on_disk.discard(index)
-        self._rehash = True
-        self._ctx.counters.inquiries.retracted_pieces += 1
-        if index * PIECE_SIZE < self._released:
-            self._apt_read_a_lie = True
-
-    def _advance_trusted(self) -> None:
-        while self._trusted in self._written and self._trusted not in self._provisional:
-            self._trusted += 1
-
-    def _servable(self, hashed: int) -> int:
-        """What apt may read: the hashed prefix, up to the first piece that is missing or was
-        taken on a downloading peer's word (a liar's piece must be repairable, so apt does not
-        see it before the whole-file SHA256 has matched), unless apt has waited there for
-        PROVISIONAL_HOLD_MAX."""
-        bound = self._trusted * PIECE_SIZE
-        if hashed <= bound or self._rehash:
-            self._held_since = None
-            return min(hashed, bound)
-        now = self._ctx.clock.now()
-        if self._held_since is None:
-            self._held_since = now
-        if now - self._held_since < PROVISIONAL_HOLD_MAX:
-            return bound
-        return hashed
-
-    def _write_piece(self, index: int, data: bytes) -> int:
-        """On the writer thread: put the piece down, extend the in-order hash; bytes hashed."""
-        self._partial.write_at(index * PIECE_SIZE, data)
-        self._on_disk.add(index)
-        while self._next_to_hash in self._on_disk:
-            piece_start = self._next_to_hash * PIECE_SIZE
-            piece_end = min(piece_start + PIECE_SIZE, self._size)
-            first = data if self._next_to_hash == index else None
-            self._partial.hash_through(piece_end, first)
-            self._next_to_hash += 1
-        return self._partial.written
-
-    async def _room_for(self, size: int) -> None:
-        """Back-pressure: wait while pieces queued for the writer fill the memory bound."""
-        while self._held_bytes + size > HELD_BYTES_LIMIT and any(
-            not job.done() for job in self._writes
-        ):
-            self._room.clear()
-            await self._room.wait()
-
-    def _written_cb(self, done: asyncio.Future[int], *, index: int, size: int) -> None:
-        self._held_bytes -= size
-        self._room.set()
-        if done.cancelled():
-            return
-        error = done.exception()
-        if error is not None:
-            self._write_error = error
-        else:
-            self._written.add(index)
-            # Every piece on disk was verified against a digest (the mirror's bytes, a piece
-            # list, or the offering peer's statement); apt reads none taken on a statement,
-            # and the transfer holds back the last bytes until the whole-file SHA256 matched,
-            # so apt can never complete a wrong file.
-            self._advance_trusted()
-            servable = self._servable(done.result())
-            self._released = max(self._released, servable)
-            self._transfer.progress(servable)
-        self._wake.set()
-
-    async def _drain_writes(self) -> None:
-        """Wait for every accepted piece to be on disk and hashed."""
-        while self._writes:
-            pending, self._writes = self._writes, []
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self._write_error is not None:
-            raise SwarmFailed(f"{self._sha256}: writing failed: {self._write_error}")
-
-    def _hold(self, index: int, data: bytes, digest: bytes) -> bool:
-        """Keep a received copy under its digest until the scheduler decides; False only when
-        the memory bound leaves no room. A copy of a piece already accepted (the loser of a race
-        between a peer and the mirror) is simply dropped."""
-        if index in self._accepted:
-            return True
-        copies = self._copies.setdefault(index, {})
-        if digest not in copies:
-            if self._held_bytes + len(data) > HELD_BYTES_LIMIT:
-                return False
-            copies[digest] = data
-            self._held_bytes += len(data)
-        return True
 
     # -- I/O tasks ----------------------------------------------------------------------------
 
@@ -673,9 +452,8 @@ class SwarmDownload:
         self.bytes_from_peers += len(data)
         self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + len(data)
         self._ctx.ledger.received(peer, len(data), self._ctx.clock.now())
-        digest = await _piece_digest(data)
-        await self._room_for(len(data))
-        if not self._hold(index, data, digest):
+        digest = await self._assembly.hold(index, data)
+        if digest is None:
             self._scheduler.piece_failed(
                 peer, index, "no room to hold the piece", misbehaved=False, now=self._now()
             )
@@ -684,12 +462,12 @@ class SwarmDownload:
 
     async def _audit(self, audit: AuditPiece) -> None:
         """Compare a block of a held piece with the same bytes from the mirror."""
-        copy = self._copies.get(audit.index, {}).get(audit.digest)
+        copy = self._assembly.held_copy(audit.index, audit.digest)
         if copy is None:  # accepted or dropped meanwhile: nothing to compare
             self._scheduler.audit_result(audit.index, matched=None, now=self._now())
             return
         try:
-            data = await self._mirror_block(audit.start, audit.end)
+            data = await self._mirror_stream.block(audit.start, audit.end)
         except DhtdebError as exc:
             self._scheduler.audit_failed(str(exc), now=self._now())
             return
@@ -701,19 +479,20 @@ class SwarmDownload:
     async def _check(self, check: CheckPiece) -> None:
         """Compare the mirror's bytes [start, end) with the accepted copy of a piece taken on an
         offer (the inquiry after a whole-file mismatch)."""
-        if check.index not in self._accepted or check.index not in self._written:
+        assembly = self._assembly
+        if not (assembly.is_accepted(check.index) and assembly.is_written(check.index)):
             self._scheduler.check_result(check, matched=None, now=self._now())
             return
         try:
-            data = await self._mirror_block(check.start, check.end)
+            data = await self._mirror_stream.block(check.start, check.end)
         except DhtdebError as exc:
             self._scheduler.check_failed(check, str(exc), now=self._now())
             return
         self._ctx.counters.inquiries.check_bytes += len(data)
-        if check.index not in self._written:  # retracted while the mirror answered
+        if not assembly.is_written(check.index):  # retracted while the mirror answered
             self._scheduler.check_result(check, matched=None, now=self._now())
             return
-        copy = self._partial.peek(check.start, check.end - check.start)
+        copy = assembly.peek(check.start, check.end - check.start)
         matched = copy == data
         if not matched:
             log.warning(
@@ -724,129 +503,3 @@ class SwarmDownload:
                 check.end - 1,
             )
         self._scheduler.check_result(check, matched=matched, now=self._now())
-
-    async def _mirror_block(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the file from the mirror, counted as mirror traffic (an audit's
-        or a check's block, compared with a copy held here)."""
-        async with self._mirror_range(start, end) as (response, _):
-            data = await response.read_exactly(end - start)
-        self._ctx.counters.bytes.from_mirror += len(data)
-        self.bytes_from_mirror += len(data)
-        return data
-
-    @contextlib.asynccontextmanager
-    async def _mirror_range(
-        self, start: int, end: int
-    ) -> AsyncIterator[tuple[MirrorResponse, bool]]:
-        """The mirror's answer to a request for bytes [start, end), positioned at `start`, and
-        whether the mirror ignored the Range (then the body goes on to the end of the file)."""
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        async with await self._ctx.mirror.request("GET", self._url, headers) as response:
-            self._mirror_status = response.status
-            if response.status == 200:
-                await response.read_exactly(start)
-            elif response.status != 206:
-                raise MirrorError(f"{self._url}: mirror answered HTTP {response.status}")
-            elif not response.headers.get("Content-Range", "").startswith(
-                f"bytes {start}-{end - 1}/"
-            ):
-                raise MirrorError(f"{self._url}: wrong Content-Range from the mirror")
-            yield response, response.status == 200
-
-    async def _mirror_stream(self, first: int) -> None:
-        """Pieces from the mirror, from `first` on, in the requests the scheduler answers with
-        (bounded windows that grow while it goes on: mirror_plan.py), until it says stop."""
-        error: str | None = None
-        try:
-            step = self._scheduler.mirror_stream_ready(first, now=self._now())
-            while isinstance(step, MirrorWindow):
-                after = await self._mirror_window(step)
-                if after is None:
-                    break
-                step = self._scheduler.mirror_stream_ready(after, now=self._now())
-        except DhtdebError as exc:
-            error = str(exc)
-        except asyncio.CancelledError:
-            error = "cancelled"
-            raise
-        finally:
-            self._scheduler.mirror_stopped(error, now=self._now())
-            self._wake.set()
-
-    async def _mirror_window(self, window: MirrorWindow) -> int | None:
-        """Fetch the window's pieces in one request: the next index, or None once the scheduler
-        ended the stream inside the window."""
-        self._mirror_window_now = window.fetching
-        try:
-            return await self._mirror_request(window.first, window.last)
-        finally:
-            self._mirror_window_now = range(0)
-
-    def _gave_up(self, index: int, got: int) -> None:
-        self._ctx.counters.bytes.from_mirror += got
-        self.bytes_from_mirror += got
-        log.debug("%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got)
-
-    async def _mirror_piece(
-        self, response: MirrorResponse, read: ReadMirrorPiece, size: int
-    ) -> bytes | None:
-        """The piece's bytes from the stream, or None when the scheduler gives the piece up
-        while less than `read.watch` bytes of it have come (the request is then dropped)."""
-        parts: list[bytes] = []
-        got = 0
-        while got < read.watch:
-            parts.append(await response.read_exactly(min(YIELD_STEP, size - got)))
-            got += len(parts[-1])
-            if (
-                got < read.watch
-                and self._scheduler.mirror_piece_progress(read.index, got, now=self._now())
-                is not None
-            ):
-                self._gave_up(read.index, got)
-                return None
-        parts.append(await response.read_exactly(size - got))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def _mirror_request(self, first: int, last: int) -> int | None:
-        start = first * PIECE_SIZE
-        end = min((last + 1) * PIECE_SIZE, self._size)
-        async with self._mirror_range(start, end) as (response, whole_file):
-            if whole_file:
-                last = self._piece_count - 1  # take pieces as they come
-                self._scheduler.mirror_range_ignored(now=self._now())
-            last_modified = response.headers.get("Last-Modified")
-            if last_modified:
-                self.last_modified = last_modified
-                if self._transfer.last_modified is None:
-                    self._transfer.last_modified = last_modified
-            for index in range(first, last + 1):
-                step = self._scheduler.mirror_piece_starting(index, now=self._now())
-                if isinstance(step, GiveUpMirrorPiece):
-                    self._gave_up(index, 0)
-                if not isinstance(step, ReadMirrorPiece):
-                    return None  # stopped, or given up to a downloader before this one
-                # Told to other downloaders: the piece on its way, and the next one if this
-                # request covers it and the stream means to go on into it (a claim on a piece
-                # the stream will not take would keep that piece's owner away for nothing).
-                self._mirror_window_now = step.fetching
-                piece_start = index * PIECE_SIZE
-                data = await self._mirror_piece(
-                    response, step, min(PIECE_SIZE, self._size - piece_start)
-                )
-                if data is None:
-                    return None  # given up to a downloader before this one: it offers it
-                log.debug(
-                    "%s: piece %d from the mirror%s",
-                    self._sha256[:12],
-                    index,
-                    " (already accepted)" if index in self._accepted else "",
-                )
-                self._ctx.counters.bytes.from_mirror += len(data)
-                self.bytes_from_mirror += len(data)
-                digest = await _piece_digest(data)
-                await self._room_for(len(data))
-                if not self._hold(index, data, digest):
-                    raise SwarmFailed("no room to hold the piece")
-                self._scheduler.piece_received(MIRROR, index, digest, now=self._now())
-                self._wake.set()
-        return last + 1

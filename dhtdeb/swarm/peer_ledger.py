@@ -11,7 +11,7 @@ most recently seen peers and hosts are kept, the others forgotten.
 
 A synchronous core: every call takes `now` (the daemon's monotonic clock). Trusts nothing: it only
 counts. Addresses and reasons are shown escaped by whoever shows them; the bans it lists are
-enforced elsewhere (swarm/download.py's PeerPenalties), this only remembers them for people.
+enforced elsewhere (swarm/penalties.py), this only remembers them for people.
 """
 
 from __future__ import annotations
