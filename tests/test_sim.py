@@ -81,6 +81,9 @@ def test_every_file_verified_and_counted(runs: list[dict[str, Any]]) -> None:
     assert 0.0 < r["lookup_success"] <= 1.0, context
     assert 0.0 < r["lookup_p50_s"] <= r["lookup_p95_s"], context
     assert r["upkeep_bytes_per_s_per_node"] > 0.0, context
+    # a download's time over the mirror alone's: a peer can beat the mirror's round trip, but
+    # not by much, and the p95 is a slower download than the median
+    assert 0.5 < r["download_stretch_p50"] <= r["download_stretch_p95"], context
     assert r["dht_datagrams"]["lookups_find_peers"] >= r["lookups_with_holder"], context
 
 

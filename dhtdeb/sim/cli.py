@@ -72,7 +72,9 @@ def _summary_line(result: dict[str, Any]) -> str:
         f"{result['nodes']} nodes, seed {result['seed']}, {result['virtual_hours']} h:"
         f" wall {result['wall_s']:.1f} s, offload {result['offload']:.3f},"
         f" lookup p50 {result['lookup_p50_s']:.3f} s p95 {result['lookup_p95_s']:.3f} s,"
-        f" success {result['lookup_success']:.3f}"
+        f" success {result['lookup_success']:.3f},"
+        f" stretch p50 {result.get('download_stretch_p50', 0.0):.2f}"
+        f" p95 {result.get('download_stretch_p95', 0.0):.2f}"
     )
 
 

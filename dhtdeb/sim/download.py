@@ -108,6 +108,14 @@ class SimDownload:
         self.mirror_reason: str | None = None
         self.reachable_holder = node.world.reachable_holder(self.sha256, node)
 
+    def stretch(self) -> float:
+        """How much longer this download took than the mirror alone would have: one round trip,
+        then the file at the slower of this node's downlink and the mirror's rate per client."""
+        node, world = self.node, self.node.world
+        rate = min(node.plan.down, world.params.mirror_per_connection)
+        alone = 2.0 * world.mirror_half(node) + self.size / rate
+        return (world.clock.now() - self.started) / alone
+
     # -- what this node's peer server may share while it downloads (Downloads.partial) -------
 
     def list_answer(self) -> ListAnswer | None:

@@ -1,7 +1,8 @@
 """What a simulation run measured: counters while it runs, and the JSON report.
 
 Owns: the byte and file counters (bytes of accepted pieces by source, bytes moved by the mirror
-and by peers including waste, files requested, finished, failed or abandoned), the record of first
+and by peers including waste, files requested, finished, failed or abandoned), each finished
+file's stretch (its time over the mirror alone's: what the offload costs apt), the record of first
 lookups, the mirror's bytes over virtual time and the DHT's datagram bytes. Trusts: its callers.
 """
 
@@ -58,6 +59,7 @@ class Tally:
     # Mirror bytes of finished files by what their first mirror stream was for, and whether a
     # reachable machine held the file when the download started.
     mirror_reasons: Counter[str] = field(default_factory=Counter)
+    stretches: list[float] = field(default_factory=list)  # of finished files: SimDownload.stretch
     _finished_files: set[str] = field(default_factory=set)
     _reachable_holders: set[str] = field(default_factory=set)
     now: float = 0.0  # set by the world before each count (the loop's time)
@@ -71,6 +73,7 @@ class Tally:
             return
         self.files_finished += 1
         self.bytes_requested += download.size
+        self.stretches.append(download.stretch())
         if download.from_mirror:
             reason = _reason(download.mirror_reason)
             held = "reachable holder" if download.reachable_holder else "no reachable holder"
@@ -149,6 +152,8 @@ def report(
         "lookup_histogram": {"step_s": LOOKUP_STEP, "counts": histogram(durations, LOOKUP_STEP)},
         "lookups_with_holder": len(tally.lookups),
         "lookups_without_holder": tally.lookups_without_holder,
+        "download_stretch_p50": round(percentile(tally.stretches, 0.50), 3),
+        "download_stretch_p95": round(percentile(tally.stretches, 0.95), 3),
         "upkeep_bytes_per_s_per_node": (
             round(dht_bytes / tally.online_seconds, 3) if tally.online_seconds else 0.0
         ),
