@@ -5,11 +5,19 @@ clock to the next timer instead, so `asyncio.sleep`, `asyncio.timeout`, `call_la
 DHT's timeouts all run on the same virtual time, in a fixed order, as fast as the CPU allows.
 Trusts: nothing; there is no real I/O under this loop (the datagram network is in memory), and a
 loop with no ready callback and no timer is a deadlock, raised as `Stalled`.
+
+Garbage collection: a fleet of simulated machines keeps millions of objects alive (routing tables,
+peer stores, downloads), and CPython's full collections scan them all, again and again: at 300
+machines they took a fifth of the run. With `freeze_every`, each time the virtual clock passes
+another such interval the objects alive then are frozen (`gc.freeze`) and later collections
+scan only younger ones. Frozen cyclic garbage is never freed, which costs memory, not results:
+the freeze runs inside the clock's jump, so it adds no callback and moves no event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import selectors
 import socket
@@ -55,10 +63,12 @@ class _TimeJumpSelector(selectors.BaseSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock is virtual and jumps to the next timer."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, freeze_every: float | None = None) -> None:
         self._virtual_now = start
         super().__init__(_TimeJumpSelector(self))
         self._clock_resolution = 0.0  # a timer runs once the clock has passed its deadline
+        self._freeze_every = freeze_every
+        self._next_freeze = start + freeze_every if freeze_every else math.inf
 
     def time(self) -> float:
         return self._virtual_now
@@ -73,6 +83,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         timers: list[asyncio.TimerHandle] = getattr(self, "_scheduled")  # noqa: B009
         if timers and timers[0].when() >= self._virtual_now:
             self._virtual_now = math.nextafter(timers[0].when(), math.inf)
+        if self._virtual_now >= self._next_freeze and self._freeze_every:
+            gc.freeze()
+            while self._next_freeze <= self._virtual_now:
+                self._next_freeze += self._freeze_every
 
     async def getaddrinfo(  # type: ignore[override]
         self,

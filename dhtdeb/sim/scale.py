@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import random
 import tempfile
@@ -36,6 +37,9 @@ MIRROR_HOST = "10.255.255.253"
 # A holder counts for the lookup statistics once its file has been stored this long (the
 # announce gathers for 0.1 s, then a lookup and the announce itself take some round trips).
 ANNOUNCED_AFTER = 5.0
+# Virtual seconds between two freezes of the objects alive (sim/loop.py): the 300-node run's CPU
+# time fell from 196 s to 142 s, its full collections' from 29 s to 7 s.
+FREEZE_EVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -175,15 +179,22 @@ async def _sleep_until(at: float) -> None:
         await asyncio.sleep(delay)
 
 
+def _loop() -> VirtualTimeLoop:
+    return VirtualTimeLoop(freeze_every=FREEZE_EVERY)
+
+
 def run_scale(params: ScaleParams) -> dict[str, Any]:
     """Run one simulation; the report (same seed, same numbers, except `wall_s`)."""
     logging.getLogger("dhtdeb").setLevel(logging.ERROR)  # thousands of nodes, one stderr
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dhtdeb-sim-") as tmp:
-        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-            loop = runner.get_loop()
-            world = World(params, loop, Path(tmp))
-            runner.run(world.run())
+    try:
+        with tempfile.TemporaryDirectory(prefix="dhtdeb-sim-") as tmp:
+            with asyncio.Runner(loop_factory=_loop) as runner:
+                loop = runner.get_loop()
+                world = World(params, loop, Path(tmp))
+                runner.run(world.run())
+    finally:
+        gc.unfreeze()  # what the loop froze is collectable again (a sweep's next point)
     wall = time.perf_counter() - started
     return report(
         world.tally,
