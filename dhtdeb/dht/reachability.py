@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from dhtdeb.dht.guards import source_key
 from dhtdeb.dht.wire import Address
 
 NAT_WINDOW = 180.0  # seconds a router keeps a UDP mapping open, at most
@@ -38,17 +39,17 @@ EVIDENCE_CONTACTS = 24  # routing-table contacts of a network where strangers wo
 _SENT_MAX = 65_536  # hosts remembered; the oldest go first (they are past the window anyway)
 
 
-def _host_key(address: Address) -> str | Address:
+def _host_key(address: Address) -> str:
     """What `Reachability` remembers a send under: the host (a router that filters by address
     alone lets in every port of a host this node wrote to, so a request from another port of it
-    proves nothing), except on loopback, where test fleets run many nodes on one host."""
-    host = address[0]
-    return address if host.startswith("127.") or host == "::1" else host
+    proves nothing), except on loopback, where test fleets run many nodes on one host: the
+    routing table's identity of a source (guards.py)."""
+    return source_key(address, allow_loopback=True)
 
 
 class Reachability:
     def __init__(self) -> None:
-        self._sent: OrderedDict[str | Address, float] = OrderedDict()  # oldest first
+        self._sent: OrderedDict[str, float] = OrderedDict()  # oldest first
         self._stranger_at: float | None = None
         self._known_since: float | None = None  # contacts enough for strangers to ask, since
         self._dial_failed_at: float | None = None  # a conclusive dial test heard nobody
