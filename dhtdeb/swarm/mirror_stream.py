@@ -79,9 +79,13 @@ class MirrorStream:
         or a check's block, which the download compares with a copy it holds)."""
         async with self._range(start, end) as (response, _):
             data = await response.read_exactly(end - start)
-        self._ctx.counters.bytes.from_mirror += len(data)
-        self.bytes_received += len(data)
+        self._received(len(data))
         return data
+
+    def _received(self, count: int) -> None:
+        """Bytes the mirror sent for this file: the node's mirror traffic and this file's."""
+        self._ctx.counters.bytes.from_mirror += count
+        self.bytes_received += count
 
     @contextlib.asynccontextmanager
     async def _range(self, start: int, end: int) -> AsyncIterator[tuple[MirrorResponse, bool]]:
@@ -130,8 +134,7 @@ class MirrorStream:
             self._fetching = range(0)
 
     def _gave_up(self, index: int, got: int) -> None:
-        self._ctx.counters.bytes.from_mirror += got
-        self.bytes_received += got
+        self._received(got)
         log.debug("%s: mirror gives piece %d up after %d bytes", self._sha256[:12], index, got)
 
     async def _piece(
@@ -186,8 +189,7 @@ class MirrorStream:
                     index,
                     " (already accepted)" if self._assembly.is_accepted(index) else "",
                 )
-                self._ctx.counters.bytes.from_mirror += len(data)
-                self.bytes_received += len(data)
+                self._received(len(data))
                 digest = await self._assembly.hold(index, data)
                 if digest is None:
                     raise SwarmFailed("no room to hold the piece")
