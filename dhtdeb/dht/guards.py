@@ -7,6 +7,7 @@ injected `Clock`, randomness from an injected `random.Random`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -68,7 +69,10 @@ class WriteTokens:
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address. Asked for every datagram sent and received, of a
+    few thousand hosts at most: parsing it each time was 3 % of a simulated fleet's time."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
