@@ -132,23 +132,18 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
     async def find(self, deadline: float = 10.0) -> LookupResult:
         loop = asyncio.get_running_loop()
         timers: list[asyncio.TimerHandle] = []
-        stop_at = loop.time() + deadline
         try:
-            while not self._done():
-                self._launch(timers)
-                if not self._in_flight and not self.nearest.get_uncontacted():
-                    break
-                if self._done():
-                    break
-                remaining = stop_at - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        event = await self._events.get()
-                except TimeoutError:
-                    break
-                self._handle(event)
+            # One deadline for the whole lookup (a timeout per awaited answer cost a timer each).
+            async with asyncio.timeout_at(loop.time() + deadline):
+                while not self._done():
+                    self._launch(timers)
+                    if not self._in_flight and not self.nearest.get_uncontacted():
+                        break
+                    if self._done():
+                        break
+                    self._handle(await self._events.get())
+        except TimeoutError:
+            pass
         finally:
             for timer in timers:
                 timer.cancel()
