@@ -303,7 +303,7 @@ class SimDownload:
             return False
         world = node.world
         started = world.clock.now()
-        holders = world.announced_holders(self.sha256, started, node) if plan else 0
+        announced = plan is not None and world.announced_holder(self.sha256, started, node)
         told: set[Peer] = set()
         holder_after: float | None = None
 
@@ -330,7 +330,7 @@ class SimDownload:
         if plan is not None:
             plan.dht_lookup_ended(world.clock.now())
             seconds = holder_after if holder_after is not None else world.clock.now() - started
-            world.tally.lookup(seconds, holders, int(holder_after is not None))
+            world.tally.lookup(seconds, announced, holder_after is not None)
         return bool(told)
 
     # -- peers ----------------------------------------------------------------------------------

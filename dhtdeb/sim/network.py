@@ -148,9 +148,14 @@ class Bandwidth:
 
     def start(self, size: int, links: tuple[Link, ...]) -> Transfer:
         transfer = Transfer(size, links, self._loop)
+        changed = []
         for link in links:
+            if link.share(len(link.transfers) + 1) != link.share(len(link.transfers)):
+                changed.append(link)
             link.transfers[transfer] = None
-        self._rerate(links)
+        if not changed or changed[0] is not links[0]:
+            self._rate(transfer, self._loop.time())  # else rated among the first link's
+        self._rerate(changed)
         return transfer
 
     def stop(self, transfer: Transfer, error: Exception | None = None) -> None:
@@ -158,7 +163,14 @@ class Bandwidth:
         if transfer.timer is not None:
             transfer.timer.cancel()
             transfer.timer = None
-        gone = [link for link in transfer.links if link.transfers.pop(transfer, 0) is None]
+        # The links it left whose equal share changed: only their transfers may change rate
+        # (the mirror's 100 first clients each get its per-client rate, however many come).
+        gone = [
+            link
+            for link in transfer.links
+            if link.transfers.pop(transfer, 0) is None
+            and link.share(len(link.transfers)) != link.share(len(link.transfers) + 1)
+        ]
         if not transfer.done.done():
             if error is None:
                 transfer.done.cancel()
@@ -168,23 +180,27 @@ class Bandwidth:
             self._rerate(gone)
 
     def _rerate(self, links: Iterable[Link]) -> None:
+        """Re-rate the transfers crossing `links`, whose equal shares changed."""
         now = self._loop.time()
         seen: set[int] = set()
         for link in links:
             for transfer in link.transfers:
-                if id(transfer) in seen:
-                    continue
-                seen.add(id(transfer))
-                rate = min(other.share(len(other.transfers)) for other in transfer.links)
-                if rate == transfer.rate and transfer.timer is not None:
-                    continue
-                transfer.left = max(0.0, transfer.left - transfer.rate * (now - transfer.since))
-                transfer.since = now
-                transfer.rate = rate
-                if transfer.timer is not None:
-                    transfer.timer.cancel()
-                eta = transfer.left / rate if rate > 0 else math.inf
-                transfer.timer = self._loop.call_at(now + eta, self._arrived, transfer)
+                if id(transfer) not in seen:
+                    seen.add(id(transfer))
+                    self._rate(transfer, now)
+
+    def _rate(self, transfer: Transfer, now: float) -> None:
+        """Give `transfer` the smallest share of its links, and its arrival timer."""
+        rate = min(link.share(len(link.transfers)) for link in transfer.links)
+        if rate == transfer.rate and transfer.timer is not None:
+            return
+        transfer.left = max(0.0, transfer.left - transfer.rate * (now - transfer.since))
+        transfer.since = now
+        transfer.rate = rate
+        if transfer.timer is not None:
+            transfer.timer.cancel()
+        eta = transfer.left / rate if rate > 0 else math.inf
+        transfer.timer = self._loop.call_at(now + eta, self._arrived, transfer)
 
     def _arrived(self, transfer: Transfer) -> None:
         transfer.timer = None

@@ -100,11 +100,13 @@ class Tally:
         self.mirror_moved += count
         self.mirror_series[int((now - self.start) // SERIES_STEP)] += count
 
-    def lookup(self, seconds: float, holders: int, holding: int) -> None:
-        if holders == 0:
+    def lookup(self, seconds: float, announced: bool, found: bool) -> None:
+        """A first lookup: its time, whether a holder had announced the file a while before it
+        started (else it counts apart), and whether it found one."""
+        if not announced:
             self.lookups_without_holder += 1
             return
-        self.lookups.append((seconds, holding > 0))
+        self.lookups.append((seconds, found))
 
     def dht_left(self, counters: dict[str, int]) -> None:
         self.dht_counters.update(counters)

@@ -110,10 +110,10 @@ class World:
             if node is not asker and node.stored_at[sha256] <= now - ANNOUNCED_AFTER
         )
 
-    def announced_holders(self, sha256: str, now: float, asker: SimNode) -> int:
-        """Online machines other than `asker` that stored the file a while ago and announce
-        (a machine that found itself unreachable withholds its announces)."""
-        return sum(1 for node in self._settled_holders(sha256, now, asker) if node.announcing)
+    def announced_holder(self, sha256: str, now: float, asker: SimNode) -> bool:
+        """Whether an online machine other than `asker` stored the file a while ago and
+        announces it (a machine that found itself unreachable withholds its announces)."""
+        return any(node.announcing for node in self._settled_holders(sha256, now, asker))
 
     def reachable_holder(self, sha256: str, asker: SimNode) -> bool:
         """Whether some online machine that accepts connections had stored the file a while
