@@ -108,7 +108,11 @@ UploadRate = Annotated[
     ),
 ]
 MaxUploads = Annotated[
-    int | None, typer.Option(metavar="N", help="Concurrent uploads to peers (default: 4)")
+    int | None,
+    typer.Option(
+        metavar="N",
+        help="Concurrent uploads to peers, twice as many of at most 256 KiB (default: 4)",
+    ),
 ]
 PeerTimeout = Annotated[
     float | None,

@@ -22,7 +22,7 @@ from support.store import put
 
 from dhtdeb.stats import Counters
 from dhtdeb.store import ContentStore, StoredFile
-from dhtdeb.swarm.peer_server import PeerServer
+from dhtdeb.swarm.peer_server import SMALL_UPLOAD, PeerServer
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, digest_file
 from dhtdeb.swarm.wire import have_bitfield, parse_fetching, parse_node, parse_relayed
 
@@ -517,6 +517,39 @@ async def test_uploads_beyond_the_cap_get_503(store: SpyStore, start_server: Sta
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
+
+
+async def test_a_small_file_is_served_beyond_the_cap_of_piece_uploads(
+    store: SpyStore, start_server: StartServer
+) -> None:
+    big = put(store, content(2 * PIECE_SIZE, seed=9))
+    small = put(store, content(SMALL_UPLOAD, seed=10))
+    server, address = await start_server(max_uploads=1, upload_rate=1)
+    held = []
+    for sha256 in (big, small):  # a piece upload holds the only slot; a small file gets one more
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(get(f"/v1/files/{sha256}"))
+        assert (await read_head(reader))[0] == 200
+        held.append(writer)
+    assert server.active_uploads == 2
+
+    assert (await raw_request(address, get(f"/v1/files/{small}"))).status == 503  # 2 x the cap
+    # A range of a big file no bigger than a small file is as cheap: its cap is the same.
+    tail = get(f"/v1/files/{big}", f"Range: bytes={2 * PIECE_SIZE - 1000}-\r\n")
+    assert (await raw_request(address, tail)).status == 503
+    assert server.stats.busy == 2
+
+    held.pop().close()  # the small upload ends: a small file may start, a piece may not
+    await asyncio.wait_for(server.wait_uploads(1), GUARD)
+    assert (await raw_request(address, get(f"/v1/files/{big}"))).status == 503
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(tail)
+    assert (await read_head(reader))[0] == 206
+    held.append(writer)
+    for writer in held:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def test_client_that_stops_reading_is_cut(

@@ -378,11 +378,11 @@ class SimDownload:
             await asyncio.sleep(half)
             self.scheduler.piece_failed(peer, index, "416", misbehaved=False, now=self._now())
             return
-        if not target.upload_slot():
+        start, end = piece_span(index, self.size)
+        if not target.upload_slot(end - start):
             await asyncio.sleep(half)
             self.scheduler.piece_busy(peer, index, now=self._now())
             return
-        start, end = piece_span(index, self.size)
         try:
             await asyncio.sleep(half)
             await target.upload(end - start, self.node)

@@ -25,13 +25,14 @@ from dhtdeb.sim.download import ListAnswer, SimDownload, true_digests
 from dhtdeb.sim.network import DHT_PORT, Link, TransferAborted
 from dhtdeb.sim.workload import DebFile, MachinePlan
 from dhtdeb.swarm.lookup_plan import MirrorRace
+from dhtdeb.swarm.peer_server import DEFAULT_MAX_UPLOADS, upload_cap
 from dhtdeb.swarm.penalties import PeerPenalties
 from dhtdeb.swarm.pieces import PieceList
 
 if TYPE_CHECKING:
     from dhtdeb.sim.scale import World
 
-MAX_UPLOADS = 4  # --max-uploads' default: beyond it the peer server answers 503
+MAX_UPLOADS = DEFAULT_MAX_UPLOADS  # beyond it (or twice as many for a small file): 503
 APT_PIPELINE = 10  # requests apt pipelines on one connection; the proxy reads ahead
 
 
@@ -187,8 +188,9 @@ class SimNode:
         download = self.downloads.get(sha256)
         return download is not None and download.serves(index)
 
-    def upload_slot(self) -> bool:
-        if self.uploads >= MAX_UPLOADS:
+    def upload_slot(self, size: int) -> bool:
+        """Whether an upload of `size` bytes may start now (the peer server's rule)."""
+        if self.uploads >= upload_cap(MAX_UPLOADS, size):
             return False
         self.uploads += 1
         return True
