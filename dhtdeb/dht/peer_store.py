@@ -49,6 +49,9 @@ class PeerStore(IStorage):  # type: ignore[misc]
         # No entry of the key expires before this (a lower bound): a lookup of a popular key
         # need not scan its hundreds of peers for expired ones at every request.
         self._earliest: dict[bytes, float] = {}
+        # A key's addresses in the order they were first listed (the dict's order), kept between
+        # requests: a popular key's hundreds of peers are not copied out for every get_peers.
+        self._order: dict[bytes, list[Address]] = {}
         self._last_purge = float("-inf")
         self.dropped = 0
 
@@ -66,11 +69,15 @@ class PeerStore(IStorage):  # type: ignore[misc]
                 return False
             peers = self._entries[key] = {}
             self._earliest[key] = now + self.ttl
-        if peer not in peers and len(peers) >= self.max_peers_per_key:
-            self._expire_key(key, peers, now)
+        if peer not in peers:
             if len(peers) >= self.max_peers_per_key:
-                self.dropped += 1
-                return False
+                self._expire_key(key, peers, now)
+                if len(peers) >= self.max_peers_per_key:
+                    self.dropped += 1
+                    return False
+            order = self._order.get(key)
+            if order is not None:
+                order.append(peer)
         peers[peer] = (now + self.ttl, node_id)
         return True
 
@@ -84,12 +91,17 @@ class PeerStore(IStorage):  # type: ignore[misc]
         if not peers:
             return []
         self._expire_key(key, peers, self._clock.now())
-        live = list(peers.items())
-        if len(live) <= limit:
-            self._rng.shuffle(live)
+        if key not in self._entries:
+            return []
+        order = self._order.get(key)
+        if order is None:
+            order = self._order[key] = list(peers)
+        if len(order) <= limit:
+            chosen = order.copy()
+            self._rng.shuffle(chosen)
         else:
-            live = self._rng.sample(live, limit)  # the entries chosen, before making contacts
-        return [Contact(node_id, host, port) for (host, port), (_, node_id) in live]
+            chosen = self._rng.sample(order, limit)  # the addresses chosen, then their entries
+        return [Contact(peers[address][1], *address) for address in chosen]
 
     def expire(self) -> None:
         now = self._clock.now()
@@ -108,13 +120,17 @@ class PeerStore(IStorage):  # type: ignore[misc]
     ) -> None:
         if self._earliest.get(key, now) > now:
             return
-        for peer in [p for p, (expires, _) in peers.items() if expires <= now]:
+        gone = [p for p, (expires, _) in peers.items() if expires <= now]
+        for peer in gone:
             del peers[peer]
+        if gone:
+            self._order.pop(key, None)
         if peers:
             self._earliest[key] = min(expires for expires, _ in peers.values())
         else:
             self._entries.pop(key, None)
             self._earliest.pop(key, None)
+            self._order.pop(key, None)
 
     def _purge_if_due(self, now: float) -> None:
         # a full store under flood must not pay a full scan per announce

@@ -93,6 +93,33 @@ def test_peers_returns_a_random_subset(seed: int) -> None:
     assert first != second
 
 
+def test_entries_follow_adds_refreshes_and_expiries_between_reads(seed: int) -> None:
+    """The store keeps a key's address order between reads: every read must still give live
+    entries only, each once, with the node id of the latest announce."""
+    clock = ManualClock()
+    rng = random.Random(seed)
+    store = PeerStore(clock, random.Random(seed), ttl=100, max_peers_per_key=40)
+    live: dict[tuple[str, int], tuple[float, bytes]] = {}  # the model: address -> (expiry, id)
+    for step in range(2000):
+        clock.advance(rng.choice((0.0, 1.0, 7.0)))
+        now = clock.now()
+        live = {a: entry for a, entry in live.items() if entry[0] > now}
+        if rng.random() < 0.6:
+            address = ("10.0.0.1", rng.randrange(1, 60))
+            node_id = bytes([step % 256]) * 20
+            if store.add(_key(1), address, node_id):
+                live[address] = (now + 100, node_id)
+            else:
+                assert address not in live and len(live) == 40
+        else:
+            limit = rng.choice((1, 5, 50))
+            got = store.entries(_key(1), limit)
+            assert len(got) == min(limit, len(live)), f"step {step}"
+            assert len({(c.host, c.port) for c in got}) == len(got)
+            for contact in got:
+                assert live[(contact.host, contact.port)][1] == contact.node_id, f"step {step}"
+
+
 def test_write_token_is_bound_to_address_and_rotates(seed: int) -> None:
     clock = ManualClock()
     tokens = WriteTokens(clock, random.Random(seed), rotation=300)
