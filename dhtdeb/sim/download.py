@@ -4,7 +4,8 @@ drives it, with the simulated network in place of sockets and bytes.
 Owns: the I/O the scheduler asks for, done on the simulated internet: DHT lookups (the node's
 real `DhtNode.find_peers`), piece lists and pieces from other simulated nodes, one mirror stream
 at a time in the windows the scheduler answers with, audit blocks. The policy is the daemon's
-own: `LookupPlan` and `MirrorRace` (swarm/lookup_plan.py) for the lookups and the mirror's wait,
+own: the daemon's sequence of lookups (`PeerSearch`, swarm/peer_search.py) paced by `LookupPlan`
+and `MirrorRace` (swarm/lookup_plan.py), which also set the mirror's wait,
 the scheduler's stream events for the mirror (swarm/mirror_plan.py), bans as in `PeerPenalties`.
 Trusts: the scheduler's verdicts. Every piece carries its
 true digest (the simulated peers are honest), so the check that each accepted piece has the true
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from dhtdeb.discovery import Peer
 from dhtdeb.sim.network import TransferAborted
 from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
+from dhtdeb.swarm.peer_search import PeerSearch
 from dhtdeb.swarm.penalties import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.pieces import PieceList, piece_count, piece_span
 from dhtdeb.swarm.scheduler import (
@@ -270,29 +272,18 @@ class SimDownload:
     # -- finding peers ------------------------------------------------------------------------
 
     async def _lookup(self) -> None:
-        """SwarmDownload._lookup without the holders asked before the DHT."""
-        clock = self.node.world.clock
-        plan = self._plan
-        if plan.alone():
-            self.scheduler.lookup_deadline_passed(now=self._now())
-            self._wake.set()
-        first = asyncio.ensure_future(self._find_peers(plan))
-        try:
-            await asyncio.wait({first}, timeout=plan.mirror_wait(clock.now()))
-            self.scheduler.lookup_deadline_passed(now=self._now())
-            self._wake.set()
-            found = await asyncio.shield(first)
-        finally:
-            self.node.background.add(first)  # runs to its end for the race's history
-            first.add_done_callback(self.node.background.discard)
-        plan.first_lookup_ended(found)
-        self.scheduler.lookup_deadline_passed(now=self._now())
-        self._wake.set()
-        for pause in plan.later_lookups():
-            await asyncio.sleep(pause)
-            if plan.wants_more_peers():
-                await self._find_peers(None)
-                self._wake.set()
+        """The daemon's sequence of lookups (swarm/peer_search.py), without the holders asked
+        before the DHT."""
+        node = self.node
+        search = PeerSearch(
+            self._plan,
+            self.scheduler,
+            node.world.clock,
+            self._find_peers,
+            self._wake.set,
+            node.background,
+        )
+        await search.run()
 
     async def _find_peers(self, plan: LookupPlan | None) -> bool:
         """One lookup, its peers handed over as they come; for the first (`plan`), the tally

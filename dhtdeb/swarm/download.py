@@ -1,12 +1,12 @@
 """SwarmDownload: the asyncio driver around one file's `SwarmScheduler`.
 
 Owns: the loop that polls the scheduler, re-arms its one timer and carries out its actions; the
-I/O it asks for on the peers' side — holder questions and DHT lookups (as `LookupPlan` paces them),
-piece-list and piece requests to peers, bans — with the bytes each peer sent; the audits and
-inquiry checks that compare a copy with the mirror's bytes. The mirror's requests are the
-`MirrorStream`'s (swarm/mirror_stream.py); every received piece and every verdict on it go to the
-file's `Assembly` (swarm/assembly.py), which turns accepted pieces into verified bytes for apt (the
-`Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
+I/O it asks for on the peers' side — holder questions and DHT lookups (in `PeerSearch`'s order,
+as `LookupPlan` paces them), piece-list and piece requests to peers, bans — with the bytes each
+peer sent; the audits and inquiry checks that compare a copy with the mirror's bytes. The
+mirror's requests are the `MirrorStream`'s (swarm/mirror_stream.py); every received piece and
+every verdict on it go to the file's `Assembly` (swarm/assembly.py), which turns accepted pieces
+into verified bytes for apt (the `Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
 digests the assembly computes.
 """
 
@@ -36,6 +36,7 @@ from dhtdeb.swarm.peer_client import (
     PeerUnavailable,
 )
 from dhtdeb.swarm.peer_ledger import VIA_DHT, VIA_HOLDER
+from dhtdeb.swarm.peer_search import PeerSearch
 from dhtdeb.swarm.penalties import BAN_SECONDS, MISBEHAVIOUR_BAN_SECONDS
 from dhtdeb.swarm.pieces import PIECE_SIZE, PieceList, piece_count
 from dhtdeb.swarm.scheduler import (
@@ -285,38 +286,24 @@ class SwarmDownload:
     # -- I/O tasks ----------------------------------------------------------------------------
 
     async def _lookup(self) -> None:
-        """Ask the peers that served this node lately (one LAN round trip, batched with the
-        other files apt is fetching), then, unless one of them holds the file, the DHT, while
-        the mirror waits as `LookupPlan` says; then look again now and then: peers that start
-        the same download later (a flash crowd) announce themselves too."""
+        """The hinted holders first, then the DHT, while the mirror waits as `LookupPlan`
+        says; then now and then again (swarm/peer_search.py)."""
+
+        async def ask_holders(wait: bool) -> tuple[bool, bool]:
+            hinted = await self._ask_holders(wait=wait)
+            return bool(hinted), bool(hinted) or self._sighted
+
         ctx = self._ctx
-        plan = self._plan
-        if plan.alone():
-            # Nobody had any of the last files: the mirror starts now, the lookups run beside.
-            self._scheduler.lookup_deadline_passed(now=self._now())
-            self._wake.set()
-        hinted = await self._ask_holders(wait=not plan.alone())
-        found = bool(hinted) or self._sighted
-        if hinted:
-            plan.hinted()
-        else:
-            first = asyncio.ensure_future(self._find_peers(plan))
-            try:
-                await asyncio.wait({first}, timeout=plan.mirror_wait(ctx.clock.now()))
-                self._scheduler.lookup_deadline_passed(now=self._now())
-                self._wake.set()
-                found = await asyncio.shield(first) or found
-            finally:
-                ctx.background.add(first)  # runs to its end for the race's history
-                first.add_done_callback(ctx.background.discard)
-        plan.first_lookup_ended(found)
-        self._scheduler.lookup_deadline_passed(now=self._now())
-        self._wake.set()
-        for pause in plan.later_lookups():
-            await asyncio.sleep(pause)
-            if plan.wants_more_peers():
-                await self._find_peers(None)
-                self._wake.set()
+        search = PeerSearch(
+            self._plan,
+            self._scheduler,
+            ctx.clock,
+            self._find_peers,
+            self._wake.set,
+            ctx.background,
+            ask_holders,
+        )
+        await search.run()
 
     async def _ask_holders(self, *, wait: bool = True) -> list[Peer]:
         """The hinted peers that hold this file. For a file of a few pieces nobody holds, when a
