@@ -13,15 +13,8 @@ counted and dropped when malformed, rate limited per source, and replies are onl
 address the request went to. Replies to an address that has not proven itself (not a routing
 contact, no valid token) are cut to `amplification` times the request's size.
 
-Batches: apt fetches hundreds of files at once, and each file means a lookup and, once stored, an
-announce; in a fleet of a few machines every one of them reaches the same few nodes. So get_peers
-and announce_peer calls to one address that are made in the same turn of the event loop travel in
-one datagram (up to `MAX_KEYS` keys; see wire.py), once that address gave us a token (before, a
-request must be padded to earn its reply, and one key is asked). A get_peers reply answers the
-keys in order, each worked out only while the reply has room for it (each costs a scan of the
-routing table); the asker sends the keys left unanswered again, in requests of as many keys as
-the reply answered. The per-source rate limit charges a datagram 1 and each key answered beyond
-the first a quarter more, so it still stops floods but no longer a fleet's upgrade.
+Batches: get_peers and announce_peer calls to one address in one loop turn share a datagram
+(batches.py); a get_peers reply answers as many keys as fit (replies.py).
 """
 
 from __future__ import annotations
@@ -33,33 +26,29 @@ import random
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from dhtdeb.clock import Clock
+from dhtdeb.dht.batches import KeyBatches
 from dhtdeb.dht.dial import Dials
 from dhtdeb.dht.guards import QuietLog, SourceLimiter, WriteTokens, source_key
 from dhtdeb.dht.peer_store import PeerStore
 from dhtdeb.dht.reachability import SILENT_WINDOW, Reachability
+from dhtdeb.dht.replies import Fitted, fit_peers_reply, fit_reply, key_answers
 from dhtdeb.dht.routing import DhtRoutingTable
 from dhtdeb.dht.wire import (
-    ID_SIZE,
     MAX_DATAGRAM,
-    MAX_KEYS,
     Address,
     Contact,
-    KeyAnswer,
     Reply,
     Request,
     address_size,
     decode_datagram,
-    encode_answers,
     encode_bits,
-    encode_nodes,
-    encode_reply,
     encode_request,
 )
 from dhtdeb.errors import RemoteProtocolError
@@ -136,16 +125,6 @@ def _expire(future: asyncio.Future[Reply | None]) -> None:
         future.set_result(None)
 
 
-@dataclass
-class _Batch:
-    """get_peers or announce_peer calls to one address waiting for the end of this loop turn."""
-
-    node: Node
-    token: bytes | None
-    keys: list[bytes]
-    waiters: list[asyncio.Future[Reply | None]]
-
-
 class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     def __init__(
         self,
@@ -182,7 +161,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.counters: Counter[str] = Counter()
         self._remote_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         self._probing: set[Address] = set()
-        self._batches: dict[tuple[str, Address], _Batch] = {}
+        self.batches = KeyBatches(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.on_contact: Callable[[], None] | None = None  # tests wait on routing changes
@@ -297,48 +276,25 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             body["token"] = self.tokens.issue(address)
             # An unproven requester gets one key answered: its reply is small anyway.
             keys = request.keys if proven else request.keys[:1]
-            answers = self._answers(keys, sender, min(limit, MAX_DATAGRAM))
+            answers = key_answers(
+                keys,
+                lambda key: self._nearest(key, sender),
+                self.storage.entries,
+                family=self.family,
+                limit=min(limit, MAX_DATAGRAM),
+                peers_per_key=self.tuning.peers_per_key,
+                peers_per_batched_key=self.tuning.peers_per_batched_key,
+            )
             if len(answers) > 1:
                 self.limiter.charge(
                     source_key(address, self.allow_loopback),
                     EXTRA_KEY_COST * (len(answers) - 1),
                 )
-            self._reply_peers(request.msgid, body, answers, address, limit)
+            self._send_fitted(
+                fit_peers_reply(request.msgid, body, answers, self.family, limit), address
+            )
         if not request.read_only:  # nobody could reach it unasked: kept out of the table
             self._consider_sender(sender)
-
-    def _answers(self, keys: tuple[bytes, ...], sender: Node, limit: int) -> list[KeyAnswer]:
-        """Answers to the first keys of a get_peers request, as many as fit in `limit` bytes
-        (at least one): each costs a scan of the routing table, so none is worked out that
-        would not be sent."""
-        entry = ID_SIZE + address_size(self.family) + 2
-        budget = limit - 96  # framing, message id, our id, the token
-        peers_each = (
-            self.tuning.peers_per_key if len(keys) == 1 else self.tuning.peers_per_batched_key
-        )
-        contacts: set[Contact] = set()
-        answers: list[KeyAnswer] = []
-        used = 0
-        for key in keys:
-            nearest = self._nearest(key, sender)
-            if len(keys) == 1:
-                # One key: a node holding peers answers with peers first (BEP 5), contacts in
-                # the room left (a lookup gets contacts from the nodes that hold no peers).
-                peers = self.storage.entries(key, max(1, min(peers_each, (budget - 8) // entry)))
-                room = max(0, (budget - 8 - len(peers) * entry) // (entry + 1))
-                return [KeyAnswer(tuple(nearest[:room]), tuple(peers))]
-            # Several keys: each key's contacts first (the lookups of the other keys go on
-            # through them), then a few of its peers in the room left.
-            fresh = [c for c in nearest if c not in contacts]
-            room = (budget - used - 8 - len(nearest) - len(fresh) * entry) // entry
-            peers = self.storage.entries(key, max(1, min(peers_each, room)))
-            size = 8 + len(nearest) + (len(fresh) + len(peers)) * entry
-            if answers and (used + size > budget or len(contacts) + len(fresh) > 256):
-                break
-            used += size
-            contacts.update(fresh)
-            answers.append(KeyAnswer(tuple(nearest), tuple(peers)))
-        return answers
 
     def _nearest(self, target: bytes, sender: Node) -> list[Contact]:
         return [
@@ -360,63 +316,15 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         address: Address,
         limit: int,
     ) -> None:
-        """Send a ping, find_node or announce_peer reply, dropping contacts (then the token)
-        until it fits `limit`."""
-        while True:
-            if nodes:
-                body["nodes"] = encode_nodes(nodes, self.family)
-            else:
-                body.pop("nodes", None)
-            data = encode_reply(msgid, body)
-            if len(data) <= min(limit, MAX_DATAGRAM):
-                self._send(data, address)
-                return
-            self.counters["replies_trimmed"] += 1
-            if nodes:
-                nodes = nodes[:-1]
-            elif "token" in body:
-                del body["token"]
-            else:
-                self.counters["replies_refused"] += 1
-                return
+        """Send a ping, find_node, announce_peer or dial reply cut to `limit` (replies.py)."""
+        self._send_fitted(fit_reply(msgid, body, nodes, self.family, limit), address)
 
-    def _reply_peers(
-        self,
-        msgid: bytes,
-        body: dict[str, Any],
-        answers: list[KeyAnswer],
-        address: Address,
-        limit: int,
-    ) -> None:
-        """Send a get_peers reply that fits `limit`: the keys asked last are left unanswered
-        first (the asker asks again), then the one key left loses contacts (a node holding
-        peers answers with peers first, BEP 5), then peers, then the token."""
-        while True:
-            contacts = list(dict.fromkeys(c for answer in answers for c in answer.nodes))
-            nodes, sections = encode_answers(contacts, answers, self.family)
-            body["nodes"] = nodes
-            body["keys"] = sections
-            data = encode_reply(msgid, body)
-            excess = len(data) - min(limit, MAX_DATAGRAM)
-            if excess <= 0:
-                self._send(data, address)
-                return
-            self.counters["replies_trimmed"] += 1
-            if len(answers) > 1:
-                answers = answers[: max(1, len(answers) // 2)]
-                continue
-            answer = answers[0]
-            if answer.nodes:
-                answers = [KeyAnswer(answer.nodes[:-1], answer.peers)]
-            elif answer.peers:
-                per_peer = ID_SIZE + address_size(self.family) + 2
-                keep = max(0, len(answer.peers) - math.ceil(excess / per_peer))
-                answers = [KeyAnswer((), answer.peers[:keep])]
-            elif "token" in body:
-                del body["token"]
-            else:
-                self.counters["replies_refused"] += 1
-                return
+    def _send_fitted(self, fitted: Fitted, address: Address) -> None:
+        self.counters["replies_trimmed"] += fitted.trimmed
+        if fitted.data is None:
+            self.counters["replies_refused"] += 1
+        else:
+            self._send(fitted.data, address)
 
     def _consider_sender(self, sender: Node) -> None:
         """A requester is only added once it answers a ping of ours from the same address.
@@ -424,7 +332,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         A known id keeps its address against a claimant elsewhere, but only while it answers
         there: a node that moved (restarted on another port) would otherwise stay listed at a
         dead address, handed out in every reply and never asked by us. So the known address is
-        pinged; silent, it is evicted (`_settle`) and the requester is verified in its place.
+        pinged; silent, it is evicted (`settle`) and the requester is verified in its place.
         """
         known = self.router.find(sender.id)
         if known is not None:
@@ -460,6 +368,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._probing.add(address)
         self.spawn(self._probe(contact, address, moved_to))
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def spawn(self, coro: Any) -> None:
         if self._closing:
             coro.close()
@@ -475,10 +387,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for pending in self._outstanding.values():
             pending.future.cancel()
-        for batch in self._batches.values():
-            for waiter in batch.waiters:
-                waiter.cancel()
-        self._batches.clear()
+        self.batches.close()
 
     # -- calling others ----------------------------------------------------------------------
     async def request(
@@ -587,7 +496,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         while len(self._remote_tokens) > 4096:
             self._remote_tokens.popitem(last=False)
 
-    def _settle(self, node: Node, reply: Reply | None) -> Reply | None:
+    def settle(self, node: Node, reply: Reply | None) -> Reply | None:
         """Routing consequences of a call: responders are added, the silent are evicted."""
         if reply is None:
             self.router.remove_contact(node)
@@ -616,118 +525,29 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         return reply
 
     async def call_ping(self, node: Node) -> Reply | None:
-        return self._settle(node, await self.request((node.ip, node.port), "ping"))
+        return self.settle(node, await self.request((node.ip, node.port), "ping"))
 
     async def call_find_node(self, node: Node, target: Node) -> Reply | None:
         full = self.tuning.ksize * (22 + address_size(self.family)) + 96
         reply = await self.request((node.ip, node.port), "find_node", target.id, expect_reply=full)
-        return self._settle(node, reply)
+        return self.settle(node, reply)
 
     async def call_get_peers(self, node: Node, key: bytes) -> Reply | None:
         """A get_peers call for one key; calls to one address in one loop turn share a datagram
         once the address gave us a token."""
         address = (node.ip, node.port)
         if self.remote_token(address) is not None:
-            return await self._batched("get_peers", node, key, None)
+            return await self.batches.call("get_peers", node, key, None)
         # Without a token, pay for a reply of k contacts or 24 peers (a node holding peers
         # answers with peers first); the token in that reply earns a full reply next time.
         full = (self.tuning.ksize + 16) * (22 + address_size(self.family))
         reply = await self.request(address, "get_peers", key, expect_reply=full)
-        settled = self._settle(node, reply)
+        settled = self.settle(node, reply)
         return None if settled is None else settled.for_key(0)
 
     async def call_announce(self, node: Node, key: bytes, token: bytes) -> bool:
-        reply = await self._batched("announce_peer", node, key, token)
+        reply = await self.batches.call("announce_peer", node, key, token)
         return reply is not None and reply.ok
-
-    async def _batched(
-        self, method: str, node: Node, key: bytes, token: bytes | None
-    ) -> Reply | None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Reply | None] = loop.create_future()
-        self._enqueue(method, node, key, token, waiter)
-        return await waiter
-
-    def _enqueue(
-        self,
-        method: str,
-        node: Node,
-        key: bytes,
-        token: bytes | None,
-        waiter: asyncio.Future[Reply | None],
-    ) -> None:
-        if self._closing:
-            waiter.set_result(None)
-            return
-        slot = (method, (node.ip, node.port))
-        batch = self._batches.get(slot)
-        if batch is None or key in batch.keys:
-            if batch is not None:  # the same key twice: the first batch goes now
-                self._flush(slot)
-            batch = self._batches[slot] = _Batch(node, token, [], [])
-            asyncio.get_running_loop().call_soon(self._flush, slot, batch)
-        batch.keys.append(key)
-        batch.waiters.append(waiter)
-        if token is not None:
-            batch.token = token
-        if len(batch.keys) >= MAX_KEYS:
-            self._flush(slot)
-
-    def _flush(self, slot: tuple[str, Address], batch: _Batch | None = None) -> None:
-        current = self._batches.get(slot)
-        if current is None or (batch is not None and current is not batch):
-            return  # already sent
-        del self._batches[slot]
-        self._start_batch(slot[0], current)
-
-    def _start_batch(self, method: str, batch: _Batch) -> None:
-        if self._closing:
-            for waiter in batch.waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            return
-        self.spawn(self._send_batch(method, batch))
-
-    async def _send_batch(self, method: str, batch: _Batch) -> None:
-        address = (batch.node.ip, batch.node.port)
-        token = batch.token if method == "announce_peer" else None
-        try:
-            reply = self._settle(
-                batch.node, await self.request(address, method, b"".join(batch.keys), token)
-            )
-        except BaseException:
-            for waiter in batch.waiters:
-                waiter.cancel()
-            raise
-        if len(batch.keys) > 1:
-            self.counters["batched_requests"] += 1
-        if reply is None:
-            for waiter in batch.waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            return
-        if method == "announce_peer":
-            for index, waiter in enumerate(batch.waiters):
-                if not waiter.done():
-                    waiter.set_result(replace(reply, ok=reply.stored_key(index)))
-            return
-        answered = len(reply.answers)
-        rest: list[tuple[bytes, asyncio.Future[Reply | None]]] = []
-        for index, (key, waiter) in enumerate(zip(batch.keys, batch.waiters, strict=True)):
-            if waiter.done():
-                continue
-            if index < answered:
-                waiter.set_result(reply.for_key(index))
-            elif answered:  # the reply was full: ask again for the rest
-                rest.append((key, waiter))
-            else:
-                waiter.set_result(None)
-        # The rest goes in requests of as many keys as this reply had room for, side by side.
-        for start in range(0, len(rest), answered or 1):
-            chunk = rest[start : start + answered]
-            self._start_batch(
-                method, _Batch(batch.node, None, [k for k, _ in chunk], [w for _, w in chunk])
-            )
 
     async def call_store(self, node: Node, key: bytes, value: object) -> bool:
         raise NotImplementedError("dhtdeb stores peer lists through announce_peer")
