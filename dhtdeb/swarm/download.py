@@ -6,8 +6,8 @@ as `LookupPlan` paces them), piece-list and piece requests to peers, bans — wi
 peer sent; the audits and inquiry checks that compare a copy with the mirror's bytes. The
 mirror's requests are the `MirrorStream`'s (swarm/mirror_stream.py); every received piece and
 every verdict on it go to the file's `Assembly` (swarm/assembly.py), which turns accepted pieces
-into verified bytes for apt (the `Transfer`) and for the whole-file hash. Trusts: the scheduler's verdicts, which are based on
-digests the assembly computes.
+into verified bytes for apt (the `Transfer`) and for the whole-file hash. Trusts: the
+scheduler's verdicts, which are based on digests the assembly computes.
 """
 
 from __future__ import annotations
