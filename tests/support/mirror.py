@@ -142,7 +142,8 @@ class Mirror:
         self._bytes: defaultdict[str, int] = defaultdict(int)
         self._requests: list[RequestRecord] = []
         self._responses: list[ResponseRecord] = []
-        self._overrides: dict[str, bytes] = {}
+        self._overrides: dict[str, tuple[bytes, float]] = {}  # path -> (data, its mtime)
+        self._served_mtime: dict[str, float] = {}  # path -> the Last-Modified last served
         self._statuses: dict[str, int] = {}
         self._throttles: dict[str, int] = {}
         self._stalls: dict[str, _Stall] = {}
@@ -249,12 +250,15 @@ class Mirror:
     # --- behaviour switches (thread-safe; take effect for the next request) -----------------------
 
     def override(self, path: str, data: bytes | None) -> None:
-        """Serve `data` instead of the file at `path` (None removes the override)."""
+        """Serve `data` instead of the file at `path` (None removes the override). Its
+        Last-Modified is later, by a whole second, than any served for `path` before: a client's
+        If-Modified-Since must not make a new body look unchanged (HTTP dates count seconds)."""
         with self._cond:
             if data is None:
                 self._overrides.pop(path, None)
             else:
-                self._overrides[path] = data
+                served = self._served_mtime.get(path, 0.0)
+                self._overrides[path] = (data, max(time.time(), int(served) + 1.0))
 
     def set_status(self, path: str, status: int | None) -> None:
         """Answer requests for `path` with an empty response of this status (None: normal)."""
@@ -408,9 +412,8 @@ class Mirror:
             self._record_response(relative, forced, 0, True)
             return web.Response(status=forced)
         if override is not None:
-            data: bytes | None = override
-            size = len(override)
-            mtime = time.time()
+            data: bytes | None = override[0]
+            size, mtime = len(override[0]), override[1]
             path = None
         else:
             path = self._file(relative)
@@ -421,6 +424,8 @@ class Mirror:
             stat = path.stat()
             size, mtime = stat.st_size, stat.st_mtime
         last_modified = _http_date(mtime)
+        with self._cond:
+            self._served_mtime[relative] = max(self._served_mtime.get(relative, 0.0), mtime)
         headers = {
             "Last-Modified": last_modified,
             "Accept-Ranges": "bytes",
