@@ -175,6 +175,10 @@ class PeerTable:
         from the peers with a free slot that `may_serve`: each piece, lowest first, from the
         best-ranked free peer that holds it; a slow peer gets one piece, from the top while the
         mirror is usable (away from the mirror stream). Returns the requests made, in order."""
+        if not any(assignable(index) for index in ahead):
+            # Nothing to ask for (a small file's one piece in flight, say): no peer is ranked.
+            # Called after every event of a download with dozens of peers, this was most of it.
+            return []
         free = [
             s
             for s in self._peers.values()
