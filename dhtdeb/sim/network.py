@@ -107,6 +107,11 @@ class Link:
     def share(self, count: int) -> float:
         return min(self.per_transfer, self.capacity / max(1, count))
 
+    def share_changes(self, count: int) -> bool:
+        """Whether one transfer more than `count` changes the equal share (under the mirror's
+        capacity, each of its first clients has its per-client rate, however many come)."""
+        return self.share(count + 1) != self.share(count)
+
 
 class TransferAborted(Exception):
     """A transfer stopped before its last byte (its sender or receiver went away)."""
@@ -150,7 +155,7 @@ class Bandwidth:
         transfer = Transfer(size, links, self._loop)
         changed = []
         for link in links:
-            if link.share(len(link.transfers) + 1) != link.share(len(link.transfers)):
+            if link.share_changes(len(link.transfers)):
                 changed.append(link)
             link.transfers[transfer] = None
         if not changed or changed[0] is not links[0]:
@@ -163,13 +168,11 @@ class Bandwidth:
         if transfer.timer is not None:
             transfer.timer.cancel()
             transfer.timer = None
-        # The links it left whose equal share changed: only their transfers may change rate
-        # (the mirror's 100 first clients each get its per-client rate, however many come).
+        # The links it left whose equal share changed: only their transfers may change rate.
         gone = [
             link
             for link in transfer.links
-            if link.transfers.pop(transfer, 0) is None
-            and link.share(len(link.transfers)) != link.share(len(link.transfers) + 1)
+            if link.transfers.pop(transfer, 0) is None and link.share_changes(len(link.transfers))
         ]
         if not transfer.done.done():
             if error is None:
