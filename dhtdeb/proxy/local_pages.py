@@ -18,12 +18,12 @@ from aiohttp import web
 
 from dhtdeb.archive.chain import TrustChain
 from dhtdeb.downloads import Downloads
+from dhtdeb.metrics import StatusProvider
 from dhtdeb.proxy.dashboard import CONTENT_SECURITY_POLICY, RECENT_FILES, RecentFile
 from dhtdeb.proxy.dashboard import render as render_dashboard
 from dhtdeb.proxy.target import CACHE_ACTION, LocalTarget
 from dhtdeb.store import ContentStore, EvictionRefused, NotStored, StoreEntry, check_sha256
 
-StatusProvider = Callable[[], dict[str, object]]
 PeerLookup = Callable[[str], Awaitable[list[str]]]
 
 

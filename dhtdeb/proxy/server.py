@@ -27,10 +27,11 @@ from dhtdeb.archive.locations import ArchiveLocation, FileKind, locate
 from dhtdeb.clock import Clock, MonotonicClock
 from dhtdeb.downloads import Downloads
 from dhtdeb.errors import ConfigError, DhtdebError, MirrorError, VerificationError
+from dhtdeb.metrics import StatusProvider
 from dhtdeb.mirror import MirrorClient, MirrorResponse
 from dhtdeb.netaddr import HostPort, parse_host_port
 from dhtdeb.proxy.files import VERIFIED, content_type, send_verified
-from dhtdeb.proxy.local_pages import LocalPages, PeerLookup, StatusProvider
+from dhtdeb.proxy.local_pages import LocalPages, PeerLookup
 from dhtdeb.proxy.target import (
     CACHE_ACTION,
     BadTarget,
