@@ -193,9 +193,12 @@ class FleetArchive:
         tag = "+".join(sorted(k.name for k in keys))
         path = self.root.parent / "keys" / f"keyring-{tag}.gpg"
         if not path.exists():
+            # Hosts are set up on several threads of one process: each writes its own temporary
+            # file (a name from the pid alone was shared, and the second rename found it gone).
             data = b"".join(k.keyring.read_bytes() for k in keys)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
             os.replace(tmp, path)
         return path
 

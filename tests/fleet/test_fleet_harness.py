@@ -6,6 +6,7 @@ No dhtdeb here (see test_fleet_smoke.py): if these fail, fleet tests of dhtdeb m
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,6 +134,27 @@ def test_archive_is_shaped_like_debians(fleet_archive: FleetArchive) -> None:
         assert full.count("[GNUPG:] GOODSIG") == 3, full
         older = _gpgv_status(archive.keyring(KEY_NAMES[:2]), args)
         assert older.count("[GNUPG:] GOODSIG") == 2 and "NO_PUBKEY" in older, older
+
+
+def test_hosts_set_up_on_threads_share_one_keyring_file(fleet_archive: FleetArchive) -> None:
+    """A fleet sets its hosts up on threads of one process, and each asks for its keyring: the
+    first ones to ask all write it (classroom failed with FileNotFoundError when their temporary
+    files had one name)."""
+    names = KEY_NAMES[1:]
+    expected = b"".join(k.keyring.read_bytes() for k in fleet_archive.signing_keys(names))
+    for _round in range(5):
+        fleet_archive.keyring(names).unlink(missing_ok=True)
+        start = threading.Barrier(8)
+
+        def ask(start: threading.Barrier = start) -> Path:
+            start.wait()
+            return fleet_archive.keyring(names)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            paths = {f.result() for f in [pool.submit(ask) for _ in range(8)]}
+        assert len(paths) == 1
+        assert paths.pop().read_bytes() == expected
+    assert not list(fleet_archive.keyring(names).parent.glob(".keyring-*"))  # no leftovers
 
 
 def _gpgv_status(keyring: Path, args: list[str]) -> str:
