@@ -101,11 +101,19 @@ class RunningDownloads:
 
     def fetch_state(self, sha256: str) -> int:
         """For other nodes' have queries: whether this file is being downloaded here, and
-        whether its bytes are coming (HAVE_FETCHING) or not yet (HAVE_STARTING)."""
+        whether its bytes are coming (HAVE_FETCHING) or not yet (HAVE_STARTING).
+
+        A transfer whose task has not begun yet is only starting: had it said "fetching", a
+        node could wait for it, and it then (its swarm download asking that node) for the
+        waiting node, each saying it was fetching (holders.py: no node waits on another that
+        waits on it; a classroom upgrade lost 20 s on one small file)."""
         download = self.swarming.get(sha256)
         if download is not None:
             return HAVE_FETCHING if download.fetching_now() else HAVE_STARTING
-        return HAVE_FETCHING if sha256 in self.transfers else HAVE_NONE
+        transfer = self.transfers.get(sha256)
+        if transfer is None:
+            return HAVE_NONE
+        return HAVE_FETCHING if transfer.under_way else HAVE_STARTING
 
 
 @dataclass(slots=True)

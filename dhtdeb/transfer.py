@@ -72,6 +72,11 @@ class Transfer:
     def done(self) -> bool:
         return self.stored is not None or self.error is not None
 
+    @property
+    def under_way(self) -> bool:
+        """The source delivers the file (or did): the mirror answered, or a swarm began."""
+        return self._started
+
     # -- the readers' side --------------------------------------------------------------------
 
     @property

@@ -24,8 +24,7 @@ from dhtdeb.swarm.holders import (
     WAIT_MAX_PIECES,
     WAIT_POLL,
     Sighting,
-    keep_waiting,
-    worth_waiting_for,
+    Waiting,
 )
 from dhtdeb.swarm.lookup_plan import LOOKUP_DEADLINE, LookupPlan
 from dhtdeb.swarm.mirror_stream import MirrorStream
@@ -54,7 +53,7 @@ from dhtdeb.swarm.scheduler import (
     StartMirror,
     SwarmScheduler,
 )
-from dhtdeb.swarm.wire import HAVE_FETCHING, HAVE_HELD
+from dhtdeb.swarm.wire import HAVE_HELD, HAVE_NONE
 from dhtdeb.transfer import Transfer, UpstreamRefused
 
 log = logging.getLogger(__name__)
@@ -318,23 +317,23 @@ class SwarmDownload:
         self._sighted = bool(sightings)
         found = [s.peer for s in sightings if s.state == HAVE_HELD]
         if wait and not found and self._piece_count <= WAIT_MAX_PIECES:
-            waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
-            started = ctx.clock.now()
-            if waiting:
+            waiting = Waiting(sightings, ctx.node, self._sha256, self._size, ctx.clock.now())
+            if waiting.peers:
                 holders.waits += 1
-            while waiting and not found:
-                self._awaiting_bytes = any(s.state == HAVE_FETCHING for s in waiting)
-                if not keep_waiting(waiting, ctx.clock.now() - started, self._size):
-                    log.debug("%s: gave up waiting for %d peers", self._sha256[:12], len(waiting))
+            while waiting.peers and not found:
+                self._awaiting_bytes = waiting.bytes_coming
+                if not waiting.go_on(ctx.clock.now()):
+                    log.debug("%s: gave up waiting for %s", self._sha256[:12], waiting.peers)
                     break
                 await asyncio.sleep(WAIT_POLL)  # the peer's download is not ours to await
-                sightings = self._usable(
-                    await holders.ask(
-                        self._sha256, ctx.clock.now(), peers=[s.peer for s in waiting]
-                    )
+                answers = await holders.ask_each(self._sha256, ctx.clock.now(), peers=waiting.peers)
+                usable = self._usable([s for s in answers.values() if s is not None])
+                found = [s.peer for s in usable if s.state == HAVE_HELD]
+                unusable = Sighting(Peer("", 0), b"", HAVE_NONE)  # no longer to be waited for
+                waiting.answered(
+                    {p: s if s is None or s in usable else unusable for p, s in answers.items()},
+                    ctx.clock.now(),
                 )
-                found = [s.peer for s in sightings if s.state == HAVE_HELD]
-                waiting = worth_waiting_for(sightings, ctx.node, self._sha256)
             self._awaiting_bytes = False
         if found:
             log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
