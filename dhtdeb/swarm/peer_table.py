@@ -229,7 +229,12 @@ class PeerTable:
 
     def live_request(self, index: int) -> bool:
         """A request for `index` is in flight and not overdue."""
-        return any(not r.overdue for r in self._requests.get(index, {}).values())
+        requests = self._requests.get(index)
+        if requests:  # asked of every piece ahead after every event: no generator, no {}
+            for request in requests.values():
+                if not request.overdue:
+                    return True
+        return False
 
     def overdue(self) -> list[int]:
         """The pieces whose every request in flight is overdue."""
