@@ -326,14 +326,14 @@ class SwarmDownload:
                     log.debug("%s: gave up waiting for %s", self._sha256[:12], waiting.peers)
                     break
                 await asyncio.sleep(WAIT_POLL)  # the peer's download is not ours to await
-                answers = await holders.ask_each(self._sha256, ctx.clock.now(), peers=waiting.peers)
-                usable = self._usable([s for s in answers.values() if s is not None])
-                found = [s.peer for s in usable if s.state == HAVE_HELD]
-                unusable = Sighting(Peer("", 0), b"", HAVE_NONE)  # no longer to be waited for
-                waiting.answered(
-                    {p: s if s is None or s in usable else unusable for p, s in answers.items()},
-                    ctx.clock.now(),
-                )
+                asked = await holders.ask_each(self._sha256, ctx.clock.now(), peers=waiting.peers)
+                # A peer now banned, or found to be this node, is waited for no longer.
+                answers = {
+                    p: s if s is None or self._is_usable(s) else Sighting(p, b"", HAVE_NONE)
+                    for p, s in asked.items()
+                }
+                found = [p for p, s in answers.items() if s is not None and s.state == HAVE_HELD]
+                waiting.answered(answers, ctx.clock.now())
             self._awaiting_bytes = False
         if found:
             log.debug("%s: %d hinted holders", self._sha256[:12], len(found))
@@ -343,13 +343,16 @@ class SwarmDownload:
         return found
 
     def _usable(self, sightings: list[Sighting]) -> list[Sighting]:
-        return [
-            s
-            for s in sightings
-            if not self._ctx.is_self(s.peer)
-            and not (self._ctx.node and s.node == self._ctx.node)
-            and self._ctx.penalties.allowed(s.peer)
-        ]
+        return [s for s in sightings if self._is_usable(s)]
+
+    def _is_usable(self, sighting: Sighting) -> bool:
+        """Neither this node (by address or by id) nor a banned peer."""
+        ctx = self._ctx
+        return (
+            not ctx.is_self(sighting.peer)
+            and not (ctx.node and sighting.node == ctx.node)
+            and ctx.penalties.allowed(sighting.peer)
+        )
 
     def _unavailable(self, peer: Peer, exc: PeerUnavailable) -> None:
         """Bookkeeping for a peer that cannot help with this file."""
