@@ -45,10 +45,16 @@ class KeyBatches:
     async def call(self, method: str, node: Node, key: bytes, token: bytes | None) -> Reply | None:
         """A get_peers (`token` None) or announce_peer call for one key: its own reply, or
         None (no reply, or the node is closing)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Reply | None] = loop.create_future()
+        return await self.waiter(method, node, key, token)
+
+    def waiter(
+        self, method: str, node: Node, key: bytes, token: bytes | None
+    ) -> asyncio.Future[Reply | None]:
+        """`call` as a future, resolved with what `call` returns or cancelled when the node
+        closes; cancelling it gives up waiting, not the request."""
+        waiter: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
         self._enqueue(method, node, key, token, waiter)
-        return await waiter
+        return waiter
 
     def _enqueue(
         self,
@@ -88,20 +94,20 @@ class KeyBatches:
                 if not waiter.done():
                     waiter.set_result(None)
             return
-        self._protocol.spawn(self._send(method, batch))
-
-    async def _send(self, method: str, batch: _Batch) -> None:
         address = (batch.node.ip, batch.node.port)
         token = batch.token if method == "announce_peer" else None
-        try:
-            protocol = self._protocol
-            reply = protocol.settle(
-                batch.node, await protocol.request(address, method, b"".join(batch.keys), token)
-            )
-        except BaseException:
+
+        def then(reply: Reply | None) -> None:
+            self._answered(method, batch, reply)
+
+        def closed() -> None:
             for waiter in batch.waiters:
                 waiter.cancel()
-            raise
+
+        self._protocol.request_then(address, method, b"".join(batch.keys), token, then, closed)
+
+    def _answered(self, method: str, batch: _Batch, reply: Reply | None) -> None:
+        reply = self._protocol.settle(batch.node, reply)
         if len(batch.keys) > 1:
             self._protocol.counters["batched_requests"] += 1
         if reply is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -125,18 +126,22 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         self._share = -(-enough_peers // ksize) if enough_peers else 0
         self._answered: dict[bytes, tuple[Node, bytes | None]] = {}
         self._asked_addresses: set[Address] = set()
-        self._in_flight: dict[bytes, asyncio.Task[None]] = {}
+        # Each request's answer to come: a get_peers call is a future of the node's batches
+        # (no task per request), a find_node call a task.
+        self._in_flight: dict[bytes, asyncio.Future[Reply | None]] = {}
+        # Each request's "slow" timer, cancelled when its answer comes: a lookup outlives most
+        # of them, and every one that fired woke the lookup for nothing.
+        self._slow_timers: dict[bytes, asyncio.TimerHandle] = {}
         self._slow: set[bytes] = set()
         self._events: asyncio.Queue[_Answer | _Slow] = asyncio.Queue()
 
     async def find(self, deadline: float = 10.0) -> LookupResult:
         loop = asyncio.get_running_loop()
-        timers: list[asyncio.TimerHandle] = []
         try:
             # One deadline for the whole lookup (a timeout per awaited answer cost a timer each).
             async with asyncio.timeout_at(loop.time() + deadline):
                 while not self._done():
-                    self._launch(timers)
+                    self._launch()
                     if not self._in_flight and not self.nearest.get_uncontacted():
                         break
                     if self._done():
@@ -145,11 +150,13 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         except TimeoutError:
             pass
         finally:
-            for timer in timers:
+            for timer in self._slow_timers.values():
                 timer.cancel()
-            for task in self._in_flight.values():
-                task.cancel()
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            for ask in self._in_flight.values():
+                ask.cancel()
+            tasks = [ask for ask in self._in_flight.values() if isinstance(ask, asyncio.Task)]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
         self._result.converged = bool(self._answered) and self._settled()
         self._result.peers = self._merged()
         self._result.closest = sorted(
@@ -176,7 +183,7 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
     def _active(self) -> int:
         return sum(1 for node_id in self._in_flight if node_id not in self._slow)
 
-    def _launch(self, timers: list[asyncio.TimerHandle]) -> None:
+    def _launch(self) -> None:
         loop = asyncio.get_running_loop()
         for node in self.nearest.get_uncontacted():
             if self._active() >= self.alpha:
@@ -188,17 +195,19 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
                 continue
             self._asked_addresses.add(address)
             self._result.queried += 1
-            self._in_flight[node.id] = loop.create_task(self._ask(node))
-            timers.append(
-                loop.call_later(self._slow_after, self._events.put_nowait, _Slow(node.id))
+            if self._get_peers:
+                ask = self.protocol.get_peers_soon(node, self.node.id)
+            else:
+                ask = loop.create_task(self.protocol.call_find_node(node, self.node))
+            self._in_flight[node.id] = ask
+            ask.add_done_callback(functools.partial(self._answered_by, node))
+            self._slow_timers[node.id] = loop.call_later(
+                self._slow_after, self._events.put_nowait, _Slow(node.id)
             )
 
-    async def _ask(self, node: Node) -> None:
-        if self._get_peers:
-            reply = await self.protocol.call_get_peers(node, self.node.id)
-        else:
-            reply = await self.protocol.call_find_node(node, self.node)
-        self._events.put_nowait(_Answer(node, reply))
+    def _answered_by(self, node: Node, ask: asyncio.Future[Reply | None]) -> None:
+        if not ask.cancelled() and ask.exception() is None:
+            self._events.put_nowait(_Answer(node, ask.result()))
 
     def _handle(self, event: _Answer | _Slow) -> None:
         if isinstance(event, _Slow):
@@ -208,6 +217,9 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
         node_id = event.node.id
         self._in_flight.pop(node_id, None)
         self._slow.discard(node_id)
+        timer = self._slow_timers.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
         reply = event.reply
         if reply is None:
             self.nearest.remove([node_id])

@@ -407,6 +407,62 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     ) -> Reply | None:
         """Send one request; the reply, or None after `patience` seconds (the RPC timeout
         unless given). Never raises for the peer."""
+        sent = self._send_request(address, method, target, token, expect_reply, patience)
+        if sent is None:
+            return None
+        msgid, future, expiry = sent
+        try:
+            reply = await future
+        finally:
+            expiry.cancel()
+            del self._outstanding[msgid]
+        return self._replied(address, method, reply)
+
+    def request_then(
+        self,
+        address: Address,
+        method: str,
+        target: bytes | None,
+        token: bytes | None,
+        then: Callable[[Reply | None], None],
+        closed: Callable[[], None],
+        *,
+        expect_reply: int = 0,
+    ) -> asyncio.Future[Reply | None] | None:
+        """`request` for a caller that goes on in a callback: `then` gets what `request` would
+        return, or `closed` is called when the node closes first; either from the event loop,
+        never before this returns. No task: the batched calls of every lookup go this way.
+        Returns the request's own future (None when refused): cancelling it stops waiting for
+        the reply as cancelling `request` would (then `closed` is called)."""
+        sent = self._send_request(address, method, target, token, expect_reply, None)
+        if sent is None:
+            asyncio.get_running_loop().call_soon(then, None)
+            return None
+        msgid, future, expiry = sent
+
+        def done(future: asyncio.Future[Reply | None]) -> None:
+            expiry.cancel()
+            del self._outstanding[msgid]
+            if future.cancelled():
+                closed()
+            else:
+                then(self._replied(address, method, future.result()))
+
+        future.add_done_callback(done)
+        return future
+
+    def _send_request(
+        self,
+        address: Address,
+        method: str,
+        target: bytes | None,
+        token: bytes | None,
+        expect_reply: int,
+        patience: float | None,
+    ) -> tuple[bytes, asyncio.Future[Reply | None], asyncio.TimerHandle] | None:
+        """Send a request: its message id, the future its reply (or None on timeout) resolves,
+        and the timer of that timeout; None when refused. The caller cancels the timer and
+        removes the message id from `_outstanding` once the future is done."""
         if self.transport is None or len(self._outstanding) >= self.tuning.max_outstanding:
             self.counters["requests_refused"] += 1
             return None
@@ -429,12 +485,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         # The timeout resolves the future with None (one timer, no task cancellation: this is
         # on the path of every datagram sent, and asyncio.timeout costs several times as much).
         wait = self.tuning.rpc_timeout if patience is None else patience
-        expiry = loop.call_at(loop.time() + wait, _expire, future)
-        try:
-            reply = await future
-        finally:
-            expiry.cancel()
-            del self._outstanding[msgid]
+        return msgid, future, loop.call_at(loop.time() + wait, _expire, future)
+
+    def _replied(self, address: Address, method: str, reply: Reply | None) -> Reply | None:
+        """The bookkeeping of an answered or timed-out request; its reply."""
         if reply is None:
             self.counters["timeouts"] += 1
             count, _ = self._silent.pop(address, (0, 0.0))
@@ -543,12 +597,49 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         address = (node.ip, node.port)
         if self.remote_token(address) is not None:
             return await self.batches.call("get_peers", node, key, None)
-        # Without a token, pay for a reply of k contacts or 24 peers (a node holding peers
-        # answers with peers first); the token in that reply earns a full reply next time.
-        full = (self.tuning.ksize + 16) * (22 + address_size(self.family))
-        reply = await self.request(address, "get_peers", key, expect_reply=full)
+        return await self._first_get_peers(node, key)
+
+    def get_peers_soon(self, node: Node, key: bytes) -> asyncio.Future[Reply | None]:
+        """`call_get_peers` as a future, without a task (a lookup makes many calls): cancelling
+        it gives up waiting, not the request."""
+        address = (node.ip, node.port)
+        if self.remote_token(address) is not None:
+            return self.batches.waiter("get_peers", node, key, None)
+        result: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+
+        def then(reply: Reply | None) -> None:
+            settled = self.settle(node, reply)
+            if not result.done():
+                result.set_result(None if settled is None else settled.for_key(0))
+
+        def closed() -> None:
+            result.cancel()
+
+        request = self.request_then(
+            address, "get_peers", key, None, then, closed, expect_reply=self._first_reply
+        )
+        if request is not None:  # a lookup that gives up waiting ignores the reply (no token)
+
+            def given_up(result: asyncio.Future[Reply | None]) -> None:
+                if result.cancelled():
+                    request.cancel()
+
+            result.add_done_callback(given_up)
+        return result
+
+    async def _first_get_peers(self, node: Node, key: bytes) -> Reply | None:
+        reply = await self.request(
+            (node.ip, node.port), "get_peers", key, expect_reply=self._first_reply
+        )
         settled = self.settle(node, reply)
         return None if settled is None else settled.for_key(0)
+
+    @property
+    def _first_reply(self) -> int:
+        """The reply a get_peers without a token pays for (padding its request): k contacts or
+        24 peers (a node holding peers answers with peers first). The token in that reply earns
+        a full reply next time."""
+        return (self.tuning.ksize + 16) * (22 + address_size(self.family))
 
     async def call_announce(self, node: Node, key: bytes, token: bytes) -> bool:
         reply = await self.batches.call("announce_peer", node, key, token)

@@ -302,15 +302,17 @@ class DhtServer(Server):  # type: ignore[misc]
         self, keys: Sequence[bytes], targets: Sequence[Sequence[tuple[Node, bytes]]]
     ) -> list[int]:
         """One announce_peer per key and node, all sent in this loop turn; accepted per key."""
-        calls = [
-            [self.protocol.call_announce(node, key, token) for node, token in per_key]
+        batches = self.protocol.batches
+        calls = [  # futures of the batches, not a task per call
+            [batches.waiter("announce_peer", node, key, token) for node, token in per_key]
             for key, per_key in zip(keys, targets, strict=True)
         ]
         flat = await asyncio.gather(*(call for per_key in calls for call in per_key))
         accepted: list[int] = []
         position = 0
         for per_key in calls:
-            accepted.append(sum(1 for ok in flat[position : position + len(per_key)] if ok))
+            replies = flat[position : position + len(per_key)]
+            accepted.append(sum(1 for reply in replies if reply is not None and reply.ok))
             position += len(per_key)
         return accepted
 
