@@ -80,47 +80,6 @@ class ListAnswer:
     relayed: frozenset[int] = frozenset()
 
 
-class _Wake:
-    """`asyncio.Event` for the one task that waits on it, with an optional deadline. The loop of
-    `SimDownload.run` waits after every event; `asyncio.wait_for(event.wait(), delay)` cost a
-    task, a timer and four loop callbacks per wait, this costs a timer and one callback."""
-
-    __slots__ = ("_is_set", "_waiter")
-
-    def __init__(self) -> None:
-        self._is_set = False
-        self._waiter: asyncio.Future[bool] | None = None
-
-    def set(self) -> None:
-        self._is_set = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
-
-    def clear(self) -> None:
-        self._is_set = False
-
-    async def wait(self, until: float | None = None) -> bool:
-        """True once set, False when the loop's clock reaches `until` first."""
-        if self._is_set:
-            return True
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiter = waiter
-        timer = None if until is None else loop.call_at(until, _time_up, waiter)
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-
-def _time_up(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
-
-
 class SimDownload:
     def __init__(self, node: SimNode, debfile: DebFile) -> None:
         self.node = node
@@ -136,7 +95,7 @@ class SimDownload:
             node=node.node_id,
         )
         self._plan = LookupPlan(self.pieces, node.race)
-        self._wake = _Wake()
+        self._wake = asyncio.Event()
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._first_source: dict[int, Source] = {}
         self.accepted: dict[int, bytes] = {}
@@ -209,8 +168,13 @@ class SimDownload:
                 if deadline is None:
                     await self._wake.wait()
                     continue
-                if deadline > clock.now() and await self._wake.wait(deadline):
-                    continue
+                delay = deadline - clock.now()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                        continue
+                    except TimeoutError:
+                        pass
                 self.scheduler.tick(now=self._now())
         finally:
             for task in self._tasks.values():
