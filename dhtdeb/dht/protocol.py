@@ -428,16 +428,17 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         closed: Callable[[], None],
         *,
         expect_reply: int = 0,
-    ) -> asyncio.Future[Reply | None] | None:
+        wanted: Callable[[], bool] | None = None,
+    ) -> None:
         """`request` for a caller that goes on in a callback: `then` gets what `request` would
         return, or `closed` is called when the node closes first; either from the event loop,
         never before this returns. No task: the batched calls of every lookup go this way.
-        Returns the request's own future (None when refused): cancelling it stops waiting for
-        the reply as cancelling `request` would (then `closed` is called)."""
+        Once `wanted` says no, the answer is not read (as if `request` had been cancelled) and
+        neither callback is called."""
         sent = self._send_request(address, method, target, token, expect_reply, None)
         if sent is None:
             asyncio.get_running_loop().call_soon(then, None)
-            return None
+            return
         msgid, future, expiry = sent
 
         def done(future: asyncio.Future[Reply | None]) -> None:
@@ -445,11 +446,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             del self._outstanding[msgid]
             if future.cancelled():
                 closed()
-            else:
+            elif wanted is None or wanted():
                 then(self._replied(address, method, future.result()))
 
         future.add_done_callback(done)
-        return future
 
     def _send_request(
         self,
@@ -615,16 +615,19 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         def closed() -> None:
             result.cancel()
 
-        request = self.request_then(
-            address, "get_peers", key, None, then, closed, expect_reply=self._first_reply
+        def wanted() -> bool:  # a lookup that gave up does not read the reply (nor its token)
+            return not result.cancelled()
+
+        self.request_then(
+            address,
+            "get_peers",
+            key,
+            None,
+            then,
+            closed,
+            expect_reply=self._first_reply,
+            wanted=wanted,
         )
-        if request is not None:  # a lookup that gives up waiting ignores the reply (no token)
-
-            def given_up(result: asyncio.Future[Reply | None]) -> None:
-                if result.cancelled():
-                    request.cancel()
-
-            result.add_done_callback(given_up)
         return result
 
     async def _first_get_peers(self, node: Node, key: bytes) -> Reply | None:

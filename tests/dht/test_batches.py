@@ -348,3 +348,58 @@ async def test_a_node_given_its_own_address_to_join_skips_itself(tmp_path: Path,
         assert node.counters().get("internal_errors", 0) == 0
     finally:
         await node.close()
+
+
+async def test_a_lookups_calls_are_futures_that_give_up_waiting_not_the_request(
+    tmp_path: Path, seed: int
+) -> None:
+    """A lookup asks through futures, not a task per call (`DhtProtocol.get_peers_soon`): a
+    future answers what `call_get_peers` answers, first call or batched; one given up before
+    its reply leaves the reply unread, as a cancelled call did (no token learnt from it); and
+    one still in flight when the node closes is cancelled, not left pending. (`sleep(0)`: one
+    turn of the loop, for the callbacks of a reply or a sent batch; no time passes.)"""
+    responder, asker = await _two(tmp_path, seed)
+    closed = False
+    try:
+        key = dht_key(sha("file"))
+        responder.engine.storage.add(key, ("10.8.0.1", FLEET_PORT), b"p" * 20)
+        protocol = asker.engine.protocol
+        contact = next(iter(protocol.router.contacts()))
+        address = (contact.ip, contact.port)
+        protocol._remote_tokens.clear()
+        first = await protocol.get_peers_soon(contact, key)
+        assert first is not None and [p.host for p in first.peers] == ["10.8.0.1"]
+        assert protocol.remote_token(address) is not None
+        batched = await protocol.get_peers_soon(contact, key)
+        called = await protocol.call_get_peers(contact, key)
+        assert batched is not None and called is not None
+        assert batched.peers == called.peers == first.peers
+
+        replied = asyncio.Event()
+        accept = protocol._accept_reply
+
+        def accept_and_tell(reply: Reply, source: tuple[str, int]) -> None:
+            accept(reply, source)
+            replied.set()
+
+        protocol._accept_reply = accept_and_tell  # type: ignore[method-assign]
+        protocol._remote_tokens.clear()
+        given_up = protocol.get_peers_soon(contact, key)
+        given_up.cancel()
+        await asyncio.wait_for(replied.wait(), GUARD)
+        await asyncio.sleep(0)
+        assert not protocol._outstanding
+        assert protocol.remote_token(address) is None
+
+        assert await protocol.get_peers_soon(contact, key) is not None  # a token again
+        await responder.close()  # nobody answers now
+        in_flight = protocol.get_peers_soon(contact, key)
+        await asyncio.sleep(0)
+        assert protocol._outstanding
+        await asker.close()
+        closed = True
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(in_flight, GUARD)
+    finally:
+        if not closed:
+            await asyncio.gather(*(n.close() for n in (responder, asker)))
