@@ -341,7 +341,7 @@ class SimDownload:
         if answer is None:
             self.scheduler.piece_list_failed(peer, "404", misbehaved=False, now=self._now())
             return
-        self._plan.peer_answered(peer)
+        self._plan.list_answered(peer, answer.have, answer.offers_only)
         self.scheduler.piece_list_received(
             peer,
             answer.pieces,
@@ -382,7 +382,6 @@ class SimDownload:
             return
         finally:
             target.upload_done()
-        self._plan.peer_answered(peer)
         self._received(peer, index)
 
     # -- the mirror -----------------------------------------------------------------------------

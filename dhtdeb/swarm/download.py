@@ -409,7 +409,7 @@ class SwarmDownload:
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_list_failed(peer, str(exc), misbehaved=True, now=self._now())
         else:
-            self._plan.peer_answered(peer)
+            self._plan.list_answered(peer, answer.have, answer.offers_only)
             self._scheduler.piece_list_received(
                 peer,
                 answer.pieces,
@@ -436,7 +436,6 @@ class SwarmDownload:
         except (PeerMisbehaved, DhtdebError) as exc:
             self._scheduler.piece_failed(peer, index, str(exc), misbehaved=True, now=self._now())
             return
-        self._plan.peer_answered(peer)
         self._ctx.counters.bytes.from_peers += len(data)
         self.bytes_from_peers += len(data)
         self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + len(data)
