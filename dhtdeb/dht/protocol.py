@@ -594,10 +594,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     async def call_get_peers(self, node: Node, key: bytes) -> Reply | None:
         """A get_peers call for one key; calls to one address in one loop turn share a datagram
         once the address gave us a token."""
-        address = (node.ip, node.port)
-        if self.remote_token(address) is not None:
-            return await self.batches.call("get_peers", node, key, None)
-        return await self._first_get_peers(node, key)
+        return await self.get_peers_soon(node, key)
 
     def get_peers_soon(self, node: Node, key: bytes) -> asyncio.Future[Reply | None]:
         """`call_get_peers` as a future, without a task (a lookup makes many calls): cancelling
@@ -618,31 +615,13 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         def wanted() -> bool:  # a lookup that gave up does not read the reply (nor its token)
             return not result.cancelled()
 
+        # Without a token, pay for a reply of k contacts or 24 peers (a node holding peers
+        # answers with peers first); the token in that reply earns a full reply next time.
+        full = (self.tuning.ksize + 16) * (22 + address_size(self.family))
         self.request_then(
-            address,
-            "get_peers",
-            key,
-            None,
-            then,
-            closed,
-            expect_reply=self._first_reply,
-            wanted=wanted,
+            address, "get_peers", key, None, then, closed, expect_reply=full, wanted=wanted
         )
         return result
-
-    async def _first_get_peers(self, node: Node, key: bytes) -> Reply | None:
-        reply = await self.request(
-            (node.ip, node.port), "get_peers", key, expect_reply=self._first_reply
-        )
-        settled = self.settle(node, reply)
-        return None if settled is None else settled.for_key(0)
-
-    @property
-    def _first_reply(self) -> int:
-        """The reply a get_peers without a token pays for (padding its request): k contacts or
-        24 peers (a node holding peers answers with peers first). The token in that reply earns
-        a full reply next time."""
-        return (self.tuning.ksize + 16) * (22 + address_size(self.family))
 
     async def call_announce(self, node: Node, key: bytes, token: bytes) -> bool:
         reply = await self.batches.call("announce_peer", node, key, token)
