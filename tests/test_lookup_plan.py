@@ -8,6 +8,7 @@ from dhtdeb.swarm.lookup_plan import (
     ENOUGH_PEERS,
     LOOKUP_DEADLINE,
     LOOKUP_INTERVAL,
+    LOOKUP_INTERVAL_MAX,
     MIRROR_RACE,
     MIRROR_WAIT,
     RACE_SAMPLES_MIN,
@@ -103,6 +104,29 @@ def test_later_lookups_come_early_in_a_crowd_and_slowly_beside_holders() -> None
     plan.hinted()
     assert next(plan.later_lookups()) == LOOKUP_INTERVAL
     assert next(LookupPlan(1, MirrorRace()).later_lookups()) == LOOKUP_INTERVAL  # no crowd split
+
+
+def test_later_lookups_slow_down_while_they_find_nobody_new() -> None:
+    plan = LookupPlan(4, MirrorRace())
+    pauses = plan.later_lookups()
+    early = [next(pauses) for _ in EARLY_LOOKUPS]
+    for _ in early:
+        plan.later_lookup_ended(True)  # the crowd is still finding each other
+    assert next(pauses) == LOOKUP_INTERVAL
+    seen = []
+    for _ in range(5):
+        plan.later_lookup_ended(False)
+        seen.append(next(pauses))
+    assert seen == [
+        2 * LOOKUP_INTERVAL,
+        4 * LOOKUP_INTERVAL,
+        8 * LOOKUP_INTERVAL,
+        LOOKUP_INTERVAL_MAX,
+        LOOKUP_INTERVAL_MAX,
+    ]
+    assert 8 * LOOKUP_INTERVAL == LOOKUP_INTERVAL_MAX
+    plan.later_lookup_ended(True)  # someone new joined: look often again
+    assert next(pauses) == LOOKUP_INTERVAL
 
 
 def test_later_lookups_stop_once_enough_holders_answered() -> None:

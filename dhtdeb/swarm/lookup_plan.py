@@ -22,7 +22,6 @@ of 20 ms there sent nearly every small file to the mirror whatever the DHT held
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +44,12 @@ RACE_SAMPLES_MIN = 4  # found holders before the history sets the race
 RACE_HIT_SHARE_MIN = 0.25  # below this share of first lookups finding someone, the floor applies
 ALONE_AFTER = 8  # downloads in a row that found nobody before the mirror stops waiting (LoneStreak)
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
+# A later lookup that brings no peer the download did not know doubles the pause before the next,
+# up to this; one that does brings the pause back to LOOKUP_INTERVAL. A file's holders change
+# slowly once its crowd has found each other: in the 300-node simulation the downloads of files
+# of several pieces (14 % of them) made 5.3 later lookups each, 40 % of all lookups, most of them
+# naming peers the download already had.
+LOOKUP_INTERVAL_MAX = 16.0
 # The first repeats come sooner: in a flash crowd every node's first lookup runs before the
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
 EARLY_LOOKUPS = (0.25, 0.5, 1.0)  # pauses before the 2nd, 3rd and 4th lookup
@@ -109,6 +114,7 @@ class LookupPlan:
         self._first_found: float | None = None
         self._first_ended = False
         self._answered: set[object] = set()
+        self._interval = LOOKUP_INTERVAL
 
     def alone(self) -> bool:
         """A one-piece file while this node is alone: the mirror starts at once, and the
@@ -169,9 +175,18 @@ class LookupPlan:
         holders of the whole file have answered."""
         return len(self._answered) < ENOUGH_PEERS
 
+    def later_lookup_ended(self, new_peers: bool) -> None:
+        """A later lookup returned; `new_peers`: the download learnt of peers it did not know.
+        Without any, the pause before the next doubles (up to `LOOKUP_INTERVAL_MAX`)."""
+        longer = min(2 * self._interval, LOOKUP_INTERVAL_MAX)
+        self._interval = LOOKUP_INTERVAL if new_peers else longer
+
     def later_lookups(self) -> Iterator[float]:
         """The pauses before each later lookup. The early repeats are for a crowd that must
         find each other before its mirror streams split a file's pieces: not for a file of one
-        piece, nor with holders at hand."""
-        early = () if self._hinted or self._small else EARLY_LOOKUPS
-        return itertools.chain(early, itertools.repeat(LOOKUP_INTERVAL))
+        piece, nor with holders at hand. Then `LOOKUP_INTERVAL`, longer while the lookups find
+        nobody new (`later_lookup_ended`)."""
+        if not (self._hinted or self._small):
+            yield from EARLY_LOOKUPS
+        while True:
+            yield self._interval

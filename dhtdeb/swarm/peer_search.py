@@ -64,7 +64,9 @@ class PeerSearch:
         for pause in plan.later_lookups():
             await asyncio.sleep(pause)
             if plan.wants_more_peers():
+                known = self.scheduler.peers_admitted
                 await self.find_peers(None)
+                plan.later_lookup_ended(self.scheduler.peers_admitted > known)
                 self.wake()
 
     def _mirror_may_start(self) -> None:

@@ -153,6 +153,7 @@ class SwarmScheduler:
         self._actions: list[Action] = []
         self._table = PeerTable(config, self._span)
         self._crowd = Crowd(config, self.piece_count)
+        self.peers_admitted = 0  # peers admitted so far (LookupPlan: did a lookup bring new ones)
         self._progress = Progress(self.piece_count)
 
         whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
@@ -185,6 +186,7 @@ class SwarmScheduler:
             return
         for peer in self._table.admit(peers, self._rng):
             self._crowd.admit(peer)
+            self.peers_admitted += 1
         self._schedule(now)
 
     def lookup_deadline_passed(self, *, now: float) -> None:
