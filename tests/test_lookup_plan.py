@@ -110,12 +110,14 @@ def test_later_lookups_slow_down_while_they_find_nobody_new() -> None:
     plan = LookupPlan(4, MirrorRace())
     pauses = plan.later_lookups()
     early = [next(pauses) for _ in EARLY_LOOKUPS]
-    for _ in early:
-        plan.later_lookup_ended(True)  # the crowd is still finding each other
+    plan.later_lookup_ended(False, False)  # nobody known yet: the crowd has not announced
+    plan.later_lookup_ended(True, True)  # the crowd is finding each other
+    plan.later_lookup_ended(True, True)
+    assert len(early) == 3
     assert next(pauses) == LOOKUP_INTERVAL
     seen = []
     for _ in range(5):
-        plan.later_lookup_ended(False)
+        plan.later_lookup_ended(False, True)
         seen.append(next(pauses))
     assert seen == [
         2 * LOOKUP_INTERVAL,
@@ -125,7 +127,16 @@ def test_later_lookups_slow_down_while_they_find_nobody_new() -> None:
         LOOKUP_INTERVAL_MAX,
     ]
     assert 8 * LOOKUP_INTERVAL == LOOKUP_INTERVAL_MAX
-    plan.later_lookup_ended(True)  # someone new joined: look often again
+    plan.later_lookup_ended(True, True)  # someone new joined: look often again
+    assert next(pauses) == LOOKUP_INTERVAL
+
+
+def test_a_download_that_knows_nobody_keeps_looking_every_interval() -> None:
+    plan = LookupPlan(4, MirrorRace())
+    pauses = plan.later_lookups()
+    for _ in range(len(EARLY_LOOKUPS) + 3):
+        next(pauses)
+        plan.later_lookup_ended(False, False)
     assert next(pauses) == LOOKUP_INTERVAL
 
 

@@ -65,3 +65,11 @@ def test_later_lookups_that_find_nobody_new_come_ever_more_slowly() -> None:
         4 * LOOKUP_INTERVAL,
     ]
     assert max(pauses) == LOOKUP_INTERVAL_MAX
+
+
+def test_a_download_whose_lookups_find_nobody_looks_every_interval() -> None:
+    """The start of a crowd whose announces are still on their way, or a file nobody holds
+    yet: no reason to look less often."""
+    times = run_search({0: []}, lookups=6)
+    pauses = [round(later - earlier, 6) for earlier, later in itertools.pairwise(times)]
+    assert pauses == [LOOKUP_INTERVAL] * 5

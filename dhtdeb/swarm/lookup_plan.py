@@ -44,11 +44,11 @@ RACE_SAMPLES_MIN = 4  # found holders before the history sets the race
 RACE_HIT_SHARE_MIN = 0.25  # below this share of first lookups finding someone, the floor applies
 ALONE_AFTER = 8  # downloads in a row that found nobody before the mirror stops waiting (LoneStreak)
 LOOKUP_INTERVAL = 2.0  # seconds between DHT lookups while the download runs (others may join)
-# A later lookup that brings no peer the download did not know doubles the pause before the next,
-# up to this; one that does brings the pause back to LOOKUP_INTERVAL. A file's holders change
-# slowly once its crowd has found each other: in the 300-node simulation the downloads of files
-# of several pieces (14 % of them) made 5.3 later lookups each, 40 % of all lookups, most of them
-# naming peers the download already had.
+# A later lookup that brings no peer the download did not know, while it knows some, doubles the
+# pause before the next, up to this; one that does brings the pause back to LOOKUP_INTERVAL. A
+# file's holders change slowly once its crowd has found each other: in the 300-node simulation
+# the downloads of files of several pieces (14 % of them) made 5.3 later lookups each, 40 % of
+# all lookups, most of them naming peers the download already had.
 LOOKUP_INTERVAL_MAX = 16.0
 # The first repeats come sooner: in a flash crowd every node's first lookup runs before the
 # others have announced, and until they find each other they all stream piece 0 from the mirror.
@@ -175,17 +175,23 @@ class LookupPlan:
         holders of the whole file have answered."""
         return len(self._answered) < ENOUGH_PEERS
 
-    def later_lookup_ended(self, new_peers: bool) -> None:
-        """A later lookup returned; `new_peers`: the download learnt of peers it did not know.
-        Without any, the pause before the next doubles (up to `LOOKUP_INTERVAL_MAX`)."""
-        longer = min(2 * self._interval, LOOKUP_INTERVAL_MAX)
-        self._interval = LOOKUP_INTERVAL if new_peers else longer
+    def later_lookup_ended(self, new_peers: bool, knows_peers: bool) -> None:
+        """A later lookup returned; `new_peers`: the download learnt of peers it did not know;
+        `knows_peers`: it knows some peer at all. With peers known and none new, the pause
+        before the next doubles (up to `LOOKUP_INTERVAL_MAX`). A download that knows nobody
+        keeps looking every `LOOKUP_INTERVAL`: it may be the start of a crowd whose announces
+        are still on their way (bench/swarm.py's crowd found each other only at its third or
+        fourth lookup, a second in), or the file's first holder is yet to come."""
+        if new_peers or not knows_peers:
+            self._interval = LOOKUP_INTERVAL
+        else:
+            self._interval = min(2 * self._interval, LOOKUP_INTERVAL_MAX)
 
     def later_lookups(self) -> Iterator[float]:
         """The pauses before each later lookup. The early repeats are for a crowd that must
         find each other before its mirror streams split a file's pieces: not for a file of one
         piece, nor with holders at hand. Then `LOOKUP_INTERVAL`, longer while the lookups find
-        nobody new (`later_lookup_ended`)."""
+        nobody new beside peers known (`later_lookup_ended`)."""
         if not (self._hinted or self._small):
             yield from EARLY_LOOKUPS
         while True:

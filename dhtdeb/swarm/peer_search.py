@@ -66,7 +66,8 @@ class PeerSearch:
             if plan.wants_more_peers():
                 known = self.scheduler.peers_admitted
                 await self.find_peers(None)
-                plan.later_lookup_ended(self.scheduler.peers_admitted > known)
+                admitted = self.scheduler.peers_admitted
+                plan.later_lookup_ended(admitted > known, admitted > 0)
                 self.wake()
 
     def _mirror_may_start(self) -> None:
