@@ -12,7 +12,7 @@ Why: apt fetches an upgrade as hundreds of files in a row. In a fleet, the machi
 this node one of them most likely holds the rest (it ran the same upgrade earlier). One round trip
 on the LAN to it answers for a whole batch of files, where a DHT lookup per file costs several
 round trips to the same few nodes and trips their per-source rate limits. The DHT is asked only
-for files no hinted holder has (and, while a download runs, every LOOKUP_INTERVAL).
+for files no hinted holder has (and, while a download runs, as `LookupPlan.later_lookups` paces it).
 
 A classroom (every machine starts the same upgrade at once) asks the other question: the
 machines in lockstep each fetch the same small file from the mirror at the same moment, unless
