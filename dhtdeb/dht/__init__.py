@@ -210,7 +210,8 @@ class DhtNode:
         return dict(self._server.protocol.counters)
 
     async def maintain(self) -> None:
-        """One maintenance tick (the loop calls it every minute; simulations call it by hand)."""
+        """One maintenance tick (the loop calls it every minute, sooner while the routing table
+        is empty: `DhtServer.maintenance_pause`; simulations call it by hand)."""
         await self._server.maintain(self._config.state_dir)
 
     def save(self) -> None:
@@ -223,7 +224,7 @@ class DhtNode:
 
     async def _maintenance_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._server.tuning.maintenance_interval)
+            await asyncio.sleep(self._server.maintenance_pause())
             try:
                 await self.maintain()
             except Exception as exc:  # upkeep must go on; one line, no traceback spam

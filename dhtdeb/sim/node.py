@@ -101,12 +101,17 @@ class SimNode:
         self._tasks.append(loop.create_task(self._upkeep(tuning.maintenance_interval)))
 
     async def _upkeep(self, interval: float) -> None:
-        """The DHT's maintenance tick, every `interval` from a random phase (no state save:
-        the state is saved when the node leaves)."""
-        await asyncio.sleep(self.rng.uniform(0.0, interval))
-        while self.dht is not None:
-            await self.dht.engine.maintain()
-            await asyncio.sleep(interval)
+        """The DHT's maintenance tick, every `interval` from a random phase, sooner while the
+        routing table is empty, as the daemon's loop (`DhtServer.maintenance_pause`; no state
+        save: the state is saved when the node leaves)."""
+        phase = self.rng.uniform(0.0, interval)
+        dht = self.dht
+        await asyncio.sleep(phase if dht is None else min(phase, dht.engine.maintenance_pause()))
+        while (dht := self.dht) is not None:
+            await dht.engine.maintain()
+            if (dht := self.dht) is None:
+                return
+            await asyncio.sleep(dht.engine.maintenance_pause())
 
     def start_upgrade(self, at: float) -> None:
         """apt-get upgrade at virtual time `at`, if this session lasts until then."""

@@ -7,9 +7,10 @@ import random
 from pathlib import Path
 
 from dhtdeb.clock import ManualClock
-from dhtdeb.dht import DhtTuning
+from dhtdeb.dht import DhtConfig, DhtTuning, open_dht
 from dhtdeb.dht.transport import MemoryNetwork
 from dhtdeb.dht.wire import Address
+from dhtdeb.netaddr import HostPort
 from dhtdeb.sim.loop import LoopClock, VirtualTimeLoop
 
 from .swarm import Swarm, sha
@@ -110,3 +111,59 @@ async def _lookup_round_does_not_wait_for_silent_nodes(tmp_path: Path, seed: int
         assert loop().time() - started < tuning.rpc_timeout
     finally:
         await swarm.close()
+
+
+def test_a_node_whose_bootstrap_failed_joins_soon_after_the_network_comes_up(
+    tmp_path: Path, seed: int
+) -> None:
+    """Its first bootstrap found nobody (its network was down): the maintenance loop tries again
+    after 1, 2, 4 ... s, not after a whole maintenance interval (a minute). Found in the
+    300-node simulation: such a machine announced its whole store to nobody."""
+    loop = VirtualTimeLoop()
+    try:
+        joined_at = loop.run_until_complete(_join_after_outage(tmp_path, seed))
+    finally:
+        loop.close()
+    assert joined_at is not None
+    assert 5.0 <= joined_at <= 5.0 + 8.0  # the outage ends at 5 s; the tries come at 1, 3, 7 s
+
+
+async def _join_after_outage(tmp_path: Path, seed: int) -> float | None:
+    down = {"10.0.0.2"}
+    network = MemoryNetwork(route=lambda src, dst, data: not ({src[0], dst[0]} & down))
+    clock = LoopClock(loop())
+    rng = random.Random(seed)
+    tuning = DhtTuning()
+
+    def config(host: str, name: str, bootstrap: tuple[HostPort, ...]) -> DhtConfig:
+        return DhtConfig(
+            HostPort(host, 9978),
+            tmp_path / name,
+            bootstrap=bootstrap,
+            lan=False,
+            allow_loopback_peers=False,
+            node_id=rng.randbytes(20),
+        )
+
+    first = await open_dht(
+        config("10.0.0.1", "a", ()), clock=clock, rng=rng, network=network, maintenance=False
+    )
+    late = await open_dht(
+        config("10.0.0.2", "b", (HostPort("10.0.0.1", 9978),)),
+        clock=clock,
+        rng=random.Random(seed + 1),
+        tuning=tuning,
+        network=network,
+    )
+    try:
+        assert len(late.engine.protocol.router) == 0  # its bootstrap found nobody
+        await asyncio.sleep(5.0 - loop().time())
+        down.clear()  # the network comes up
+        for _ in range(200):
+            if len(late.engine.protocol.router):
+                return loop().time()
+            await asyncio.sleep(0.1)
+        return None
+    finally:
+        await late.close()
+        await first.close()
