@@ -65,7 +65,7 @@ class PeerTable:
         self._peers: dict[Peer, PeerState] = {}
         self._excluded: dict[Peer, bool] = {}  # peer -> banned (True) or set aside (False)
         self._requests: dict[int, dict[Peer, Request]] = {}
-        self.seen = False  # some peer was admitted, ever
+        self.admitted = 0  # peers admitted, ever (banned and removed ones too)
 
     # ------------------------------------------------------------ membership
 
@@ -81,8 +81,13 @@ class PeerTable:
                 break  # cannot remember more exclusions, so admit nobody new
             self._peers[peer] = PeerState(peer, tiebreak=rng.random())
             admitted.append(peer)
-            self.seen = True
+        self.admitted += len(admitted)
         return admitted
+
+    @property
+    def seen(self) -> bool:
+        """Some peer was admitted, ever."""
+        return self.admitted > 0
 
     def get(self, peer: Peer) -> PeerState | None:
         return self._peers.get(peer)

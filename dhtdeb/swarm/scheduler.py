@@ -153,7 +153,6 @@ class SwarmScheduler:
         self._actions: list[Action] = []
         self._table = PeerTable(config, self._span)
         self._crowd = Crowd(config, self.piece_count)
-        self.peers_admitted = 0  # peers admitted so far (LookupPlan: did a lookup bring new ones)
         self._progress = Progress(self.piece_count)
 
         whole = PieceList(size, (digest,), piece_size) if self.piece_count == 1 else None
@@ -186,7 +185,6 @@ class SwarmScheduler:
             return
         for peer in self._table.admit(peers, self._rng):
             self._crowd.admit(peer)
-            self.peers_admitted += 1
         self._schedule(now)
 
     def lookup_deadline_passed(self, *, now: float) -> None:
@@ -433,6 +431,11 @@ class SwarmScheduler:
     def peer_rate(self, peer: Peer) -> float | None:
         state = self._table.get(peer)
         return None if state is None else state.rate
+
+    @property
+    def peers_admitted(self) -> int:
+        """Peers admitted so far, ever (PeerSearch: whether a lookup brought new ones)."""
+        return self._table.admitted
 
     @property
     def accepted(self) -> int:
