@@ -6,13 +6,15 @@ node. Trusts: nothing from the network (see protocol.py); its own state file onl
 Extends kademlia's `Server`: `protocol_class`/`_create_protocol` give it `DhtProtocol`, the storage
 is a `PeerStore`, `bootstrap` never raises and seeds from pinged responders only, lookups use
 `Lookup`, `refresh_table` is driven by `maintain()` (called by a loop in production, by hand in
-simulation), and `save_state`/`load_state` write JSON instead of pickle. The value API
-(`get`/`set`) is refused: dhtdeb keeps peer lists, not values.
+simulation; while the routing table is empty it bootstraps again, resolving host names anew),
+and `save_state`/`load_state` write JSON instead of pickle. The value API (`get`/`set`) is
+refused: dhtdeb keeps peer lists, not values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
@@ -46,6 +48,8 @@ _REFRESH_PER_TICK = 4
 # the 300-node simulation whose bootstrap failed was alone for a minute: it announced its whole
 # store to nobody and its lookups found nobody.
 _ALONE_RETRY = 1.0
+# Addresses (resolved) and host names kept to bootstrap again from, each list its newest entries.
+_JOIN_MEMORY = 64
 
 
 def dht_key(sha256_hex: str) -> bytes:
@@ -57,6 +61,23 @@ def dht_key(sha256_hex: str) -> bytes:
     if len(digest) != 32:
         raise ValueError(f"not a SHA256 (32 bytes): {sha256_hex!r}")
     return digest[:20]
+
+
+def _is_name(host: str) -> bool:
+    """Whether `host` is a host name (resolved by DNS) rather than an IP address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _remember(memory: list[Address], addresses: Sequence[Address]) -> None:
+    """Append the addresses `memory` lacks, keeping its newest `_JOIN_MEMORY`."""
+    for address in addresses:
+        if address not in memory:
+            memory.append(address)
+    del memory[:-_JOIN_MEMORY]
 
 
 class DhtServer(Server):  # type: ignore[misc]
@@ -91,7 +112,12 @@ class DhtServer(Server):  # type: ignore[misc]
         self.protocol: DhtProtocol = self._create_protocol()
         self.transport: DatagramTransport | None = None
         self.address: Address = ("", 0)
+        # What to bootstrap again from while the routing table is empty: the addresses joined
+        # through (host names resolved), and the host names given as such (host, port), kept
+        # unresolved: a name that did not resolve at start (DNS not up yet at boot, a laptop
+        # offline) or whose host was renumbered is resolved again on each retry.
         self.join_addresses: list[Address] = []
+        self.join_names: list[Address] = []
         self._alone_retry = _ALONE_RETRY
         self._last_save = clock.now()
         # Durations (by the injected clock) of lookups that had nodes to ask, by purpose; the
@@ -133,21 +159,37 @@ class DhtServer(Server):  # type: ignore[misc]
                 host, port, family=self.family, type=socket.SOCK_DGRAM
             )
         except (OSError, UnicodeError):
-            log.warning("DHT: cannot resolve bootstrap host %s", host)
+            # Once a minute per name: an empty table retries every few seconds (maintain).
+            self.protocol.quiet.warn(
+                f"resolve {host}", "DHT: cannot resolve bootstrap host %s", host
+            )
             return []
         return list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
 
     async def bootstrap(self, addrs: Sequence[Address]) -> int:
-        """Ping `addrs` (host names allowed), then look up our own id. Returns contacts known."""
+        """Ping `addrs` (host names allowed), then look up our own id. Returns contacts known.
+
+        The addresses and the host names are remembered (`join_addresses`, `join_names`) for
+        `maintain` to bootstrap again while the routing table is empty."""
         resolved: list[Address] = []
         for host, port in addrs:
             if (host, port) == self.address:
                 continue
+            if _is_name(host):
+                _remember(self.join_names, [(host, port)])
             resolved += await self._resolve(host, port)
-        for address in resolved:
-            if address not in self.join_addresses:
-                self.join_addresses.append(address)
-        del self.join_addresses[:-64]
+        return await self._join(resolved)
+
+    async def _rejoin(self) -> int:
+        """Bootstrap again (the routing table is empty): the addresses joined through, and the
+        host names resolved anew."""
+        addresses = list(self.join_addresses)
+        for host, port in self.join_names:
+            addresses += await self._resolve(host, port)
+        return await self._join(list(dict.fromkeys(addresses)))
+
+    async def _join(self, resolved: list[Address]) -> int:
+        _remember(self.join_addresses, resolved)
         gate = asyncio.Semaphore(_PING_CONCURRENCY)
 
         async def ping(address: Address) -> None:
@@ -348,8 +390,8 @@ class DhtServer(Server):  # type: ignore[misc]
         """One maintenance tick; every decision reads the injected clock."""
         self.storage.expire()
         self.protocol.looks_unreachable()  # the evidence is judged every tick
-        if not len(self.protocol.router) and self.join_addresses:
-            await self.bootstrap(list(self.join_addresses))
+        if not len(self.protocol.router) and (self.join_addresses or self.join_names):
+            await self._rejoin()
         await self._refresh_table()
         if self.protocol.dials.due(self.clock.now()):
             await self.protocol.dials.test()  # still behind NAT? (its files wait meanwhile)
@@ -364,10 +406,11 @@ class DhtServer(Server):  # type: ignore[misc]
 
     def maintenance_pause(self) -> float:
         """Seconds until the next `maintain`: the maintenance interval, or, while the routing
-        table is empty and there are nodes to join through, a short pause that doubles on each
-        call (from `_ALONE_RETRY` up to the interval)."""
+        table is empty and there are nodes to join through (addresses, or host names that may
+        resolve by now), a short pause that doubles on each call (from `_ALONE_RETRY` up to the
+        interval)."""
         interval = self.tuning.maintenance_interval
-        if len(self.protocol.router) or not self.join_addresses:
+        if len(self.protocol.router) or not (self.join_addresses or self.join_names):
             self._alone_retry = _ALONE_RETRY
             return interval
         pause = min(self._alone_retry, interval)
@@ -385,7 +428,9 @@ class DhtServer(Server):  # type: ignore[misc]
 
     # -- state ---------------------------------------------------------------------------------
     def save_state(self, fname: Path) -> None:
-        """`fname` is the state directory (JSON file inside it)."""
+        """`fname` is the state directory (JSON file inside it). Saves the routing table's
+        contacts, or else the addresses joined through (host names are not saved: they come
+        from the configuration on every start)."""
         contacts = self.bootstrappable_neighbors() or self.join_addresses
         state_file.save_state(fname, state_file.SavedState(self.node.id, tuple(contacts)))
         self._last_save = self.clock.now()

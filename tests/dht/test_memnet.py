@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import socket
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from dhtdeb.clock import ManualClock
 from dhtdeb.dht import DhtConfig, DhtTuning, open_dht
@@ -161,6 +166,81 @@ async def _join_after_outage(tmp_path: Path, seed: int) -> float | None:
         down.clear()  # the network comes up
         for _ in range(200):
             if len(late.engine.protocol.router):
+                return loop().time()
+            await asyncio.sleep(0.1)
+        return None
+    finally:
+        await late.close()
+        await first.close()
+
+
+BOOT_NAME = "boot.example.lan"
+
+
+@pytest.mark.parametrize("dns_at_start", ["no answer", "old address"])
+def test_a_node_configured_by_host_name_joins_once_the_name_resolves(
+    tmp_path: Path, seed: int, dns_at_start: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its only bootstrap entry is a host name that did not resolve at start (DNS not up yet at
+    boot) or resolved to an address nobody answers at (the host was renumbered): the retries
+    of an empty routing table resolve the name again, and it joins seconds after DNS gives the
+    live address, warning about the unresolvable name once, not on every retry."""
+    loop = VirtualTimeLoop()
+    dns = {} if dns_at_start == "no answer" else {BOOT_NAME: "10.0.0.3"}
+    numeric_only = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        """DNS, which the virtual loop has not: BOOT_NAME resolves as `dns` says now."""
+        if host == BOOT_NAME:
+            if host not in dns:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            host = dns[host]
+        return await numeric_only(host, port, **kwargs)
+
+    loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="dhtdeb.dht"):
+            joined_at = loop.run_until_complete(_join_by_name(tmp_path, seed, dns))
+    finally:
+        loop.close()
+    assert joined_at is not None
+    assert 5.0 <= joined_at <= 5.0 + 8.0  # DNS answers from 5 s on; the tries come within 8 s
+    unresolved = [r for r in caplog.records if "cannot resolve bootstrap host" in r.getMessage()]
+    assert len(unresolved) == (1 if dns_at_start == "no answer" else 0)
+
+
+async def _join_by_name(tmp_path: Path, seed: int, dns: dict[str, str]) -> float | None:
+    network = MemoryNetwork()
+    clock = LoopClock(loop())
+    rng = random.Random(seed)
+
+    def config(host: str, name: str, bootstrap: tuple[HostPort, ...]) -> DhtConfig:
+        return DhtConfig(
+            HostPort(host, 9978),
+            tmp_path / name,
+            bootstrap=bootstrap,
+            lan=False,
+            allow_loopback_peers=False,
+            node_id=rng.randbytes(20),
+        )
+
+    first = await open_dht(
+        config("10.0.0.1", "a", ()), clock=clock, rng=rng, network=network, maintenance=False
+    )
+    late = await open_dht(
+        config("10.0.0.2", "b", (HostPort(BOOT_NAME, 9978),)),
+        clock=clock,
+        rng=random.Random(seed + 1),
+        network=network,
+    )
+    try:
+        assert len(late.engine.protocol.router) == 0  # its bootstrap found nobody
+        assert late.engine.join_names == [(BOOT_NAME, 9978)]
+        await asyncio.sleep(5.0 - loop().time())
+        dns[BOOT_NAME] = "10.0.0.1"  # DNS answers, with the live address
+        for _ in range(200):
+            if len(late.engine.protocol.router):
+                assert late.engine.bootstrappable_neighbors() == [("10.0.0.1", 9978)]
                 return loop().time()
             await asyncio.sleep(0.1)
         return None
