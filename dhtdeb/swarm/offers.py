@@ -33,6 +33,7 @@ class _Told:
     """What one admitted peer told about its own download."""
 
     offers: dict[int, bytes] | None = None  # None: not downloading (a list, or no answer yet)
+    offered: frozenset[int] = frozenset()  # the keys of `offers`, kept for `servable`
     relays: dict[int, bytes] = field(default_factory=dict)
     refresh_at: float | None = None  # when to ask a downloading peer for its offers again
     fetching: dict[int, float] = field(default_factory=dict)  # piece -> first said to be fetched
@@ -97,6 +98,7 @@ class Crowd:
             ):
                 return index
         told.offers = {**known, **offers}
+        told.offered = frozenset(told.offers)
         told.relays = {i: d for i, d in relays.items() if i not in told.offers}
         told.fetching = {
             i: told.fetching.get(i, now)
@@ -163,18 +165,28 @@ class Crowd:
 
     def servable(self, usable: Usable) -> dict[Peer, frozenset[int]]:
         """What each downloading peer can serve: its own offers, and the pieces it relays whose
-        digest some usable downloader offered this node itself."""
+        digest some usable downloader offered this node itself. Called on every downloader's
+        answer (each asked every `offers_refresh`), so the work is kept to the pieces relayed:
+        with dozens of downloaders, rebuilding every offer each time was quadratic."""
+        relayed: set[int] = set()
+        for told in self._told.values():
+            if told.offers is not None and told.relays:
+                relayed.update(told.relays)
         offered: dict[int, set[bytes]] = {}
-        for peer, told in self._told.items():
-            if told.offers is not None and usable(peer):
-                for index, digest in told.offers.items():
-                    offered.setdefault(index, set()).add(digest)
+        if relayed:
+            for peer, told in self._told.items():
+                if told.offers is not None and usable(peer):
+                    for index in relayed.intersection(told.offers):
+                        offered.setdefault(index, set()).add(told.offers[index])
         servable = {}
         for peer, told in self._told.items():
             if told.offers is None:
                 continue
+            if not told.relays:
+                servable[peer] = told.offered
+                continue
             relays = (i for i, d in told.relays.items() if d in offered.get(i, ()))
-            servable[peer] = frozenset(told.offers).union(relays)
+            servable[peer] = told.offered.union(relays)
         return servable
 
     def author(self, index: int, digest: bytes, usable: Usable) -> Peer | None:
