@@ -8,6 +8,7 @@ the three of them take seconds; their numbers are `tests/test_sim.py`'s concern,
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -26,6 +27,8 @@ BASE = [
     *("--seed", "1", "--packages", "300", "--hours", "0.01", "--warmup", "30", "--drain", "30"),
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The collector's thresholds before the sweep: neither Python's default nor run_scale's own.
+FOUND_THRESHOLDS = (701, 11, 12)
 
 
 def _cli(*args: str) -> Result:
@@ -52,6 +55,7 @@ def _dhtdeb_log_level() -> Iterator[None]:
 class Swept:
     out: Path
     result: Result
+    collector_after: tuple[int, int, int]  # gc thresholds once the sweep ended
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +63,21 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swept]:
     logger = logging.getLogger("dhtdeb")
     level = logger.level
     out = tmp_path_factory.mktemp("sweep") / "runs"
-    result = _sweep(out)
+    collector = gc.get_threshold()
+    gc.set_threshold(*FOUND_THRESHOLDS)
+    try:
+        result = _sweep(out)
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*collector)
     logger.setLevel(level)
     assert result.exit_code == 0, result.output
-    yield Swept(out, result)
+    yield Swept(out, result, after)
+
+
+def test_runs_leave_the_collector_as_they_found_it(swept: Swept) -> None:
+    # run_scale collects less often during a run (sim/scale.py, GC_THRESHOLDS), not after it
+    assert swept.collector_after == FOUND_THRESHOLDS
 
 
 def test_one_report_per_value(swept: Swept) -> None:
