@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dhtdeb.clock import ManualClock
-from dhtdeb.dht import DhtConfig, DhtTuning, open_dht
+from dhtdeb.dht import DhtConfig, DhtNode, DhtTuning, open_dht
 from dhtdeb.dht.transport import MemoryNetwork
 from dhtdeb.dht.wire import Address
 from dhtdeb.netaddr import HostPort
@@ -118,6 +118,52 @@ async def _lookup_round_does_not_wait_for_silent_nodes(tmp_path: Path, seed: int
         await swarm.close()
 
 
+def _config(
+    tmp_path: Path, rng: random.Random, host: str, name: str, bootstrap: tuple[HostPort, ...]
+) -> DhtConfig:
+    return DhtConfig(
+        HostPort(host, 9978),
+        tmp_path / name,
+        bootstrap=bootstrap,
+        lan=False,
+        allow_loopback_peers=False,
+        node_id=rng.randbytes(20),
+    )
+
+
+async def _first_and_late(
+    tmp_path: Path, seed: int, network: MemoryNetwork, bootstrap: HostPort
+) -> tuple[DhtNode, DhtNode]:
+    """A node at 10.0.0.1 with no maintenance loop, then one at 10.0.0.2 joining through
+    `bootstrap`, with the daemon's maintenance loop."""
+    rng = random.Random(seed)
+    clock = LoopClock(loop())
+    first = await open_dht(
+        _config(tmp_path, rng, "10.0.0.1", "a", ()),
+        clock=clock,
+        rng=rng,
+        network=network,
+        maintenance=False,
+    )
+    late = await open_dht(
+        _config(tmp_path, rng, "10.0.0.2", "b", (bootstrap,)),
+        clock=clock,
+        rng=random.Random(seed + 1),
+        network=network,
+    )
+    return first, late
+
+
+async def _joined_at(node: DhtNode) -> float | None:
+    """The virtual time at which `node`'s routing table got a contact, within 20 s; polled every
+    0.1 virtual s (the loop jumps between the polls: no real time passes)."""
+    for _ in range(200):
+        if len(node.engine.protocol.router):
+            return loop().time()
+        await asyncio.sleep(0.1)
+    return None
+
+
 def test_a_node_whose_bootstrap_failed_joins_soon_after_the_network_comes_up(
     tmp_path: Path, seed: int
 ) -> None:
@@ -136,39 +182,12 @@ def test_a_node_whose_bootstrap_failed_joins_soon_after_the_network_comes_up(
 async def _join_after_outage(tmp_path: Path, seed: int) -> float | None:
     down = {"10.0.0.2"}
     network = MemoryNetwork(route=lambda src, dst, data: not ({src[0], dst[0]} & down))
-    clock = LoopClock(loop())
-    rng = random.Random(seed)
-    tuning = DhtTuning()
-
-    def config(host: str, name: str, bootstrap: tuple[HostPort, ...]) -> DhtConfig:
-        return DhtConfig(
-            HostPort(host, 9978),
-            tmp_path / name,
-            bootstrap=bootstrap,
-            lan=False,
-            allow_loopback_peers=False,
-            node_id=rng.randbytes(20),
-        )
-
-    first = await open_dht(
-        config("10.0.0.1", "a", ()), clock=clock, rng=rng, network=network, maintenance=False
-    )
-    late = await open_dht(
-        config("10.0.0.2", "b", (HostPort("10.0.0.1", 9978),)),
-        clock=clock,
-        rng=random.Random(seed + 1),
-        tuning=tuning,
-        network=network,
-    )
+    first, late = await _first_and_late(tmp_path, seed, network, HostPort("10.0.0.1", 9978))
     try:
         assert len(late.engine.protocol.router) == 0  # its bootstrap found nobody
         await asyncio.sleep(5.0 - loop().time())
         down.clear()  # the network comes up
-        for _ in range(200):
-            if len(late.engine.protocol.router):
-                return loop().time()
-            await asyncio.sleep(0.1)
-        return None
+        return await _joined_at(late)
     finally:
         await late.close()
         await first.close()
@@ -211,39 +230,15 @@ def test_a_node_configured_by_host_name_joins_once_the_name_resolves(
 
 async def _join_by_name(tmp_path: Path, seed: int, dns: dict[str, str]) -> float | None:
     network = MemoryNetwork()
-    clock = LoopClock(loop())
-    rng = random.Random(seed)
-
-    def config(host: str, name: str, bootstrap: tuple[HostPort, ...]) -> DhtConfig:
-        return DhtConfig(
-            HostPort(host, 9978),
-            tmp_path / name,
-            bootstrap=bootstrap,
-            lan=False,
-            allow_loopback_peers=False,
-            node_id=rng.randbytes(20),
-        )
-
-    first = await open_dht(
-        config("10.0.0.1", "a", ()), clock=clock, rng=rng, network=network, maintenance=False
-    )
-    late = await open_dht(
-        config("10.0.0.2", "b", (HostPort(BOOT_NAME, 9978),)),
-        clock=clock,
-        rng=random.Random(seed + 1),
-        network=network,
-    )
+    first, late = await _first_and_late(tmp_path, seed, network, HostPort(BOOT_NAME, 9978))
     try:
         assert len(late.engine.protocol.router) == 0  # its bootstrap found nobody
         assert late.engine.join_names == [(BOOT_NAME, 9978)]
         await asyncio.sleep(5.0 - loop().time())
         dns[BOOT_NAME] = "10.0.0.1"  # DNS answers, with the live address
-        for _ in range(200):
-            if len(late.engine.protocol.router):
-                assert late.engine.bootstrappable_neighbors() == [("10.0.0.1", 9978)]
-                return loop().time()
-            await asyncio.sleep(0.1)
-        return None
+        joined_at = await _joined_at(late)
+        assert late.engine.bootstrappable_neighbors() == ([("10.0.0.1", 9978)] if joined_at else [])
+        return joined_at
     finally:
         await late.close()
         await first.close()
