@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # iproute2: the fleet tests run hosts in network namespaces (ip netns, tc).
 DEB_PACKAGES := gpgv gpg apt-utils dpkg-dev xz-utils iproute2
-# make test only: tests/test_dashboard.py loads the dashboard in headless chromium.
-TEST_DEB_PACKAGES := chromium
+# make test only: tests/test_dashboard.py loads the dashboard in headless chromium;
+# tests/fleet/test_fleet_harness.py gives a fleet its NAT uplink with nft (nftables).
+TEST_DEB_PACKAGES := chromium nftables
 # make deb (and make test, which installs the package it builds): Debian's packaging tools.
 BUILD_DEB_PACKAGES := debhelper dh-virtualenv python3-venv help2man lintian
 # check-real: the fleet hosts' NAT uplink (nftables), debootstrap, and Debian's archive keys.
