@@ -115,6 +115,7 @@ class Crowd:
         """`peer` sent a whole piece list: it is no downloader (any more)."""
         told = self._told[peer]
         told.offers = None
+        told.offered = frozenset()
         told.refresh_at = None
 
     def judge(
