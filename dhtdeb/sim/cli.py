@@ -36,6 +36,14 @@ Warmup = Annotated[
 ]
 Drain = Annotated[float, typer.Option("--drain", min=0.0, help="Virtual seconds after the window.")]
 Seed = Annotated[int, typer.Option("--seed", help="One seed, one history.")]
+Until = Annotated[
+    float | None,
+    typer.Option(
+        "--until",
+        min=0.0,
+        help="Stop at this virtual second (default: the drain's end); a partial report.",
+    ),
+]
 
 
 def _scale_params(
@@ -49,6 +57,7 @@ def _scale_params(
     loss: float,
     warmup: float,
     drain: float,
+    until: float | None = None,
 ) -> ScaleParams:
     from dhtdeb.sim.scale import ScaleParams
     from dhtdeb.sim.workload import WorkloadParams
@@ -56,7 +65,7 @@ def _scale_params(
     workload = WorkloadParams(
         packages=packages, nat_share=nat, hours=hours, session_median_h=session_median
     )
-    return ScaleParams(nodes, seed, workload, loss=loss, warmup=warmup, drain=drain)
+    return ScaleParams(nodes, seed, workload, loss=loss, warmup=warmup, drain=drain, until=until)
 
 
 def _need_matplotlib(what: str) -> None:
@@ -95,11 +104,15 @@ def scale(
     loss: Loss = 0.01,
     warmup: Warmup = 600.0,
     drain: Drain = 900.0,
+    until: Until = None,
 ) -> None:
-    """A deterministic discrete-event simulation of a fleet fetching a day's update."""
+    """A deterministic discrete-event simulation of a fleet fetching a day's update.
+
+    A run stopped early (--until, or Ctrl-C: exit status 130) still writes its report, which
+    counts the files finished by then and gives `stopped_at_s` and `files_running`."""
     from dhtdeb.sim.plots import plot_run
     from dhtdeb.sim.report import targets_line
-    from dhtdeb.sim.scale import run_scale
+    from dhtdeb.sim.scale import SimInterrupted, run_scale
     from dhtdeb.sim.sweep import dump_report
 
     if plots is not None:
@@ -114,8 +127,13 @@ def scale(
         loss=loss,
         warmup=warmup,
         drain=drain,
+        until=until,
     )
-    result = run_scale(params)
+    interrupted = False
+    try:
+        result = run_scale(params)
+    except SimInterrupted as stop:
+        result, interrupted = stop.report, True
     text = dump_report(result)
     if str(json_out) == "-":
         typer.echo(text, nl=False)
@@ -124,8 +142,18 @@ def scale(
     if plots is not None:
         for path in plot_run(result, plots):
             typer.echo(f"plot: {path}", err=True)
+    if "stopped_at_s" in result:
+        typer.echo(
+            f"stopped at virtual {result['stopped_at_s']:.1f} s"
+            f"{' (Ctrl-C)' if interrupted else ''}: a partial report, counting the"
+            f" {result['files_finished']} files finished by then"
+            f" ({result['files_running']} still running)",
+            err=True,
+        )
     typer.echo(_summary_line(result), err=True)
     typer.echo(f"targets: {targets_line(result)}", err=True)
+    if interrupted:
+        raise typer.Exit(130)
 
 
 @sim_app.command("sweep")
@@ -162,6 +190,7 @@ def sweep(
     is not run again, so a sweep that was stopped resumes when the same command is given again
     (delete a point's file to run it again). The option that --vary names is ignored.
     """
+    from dhtdeb.sim.scale import SimInterrupted
     from dhtdeb.sim.sweep import BadValues, parse_values, plan_sweep, run_sweep
 
     try:
@@ -182,14 +211,22 @@ def sweep(
         drain=drain,
     )
     reports = []
-    for run in run_sweep(plan_sweep(base, vary, chosen, out)):
-        reports.append(run.report)
-        note = {
-            "ran": "",
-            "kept": " (kept: its JSON was already there)",
-            "replaced": " (its JSON held another run: replaced)",
-        }[run.outcome]
-        typer.echo(f"{run.point.path}: {_summary_line(run.report)}{note}", err=True)
+    try:
+        for run in run_sweep(plan_sweep(base, vary, chosen, out)):
+            reports.append(run.report)
+            note = {
+                "ran": "",
+                "kept": " (kept: its JSON was already there)",
+                "replaced": " (its JSON held another run: replaced)",
+            }[run.outcome]
+            typer.echo(f"{run.point.path}: {_summary_line(run.report)}{note}", err=True)
+    except SimInterrupted as stop:
+        typer.echo(
+            f"dhtdeb: {stop}: that point's JSON is not written; the same command resumes the"
+            " sweep from it",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     if plots is not None:
         from dhtdeb.sim.plots import plot_runs
 

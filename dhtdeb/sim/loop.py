@@ -12,6 +12,10 @@ machines they took a fifth of the run. With `freeze_every`, each time the virtua
 another such interval the objects alive then are frozen (`gc.freeze`) and later collections
 scan only younger ones. Frozen cyclic garbage is never freed, which costs memory, not results:
 the freeze runs inside the clock's jump, so it adds no callback and moves no event.
+
+Stopping early (`stop_at`): the stop is checked inside the clock's jump too, not set as a timer,
+because one more timer in the heap would change the order in which timers due at the same instant
+run, and so the history; a run stopped at a time is the full run up to that time.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import gc
 import math
 import selectors
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -69,9 +73,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._clock_resolution = 0.0  # a timer runs once the clock has passed its deadline
         self._freeze_every = freeze_every
         self._next_freeze = start + freeze_every if freeze_every else math.inf
+        self._stop_at = math.inf
+        self._on_stop: Callable[[], object] | None = None
 
     def time(self) -> float:
         return self._virtual_now
+
+    def stop_at(self, when: float, callback: Callable[[], object]) -> None:
+        """Call `callback` once, with the clock at `when`, when every timer due by then has run
+        and the clock would move past it."""
+        self._stop_at, self._on_stop = when, callback
 
     def jump_to_next_timer(self) -> None:
         """With no callback ready, move the clock just past the earliest timer, so that the
@@ -81,6 +92,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if getattr(self, "_ready"):  # noqa: B009
             return
         timers: list[asyncio.TimerHandle] = getattr(self, "_scheduled")  # noqa: B009
+        if self._on_stop is not None and (not timers or timers[0].when() > self._stop_at):
+            self._virtual_now = max(self._virtual_now, self._stop_at)
+            callback, self._on_stop = self._on_stop, None
+            callback()
+            return
         if timers and timers[0].when() >= self._virtual_now:
             self._virtual_now = math.nextafter(timers[0].when(), math.inf)
         if self._virtual_now >= self._next_freeze and self._freeze_every:

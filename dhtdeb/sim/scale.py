@@ -7,6 +7,8 @@ process; the DHT state directories live in a temporary directory.
 Timeline (virtual seconds): the machines online when the update appears join during a warm-up;
 the window of `hours` opens with the update; machines come and go as their sessions say; after
 the window, a drain lets running downloads end (nothing new starts), then every machine leaves.
+A run can end sooner: at the virtual time `until`, or at Ctrl-C (`SimInterrupted`); its report
+then says when it stopped and how many files were still on their way (see `report`).
 """
 
 from __future__ import annotations
@@ -60,12 +62,23 @@ class ScaleParams:
     warmup: float = 600.0
     drain: float = 900.0
     tuning: DhtTuning = field(default_factory=DhtTuning)
+    until: float | None = None  # virtual time at which to stop, if before the drain's end
 
     def summary(self) -> dict[str, Any]:
         described = dataclasses.asdict(self)
         described.pop("nodes")
         described.pop("seed")
+        if self.until is None:
+            described.pop("until")  # so that the reports of runs to the end stay as they were
         return described
+
+
+class SimInterrupted(Exception):
+    """The run was stopped by Ctrl-C; `report` is what it had measured by then."""
+
+    def __init__(self, partial: dict[str, Any]) -> None:
+        super().__init__(f"interrupted at virtual {partial['stopped_at_s']:.1f} s")
+        self.report = partial
 
 
 class World:
@@ -93,6 +106,8 @@ class World:
         self._join_rng = random.Random(rng.getrandbits(64))
         self.tmp = tmp
         self.holders: dict[str, list[SimNode]] = {}  # machines that stored a file, in order
+        self.stopped_at: float | None = None  # virtual time of a stop before the drain's end
+        self._main: asyncio.Task[None] | None = None  # the task running `run`
 
     # -- what a download asks of the world --------------------------------------------------
 
@@ -153,10 +168,29 @@ class World:
             tuning=params.tuning,
             network=self.internet.datagrams,
         )
+        self._main = asyncio.current_task()
         try:
             await asyncio.gather(*(self._sessions(node) for node in self.nodes))
+        except asyncio.CancelledError:
+            if self.stopped_at is None or self._main is None:
+                raise  # Ctrl-C
+            self._main.uncancel()  # the stop asked for (`stop`): the run ends here
         finally:
             await boot.close()
+
+    def stop(self) -> None:
+        """End the run now (the loop's `stop_at`): the machines' sessions are cancelled."""
+        self.note_stop()
+        if self._main is not None:
+            self._main.cancel()
+
+    def note_stop(self) -> None:
+        """A stop before the drain's end: its time, and the DHT counters of the machines still
+        online, counted as if they left."""
+        self.stopped_at = self.clock.now()
+        for node in self.nodes:
+            if node.dht is not None:
+                self.tally.dht_left(node.dht.counters())
 
     async def _sessions(self, node: SimNode) -> None:
         params = self.params
@@ -173,8 +207,10 @@ class World:
             if number == 0:
                 node.start_upgrade(params.warmup + node.plan.upgrade_at)
             leave = min(end, params.warmup + off)
-            await _sleep_until(leave)
-            self.tally.online_seconds += self.clock.now() - joined
+            try:
+                await _sleep_until(leave)
+            finally:  # a stopped run counts the time its machines were online until then
+                self.tally.online_seconds += self.clock.now() - joined
             await node.leave()
             if leave >= end:
                 return
@@ -191,22 +227,43 @@ def _loop() -> VirtualTimeLoop:
 
 
 def run_scale(params: ScaleParams) -> dict[str, Any]:
-    """Run one simulation; the report (same seed, same numbers, except `wall_s`)."""
+    """Run one simulation; the report (same seed, same numbers, except `wall_s`).
+
+    Raises SimInterrupted, with the report so far, when Ctrl-C stops the run."""
     logging.getLogger("dhtdeb").setLevel(logging.ERROR)  # thousands of nodes, one stderr
     started = time.perf_counter()
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
+    partial: dict[str, Any] | None = None
+    interrupted = False
     try:
         with tempfile.TemporaryDirectory(prefix="dhtdeb-sim-") as tmp:
             with asyncio.Runner(loop_factory=_loop) as runner:
                 loop = runner.get_loop()
+                assert isinstance(loop, VirtualTimeLoop)
                 world = World(params, loop, Path(tmp))
-                runner.run(world.run())
+                if params.until is not None:
+                    loop.stop_at(params.until, world.stop)
+                try:
+                    runner.run(world.run())
+                except KeyboardInterrupt:
+                    interrupted = True
+                    world.note_stop()
+                if world.stopped_at is not None:
+                    # counted now: closing the runner cancels the downloads still running
+                    partial = _report(world, params, time.perf_counter() - started)
     finally:
         gc.unfreeze()  # what the loop froze is collectable again (a sweep's next point)
         gc.set_threshold(*thresholds)
-    wall = time.perf_counter() - started
-    return report(
+    if partial is None:
+        return _report(world, params, time.perf_counter() - started)
+    if interrupted:
+        raise SimInterrupted(partial)
+    return partial
+
+
+def _report(world: World, params: ScaleParams, wall: float) -> dict[str, Any]:
+    result = report(
         world.tally,
         nodes=params.nodes,
         seed=params.seed,
@@ -214,3 +271,9 @@ def run_scale(params: ScaleParams) -> dict[str, Any]:
         params=params.summary(),
         wall=wall,
     )
+    if world.stopped_at is not None:
+        tally = world.tally
+        ended = tally.files_finished + tally.files_failed + tally.files_abandoned
+        result["stopped_at_s"] = round(world.stopped_at, 3)
+        result["files_running"] = tally.files_requested - ended
+    return result

@@ -1,0 +1,120 @@
+"""A simulation stopped early still reports: `sim scale --until T` and Ctrl-C.
+
+A 10,000-node run takes hours of CPU; whoever stops it must get what it measured, labelled as
+partial. A stop must not change the history before it (`--until` past the end is the full run),
+and the counters of a partial report add up with the files still running. The fleet is tiny
+(30 machines, a 300-package archive, 36 virtual seconds of arrivals): the runs take a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from dhtdeb.cli import app
+from dhtdeb.sim import scale
+from dhtdeb.sim.loop import VirtualTimeLoop
+from dhtdeb.sim.scale import ScaleParams, run_scale
+from dhtdeb.sim.workload import WorkloadParams
+
+SEED = 1
+WORKLOAD = WorkloadParams(packages=300, hours=0.01)
+END = 30.0 + 36.0 + 30.0  # warm-up, window, drain
+MIDWAY = 50.0  # virtual seconds: downloads are running
+BASE = ["--seed", str(SEED), "--packages", "300", "--hours", "0.01", "--warmup", "30"]
+BASE += ["--drain", "30"]
+
+
+def _params(until: float | None = None) -> ScaleParams:
+    return ScaleParams(30, SEED, WORKLOAD, warmup=30.0, drain=30.0, until=until)
+
+
+def _without_wall(result: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in result.items() if key != "wall_s"}
+
+
+@pytest.fixture(autouse=True)
+def _dhtdeb_log_level() -> Iterator[None]:
+    # run_scale quiets the dhtdeb logger for its thousands of nodes; later tests read its logs
+    logger = logging.getLogger("dhtdeb")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def full() -> dict[str, Any]:
+    logger = logging.getLogger("dhtdeb")
+    level = logger.level
+    result = run_scale(_params())
+    logger.setLevel(level)
+    return result
+
+
+def _adds_up(result: dict[str, Any]) -> None:
+    ended = result["files_finished"] + result["files_failed"] + result["files_abandoned"]
+    context = f"seed {SEED}: {result}"
+    assert ended + result["files_running"] == result["files_requested"], context
+    assert result["bytes_from_peers"] + result["bytes_from_mirror"] == result["bytes_requested"]
+    assert result["wrong_pieces"] == 0 and result["files_failed"] == 0, context
+    assert result["upkeep_bytes_per_s_per_node"] > 0, context  # online machines counted
+
+
+def test_a_stop_after_the_end_leaves_the_full_run(full: dict[str, Any]) -> None:
+    late = run_scale(_params(until=END + 1000.0))
+    assert late["params"].pop("until") == END + 1000.0
+    assert "stopped_at_s" not in late and "until" not in full["params"]
+    assert _without_wall(late) == _without_wall(full), f"seed {SEED}"
+
+
+def test_a_stopped_run_reports_what_it_measured_by_then(full: dict[str, Any]) -> None:
+    partial = run_scale(_params(until=MIDWAY))
+    assert partial["stopped_at_s"] == MIDWAY
+    assert partial["files_running"] > 0, f"seed {SEED}: nothing was running at {MIDWAY} s"
+    _adds_up(partial)
+    assert partial["files_finished"] < full["files_finished"], f"seed {SEED}"
+    assert partial["bytes_requested"] < full["bytes_requested"], f"seed {SEED}"
+    again = run_scale(_params(until=MIDWAY))
+    assert _without_wall(again) == _without_wall(partial), f"seed {SEED}: two stops differ"
+
+
+@pytest.fixture
+def ctrl_c_midway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs' loop raises a real SIGINT when its clock reaches MIDWAY."""
+
+    def interrupted_loop() -> VirtualTimeLoop:
+        loop = VirtualTimeLoop(freeze_every=scale.FREEZE_EVERY)
+        loop.call_at(MIDWAY, signal.raise_signal, signal.SIGINT)
+        return loop
+
+    monkeypatch.setattr(scale, "_loop", interrupted_loop)
+
+
+@pytest.mark.usefixtures("ctrl_c_midway")
+def test_ctrl_c_writes_the_report_so_far(tmp_path: Path) -> None:
+    out = tmp_path / "partial.json"
+    result = CliRunner().invoke(app, ["sim", "scale", "--nodes", "30", *BASE, "--json", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "(Ctrl-C): a partial report" in result.output
+    partial = json.loads(out.read_text())
+    assert MIDWAY <= partial["stopped_at_s"] < MIDWAY + 1.0, partial["stopped_at_s"]
+    assert partial["files_running"] > 0, f"seed {SEED}: nothing was running at {MIDWAY} s"
+    _adds_up(partial)
+
+
+@pytest.mark.usefixtures("ctrl_c_midway")
+def test_ctrl_c_in_a_sweep_writes_no_point_it_would_keep(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    command = ["sim", "sweep", "--vary", "nodes", "--values", "10,20", "--out", str(out), *BASE]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 130, result.output
+    assert "interrupted at virtual 50.0 s" in result.output
+    assert "the same command resumes the sweep from it" in result.output
+    assert not list(out.glob("*.json"))  # a partial report would be kept by the resumption
