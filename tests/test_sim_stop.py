@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from dhtdeb.cli import app
 from dhtdeb.sim import scale
 from dhtdeb.sim.loop import VirtualTimeLoop
+from dhtdeb.sim.plots import label, plot_runs
 from dhtdeb.sim.scale import ScaleParams, run_scale
 from dhtdeb.sim.workload import WorkloadParams
 
@@ -58,6 +59,15 @@ def full() -> dict[str, Any]:
     return result
 
 
+@pytest.fixture(scope="module")
+def partial() -> dict[str, Any]:
+    logger = logging.getLogger("dhtdeb")
+    level = logger.level
+    result = run_scale(_params(until=MIDWAY))
+    logger.setLevel(level)
+    return result
+
+
 def _adds_up(result: dict[str, Any]) -> None:
     ended = result["files_finished"] + result["files_failed"] + result["files_abandoned"]
     context = f"seed {SEED}: {result}"
@@ -74,8 +84,9 @@ def test_a_stop_after_the_end_leaves_the_full_run(full: dict[str, Any]) -> None:
     assert _without_wall(late) == _without_wall(full), f"seed {SEED}"
 
 
-def test_a_stopped_run_reports_what_it_measured_by_then(full: dict[str, Any]) -> None:
-    partial = run_scale(_params(until=MIDWAY))
+def test_a_stopped_run_reports_what_it_measured_by_then(
+    full: dict[str, Any], partial: dict[str, Any]
+) -> None:
     assert partial["stopped_at_s"] == MIDWAY
     assert partial["files_running"] > 0, f"seed {SEED}: nothing was running at {MIDWAY} s"
     _adds_up(partial)
@@ -83,6 +94,15 @@ def test_a_stopped_run_reports_what_it_measured_by_then(full: dict[str, Any]) ->
     assert partial["bytes_requested"] < full["bytes_requested"], f"seed {SEED}"
     again = run_scale(_params(until=MIDWAY))
     assert _without_wall(again) == _without_wall(partial), f"seed {SEED}: two stops differ"
+
+
+def test_plots_say_which_runs_stopped(
+    full: dict[str, Any], partial: dict[str, Any], tmp_path: Path
+) -> None:
+    assert label(full, []) == "30 nodes, seed 1"
+    assert label(partial, []) == "30 nodes, seed 1 (stopped at 50 s)"
+    written = plot_runs([full, partial], tmp_path)
+    assert [path.name for path in written] == ["lookup-cdf.png", "mirror-bytes.png"]
 
 
 @pytest.fixture

@@ -80,8 +80,16 @@ def differing(reports: Sequence[Report]) -> list[Dimension]:
 
 def label(report: Report, dimensions: Sequence[Dimension]) -> str:
     if not dimensions:
-        return f"{report['nodes']} nodes, seed {report['seed']}"
-    return ", ".join(d.text(d.read(report)) for d in dimensions)
+        text = f"{report['nodes']} nodes, seed {report['seed']}"
+    else:
+        text = ", ".join(d.text(d.read(report)) for d in dimensions)
+    return text + stopped(report)
+
+
+def stopped(report: Report) -> str:
+    """What a legend adds for a run stopped before its drain's end (`sim scale --until`)."""
+    at = report.get("stopped_at_s")
+    return f" (stopped at {at:g} s)" if isinstance(at, int | float) else ""
 
 
 def plot_runs(reports: Sequence[Report], directory: Path) -> list[Path]:
@@ -152,6 +160,16 @@ def _offload_plot(
             marker="o",
             label=label(runs[0], others) if others else "offload",
         )
+        for run in runs:
+            if stopped(run):
+                axes.annotate(
+                    stopped(run).strip(" ()"),
+                    (along.read(run), run["offload"]),
+                    textcoords="offset points",
+                    xytext=(-6, -14),
+                    ha="right",
+                    fontsize="small",
+                )
         if all("offload_ceiling_nat" in r for r in runs):  # reports of this version on
             ceilings = True
             first = number == 0
