@@ -2,7 +2,8 @@
 
 Owns: the peer TCP port, request routing (the format of requests and answers is wire.py's; the
 piece lists of stored files are stored_lists.py's), the upload rate cap (one `TokenBucket` for
-the whole node), the cap on concurrent uploads and the idle timeouts.
+the whole node), the cap on concurrent uploads and the idle timeouts. A body is sent by
+upload_body.py, paced by that bucket.
 
 Trusts: the `ContentStore` (only verified files enter it) and the swarm driver's `PartialSource`
 (its piece lists are corroborated and the pieces it reports as held are verified). Everything a
@@ -17,15 +18,11 @@ in `PeerServer.stats`, and logged at debug level only, never with a traceback ab
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -38,6 +35,7 @@ from dhtdeb.swarm.peer_ledger import PeerLedger
 from dhtdeb.swarm.pieces import DIGEST_SIZE, PIECE_SIZE, PieceList
 from dhtdeb.swarm.ratelimit import TokenBucket, bucket_for, throttle
 from dhtdeb.swarm.stored_lists import StoredPieceLists
+from dhtdeb.swarm.upload_body import UploadEnd, send_range
 from dhtdeb.swarm.wire import (
     BODY_TYPE,
     FETCHING_HEADER,
@@ -67,16 +65,6 @@ from dhtdeb.swarm.wire import (
 
 log = logging.getLogger(__name__)
 
-# Body bytes handed to the kernel per step (each step one sendfile). Without a cap: large steps,
-# few wakeups. With a cap: about 1/16 s of traffic (STEPS_PER_SECOND), at least 64 KiB, so the
-# shared bucket paces every upload smoothly without per-step overhead limiting a high cap (each
-# step costs the event loop a round of sendfile, pause and resume: in a flash crowd on few cores
-# that CPU is taken from the downloads). A step that makes no progress for `idle_timeout` means
-# the client stopped reading; with 1 MiB steps and the default 30 s that is a client slower than
-# ~35 KB/s, which is no use as a peer anyway.
-STEP_UNCAPPED = 1 << 20
-STEP_CAPPED = 64 * 1024
-STEPS_PER_SECOND = 16
 RETRY_AFTER_SECONDS = 5
 # Concurrent uploads; beyond, 503 (busy). Few, as BitTorrent's four unchoked peers: the upload
 # cap is shared by the uploads running, so with 16 each piece took 16 times its own time to
@@ -96,8 +84,6 @@ SHUTDOWN_GRACE = 1.0
 # Seconds a connection may sit without a complete request (idle, or headers trickled) and an
 # upload may make no progress.
 DEFAULT_IDLE_TIMEOUT = 30.0
-
-_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def upload_cap(max_uploads: int, size: int) -> int:
@@ -476,89 +462,26 @@ class PeerServer:
             try:
                 with handle:
                     await response.prepare(request)
-                    await self._send_body(request, response, handle, start, end)
+                    self.stats.uploads += 1
+                    ended = await send_range(
+                        request,
+                        response,
+                        handle,
+                        start,
+                        end,
+                        bucket=self._bucket,
+                        idle_timeout=self._idle_timeout,
+                        sent=lambda count: self._sent(request, count),
+                    )
+                    if ended is UploadEnd.STALLED:
+                        self.stats.stalled += 1
             finally:
                 self._uploads.discard(task)
                 self._uploads_changed.set()
                 self._uploads_changed = asyncio.Event()
         return response
 
-    async def _send_body(
-        self,
-        request: web.BaseRequest,
-        response: web.StreamResponse,
-        handle: IO[bytes],
-        start: int,
-        end: int,
-    ) -> None:
-        self.stats.uploads += 1
-        step = STEP_UNCAPPED
-        if self._bucket is not None:
-            step = int(min(STEP_UNCAPPED, max(STEP_CAPPED, self._bucket.rate / STEPS_PER_SECOND)))
-        offset = start
-        while offset < end:
-            count = min(step, end - offset)
-            await throttle(self._bucket, count)
-            try:
-                async with asyncio.timeout(self._idle_timeout):
-                    await self._send_step(request, response, handle, offset, count)
-            except TimeoutError:
-                self.stats.stalled += 1
-                log.debug("peer %s stopped reading: upload cut", request.remote)
-                _reset(request)
-                response.force_close()
-                return
-            except ConnectionError:
-                log.debug("peer %s went away mid-upload", request.remote)
-                response.force_close()
-                return
-            except _ShortFile:
-                # The file ended before its size (a partial file not written that far): the
-                # promised Content-Length cannot be met, so the connection must end.
-                log.warning("%s shorter than its size: upload cut", handle.name)
-                _reset(request)
-                response.force_close()
-                return
-            offset += count
-            self._sent(request, count)
-
     def _sent(self, request: web.BaseRequest, count: int) -> None:
         self._counters.bytes.to_peers += count
         if self._ledger is not None and request.remote:
             self._ledger.sent(request.remote, count, self._clock.now())
-
-    @staticmethod
-    async def _send_step(
-        request: web.BaseRequest,
-        response: web.StreamResponse,
-        handle: IO[bytes],
-        offset: int,
-        count: int,
-    ) -> None:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("connection lost")
-        try:
-            sent = await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
-        except NotImplementedError:
-            data = await asyncio.to_thread(os.pread, handle.fileno(), count, offset)
-            await response.write(data)
-            sent = len(data)
-        if sent != count:
-            raise _ShortFile
-
-
-class _ShortFile(Exception):
-    pass
-
-
-def _reset(request: web.BaseRequest) -> None:
-    """Drop a stalled connection now, with RST: its unsent bytes are of no use to anyone."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    transport.abort()
