@@ -5,7 +5,9 @@ and when the download has finished or failed. The parts: the peers and their req
 (peer_table.py), the crowd's offers (offers.py), which piece list is trusted and the pieces held
 on its word (list_trust.py), what the mirror fetches (mirror_plan.py), the pieces taken on offers
 and the inquiry into them (provisional.py), the accepted pieces (progress.py); the actions and
-configuration are in actions.py. Performs no I/O: the asyncio driver calls the event methods,
+configuration are in actions.py. It is the longest module of the core because it is the one
+place where the parts' decisions are put in order, event by event; what each part decides is in
+its own module. Performs no I/O: the asyncio driver calls the event methods,
 pops `poll_actions()`, and re-arms one timer at `next_deadline()` (the aioquic split). It reads
 no clock: every event method takes `now` (the driver's clock, read once per event) and hands it to
 its parts; `next_deadline()` is an absolute time on that clock. Trusts nothing a peer says;
