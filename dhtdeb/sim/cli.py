@@ -36,6 +36,14 @@ Warmup = Annotated[
 ]
 Drain = Annotated[float, typer.Option("--drain", min=0.0, help="Virtual seconds after the window.")]
 Seed = Annotated[int, typer.Option("--seed", help="One seed, one history.")]
+Progress = Annotated[
+    float,
+    typer.Option(
+        "--progress",
+        min=0.0,
+        help="Wall seconds between progress lines on stderr (0: none).",
+    ),
+]
 Until = Annotated[
     float | None,
     typer.Option(
@@ -66,6 +74,13 @@ def _scale_params(
         packages=packages, nat_share=nat, hours=hours, session_median_h=session_median
     )
     return ScaleParams(nodes, seed, workload, loss=loss, warmup=warmup, drain=drain, until=until)
+
+
+def _progress_options(every: float) -> dict[str, Any]:
+    """run_scale's progress options for `--progress` (lines on stderr; 0: none)."""
+    if not every:
+        return {}
+    return {"progress": lambda line: typer.echo(line, err=True), "progress_every": every}
 
 
 def _need_matplotlib(what: str) -> None:
@@ -105,6 +120,7 @@ def scale(
     warmup: Warmup = 600.0,
     drain: Drain = 900.0,
     until: Until = None,
+    progress: Progress = 60.0,
 ) -> None:
     """A deterministic discrete-event simulation of a fleet fetching a day's update.
 
@@ -131,7 +147,7 @@ def scale(
     )
     interrupted = False
     try:
-        result = run_scale(params)
+        result = run_scale(params, **_progress_options(progress))
     except SimInterrupted as stop:
         result, interrupted = stop.report, True
     text = dump_report(result)
@@ -182,6 +198,7 @@ def sweep(
     loss: Loss = 0.01,
     warmup: Warmup = 600.0,
     drain: Drain = 900.0,
+    progress: Progress = 60.0,
 ) -> None:
     """Run `sim scale` once per value of one parameter, the other options fixed.
 
@@ -212,7 +229,8 @@ def sweep(
     )
     reports = []
     try:
-        for run in run_sweep(plan_sweep(base, vary, chosen, out)):
+        points = plan_sweep(base, vary, chosen, out)
+        for run in run_sweep(points, **_progress_options(progress)):
             reports.append(run.report)
             note = {
                 "ran": "",

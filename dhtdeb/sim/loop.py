@@ -11,7 +11,7 @@ peer stores, downloads), and CPython's full collections scan them all, again and
 machines they took a fifth of the run. With `freeze_every`, each time the virtual clock passes
 another such interval the objects alive then are frozen (`gc.freeze`) and later collections
 scan only younger ones. Frozen cyclic garbage is never freed, which costs memory, not results:
-the freeze runs inside the clock's jump, so it adds no callback and moves no event.
+the freeze runs inside the clock's jump (`every`), so it adds no callback and moves no event.
 
 Stopping early (`stop_at`): the stop is checked inside the clock's jump too, not set as a timer,
 because one more timer in the heap would change the order in which timers due at the same instant
@@ -71,13 +71,23 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._virtual_now = start
         super().__init__(_TimeJumpSelector(self))
         self._clock_resolution = 0.0  # a timer runs once the clock has passed its deadline
-        self._freeze_every = freeze_every
-        self._next_freeze = start + freeze_every if freeze_every else math.inf
+        # (next time, interval, callback) of what runs each time the clock passes an interval
+        self._periodic: list[tuple[float, float, Callable[[], object]]] = []
+        if freeze_every:
+            self.every(freeze_every, gc.freeze)
         self._stop_at = math.inf
         self._on_stop: Callable[[], object] | None = None
 
     def time(self) -> float:
         return self._virtual_now
+
+    def every(self, interval: float, callback: Callable[[], object]) -> None:
+        """Call `callback` each time the clock passes another `interval` (from now), inside the
+        clock's jump: no timer, no callback of the loop, no event moved (`gc.freeze`, progress
+        lines)."""
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self._periodic.append((self._virtual_now + interval, interval, callback))
 
     def stop_at(self, when: float, callback: Callable[[], object]) -> None:
         """Call `callback` once, with the clock at `when`, when every timer due by then has run
@@ -99,10 +109,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             return
         if timers and timers[0].when() >= self._virtual_now:
             self._virtual_now = math.nextafter(timers[0].when(), math.inf)
-        if self._virtual_now >= self._next_freeze and self._freeze_every:
-            gc.freeze()
-            while self._next_freeze <= self._virtual_now:
-                self._next_freeze += self._freeze_every
+        for number, (due, interval, callback) in enumerate(self._periodic):
+            if self._virtual_now >= due:
+                while due <= self._virtual_now:
+                    due += interval
+                self._periodic[number] = (due, interval, callback)
+                callback()
 
     async def getaddrinfo(  # type: ignore[override]
         self,

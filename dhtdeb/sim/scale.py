@@ -18,9 +18,10 @@ import dataclasses
 import gc
 import logging
 import random
+import resource
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ FREEZE_EVERY = 60.0
 # 1,000-node run: 44 s of collections become 8 s, and its report is the same (the collector
 # frees nothing the simulation still uses).
 GC_THRESHOLDS = (50_000, 20, 100)
+# Progress lines (`sim scale --progress`): wall seconds between two, looked at each time the
+# virtual clock passes another second.
+PROGRESS_EVERY = 60.0
+PROGRESS_CHECK = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class World:
         self.holders: dict[str, list[SimNode]] = {}  # machines that stored a file, in order
         self.stopped_at: float | None = None  # virtual time of a stop before the drain's end
         self._main: asyncio.Task[None] | None = None  # the task running `run`
+        self._cpu_start = time.process_time()
 
     # -- what a download asks of the world --------------------------------------------------
 
@@ -184,6 +190,17 @@ class World:
         if self._main is not None:
             self._main.cancel()
 
+    def progress_line(self) -> str:
+        """Where the run is: virtual time, files, and what it has cost so far."""
+        tally = self.tally
+        ended = tally.files_finished + tally.files_failed + tally.files_abandoned
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+        return (
+            f"virtual {int(self.clock.now())} s: {tally.files_requested:,} files asked for,"
+            f" {tally.files_finished:,} finished, {tally.files_requested - ended:,} running;"
+            f" CPU {time.process_time() - self._cpu_start:,.0f} s, peak memory {peak:.1f} GB"
+        )
+
     def note_stop(self) -> None:
         """A stop before the drain's end: its time, and the DHT counters of the machines still
         online, counted as if they left."""
@@ -226,9 +243,15 @@ def _loop() -> VirtualTimeLoop:
     return VirtualTimeLoop(freeze_every=FREEZE_EVERY)
 
 
-def run_scale(params: ScaleParams) -> dict[str, Any]:
+def run_scale(
+    params: ScaleParams,
+    *,
+    progress: Callable[[str], object] | None = None,
+    progress_every: float = PROGRESS_EVERY,
+) -> dict[str, Any]:
     """Run one simulation; the report (same seed, same numbers, except `wall_s`).
 
+    `progress` is given a line (`World.progress_line`) each `progress_every` wall seconds.
     Raises SimInterrupted, with the report so far, when Ctrl-C stops the run."""
     logging.getLogger("dhtdeb").setLevel(logging.ERROR)  # thousands of nodes, one stderr
     started = time.perf_counter()
@@ -244,6 +267,8 @@ def run_scale(params: ScaleParams) -> dict[str, Any]:
                 world = World(params, loop, Path(tmp))
                 if params.until is not None:
                     loop.stop_at(params.until, world.stop)
+                if progress is not None:
+                    loop.every(PROGRESS_CHECK, _progress_check(world, progress, progress_every))
                 try:
                     runner.run(world.run())
                 except KeyboardInterrupt:
@@ -260,6 +285,21 @@ def run_scale(params: ScaleParams) -> dict[str, Any]:
     if interrupted:
         raise SimInterrupted(partial)
     return partial
+
+
+def _progress_check(
+    world: World, progress: Callable[[str], object], every: float
+) -> Callable[[], None]:
+    due = time.monotonic() + every
+
+    def check() -> None:
+        nonlocal due
+        now = time.monotonic()
+        if now >= due:
+            due = now + every
+            progress(world.progress_line())
+
+    return check
 
 
 def _report(world: World, params: ScaleParams, wall: float) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -132,9 +132,14 @@ class PointRun:
     outcome: Literal["ran", "kept", "replaced"]
 
 
-def run_sweep(points: Sequence[Point]) -> Iterator[PointRun]:
+def run_sweep(
+    points: Sequence[Point],
+    *,
+    progress: Callable[[str], object] | None = None,
+    progress_every: float = 60.0,
+) -> Iterator[PointRun]:
     """Run the points whose file does not already hold their run, in order, writing each file
-    as soon as its run ends."""
+    as soon as its run ends (`progress`: as `run_scale`'s)."""
     for point in points:
         outcome: Literal["ran", "replaced"] = "ran"
         if point.path.exists():
@@ -148,7 +153,7 @@ def run_sweep(points: Sequence[Point]) -> Iterator[PointRun]:
             outcome = "replaced"
         from dhtdeb.sim.scale import run_scale
 
-        result = run_scale(point.params)
+        result = run_scale(point.params, progress=progress, progress_every=progress_every)
         write_report(point.path, result)
         yield PointRun(point, result, outcome)
 

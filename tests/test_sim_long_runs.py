@@ -1,15 +1,19 @@
-"""A simulation stopped early still reports: `sim scale --until T` and Ctrl-C.
+"""What a long simulation gives whoever runs it: progress lines, and a report when it is stopped
+early (`sim scale --until T`, Ctrl-C).
 
-A 10,000-node run takes hours of CPU; whoever stops it must get what it measured, labelled as
-partial. A stop must not change the history before it (`--until` past the end is the full run),
-and the counters of a partial report add up with the files still running. The fleet is tiny
-(30 machines, a 300-package archive, 36 virtual seconds of arrivals): the runs take a second.
+A 10,000-node run takes hours of CPU; its operator must see where it is, and whoever stops it
+must get what it measured, labelled as partial. Neither may change the history: progress lines
+and a stop are hooks of the virtual clock's jump, not timers (`--until` past the end is the full
+run), and the counters of a partial report add up with the files still running. The fleet is
+tiny (30 machines, a 300-package archive, 36 virtual seconds of arrivals): the runs take a
+second.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +86,25 @@ def test_a_stop_after_the_end_leaves_the_full_run(full: dict[str, Any]) -> None:
     assert late["params"].pop("until") == END + 1000.0
     assert "stopped_at_s" not in late and "until" not in full["params"]
     assert _without_wall(late) == _without_wall(full), f"seed {SEED}"
+
+
+def test_progress_lines_say_where_the_run_is_and_change_nothing(full: dict[str, Any]) -> None:
+    lines: list[str] = []
+    # every second of virtual time, instead of every minute of wall time
+    watched = run_scale(_params(), progress=lines.append, progress_every=0.0)
+    assert _without_wall(watched) == _without_wall(full), f"seed {SEED}"
+    assert len(lines) > END / 2, lines  # one per virtual second passed, where events were
+    shape = re.compile(
+        r"virtual (\d+) s: ([\d,]+) files asked for, ([\d,]+) finished, ([\d,]+) running;"
+        r" CPU [\d,]+ s, peak memory [\d.]+ GB"
+    )
+    seen = [shape.fullmatch(line) for line in lines]
+    assert all(seen), [line for line, match in zip(lines, seen, strict=True) if not match]
+    times = [int(match.group(1)) for match in seen if match]
+    assert times == sorted(set(times)) and times[-1] >= END - 2, times
+    finished = [int(match.group(3).replace(",", "")) for match in seen if match]
+    assert finished[0] == 0 and finished == sorted(finished), finished  # warm-up, then files
+    assert 0 < finished[-1] <= full["files_finished"], (finished[-1], full["files_finished"])
 
 
 def test_a_stopped_run_reports_what_it_measured_by_then(
