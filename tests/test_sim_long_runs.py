@@ -16,8 +16,9 @@ import logging
 import re
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -26,6 +27,7 @@ from dhtdeb.cli import app
 from dhtdeb.sim import scale
 from dhtdeb.sim.loop import VirtualTimeLoop
 from dhtdeb.sim.plots import label, plot_runs
+from dhtdeb.sim.report import Tally
 from dhtdeb.sim.scale import ScaleParams, run_scale
 from dhtdeb.sim.workload import WorkloadParams
 
@@ -119,6 +121,50 @@ def test_a_stopped_run_reports_what_it_measured_by_then(
     assert _without_wall(again) == _without_wall(partial), f"seed {SEED}: two stops differ"
 
 
+@dataclass
+class _WatchedTally(Tally):
+    """The tally of a run, kept where the test can read it while the run goes on."""
+
+    made: ClassVar[list[Tally]] = []
+
+    def __post_init__(self) -> None:
+        self.made.append(self)
+
+
+def test_a_stopped_run_is_the_full_run_up_to_its_stop(
+    partial: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the full run had counted when its clock passed MIDWAY (a hook of the clock's jump, as
+    # the stop is), against what the run stopped there reports.
+    seen: list[dict[str, int]] = []
+
+    def watched_loop() -> VirtualTimeLoop:
+        loop = VirtualTimeLoop(freeze_every=scale.FREEZE_EVERY)
+        loop.every(MIDWAY, lambda: seen.append(_counted(_WatchedTally.made[-1])))
+        return loop
+
+    monkeypatch.setattr(scale, "_loop", watched_loop)
+    monkeypatch.setattr(scale, "Tally", _WatchedTally)
+    run_scale(_params())
+    assert seen, "the clock never passed the stop"
+    reported = {key: partial[key] for key in seen[0]}
+    assert seen[0] == reported, f"seed {SEED}: the full run at {MIDWAY} s against the stopped"
+
+
+def _counted(tally: Tally) -> dict[str, int]:
+    return {
+        "files_requested": tally.files_requested,
+        "files_finished": tally.files_finished,
+        "files_abandoned": tally.files_abandoned,
+        "bytes_requested": tally.bytes_requested,
+        "bytes_from_peers": tally.bytes_from_peers,
+        "bytes_from_mirror": tally.bytes_from_mirror,
+        "bytes_mirror_sent": tally.mirror_moved,
+        "bytes_peers_sent": tally.peer_moved,
+        "lookups_with_holder": len(tally.lookups),
+    }
+
+
 def test_plots_say_which_runs_stopped(
     full: dict[str, Any], partial: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -161,3 +207,23 @@ def test_ctrl_c_in_a_sweep_writes_no_point_it_would_keep(tmp_path: Path) -> None
     assert "interrupted at virtual 50.0 s" in result.output
     assert "the same command resumes the sweep from it" in result.output
     assert not list(out.glob("*.json"))  # a partial report would be kept by the resumption
+
+
+def test_a_sweep_runs_again_a_point_whose_file_holds_a_stopped_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_midway: None
+) -> None:
+    out = tmp_path / "runs"
+    out.mkdir()
+    point = out / "nodes-30.json"
+    stopped = CliRunner().invoke(
+        app, ["sim", "scale", "--nodes", "30", *BASE, "--json", str(point)]
+    )
+    assert stopped.exit_code == 130 and "stopped_at_s" in json.loads(point.read_text())
+    monkeypatch.undo()  # no Ctrl-C from here on
+
+    swept = CliRunner().invoke(
+        app, ["sim", "sweep", "--vary", "nodes", "--values", "30", "--out", str(out), *BASE]
+    )
+    assert swept.exit_code == 0, swept.output
+    assert "(its JSON held another run: replaced)" in swept.output
+    assert "stopped_at_s" not in json.loads(point.read_text())

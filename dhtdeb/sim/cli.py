@@ -49,7 +49,8 @@ Until = Annotated[
     typer.Option(
         "--until",
         min=0.0,
-        help="Stop at this virtual second (default: the drain's end); a partial report.",
+        help="Stop at this virtual second, counted from the warm-up's start (default: the"
+        " drain's end); the report is partial.",
     ),
 ]
 
@@ -124,8 +125,9 @@ def scale(
 ) -> None:
     """A deterministic discrete-event simulation of a fleet fetching a day's update.
 
-    A run stopped early (--until, or Ctrl-C: exit status 130) still writes its report, which
-    counts the files finished by then and gives `stopped_at_s` and `files_running`."""
+    A run stopped early (--until, or Ctrl-C once the fleet is built: exit status 130) still
+    writes its report, which counts the files finished by then and gives `stopped_at_s` and
+    `files_running`."""
     from dhtdeb.sim.plots import plot_run
     from dhtdeb.sim.report import targets_line
     from dhtdeb.sim.scale import SimInterrupted, run_scale
@@ -150,6 +152,9 @@ def scale(
         result = run_scale(params, **_progress_options(progress))
     except SimInterrupted as stop:
         result, interrupted = stop.report, True
+    except KeyboardInterrupt:
+        typer.echo("dhtdeb: interrupted while the fleet was built: no report", err=True)
+        raise typer.Exit(130) from None
     text = dump_report(result)
     if str(json_out) == "-":
         typer.echo(text, nl=False)
@@ -238,10 +243,11 @@ def sweep(
                 "replaced": " (its JSON held another run: replaced)",
             }[run.outcome]
             typer.echo(f"{run.point.path}: {_summary_line(run.report)}{note}", err=True)
-    except SimInterrupted as stop:
+    except (SimInterrupted, KeyboardInterrupt) as stop:
+        when = f"{stop}: " if isinstance(stop, SimInterrupted) else ""
         typer.echo(
-            f"dhtdeb: {stop}: that point's JSON is not written; the same command resumes the"
-            " sweep from it",
+            f"dhtdeb: {when or 'interrupted: '}that point's JSON is not written; the same"
+            " command resumes the sweep from it",
             err=True,
         )
         raise typer.Exit(130) from None

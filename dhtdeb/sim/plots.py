@@ -78,12 +78,14 @@ def differing(reports: Sequence[Report]) -> list[Dimension]:
     return [d for d in DIMENSIONS if len({d.read(r) for r in reports}) > 1]
 
 
-def label(report: Report, dimensions: Sequence[Dimension]) -> str:
+def label(report: Report, dimensions: Sequence[Dimension], *, run: bool = True) -> str:
+    """A legend's text for `report` (`run`: this one run, marked if it stopped early; else the
+    line through several runs that it starts)."""
     if not dimensions:
         text = f"{report['nodes']} nodes, seed {report['seed']}"
     else:
         text = ", ".join(d.text(d.read(report)) for d in dimensions)
-    return text + stopped(report)
+    return text + stopped(report) if run else text
 
 
 def stopped(report: Report) -> str:
@@ -158,7 +160,7 @@ def _offload_plot(
             xs,
             [r["offload"] for r in runs],
             marker="o",
-            label=label(runs[0], others) if others else "offload",
+            label=label(runs[0], others, run=False) if others else "offload",
         )
         for run in runs:
             if stopped(run):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dhtdeb.dht import DhtConfig, DhtTuning, open_dht
+from dhtdeb.dht import DhtConfig, DhtNode, DhtTuning, open_dht
 from dhtdeb.discovery import Peer
 from dhtdeb.netaddr import HostPort
 from dhtdeb.sim.loop import LoopClock, VirtualTimeLoop
@@ -162,27 +162,29 @@ class World:
 
     async def run(self) -> None:
         params = self.params
-        boot = await open_dht(
-            DhtConfig(
-                HostPort(BOOTSTRAP_HOST, DHT_PORT),
-                self.tmp / "bootstrap",
-                lan=False,
-                allow_loopback_peers=False,
-            ),
-            clock=self.clock,
-            rng=random.Random(params.seed ^ 0xB007),
-            tuning=params.tuning,
-            network=self.internet.datagrams,
-        )
         self._main = asyncio.current_task()
+        boot: DhtNode | None = None
         try:
+            boot = await open_dht(
+                DhtConfig(
+                    HostPort(BOOTSTRAP_HOST, DHT_PORT),
+                    self.tmp / "bootstrap",
+                    lan=False,
+                    allow_loopback_peers=False,
+                ),
+                clock=self.clock,
+                rng=random.Random(params.seed ^ 0xB007),
+                tuning=params.tuning,
+                network=self.internet.datagrams,
+            )
             await asyncio.gather(*(self._sessions(node) for node in self.nodes))
         except asyncio.CancelledError:
             if self.stopped_at is None or self._main is None:
                 raise  # Ctrl-C
             self._main.uncancel()  # the stop asked for (`stop`): the run ends here
         finally:
-            await boot.close()
+            if boot is not None:
+                await boot.close()
 
     def stop(self) -> None:
         """End the run now (the loop's `stop_at`): the machines' sessions are cancelled."""
@@ -194,7 +196,7 @@ class World:
         """Where the run is: virtual time, files, and what it has cost so far."""
         tally = self.tally
         ended = tally.files_finished + tally.files_failed + tally.files_abandoned
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
         return (
             f"virtual {int(self.clock.now())} s: {tally.files_requested:,} files asked for,"
             f" {tally.files_finished:,} finished, {tally.files_requested - ended:,} running;"
@@ -203,7 +205,9 @@ class World:
 
     def note_stop(self) -> None:
         """A stop before the drain's end: its time, and the DHT counters of the machines still
-        online, counted as if they left."""
+        online, counted as if they left (once: a Ctrl-C may follow `stop`)."""
+        if self.stopped_at is not None:
+            return
         self.stopped_at = self.clock.now()
         for node in self.nodes:
             if node.dht is not None:
@@ -277,6 +281,10 @@ def run_scale(
                 if world.stopped_at is not None:
                     # counted now: closing the runner cancels the downloads still running
                     partial = _report(world, params, time.perf_counter() - started)
+    except KeyboardInterrupt:
+        if partial is None:
+            raise  # before the run began: nothing measured
+        interrupted = True  # another Ctrl-C while the runner closed: the report stands
     finally:
         gc.unfreeze()  # what the loop froze is collectable again (a sweep's next point)
         gc.set_threshold(*thresholds)

@@ -159,10 +159,13 @@ def run_sweep(
 
 
 def holds_run(report: dict[str, Any], params: ScaleParams) -> bool:
-    """Whether `report` is the run of `params` (same fleet, seed and every other parameter)."""
+    """Whether `report` is the run of `params` (same fleet, seed and every other parameter),
+    to its end: a run stopped by Ctrl-C has the same parameters, not the same numbers."""
     summary = json.loads(json.dumps(params.summary()))  # tuples become lists, as in the file
+    stopped_early = "stopped_at_s" in report and params.until is None
     return (
-        report.get("nodes") == params.nodes
+        not stopped_early
+        and report.get("nodes") == params.nodes
         and report.get("seed") == params.seed
         and report.get("params") == summary
     )

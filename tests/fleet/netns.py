@@ -34,6 +34,9 @@ NEEDS_ROOT = "fleet tests need root: they create network namespaces"
 NS_PREFIX = "dhtfleet"
 LINK_PREFIX = "dfl"
 NETNS_DIR = Path("/run/netns")
+# Per-namespace files that `ip netns exec` bind-mounts over /etc (a test's /etc/hosts): on disk,
+# so a crashed run's outlive a reboot, which empties /run/netns.
+ETC_NETNS_DIR = Path("/etc/netns")
 # What a run with an uplink changed in the root namespace's sysctls, for sweeping after a crash.
 LEDGER_DIR = Path("/run/dhtdeb-fleet")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -257,9 +260,9 @@ class Namespace:
     def delete(self) -> None:
         self.kill_all()
         run(["ip", "netns", "delete", self.name], check=False)
-        # `ip netns exec` reads /etc/netns/<name>/ if it exists; we never create one, but a
-        # namespace's leftovers should not outlive it.
-        shutil.rmtree(Path("/etc/netns") / self.name, ignore_errors=True)
+        # `ip netns exec` reads /etc/netns/<name>/ if it exists (a test may write its hosts file
+        # there): it goes with the namespace.
+        shutil.rmtree(ETC_NETNS_DIR / self.name, ignore_errors=True)
 
 
 def _reap(pid: int) -> None:
@@ -406,6 +409,14 @@ def namespaces() -> list[str]:
         return []
 
 
+def etc_dirs() -> list[str]:
+    """The namespaces' directories of /etc files (ETC_NETNS_DIR)."""
+    try:
+        return sorted(os.listdir(ETC_NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
 def root_links() -> list[str]:
     names = []
     for line in ip("-o", "link", "show").splitlines():
@@ -424,9 +435,12 @@ class Leftovers:
     links: tuple[str, ...]
     nft_tables: tuple[str, ...]
     ledger: bool
+    etc_dirs: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.namespaces or self.links or self.nft_tables or self.ledger)
+        return bool(
+            self.namespaces or self.links or self.nft_tables or self.ledger or self.etc_dirs
+        )
 
 
 def leftovers(tag: Tag) -> Leftovers:
@@ -435,6 +449,7 @@ def leftovers(tag: Tag) -> Leftovers:
         links=tuple(n for n in root_links() if tag.owns(n)),
         nft_tables=tuple(t for t in nft_tables() if tag.owns(t)),
         ledger=(LEDGER_DIR / f"{tag.stem}.json").exists(),
+        etc_dirs=tuple(n for n in etc_dirs() if tag.owns(n)),
     )
 
 
@@ -464,6 +479,9 @@ def remove_tag(tag: Tag) -> list[str]:
             namespace.delete()
         except FleetError as exc:
             errors.append(str(exc))
+    for name in etc_dirs():  # also of namespaces a reboot took
+        if tag.owns(name):
+            shutil.rmtree(ETC_NETNS_DIR / name, ignore_errors=True)
     try:
         release_ip_forward(tag)
     except OSError as exc:
@@ -476,7 +494,7 @@ def sweep_dead_runs() -> list[Tag]:
     """Remove what fleets of processes that no longer exist left behind (killed with SIGKILL,
     a crashed interpreter); returns their tags. Live runs, this one included, are untouched."""
     tags: set[Tag] = set()
-    for name in [*namespaces(), *root_links(), *nft_tables()]:
+    for name in [*namespaces(), *root_links(), *nft_tables(), *etc_dirs()]:
         tag = Tag.parse(name)
         if tag is not None:
             tags.add(tag)

@@ -4,7 +4,8 @@ An admin writes `bootstrap = ["boot.example:9978"]` before the name exists (DNS 
 or the laptop boots before the network is up). The daemon must not give up on the name: while
 its routing table is empty it resolves it again, and joins once the name resolves. Here glibc's
 resolver reads the host's /etc/hosts, which `ip netns exec` bind-mounts from
-/etc/netns/<namespace>/hosts; the test writes the name into that file while the daemon runs.
+/etc/netns/<namespace>/hosts; the test writes the name into that file while the daemon runs
+(this assumes nsswitch.conf asks `files` for hosts, as Debian's does, before any other source).
 LAN discovery is off, so the name is the only way the two hosts can meet.
 """
 

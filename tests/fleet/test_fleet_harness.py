@@ -351,11 +351,17 @@ def test_a_sweep_removes_what_a_dead_run_left(tmp_path: Path) -> None:
     resident = subprocess.Popen(
         [*leftover.exec_prefix, sys.executable, "-c", "import signal; signal.pause()"]
     )
+    # /etc files of a namespace of the dead run that a reboot took (/etc is on disk)
+    rebooted = netns.ETC_NETNS_DIR / tag.netns("h2")
+    rebooted.mkdir(parents=True)
+    (rebooted / "hosts").write_text("127.0.0.1 localhost\n")
     try:
         assert netns.leftovers(tag).namespaces == (leftover.name,)
+        assert netns.leftovers(tag).etc_dirs == (rebooted.name,)
         assert resident.pid in leftover.pids()
         assert tag in netns.sweep_dead_runs()
         assert not netns.leftovers(tag)
+        assert not rebooted.exists()
         assert resident.wait(10) == -signal.SIGKILL
     finally:
         netns.remove_tag(tag)
