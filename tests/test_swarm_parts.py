@@ -25,7 +25,7 @@ from dhtdeb.swarm.actions import (
 from dhtdeb.swarm.list_trust import ListTrust
 from dhtdeb.swarm.mirror_plan import MirrorPlan, next_window, window_end
 from dhtdeb.swarm.offers import Crowd, PieceVerdict
-from dhtdeb.swarm.peer_table import ListState, PeerTable
+from dhtdeb.swarm.peer_table import PeerTable
 from dhtdeb.swarm.pieces import PieceList, piece_span
 from dhtdeb.swarm.progress import Progress
 from dhtdeb.swarm.rendezvous import Rendezvous
@@ -343,7 +343,7 @@ def test_mirror_plan_referees_a_rival_list_first() -> None:
     for peer in (A, B):
         state = table.get(peer)
         assert state is not None
-        state.list_state = ListState.RECEIVED
+        table.took_list(state, None, N)
     trust.add_claim(A, FALSE_LIST)
     trust.add_claim(B, TRUE_LIST)
     start = plan.start(0.0)

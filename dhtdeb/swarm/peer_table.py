@@ -65,6 +65,9 @@ class PeerTable:
         self._peers: dict[Peer, PeerState] = {}
         self._excluded: dict[Peer, bool] = {}  # peer -> banned (True) or set aside (False)
         self._requests: dict[int, dict[Peer, Request]] = {}
+        # Peers whose piece list was asked for and has not come: asked after every event (a
+        # scan of the table was 4 % of a 10,000-node simulation, whose crowds hold hundreds).
+        self._lists_pending: set[Peer] = set()
         self.admitted = 0  # peers admitted, ever (banned and removed ones too)
 
     # ------------------------------------------------------------ membership
@@ -105,6 +108,7 @@ class PeerTable:
     def remove(self, peer: Peer) -> PeerState | None:
         """Forget `peer` and its requests (the driver drops them on BanPeer)."""
         state = self._peers.pop(peer, None)
+        self._lists_pending.discard(peer)
         if state is not None:
             for index in list(state.inflight):
                 self._drop(peer, index)
@@ -124,15 +128,18 @@ class PeerTable:
     def took_list(self, state: PeerState, have: frozenset[int] | None, piece_count: int) -> None:
         """It sent its piece list, with the pieces it holds (None: all)."""
         state.list_state = ListState.RECEIVED
+        self._lists_pending.discard(state.peer)
         state.have = None if have is None else frozenset(i for i in have if 0 <= i < piece_count)
 
     def took_offers(self, state: PeerState) -> None:
         """It is downloading and told its offers: what it holds is `set_have`'s from now on."""
         state.list_state = ListState.RECEIVED
+        self._lists_pending.discard(state.peer)
         state.not_held.clear()
 
     def asked_list(self, state: PeerState) -> None:
         state.list_state = ListState.PENDING
+        self._lists_pending.add(state.peer)
 
     def set_have(self, peer: Peer, have: frozenset[int]) -> None:
         state = self._peers.get(peer)
@@ -307,7 +314,9 @@ class PeerTable:
     # ------------------------------------------------------------ piece lists
 
     def lists_pending(self) -> bool:
-        return any(s.list_state is ListState.PENDING for s in self._peers.values())
+        """Some admitted peer's piece list was asked for and has not come (PeerState.list_state
+        changes only through this table)."""
+        return bool(self._lists_pending)
 
     def not_asked(self) -> list[PeerState]:
         return [s for s in self._peers.values() if s.list_state is ListState.NOT_ASKED]
