@@ -68,6 +68,10 @@ class PeerTable:
         # Peers whose piece list was asked for and has not come: asked after every event (a
         # scan of the table was 4 % of a 10,000-node simulation, whose crowds hold hundreds).
         self._lists_pending: set[Peer] = set()
+        # Peers that may have requests in flight or a "busy" back-off: what tick(), deadlines()
+        # and busy() look at, instead of every admitted peer (kept by request() and back_off(),
+        # pruned by tick()).
+        self._active: dict[Peer, PeerState] = {}
         self.admitted = 0  # peers admitted, ever (banned and removed ones too)
 
     # ------------------------------------------------------------ membership
@@ -109,6 +113,7 @@ class PeerTable:
         """Forget `peer` and its requests (the driver drops them on BanPeer)."""
         state = self._peers.pop(peer, None)
         self._lists_pending.discard(peer)
+        self._active.pop(peer, None)
         if state is not None:
             for index in list(state.inflight):
                 self._drop(peer, index)
@@ -155,6 +160,7 @@ class PeerTable:
     def back_off(self, state: PeerState, now: float) -> None:
         """It answered "busy": no requests to it for `busy_backoff`."""
         state.busy_until = now + self._config.busy_backoff
+        self._active[state.peer] = state
 
     def delivered(self, state: PeerState, index: int, request: Request, now: float) -> None:
         """A request of it came back with a copy: a rate sample, and no longer slow if in time."""
@@ -172,6 +178,7 @@ class PeerTable:
         )
         request = Request(start=now, deadline=now + timeout)
         state.inflight[index] = request
+        self._active[state.peer] = state
         self._requests.setdefault(index, {})[state.peer] = request
 
     def assign(
@@ -287,7 +294,8 @@ class PeerTable:
 
     def tick(self, now: float) -> None:
         """Mark requests overdue (and their peers slow); end "busy" back-offs that are over."""
-        for state in self._peers.values():
+        idle = []
+        for peer, state in self._active.items():
             for index, request in state.inflight.items():
                 if not request.overdue and request.deadline <= now:
                     request.overdue = True
@@ -295,21 +303,26 @@ class PeerTable:
                     self.sample_rate(state, index, now - request.start)
             if 0.0 < state.busy_until <= now:
                 state.busy_until = 0.0
+            if not state.inflight and state.busy_until == 0.0:
+                idle.append(peer)
+        for peer in idle:
+            del self._active[peer]
 
     def deadlines(self) -> list[float]:
         """Request deadlines, and the ends of "busy" back-offs that tick() has not handled yet,
         passed or not (else a wake-up that comes late would lose them)."""
+        active = self._active.values()
         deadlines = [
             request.deadline
-            for state in self._peers.values()
+            for state in active
             for request in state.inflight.values()
             if not request.overdue
         ]
-        return deadlines + [s.busy_until for s in self._peers.values() if s.busy_until > 0.0]
+        return deadlines + [s.busy_until for s in active if s.busy_until > 0.0]
 
     def busy(self, now: float) -> bool:
         """Some peer is in a "busy" back-off now."""
-        return any(s.busy_until > now for s in self._peers.values())
+        return any(s.busy_until > now for s in self._active.values())
 
     # ------------------------------------------------------------ piece lists
 
