@@ -12,10 +12,8 @@ second.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,31 +45,14 @@ def _without_wall(result: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in result.items() if key != "wall_s"}
 
 
-@pytest.fixture(autouse=True)
-def _dhtdeb_log_level() -> Iterator[None]:
-    # run_scale quiets the dhtdeb logger for its thousands of nodes; later tests read its logs
-    logger = logging.getLogger("dhtdeb")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def full() -> dict[str, Any]:
-    logger = logging.getLogger("dhtdeb")
-    level = logger.level
-    result = run_scale(_params())
-    logger.setLevel(level)
-    return result
+    return run_scale(_params())
 
 
 @pytest.fixture(scope="module")
 def partial() -> dict[str, Any]:
-    logger = logging.getLogger("dhtdeb")
-    level = logger.level
-    result = run_scale(_params(until=MIDWAY))
-    logger.setLevel(level)
-    return result
+    return run_scale(_params(until=MIDWAY))
 
 
 def _adds_up(result: dict[str, Any]) -> None:

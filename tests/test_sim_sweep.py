@@ -29,6 +29,7 @@ BASE = [
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The collector's thresholds before the sweep: neither Python's default nor run_scale's own.
 FOUND_THRESHOLDS = (701, 11, 12)
+FOUND_LOG_LEVEL = logging.INFO + 1  # of the "dhtdeb" logger before the sweep: neither's own
 
 
 def _cli(*args: str) -> Result:
@@ -42,20 +43,12 @@ def _sweep(out: Path, *extra: str) -> Result:
     )
 
 
-@pytest.fixture(autouse=True)
-def _dhtdeb_log_level() -> Iterator[None]:
-    # run_scale quiets the dhtdeb logger for its thousands of nodes; later tests read its logs
-    logger = logging.getLogger("dhtdeb")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
 @dataclass(frozen=True)
 class Swept:
     out: Path
     result: Result
     collector_after: tuple[int, int, int]  # gc thresholds once the sweep ended
+    log_level_after: int  # of the "dhtdeb" logger
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +58,22 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swept]:
     out = tmp_path_factory.mktemp("sweep") / "runs"
     collector = gc.get_threshold()
     gc.set_threshold(*FOUND_THRESHOLDS)
+    logger.setLevel(FOUND_LOG_LEVEL)
     try:
         result = _sweep(out)
         after = gc.get_threshold()
+        log_level = logger.level
     finally:
         gc.set_threshold(*collector)
-    logger.setLevel(level)
+        logger.setLevel(level)
     assert result.exit_code == 0, result.output
-    yield Swept(out, result, after)
+    yield Swept(out, result, after, log_level)
 
 
-def test_runs_leave_the_collector_as_they_found_it(swept: Swept) -> None:
-    # run_scale collects less often during a run (sim/scale.py, GC_THRESHOLDS), not after it
+def test_runs_leave_the_collector_and_the_log_level_as_they_found_them(swept: Swept) -> None:
+    # run_scale collects less often and logs errors only during a run (sim/scale.py), not after
     assert swept.collector_after == FOUND_THRESHOLDS
+    assert swept.log_level_after == FOUND_LOG_LEVEL
 
 
 def test_one_report_per_value(swept: Swept) -> None:

@@ -257,7 +257,9 @@ def run_scale(
 
     `progress` is given a line (`World.progress_line`) each `progress_every` wall seconds.
     Raises SimInterrupted, with the report so far, when Ctrl-C stops the run."""
-    logging.getLogger("dhtdeb").setLevel(logging.ERROR)  # thousands of nodes, one stderr
+    logger = logging.getLogger("dhtdeb")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # thousands of nodes, one stderr (restored after the run)
     started = time.perf_counter()
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -288,6 +290,7 @@ def run_scale(
     finally:
         gc.unfreeze()  # what the loop froze is collectable again (a sweep's next point)
         gc.set_threshold(*thresholds)
+        logger.setLevel(level)
     if partial is None:
         return _report(world, params, time.perf_counter() - started)
     if interrupted:
