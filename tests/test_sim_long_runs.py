@@ -59,6 +59,7 @@ def _adds_up(result: dict[str, Any]) -> None:
     ended = result["files_finished"] + result["files_failed"] + result["files_abandoned"]
     context = f"seed {SEED}: {result}"
     assert ended + result["files_running"] == result["files_requested"], context
+    assert result["files_queued"] >= 0, context
     assert result["bytes_from_peers"] + result["bytes_from_mirror"] == result["bytes_requested"]
     assert result["wrong_pieces"] == 0 and result["files_failed"] == 0, context
     assert result["upkeep_bytes_per_s_per_node"] > 0, context  # online machines counted
@@ -78,7 +79,8 @@ def test_progress_lines_say_where_the_run_is_and_change_nothing(full: dict[str, 
     assert _without_wall(watched) == _without_wall(full), f"seed {SEED}"
     assert len(lines) > END / 2, lines  # one per virtual second passed, where events were
     shape = re.compile(
-        r"virtual (\d+) s: ([\d,]+) files asked for, ([\d,]+) finished, ([\d,]+) running;"
+        r"virtual (\d+) s: ([\d,]+) files asked for, ([\d,]+) finished, ([\d,]+) running,"
+        r" ([\d,]+) queued;"
         r" CPU [\d,]+ s, peak memory [\d.]+ GB"
     )
     seen = [shape.fullmatch(line) for line in lines]
@@ -128,6 +130,9 @@ def test_a_stopped_run_is_the_full_run_up_to_its_stop(
     monkeypatch.setattr(scale, "Tally", _WatchedTally)
     run_scale(_params())
     assert seen, "the clock never passed the stop"
+    tally = _WatchedTally.made[-1]
+    assert tally.queued == 0  # every file of a batch started or was dropped
+    assert sum(tally.batches) >= tally.files_requested + tally.not_started
     reported = {key: partial[key] for key in seen[0]}
     assert seen[0] == reported, f"seed {SEED}: the full run at {MIDWAY} s against the stopped"
 

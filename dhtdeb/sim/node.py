@@ -145,9 +145,17 @@ class SimNode:
         gate = asyncio.Semaphore(APT_PIPELINE)
         tally = self.world.tally
         tally.batches.append(len(self.plan.batch))
+        tally.queued += len(self.plan.batch)
 
         async def fetch(debfile: DebFile) -> None:
-            async with gate:
+            try:
+                await gate.acquire()  # apt's pipeline
+            except asyncio.CancelledError:
+                tally.queued -= 1
+                tally.not_started += 1  # the machine left (or the run ended) before its turn
+                raise
+            tally.queued -= 1
+            try:
                 if debfile.sha256 in self.store:
                     return
                 download = SimDownload(self, debfile)
@@ -163,6 +171,8 @@ class SimNode:
                 tally.finished(download, ok)
                 if ok:
                     self.store_file(debfile)
+            finally:
+                gate.release()
 
         await asyncio.gather(*(fetch(f) for f in self.plan.batch))
 

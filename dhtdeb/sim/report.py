@@ -45,6 +45,8 @@ class Tally:
     bans: int = 0
     connect_timeouts: int = 0  # requests to peers nobody can connect to (NAT, gone)
     batches: list[int] = field(default_factory=list)
+    queued: int = 0  # files of running batches not yet through apt's pipeline (files_queued)
+    not_started: int = 0  # files of batches dropped before their turn: the machine left
     # First lookup of each download while some other online node had held the file for a while:
     # (virtual seconds, found a holder).
     lookups: list[tuple[float, bool]] = field(default_factory=list)
@@ -169,6 +171,7 @@ def report(
         "files_finished": tally.files_finished,
         "files_failed": tally.files_failed,
         "files_abandoned": tally.files_abandoned,
+        "files_not_started": tally.not_started,
         "wrong_pieces": tally.wrong_pieces,
         "bans": tally.bans,
         "peer_connect_timeouts": tally.connect_timeouts,

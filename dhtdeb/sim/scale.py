@@ -199,7 +199,8 @@ class World:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
         return (
             f"virtual {int(self.clock.now())} s: {tally.files_requested:,} files asked for,"
-            f" {tally.files_finished:,} finished, {tally.files_requested - ended:,} running;"
+            f" {tally.files_finished:,} finished, {tally.files_requested - ended:,} running,"
+            f" {tally.queued:,} queued;"
             f" CPU {time.process_time() - self._cpu_start:,.0f} s, peak memory {peak:.1f} GB"
         )
 
@@ -327,4 +328,5 @@ def _report(world: World, params: ScaleParams, wall: float) -> dict[str, Any]:
         ended = tally.files_finished + tally.files_failed + tally.files_abandoned
         result["stopped_at_s"] = round(world.stopped_at, 3)
         result["files_running"] = tally.files_requested - ended
+        result["files_queued"] = tally.queued
     return result
