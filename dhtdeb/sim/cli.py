@@ -126,8 +126,8 @@ def scale(
     """A deterministic discrete-event simulation of a fleet fetching a day's update.
 
     A run stopped early (--until, or Ctrl-C once the fleet is built: exit status 130) still
-    writes its report, which counts the files finished by then and gives `stopped_at_s` and
-    `files_running`."""
+    writes its report, which counts the files finished by then and gives `stopped_at_s`,
+    `files_running` and `files_queued`."""
     from dhtdeb.sim.plots import plot_run
     from dhtdeb.sim.report import targets_line
     from dhtdeb.sim.scale import SimInterrupted, run_scale
@@ -168,7 +168,7 @@ def scale(
             f"stopped at virtual {result['stopped_at_s']:.1f} s"
             f"{' (Ctrl-C)' if interrupted else ''}: a partial report, counting the"
             f" {result['files_finished']} files finished by then"
-            f" ({result['files_running']} still running)",
+            f" ({result['files_running']} still running, {result['files_queued']} queued)",
             err=True,
         )
     typer.echo(_summary_line(result), err=True)

@@ -145,16 +145,23 @@ class SimNode:
         gate = asyncio.Semaphore(APT_PIPELINE)
         tally = self.world.tally
         tally.batches.append(len(self.plan.batch))
-        tally.queued += len(self.plan.batch)
+        waiting = len(self.plan.batch)  # neither through apt's pipeline nor dropped yet
+        tally.queued += waiting
+
+        def out_of_queue(count: int, *, started: bool) -> None:
+            nonlocal waiting
+            waiting -= count
+            tally.queued -= count
+            if not started:
+                tally.not_started += count
 
         async def fetch(debfile: DebFile) -> None:
             try:
                 await gate.acquire()  # apt's pipeline
             except asyncio.CancelledError:
-                tally.queued -= 1
-                tally.not_started += 1  # the machine left (or the run ended) before its turn
+                out_of_queue(1, started=False)  # the machine left (or the run ended) first
                 raise
-            tally.queued -= 1
+            out_of_queue(1, started=True)
             try:
                 if debfile.sha256 in self.store:
                     return
@@ -174,7 +181,12 @@ class SimNode:
             finally:
                 gate.release()
 
-        await asyncio.gather(*(fetch(f) for f in self.plan.batch))
+        try:
+            await asyncio.gather(*(fetch(f) for f in self.plan.batch))
+        except asyncio.CancelledError:
+            if waiting:  # fetches cancelled before their first line ran (left as gather began)
+                out_of_queue(waiting, started=False)
+            raise
 
     def store_file(self, debfile: DebFile) -> None:
         self.store[debfile.sha256] = debfile

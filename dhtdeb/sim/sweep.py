@@ -162,7 +162,8 @@ def holds_run(report: dict[str, Any], params: ScaleParams) -> bool:
     """Whether `report` is the run of `params` (same fleet, seed and every other parameter),
     to its end: a run stopped by Ctrl-C has the same parameters, not the same numbers."""
     summary = json.loads(json.dumps(params.summary()))  # tuples become lists, as in the file
-    stopped_early = "stopped_at_s" in report and params.until is None
+    stopped_at = report.get("stopped_at_s")
+    stopped_early = stopped_at is not None and (params.until is None or stopped_at < params.until)
     return (
         not stopped_early
         and report.get("nodes") == params.nodes
