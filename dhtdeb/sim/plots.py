@@ -91,7 +91,7 @@ def label(report: Report, dimensions: Sequence[Dimension], *, run: bool = True) 
 def stopped(report: Report) -> str:
     """What a legend adds for a run stopped before its drain's end (`sim scale --until`)."""
     at = report.get("stopped_at_s")
-    return f" (stopped at {at:g} s)" if isinstance(at, int | float) else ""
+    return f" (stopped at {at:,.0f} s)" if isinstance(at, int | float) else ""
 
 
 def plot_runs(reports: Sequence[Report], directory: Path) -> list[Path]:
