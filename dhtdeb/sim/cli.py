@@ -244,10 +244,10 @@ def sweep(
             }[run.outcome]
             typer.echo(f"{run.point.path}: {_summary_line(run.report)}{note}", err=True)
     except (SimInterrupted, KeyboardInterrupt) as stop:
-        when = f"{stop}: " if isinstance(stop, SimInterrupted) else ""
+        what = stop if isinstance(stop, SimInterrupted) else "interrupted"
         typer.echo(
-            f"dhtdeb: {when or 'interrupted: '}that point's JSON is not written; the same"
-            " command resumes the sweep from it",
+            f"dhtdeb: {what}: that point's JSON is not written; the same command resumes the"
+            " sweep from it",
             err=True,
         )
         raise typer.Exit(130) from None

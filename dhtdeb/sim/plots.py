@@ -85,13 +85,14 @@ def label(report: Report, dimensions: Sequence[Dimension], *, run: bool = True) 
         text = f"{report['nodes']} nodes, seed {report['seed']}"
     else:
         text = ", ".join(d.text(d.read(report)) for d in dimensions)
-    return text + stopped(report) if run else text
+    stop = stopped(report)
+    return f"{text} ({stop})" if run and stop else text
 
 
-def stopped(report: Report) -> str:
-    """What a legend adds for a run stopped before its drain's end (`sim scale --until`)."""
+def stopped(report: Report) -> str | None:
+    """How a plot marks a run stopped before its drain's end (`sim scale --until`, Ctrl-C)."""
     at = report.get("stopped_at_s")
-    return f" (stopped at {at:,.0f} s)" if isinstance(at, int | float) else ""
+    return f"stopped at {at:,.0f} s" if isinstance(at, int | float) else None
 
 
 def plot_runs(reports: Sequence[Report], directory: Path) -> list[Path]:
@@ -163,9 +164,9 @@ def _offload_plot(
             label=label(runs[0], others, run=False) if others else "offload",
         )
         for run in runs:
-            if stopped(run):
+            if stop := stopped(run):
                 axes.annotate(
-                    stopped(run).strip(" ()"),
+                    stop,
                     (along.read(run), run["offload"]),
                     textcoords="offset points",
                     xytext=(-6, -14),

@@ -66,6 +66,12 @@ class Tally:
     _reachable_holders: set[str] = field(default_factory=set)
     now: float = 0.0  # set by the world before each count (the loop's time)
 
+    @property
+    def running(self) -> int:
+        """Files asked for that have not ended (finished, failed or abandoned) yet."""
+        ended = self.files_finished + self.files_failed + self.files_abandoned
+        return self.files_requested - ended
+
     def requested(self, size: int) -> None:
         self.files_requested += 1
 

@@ -162,7 +162,8 @@ class World:
 
     async def run(self) -> None:
         params = self.params
-        self._main = asyncio.current_task()
+        main = self._main = asyncio.current_task()
+        assert main is not None  # run() is the runner's task
         boot: DhtNode | None = None
         try:
             boot = await open_dht(
@@ -179,9 +180,9 @@ class World:
             )
             await asyncio.gather(*(self._sessions(node) for node in self.nodes))
         except asyncio.CancelledError:
-            if self.stopped_at is None or self._main is None:
+            if self.stopped_at is None:
                 raise  # Ctrl-C
-            self._main.uncancel()  # the stop asked for (`stop`): the run ends here
+            main.uncancel()  # the stop asked for (`stop`): the run ends here
         finally:
             if boot is not None:
                 await boot.close()
@@ -195,11 +196,10 @@ class World:
     def progress_line(self) -> str:
         """Where the run is: virtual time, files, and what it has cost so far."""
         tally = self.tally
-        ended = tally.files_finished + tally.files_failed + tally.files_abandoned
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
         return (
             f"virtual {int(self.clock.now())} s: {tally.files_requested:,} files asked for,"
-            f" {tally.files_finished:,} finished, {tally.files_requested - ended:,} running,"
+            f" {tally.files_finished:,} finished, {tally.running:,} running,"
             f" {tally.queued:,} queued;"
             f" CPU {time.process_time() - self._cpu_start:,.0f} s, peak memory {peak:.1f} GB"
         )
@@ -324,9 +324,7 @@ def _report(world: World, params: ScaleParams, wall: float) -> dict[str, Any]:
         wall=wall,
     )
     if world.stopped_at is not None:
-        tally = world.tally
-        ended = tally.files_finished + tally.files_failed + tally.files_abandoned
         result["stopped_at_s"] = round(world.stopped_at, 3)
-        result["files_running"] = tally.files_requested - ended
-        result["files_queued"] = tally.queued
+        result["files_running"] = world.tally.running
+        result["files_queued"] = world.tally.queued
     return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from . import netns
 from .conftest import FleetFactory
 from .host import FleetHost
 
@@ -27,7 +28,7 @@ def _resolver_files(host: FleetHost, hosts_line: str) -> Path:
     """The host's /etc/hosts and /etc/resolv.conf as its processes will see them: names from the
     file only (a nameserver on the host's own loopback, where nothing listens, answers at once
     that it cannot)."""
-    etc = Path("/etc/netns") / host.namespace.name  # removed with the namespace
+    etc = netns.ETC_NETNS_DIR / host.namespace.name  # removed with the namespace
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     hosts = etc / "hosts"
