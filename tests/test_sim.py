@@ -50,8 +50,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 def test_same_seed_same_numbers(runs: list[dict[str, Any]]) -> None:
-    first, second = ({k: v for k, v in run.items() if k != "wall_s"} for run in runs)
+    timings = ("wall_s", "cpu_s")
+    first, second = ({k: v for k, v in run.items() if k not in timings} for run in runs)
     assert first == second, f"seed {SEED}: two runs differ"
+    for run in runs:  # each process's own CPU time, at most its wall time
+        cpu, wall = run["cpu_s"], run["wall_s"]
+        assert 0 < cpu <= wall + 1, f"seed {SEED}: CPU {cpu} s, wall {wall} s"
 
 
 def test_every_file_verified_and_counted(runs: list[dict[str, Any]]) -> None:

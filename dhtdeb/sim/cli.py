@@ -92,10 +92,16 @@ def _need_matplotlib(what: str) -> None:
         raise typer.Exit(2) from None
 
 
+def _cpu(result: dict[str, Any]) -> str:
+    """The CPU part of the summary line (reports before cpu_s have none)."""
+    cpu = result.get("cpu_s")
+    return f" (CPU {cpu:.1f} s)" if isinstance(cpu, int | float) else ""
+
+
 def _summary_line(result: dict[str, Any]) -> str:
     return (
         f"{result['nodes']} nodes, seed {result['seed']}, {result['virtual_hours']} h:"
-        f" wall {result['wall_s']:.1f} s, offload {result['offload']:.3f},"
+        f" wall {result['wall_s']:.1f} s{_cpu(result)}, offload {result['offload']:.3f},"
         f" lookup p50 {result['lookup_p50_s']:.3f} s p95 {result['lookup_p95_s']:.3f} s,"
         f" success {result['lookup_success']:.3f},"
         f" stretch p50 {result.get('download_stretch_p50', 0.0):.2f}"

@@ -139,7 +139,14 @@ def histogram(values: list[float], step: float) -> list[int]:
 
 
 def report(
-    tally: Tally, *, nodes: int, seed: int, hours: float, params: dict[str, Any], wall: float
+    tally: Tally,
+    *,
+    nodes: int,
+    seed: int,
+    hours: float,
+    params: dict[str, Any],
+    wall: float,
+    cpu: float,
 ) -> dict[str, Any]:
     """The JSON report (docs/simulation.md lists the fields)."""
     durations = [seconds for seconds, _ in tally.lookups]
@@ -193,6 +200,7 @@ def report(
         "mirror_bytes_by_reason": dict(sorted(tally.mirror_reasons.items())),
         "params": params,
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
     }
 
 

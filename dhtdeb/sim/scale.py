@@ -254,14 +254,14 @@ def run_scale(
     progress: Callable[[str], object] | None = None,
     progress_every: float = PROGRESS_EVERY,
 ) -> dict[str, Any]:
-    """Run one simulation; the report (same seed, same numbers, except `wall_s`).
+    """Run one simulation; the report (same seed, same numbers, except `wall_s` and `cpu_s`).
 
     `progress` is given a line (`World.progress_line`) each `progress_every` wall seconds.
     Raises SimInterrupted, with the report so far, when Ctrl-C stops the run."""
     logger = logging.getLogger("dhtdeb")
     level = logger.level
     logger.setLevel(logging.ERROR)  # thousands of nodes, one stderr (restored after the run)
-    started = time.perf_counter()
+    started = _Elapsed()
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     partial: dict[str, Any] | None = None
@@ -283,7 +283,7 @@ def run_scale(
                     world.note_stop()
                 if world.stopped_at is not None:
                     # counted now: closing the runner cancels the downloads still running
-                    partial = _report(world, params, time.perf_counter() - started)
+                    partial = _report(world, params, started)
     except KeyboardInterrupt:
         if partial is None:
             raise  # before the run began: nothing measured
@@ -293,7 +293,7 @@ def run_scale(
         gc.set_threshold(*thresholds)
         logger.setLevel(level)
     if partial is None:
-        return _report(world, params, time.perf_counter() - started)
+        return _report(world, params, started)
     if interrupted:
         raise SimInterrupted(partial)
     return partial
@@ -314,14 +314,29 @@ def _progress_check(
     return check
 
 
-def _report(world: World, params: ScaleParams, wall: float) -> dict[str, Any]:
+class _Elapsed:
+    """Wall and CPU seconds since it was made (the CPU: this process's, user and system)."""
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def wall(self) -> float:
+        return time.perf_counter() - self._wall
+
+    def cpu(self) -> float:
+        return time.process_time() - self._cpu
+
+
+def _report(world: World, params: ScaleParams, elapsed: _Elapsed) -> dict[str, Any]:
     result = report(
         world.tally,
         nodes=params.nodes,
         seed=params.seed,
         hours=params.workload.hours,
         params=params.summary(),
-        wall=wall,
+        wall=elapsed.wall(),
+        cpu=elapsed.cpu(),
     )
     if world.stopped_at is not None:
         result["stopped_at_s"] = round(world.stopped_at, 3)
