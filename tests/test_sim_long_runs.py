@@ -25,7 +25,7 @@ from dhtdeb.cli import app
 from dhtdeb.sim import scale
 from dhtdeb.sim.loop import VirtualTimeLoop
 from dhtdeb.sim.plots import label, plot_runs
-from dhtdeb.sim.report import Tally
+from dhtdeb.sim.report import Tally, without_timings
 from dhtdeb.sim.scale import ScaleParams, run_scale
 from dhtdeb.sim.workload import WorkloadParams
 
@@ -39,10 +39,6 @@ BASE += ["--drain", "30"]
 
 def _params(until: float | None = None) -> ScaleParams:
     return ScaleParams(30, SEED, WORKLOAD, warmup=30.0, drain=30.0, until=until)
-
-
-def _without_timings(result: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in result.items() if key not in ("wall_s", "cpu_s")}
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +65,14 @@ def test_a_stop_after_the_end_leaves_the_full_run(full: dict[str, Any]) -> None:
     late = run_scale(_params(until=END + 1000.0))
     assert late["params"].pop("until") == END + 1000.0
     assert "stopped_at_s" not in late and "until" not in full["params"]
-    assert _without_timings(late) == _without_timings(full), f"seed {SEED}"
+    assert without_timings(late) == without_timings(full), f"seed {SEED}"
 
 
 def test_progress_lines_say_where_the_run_is_and_change_nothing(full: dict[str, Any]) -> None:
     lines: list[str] = []
     # every second of virtual time, instead of every minute of wall time
     watched = run_scale(_params(), progress=lines.append, progress_every=0.0)
-    assert _without_timings(watched) == _without_timings(full), f"seed {SEED}"
+    assert without_timings(watched) == without_timings(full), f"seed {SEED}"
     assert len(lines) > END / 2, lines  # one per virtual second passed, where events were
     shape = re.compile(
         r"virtual (\d+) s: ([\d,]+) files asked for, ([\d,]+) finished, ([\d,]+) running,"
@@ -101,7 +97,7 @@ def test_a_stopped_run_reports_what_it_measured_by_then(
     assert partial["files_finished"] < full["files_finished"], f"seed {SEED}"
     assert partial["bytes_requested"] < full["bytes_requested"], f"seed {SEED}"
     again = run_scale(_params(until=MIDWAY))
-    assert _without_timings(again) == _without_timings(partial), f"seed {SEED}: two stops differ"
+    assert without_timings(again) == without_timings(partial), f"seed {SEED}: two stops differ"
 
 
 @dataclass

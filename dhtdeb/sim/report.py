@@ -204,6 +204,16 @@ def report(
     }
 
 
+# The fields of a report that measure the machine, not the simulation: two runs of one seed and
+# the same parameters differ in these alone.
+TIMINGS = ("wall_s", "cpu_s")
+
+
+def without_timings(result: dict[str, Any]) -> dict[str, Any]:
+    """The report minus its `TIMINGS`: what two runs of one seed must agree on."""
+    return {key: value for key, value in result.items() if key not in TIMINGS}
+
+
 TARGETS = {1_000: 240.0, 10_000: 600.0}  # nodes -> wall seconds (issue 15)
 
 

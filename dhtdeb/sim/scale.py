@@ -89,7 +89,10 @@ class SimInterrupted(Exception):
 class World:
     """Everything the machines share: the clock, the internet, the mirror and the tally."""
 
-    def __init__(self, params: ScaleParams, loop: asyncio.AbstractEventLoop, tmp: Path) -> None:
+    def __init__(
+        self, params: ScaleParams, loop: asyncio.AbstractEventLoop, tmp: Path, elapsed: _Elapsed
+    ) -> None:
+        """`elapsed`: the run's wall and CPU time, for its progress lines and report."""
         self.params = params
         self.clock = LoopClock(loop)
         rng = random.Random(params.seed)
@@ -113,7 +116,7 @@ class World:
         self.holders: dict[str, list[SimNode]] = {}  # machines that stored a file, in order
         self.stopped_at: float | None = None  # virtual time of a stop before the drain's end
         self._main: asyncio.Task[None] | None = None  # the task running `run`
-        self._cpu_start = time.process_time()
+        self.elapsed = elapsed
 
     # -- what a download asks of the world --------------------------------------------------
 
@@ -201,7 +204,7 @@ class World:
             f"virtual {int(self.clock.now())} s: {tally.files_requested:,} files asked for,"
             f" {tally.files_finished:,} finished, {tally.running:,} running,"
             f" {tally.queued:,} queued;"
-            f" CPU {time.process_time() - self._cpu_start:,.0f} s, peak memory {peak:.1f} GB"
+            f" CPU {self.elapsed.cpu():,.0f} s, peak memory {peak:.1f} GB"
         )
 
     def note_stop(self) -> None:
@@ -254,7 +257,7 @@ def run_scale(
     progress: Callable[[str], object] | None = None,
     progress_every: float = PROGRESS_EVERY,
 ) -> dict[str, Any]:
-    """Run one simulation; the report (same seed, same numbers, except `wall_s` and `cpu_s`).
+    """Run one simulation; the report (same seed, same numbers, except `report.TIMINGS`).
 
     `progress` is given a line (`World.progress_line`) each `progress_every` wall seconds.
     Raises SimInterrupted, with the report so far, when Ctrl-C stops the run."""
@@ -271,7 +274,7 @@ def run_scale(
             with asyncio.Runner(loop_factory=_loop) as runner:
                 loop = runner.get_loop()
                 assert isinstance(loop, VirtualTimeLoop)
-                world = World(params, loop, Path(tmp))
+                world = World(params, loop, Path(tmp), started)
                 if params.until is not None:
                     loop.stop_at(params.until, world.stop)
                 if progress is not None:
@@ -283,7 +286,7 @@ def run_scale(
                     world.note_stop()
                 if world.stopped_at is not None:
                     # counted now: closing the runner cancels the downloads still running
-                    partial = _report(world, params, started)
+                    partial = _report(world, params)
     except KeyboardInterrupt:
         if partial is None:
             raise  # before the run began: nothing measured
@@ -293,7 +296,7 @@ def run_scale(
         gc.set_threshold(*thresholds)
         logger.setLevel(level)
     if partial is None:
-        return _report(world, params, started)
+        return _report(world, params)
     if interrupted:
         raise SimInterrupted(partial)
     return partial
@@ -328,15 +331,15 @@ class _Elapsed:
         return time.process_time() - self._cpu
 
 
-def _report(world: World, params: ScaleParams, elapsed: _Elapsed) -> dict[str, Any]:
+def _report(world: World, params: ScaleParams) -> dict[str, Any]:
     result = report(
         world.tally,
         nodes=params.nodes,
         seed=params.seed,
         hours=params.workload.hours,
         params=params.summary(),
-        wall=elapsed.wall(),
-        cpu=elapsed.cpu(),
+        wall=world.elapsed.wall(),
+        cpu=world.elapsed.cpu(),
     )
     if world.stopped_at is not None:
         result["stopped_at_s"] = round(world.stopped_at, 3)
