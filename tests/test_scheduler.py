@@ -6,9 +6,11 @@ at digests, so a "piece" is its SHA256.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import random
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -1002,6 +1004,33 @@ def test_peer_table_is_bounded() -> None:
     (request,) = h.pop()
     assert isinstance(request, RequestPiece)
     assert len(h.s._peers) == 8
+
+
+def test_a_finished_download_is_freed_without_the_cyclic_collector() -> None:
+    """A scheduler and its parts form no reference cycle: the last reference gone, it is freed at
+    once. The simulation freezes what is alive (sim/loop.py), so a cycle there is kept for the
+    whole run: with one per download, a 10,000-node run grew to 10.5 GB."""
+    gc.disable()
+    try:
+        h = Harness(3, config=SchedulerConfig(max_requests_per_peer=1))
+        h.s.peers_found([A], now=h.now)
+        h.s.lookup_deadline_passed(now=h.now)
+        h.pop()
+        lies = {i: _digest(f"lie {i}") for i in range(3)}
+        h.s.piece_list_received(A, h.pieces(lies), None, now=h.now)  # audited, then banned
+        h.pop()
+        h.s.piece_received(A, 0, lies[0], now=h.now)
+        h.pop()
+        h.s.audit_result(0, matched=False, now=h.now)
+        assert BanPeer(A, "piece list contradicted by the mirror inside piece 0", True) in h.pop()
+        for i in range(3):
+            h.deliver(MIRROR, i)
+        assert h.s.finished
+        freed = weakref.ref(h.s)
+        del h
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_config_is_checked() -> None:

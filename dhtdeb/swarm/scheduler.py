@@ -41,8 +41,10 @@ other and sets overdue deadlines, it is not the peer's link speed.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 
 from dhtdeb.discovery import Peer
 from dhtdeb.swarm.actions import (
@@ -109,10 +111,14 @@ __all__ = [
 
 
 class _Verdicts:
-    """The list trust's verdicts, carried out by the scheduler (list_trust.Verdicts)."""
+    """The list trust's verdicts, carried out by the scheduler (list_trust.Verdicts).
+
+    It holds its scheduler by a weak reference: the scheduler owns the list trust, which owns
+    this, so a strong one would make every download a reference cycle, freed only by the cyclic
+    collector (in the simulation, whose loop freezes what is alive, never during the run)."""
 
     def __init__(self, scheduler: SwarmScheduler) -> None:
-        self._scheduler = scheduler
+        self._scheduler = weakref.proxy(scheduler)
 
     def ban(self, peer: Peer, reason: str, *, lied: bool) -> None:
         self._scheduler._ban(peer, reason, lied=lied)
@@ -146,6 +152,10 @@ class SwarmScheduler:
         rendezvous = Rendezvous(digest)
         self._size = size
         self._piece_size = piece_size
+        # a plain function of the index, not a bound method: the parts keep it (no cycle)
+        self._span: Callable[[int], tuple[int, int]] = functools.partial(
+            piece_span, size=size, piece_size=piece_size
+        )
         self._rng = rng
         self._config = config
         self.piece_count: int = piece_count(size, piece_size)
@@ -704,9 +714,6 @@ class SwarmScheduler:
 
     def _emit(self, action: Action) -> None:
         self._actions.append(action)
-
-    def _span(self, index: int) -> tuple[int, int]:
-        return piece_span(index, self._size, self._piece_size)
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.piece_count:
